@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of likeness.v1 (make protos)."""

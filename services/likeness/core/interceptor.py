@@ -1,0 +1,119 @@
+"""One interceptor records every call: duration histogram, in-flight gauge, request id, a JSON log
+line, and the mapping of domain errors (core.errors) to gRPC status codes."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import grpc
+
+from likeness.core import errors, metrics
+from likeness.core.logging import request_id
+
+log = logging.getLogger("likeness.rpc")
+
+STATUS = {name: getattr(grpc.StatusCode, name) for name in (
+    "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "UNAUTHENTICATED", "CANCELLED", "INTERNAL")}
+# Infrastructure calls that would drown the latency figures of the real API.
+UNRECORDED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def status_of(error: errors.LikenessError) -> grpc.StatusCode:
+    return STATUS.get(error.code, grpc.StatusCode.INTERNAL)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: errors.LikenessError) -> None:
+    if error.retry_after_seconds is not None:
+        context.set_trailing_metadata((("retry-after-seconds", f"{error.retry_after_seconds:.3f}"),))
+    await context.abort(status_of(error), error.message)
+
+
+class _Call:
+    """Bookkeeping of one call; `finish` is idempotent."""
+
+    __slots__ = ("service", "method", "start", "in_flight", "rid")
+
+    def __init__(self, service: str, method: str, metadata):
+        self.service, self.method = service, method
+        self.start = time.perf_counter()
+        rid = ""
+        for key, value in metadata or ():
+            if key == "x-request-id":
+                rid = value[:64]
+                break
+        self.rid = rid or uuid.uuid4().hex[:16]
+        self.in_flight = metrics.RPC_IN_FLIGHT.labels(service, method)
+        self.in_flight.inc()
+
+    def finish(self, context, error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.in_flight.dec()
+        code = context.code() if context is not None else None
+        if error is not None and not isinstance(error, (errors.LikenessError, grpc.aio.AbortError)):
+            code = grpc.StatusCode.INTERNAL if code is None else code
+        name = "OK" if code is None else code.name
+        metrics.RPC_DURATION.labels(self.service, self.method, name).observe(elapsed)
+        level = logging.INFO if name in ("OK", "CANCELLED") else logging.WARNING
+        if name == "INTERNAL":
+            level = logging.ERROR
+        if log.isEnabledFor(level):
+            log.log(level, "rpc", extra={"method": f"{self.service}/{self.method}", "code": name,
+                                         "duration_ms": round(elapsed * 1000, 3)},
+                    exc_info=error if name == "INTERNAL" and error is not None else None)
+
+
+def _wrap_unary(behavior, service, method):
+    async def handler(request, context):
+        call = _Call(service, method, context.invocation_metadata())
+        token = request_id.set(call.rid)
+        error = None
+        try:
+            return await behavior(request, context)
+        except errors.LikenessError as exc:
+            error = exc
+            await abort_with(context, exc)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.finish(context, error)
+            request_id.reset(token)
+    return handler
+
+
+def _wrap_stream(behavior, service, method):
+    async def handler(request, context):
+        call = _Call(service, method, context.invocation_metadata())
+        token = request_id.set(call.rid)
+        error = None
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except errors.LikenessError as exc:
+            error = exc
+            await abort_with(context, exc)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.finish(context, error)
+            request_id.reset(token)
+    return handler
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        full = handler_call_details.method
+        if handler is None or full.startswith(UNRECORDED):
+            return handler
+        _, service, method = full.split("/")
+        service = service.rsplit(".", 1)[-1]
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, service, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, service, method))
+        return handler  # client streaming is not part of the API

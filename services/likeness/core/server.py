@@ -1,0 +1,153 @@
+"""The one server runtime every service uses.
+
+`Service` describes what a service serves; `ServiceRuntime` runs it on an asyncio gRPC server with
+health (NOT_SERVING until warm-up ends and again while shutting down), reflection, the
+observability interceptor, a Prometheus /metrics port and graceful SIGTERM handling:
+
+    SIGTERM -> health NOT_SERVING -> wait `drain_seconds` (load balancers stop sending)
+            -> stop accepting, in-flight calls get `grace_seconds` -> service.shutdown()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from likeness.core import metrics
+from likeness.core.interceptor import ObservabilityInterceptor
+from likeness.core.logging import configure as configure_logging
+from likeness.core.settings import CommonSettings
+
+log = logging.getLogger("likeness.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Service:
+    """What one service serves. `servicers` pairs each generated `add_*_to_server` with its servicer;
+    `service_names` are full protobuf names (health and reflection); `warmup` loads models and runs a
+    first inference before the service reports SERVING."""
+
+    name: str
+    servicers: list[tuple[Callable, object]]
+    service_names: list[str]
+    warmup: Callable[[], Awaitable[None]] | None = None
+    shutdown: Callable[[], Awaitable[None]] | None = None
+    description: dict = field(default_factory=dict)  # logged at start-up: backends, models, engine
+
+
+def server_options(settings: CommonSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is mounted; mTLS (client certificates required) when a CA is too."""
+    if not settings.tls_cert_file:
+        return None
+    cert = Path(settings.tls_cert_file).read_bytes()
+    key = Path(settings.tls_key_file).read_bytes()
+    ca = Path(settings.tls_ca_file).read_bytes() if settings.tls_ca_file else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class ServiceRuntime:
+    def __init__(self, service: Service, settings: CommonSettings, *, drain_seconds: float | None = None,
+                 interceptors: list[grpc.aio.ServerInterceptor] | None = None):
+        self.service = service
+        self.settings = settings
+        self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[*(interceptors or []), ObservabilityInterceptor()],
+            options=server_options(settings))
+        self.port = 0
+        self.metrics_port = 0
+        self._stopped = asyncio.Event()
+        self._metrics_server = None
+        self._ready = metrics.SERVICE_READY.labels(service.name)
+
+    async def _set_health(self, status) -> None:
+        for name in ("", *self.service.service_names):
+            await self.health.set(name, status)
+        self._ready.set(1 if status == SERVING else 0)
+
+    async def start(self) -> int:
+        """Binds and starts serving (health NOT_SERVING); returns the bound gRPC port."""
+        for add, servicer in self.service.servicers:
+            add(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+        await self._set_health(NOT_SERVING)
+        address = f"{self.settings.host}:{self.settings.resolved_port(self.service.name)}"
+        creds = server_credentials(self.settings)
+        self.port = (self.server.add_secure_port(address, creds) if creds
+                     else self.server.add_insecure_port(address))
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {address}")
+        if self.settings.metrics_enabled:
+            self._metrics_server, _ = start_http_server(
+                self.settings.resolved_metrics_port(self.service.name), addr=self.settings.host)
+            self.metrics_port = self._metrics_server.server_port
+        await self.server.start()
+        log.info("listening", extra={"grpc_port": self.port, "metrics_port": self.metrics_port,
+                                     **self.service.description})
+        return self.port
+
+    async def warm(self) -> None:
+        if self.service.warmup is not None:
+            await self.service.warmup()
+        await self._set_health(SERVING)
+        log.info("serving", extra={"service_names": self.service.service_names})
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, drain, then in-flight calls get `grace` seconds."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.grace_seconds if grace is None else grace
+        log.info("shutting down", extra={"drain_seconds": self.drain_seconds, "grace_seconds": grace})
+        await self._set_health(NOT_SERVING)
+        await asyncio.sleep(self.drain_seconds)
+        await self.server.stop(grace)
+        if self.service.shutdown is not None:
+            await self.service.shutdown()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+        await self.start()
+        await self.warm()
+        await self._stopped.wait()
+
+
+def run(service_factory: Callable[[], Service], settings: CommonSettings) -> None:
+    """Entry point of a service process: logging, build the service, serve until SIGTERM."""
+    configure_logging(service_factory.__module__.split(".")[1] if "." in service_factory.__module__ else "likeness",
+                      settings.log_level, settings.log_json)
+
+    async def main() -> None:
+        await ServiceRuntime(service_factory(), settings).serve_forever()
+
+    asyncio.run(main())

@@ -1,0 +1,68 @@
+"""Typed settings from `LIKENESS_*` environment variables, read once per process.
+
+`CommonSettings` holds what every service reads; each service subclasses it with its own fields
+(named with the service prefix, so `detection_backend` is `LIKENESS_DETECTION_BACKEND`) and its
+default port. Secrets (store keys, tokens) are `SecretStr`, so they never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Default gRPC ports; the metrics port is the gRPC port + 1000 unless set.
+PORTS = {
+    "orchestrator": 50050,
+    "detection": 50051,
+    "generation": 50052,
+    "embedding": 50053,
+    "restoration": 50054,
+    "training": 50055,
+}
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIKENESS_", extra="ignore", frozen=True)
+
+    # server
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 in a pod")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 = the service's default")
+    metrics_port: int = Field(-1, ge=-1, le=65535, description="-1 = gRPC port + 1000; 0 = any free port")
+    metrics_enabled: bool = True
+    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    grace_seconds: float = Field(20.0, ge=0, description="in-flight calls may finish this long after SIGTERM")
+    drain_seconds: float = Field(2.0, ge=0, description="NOT_SERVING this long before the port closes")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # images
+    max_image_bytes: int = Field(30 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
+    min_image_side: int = Field(16, ge=1)
+
+    # artifact store: file:///abs/dir (embedded) or s3://bucket[/prefix]
+    store_uri: str = "file:///tmp/likeness/store"
+    s3_endpoint: str = "127.0.0.1:8333"
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    # extra buckets (beyond the store's own) that input URIs may name; comma-separated
+    allowed_buckets: str = ""
+
+    # model repository: a folder or a store URI prefix; pods copy models to model_cache_dir
+    model_repository: str = "file:///tmp/likeness/models"
+    model_cache_dir: str = "/tmp/likeness/model-cache"
+
+    # TLS between services (optional): mounted PEM files
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+
+    def resolved_port(self, service: str) -> int:
+        return self.port or PORTS[service]
+
+    def resolved_metrics_port(self, service: str) -> int:
+        if self.metrics_port >= 0:
+            return self.metrics_port
+        return self.resolved_port(service) + 1000
