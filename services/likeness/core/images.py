@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,16 +142,21 @@ def decode_image(data: bytes, field: str, limits: ImageLimits | None = None) -> 
         raise InvalidArgument(field, f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
     fmt = sniff_format(data)
     if fmt not in ACCEPTED_FORMATS:
-        seen = f"{fmt} data ({_describe_head(data)})" if fmt == "unrecognised" else fmt
+        seen = {"unrecognised": f"unrecognised data ({_describe_head(data)})",
+                "plain text": f"plain text ({_describe_head(data)})"}.get(fmt, fmt)
         raise InvalidArgument(field, f"unsupported image format: {seen}; accepted: PNG, JPEG, WebP")
 
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])  # parses the header only
     except Image.DecompressionBombError as exc:
-        m = _BOMB_PIXELS.search(str(exc))
-        measured = f" ({_mp(int(m.group(1)))})" if m else ""
-        raise InvalidArgument(field, f"image header claims too many pixels{measured}, over the limit "
-                                     f"of {_mp(limits.max_pixels)}") from None
+        # Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) fired inside open(): same message as ours
+        if fmt == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            measured = f"{width}x{height} ({_mp(width * height)})"
+        else:
+            m = _BOMB_PIXELS.search(str(exc))
+            measured = f"{_mp(int(m.group(1)))}" if m else "too many pixels"
+        raise InvalidArgument(field, f"image is {measured}, over the limit of {_mp(limits.max_pixels)}") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure of untrusted data is bad input
         raise InvalidArgument(field, f"{fmt} header is corrupt or truncated ({_short(exc)})") from None
 

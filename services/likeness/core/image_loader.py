@@ -1,0 +1,99 @@
+"""Loads the `ImageInput`s of a request (inline bytes or store URIs) into RGB arrays.
+
+Servicers call this; it is the one place that knows both protobuf `ImageInput` and the store.
+Each item fails on its own: `load_all` returns a `LoadedImage` with `error` set (field
+`images[3].data` or `images[3].uri`) and its batch-mates are still decoded. Store reads and
+decoding run off the event loop on a small thread pool owned by the loader, which also bounds how
+many images are read and decoded at once across all concurrent requests (memory and CPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from likeness.core.errors import InvalidArgument, LikenessError
+from likeness.core.images import ACCEPTED_FORMATS, ImageLimits, decode_image, sniff_format
+
+
+@dataclass
+class LoadedImage:
+    index: int
+    pixels: np.ndarray | None  # HxWx3 uint8 RGB, None when `error` is set
+    error: LikenessError | None
+    source: str  # the URI, or "inline" for bytes sent in the request
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ImageLoader:
+    def __init__(self, store, limits: ImageLimits | None = None, max_concurrency: int = 8):
+        """`store` is a core.store.ArtifactStore (or None: then only inline images are accepted)."""
+        self.store = store
+        self.limits = limits or ImageLimits()
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="image-loader")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def load_all(self, inputs: Sequence, field: str = "images") -> list[LoadedImage]:
+        """One LoadedImage per input, in order; never raises for a bad item."""
+        return list(await asyncio.gather(*(self._load_item(i, pb, field) for i, pb in enumerate(inputs))))
+
+    async def _load_item(self, index: int, pb_input, field: str) -> LoadedImage:
+        item_field = f"{field}[{index}]"
+        source = pb_input.uri if pb_input.WhichOneof("source") == "uri" else "inline"
+        try:
+            pixels = await self.load_one(pb_input, item_field)
+        except LikenessError as exc:
+            return LoadedImage(index, None, exc, source)
+        return LoadedImage(index, pixels, None, source)
+
+    async def load_one(self, pb_input, field: str) -> np.ndarray:
+        """One ImageInput -> HxWx3 uint8 RGB; raises InvalidArgument / NotFound naming
+        `<field>.data` or `<field>.uri`."""
+        data, sub = await self._raw(pb_input, field)
+        return await self._run(decode_image, data, sub, self.limits)
+
+    async def load_bytes(self, pb_input, field: str) -> bytes:
+        """The encoded bytes of one ImageInput, for callers that pass an image on unchanged.
+        Checked for size and format (magic bytes) but not decoded."""
+        data, sub = await self._raw(pb_input, field)
+        if not data:
+            raise InvalidArgument(sub, "image is empty (0 bytes)")
+        if len(data) > self.limits.max_bytes:
+            raise InvalidArgument(sub, f"image is {len(data)} bytes, over the limit of {self.limits.max_bytes} bytes")
+        fmt = sniff_format(data)
+        if fmt not in ACCEPTED_FORMATS:
+            raise InvalidArgument(sub, f"unsupported image format: {fmt}; accepted: PNG, JPEG, WebP")
+        return data
+
+    async def _raw(self, pb_input, field: str) -> tuple[bytes, str]:
+        which = pb_input.WhichOneof("source")
+        if which == "data":
+            return pb_input.data, f"{field}.data"
+        if which == "uri":
+            sub = f"{field}.uri"
+            if not pb_input.uri:
+                raise InvalidArgument(sub, "is empty; give a store URI (s3://bucket/key or file:///path)")
+            if self.store is None:
+                raise InvalidArgument(sub, "this service has no artifact store; send the image as data")
+            return await self._run(self._read_bounded, pb_input.uri, sub), sub
+        raise InvalidArgument(field, "neither data nor uri is set; set exactly one")
+
+    def _read_bounded(self, uri: str, field: str) -> bytes:
+        # Read at most one byte past the limit: an oversized object is never held whole in memory.
+        with self.store.open(uri, field=field) as stream:
+            data = stream.read(self.limits.max_bytes + 1)
+        if len(data) > self.limits.max_bytes:
+            raise InvalidArgument(field, f"image is over the limit of {self.limits.max_bytes} bytes")
+        return data
