@@ -7,7 +7,6 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from likeness.api.v1 import common_pb2
 from likeness.core.convert import artifact_pb, item_error_pb
 from likeness.core.errors import InvalidArgument, NotFound

@@ -10,8 +10,6 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from likeness.core.errors import InvalidArgument
 from likeness.core.images import (
     ImageLimits,
@@ -22,6 +20,7 @@ from likeness.core.images import (
     image_size,
     sniff_format,
 )
+from PIL import Image
 
 FIELD = "images[0].data"
 
