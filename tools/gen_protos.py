@@ -8,7 +8,6 @@ stubs differ (the staleness test calls it).
 import argparse
 import filecmp
 import re
-import shutil
 import sys
 import tempfile
 from importlib import resources

@@ -28,7 +28,7 @@ def slow_service(tmp_path):
     gate = tmp_path / "warm"
     env = {**os.environ, "LIKENESS_PORT": str(port), "LIKENESS_METRICS_PORT": str(mport),
            "LIKENESS_TEST_WARM_GATE": str(gate), "LIKENESS_TEST_SLOW_SECONDS": "2.5",
-           "LIKENESS_DRAIN_SECONDS": "1.5", "LIKENESS_GRACE_SECONDS": "10", "PYTHONPATH": str(ROOT / "services")}
+           "LIKENESS_DRAIN_SECONDS": "1.5", "LIKENESS_LOG_CALLS": "all", "LIKENESS_GRACE_SECONDS": "10", "PYTHONPATH": str(ROOT / "services")}
     log = open(tmp_path / "service.log", "wb")
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests/core/slow_service.py")], env=env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

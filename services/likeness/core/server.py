@@ -73,7 +73,7 @@ class ServiceRuntime:
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[*(interceptors or []), ObservabilityInterceptor()],
+            interceptors=[*(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all")],
             options=server_options(settings))
         self.port = 0
         self.metrics_port = 0

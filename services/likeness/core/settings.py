@@ -7,6 +7,8 @@ default port. Secrets (store keys, tokens) are `SecretStr`, so they never appear
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,7 +28,7 @@ class CommonSettings(BaseSettings):
 
     # server
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 in a pod")
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 = the service's default")
+    port: int = Field(-1, ge=-1, le=65535, description="gRPC port; -1 = the service's default, 0 = any free port")
     metrics_port: int = Field(-1, ge=-1, le=65535, description="-1 = gRPC port + 1000; 0 = any free port")
     metrics_enabled: bool = True
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
@@ -34,6 +36,7 @@ class CommonSettings(BaseSettings):
     drain_seconds: float = Field(2.0, ge=0, description="NOT_SERVING this long before the port closes")
     log_level: str = "INFO"
     log_json: bool = True
+    log_calls: Literal["errors", "all"] = Field("errors", description="access-log every call, or failed ones only")
 
     # images
     max_image_bytes: int = Field(30 * 1024 * 1024, ge=1)
@@ -49,6 +52,8 @@ class CommonSettings(BaseSettings):
     s3_region: str = "us-east-1"
     # extra buckets (beyond the store's own) that input URIs may name; comma-separated
     allowed_buckets: str = ""
+    # transient S3 failures (connection refused, 5xx) are retried with backoff this long, then UNAVAILABLE
+    store_retry_seconds: float = Field(30.0, ge=0)
 
     # model repository: a folder or a store URI prefix; pods copy models to model_cache_dir
     model_repository: str = "file:///tmp/likeness/models"
@@ -60,9 +65,10 @@ class CommonSettings(BaseSettings):
     tls_ca_file: str = ""
 
     def resolved_port(self, service: str) -> int:
-        return self.port or PORTS[service]
+        return PORTS.get(service, 0) if self.port < 0 else self.port
 
     def resolved_metrics_port(self, service: str) -> int:
         if self.metrics_port >= 0:
             return self.metrics_port
-        return self.resolved_port(service) + 1000
+        grpc_port = self.resolved_port(service)
+        return grpc_port + 1000 if grpc_port else 0
