@@ -30,8 +30,8 @@ def seaweed(tmp_path_factory):
     from tests.servers import SeaweedServer
 
     server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop()
@@ -43,8 +43,8 @@ def postgres_url(tmp_path_factory):
     from tests.servers import PostgresServer
 
     server = PostgresServer(tmp_path_factory.mktemp("postgres"))
-    server.start()
     try:
+        server.start()
         yield server.url
     finally:
         server.stop()
