@@ -7,6 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
+
 from likeness.api.v1 import common_pb2
 from likeness.core.convert import artifact_pb, item_error_pb
 from likeness.core.errors import InvalidArgument, NotFound
@@ -53,7 +54,7 @@ def test_load_one_raises_and_reads_uri_objects_bounded(tmp_store):
     big = encode_png(rgb(64, 64))
     stored = tmp_store.put("big.png", big, "image/png")
     loader = ImageLoader(tmp_store, ImageLimits(max_bytes=len(big) - 1))
-    with pytest.raises(InvalidArgument, match=rf"^mask\.uri: image is over the limit of {len(big) - 1} bytes"):
+    with pytest.raises(InvalidArgument, match=rf"^mask\.uri: image is over the limit of {len(big) - 1:,} bytes"):
         run(loader.load_one(common_pb2.ImageInput(uri=stored.uri), "mask"))
     with pytest.raises(InvalidArgument, match=r"^mask\.uri: is empty"):
         run(loader.load_one(common_pb2.ImageInput(uri=""), "mask"))

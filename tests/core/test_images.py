@@ -10,6 +10,8 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from likeness.core.errors import InvalidArgument
 from likeness.core.images import (
     ImageLimits,
@@ -20,7 +22,6 @@ from likeness.core.images import (
     image_size,
     sniff_format,
 )
-from PIL import Image
 
 FIELD = "images[0].data"
 
@@ -136,7 +137,7 @@ def test_empty_and_oversized():
     assert "empty (0 bytes)" in rejects(b"")
     data = encode_png(rgb_image())
     msg = rejects(data, ImageLimits(max_bytes=100))
-    assert f"{len(data)} bytes, over the limit of 100 bytes" in msg
+    assert f"{len(data):,} bytes, over the limit of 100 bytes" in msg
 
 
 @pytest.mark.parametrize("data,name", [
@@ -163,24 +164,24 @@ def test_zip_and_real_gif_are_named():
 
 def test_header_over_pixel_limit_is_rejected_before_decoding():
     msg = rejects(png_header_only(50000, 50000))
-    assert "50000x50000 (2500.0 MP), over the limit of 40.0 MP" in msg
+    assert "50000x50000 (2,500,000,000 pixels), over the limit of 40,000,000 pixels" in msg
 
 
 def test_pillow_bomb_guard_is_reported_as_over_the_limit():
     # past 2 x Image.MAX_IMAGE_PIXELS Pillow refuses in open(); still a clean, measured message
     msg = rejects(png_header_only(100000, 100000))
-    assert "100000x100000 (10000.0 MP), over the limit of 40.0 MP" in msg
+    assert "100000x100000 (10,000,000,000 pixels), over the limit of 40,000,000 pixels" in msg
     jpeg = bytearray(encode_jpeg(rgb_image(64, 64)))
     sof = jpeg.index(b"\xff\xc0")
     jpeg[sof + 5:sof + 9] = struct.pack(">HH", 65000, 65000)  # SOF0: height, width
-    assert "4225.0 MP, over the limit of 40.0 MP" in rejects(bytes(jpeg))
+    assert "image is 4,225,000,000 pixels, over the limit of 40,000,000 pixels" in rejects(bytes(jpeg))
     jpeg[sof + 5:sof + 9] = struct.pack(">HH", 9000, 9000)  # 81 MP: under Pillow's guard, over ours
-    assert "9000x9000 (81.0 MP), over the limit of 40.0 MP" in rejects(bytes(jpeg))
+    assert "9000x9000 (81,000,000 pixels), over the limit of 40,000,000 pixels" in rejects(bytes(jpeg))
 
 
 def test_valid_image_over_a_small_pixel_limit():
     msg = rejects(encode_png(rgb_image(64, 64)), ImageLimits(max_pixels=1000))
-    assert "64x64 (0.0 MP), over the limit of 0.0 MP" in msg
+    assert "64x64 (4,096 pixels), over the limit of 1,000 pixels" in msg
 
 
 def test_too_small():

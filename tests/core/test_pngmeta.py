@@ -9,6 +9,8 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image, PngImagePlugin
+
 from likeness.core.errors import InvalidArgument
 from likeness.core.images import encode_png
 from likeness.core.pngmeta import (
@@ -19,7 +21,6 @@ from likeness.core.pngmeta import (
     read_png_metadata,
     read_request,
 )
-from PIL import Image, PngImagePlugin
 
 REQUEST = {"prompt": "a portrait", "seed": 7, "steps": 20, "lora": [{"name": "anna", "scale": 0.8}]}
 

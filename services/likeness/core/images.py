@@ -125,8 +125,9 @@ def _describe_head(data: bytes) -> str:
 
 # --- decoding -------------------------------------------------------------------------------------
 
-def _mp(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f} MP"
+def _px(pixels: int) -> str:
+    """Exact counts: a rounded '40.0 MP over the limit of 40.0 MP' would explain nothing."""
+    return f"{pixels:,} pixels"
 
 
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
@@ -139,7 +140,7 @@ def decode_image(data: bytes, field: str, limits: ImageLimits | None = None) -> 
     if size == 0:
         raise InvalidArgument(field, "image is empty (0 bytes)")
     if size > limits.max_bytes:
-        raise InvalidArgument(field, f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
+        raise InvalidArgument(field, f"image is {size:,} bytes, over the limit of {limits.max_bytes:,} bytes")
     fmt = sniff_format(data)
     if fmt not in ACCEPTED_FORMATS:
         seen = {"unrecognised": f"unrecognised data ({_describe_head(data)})",
@@ -152,11 +153,11 @@ def decode_image(data: bytes, field: str, limits: ImageLimits | None = None) -> 
         # Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) fired inside open(): same message as ours
         if fmt == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
             width, height = struct.unpack(">II", data[16:24])
-            measured = f"{width}x{height} ({_mp(width * height)})"
+            measured = f"{width}x{height} ({_px(width * height)})"
         else:
             m = _BOMB_PIXELS.search(str(exc))
-            measured = f"{_mp(int(m.group(1)))}" if m else "too many pixels"
-        raise InvalidArgument(field, f"image is {measured}, over the limit of {_mp(limits.max_pixels)}") from None
+            measured = f"{_px(int(m.group(1)))}" if m else "too many pixels"
+        raise InvalidArgument(field, f"image is {measured}, over the limit of {_px(limits.max_pixels)}") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure of untrusted data is bad input
         raise InvalidArgument(field, f"{fmt} header is corrupt or truncated ({_short(exc)})") from None
 
@@ -164,16 +165,16 @@ def decode_image(data: bytes, field: str, limits: ImageLimits | None = None) -> 
         width, height = img.size
         pixels = width * height
         if pixels > limits.max_pixels:
-            raise InvalidArgument(field, f"image is {width}x{height} ({_mp(pixels)}), over the limit "
-                                         f"of {_mp(limits.max_pixels)}")
+            raise InvalidArgument(field, f"image is {width}x{height} ({_px(pixels)}), over the limit "
+                                         f"of {_px(limits.max_pixels)}")
         if min(width, height) < limits.min_side:
             raise InvalidArgument(field, f"image is {width}x{height}, a side under the minimum of "
                                          f"{limits.min_side} px")
         try:
             img.load()  # a full decode: truncated or corrupt data fails here, not later
         except Image.DecompressionBombError:
-            raise InvalidArgument(field, f"image is {width}x{height} ({_mp(pixels)}), over the limit "
-                                         f"of {_mp(limits.max_pixels)}") from None
+            raise InvalidArgument(field, f"image is {width}x{height} ({_px(pixels)}), over the limit "
+                                         f"of {_px(limits.max_pixels)}") from None
         except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, zlib.error ...
             raise InvalidArgument(field, f"{fmt} data is truncated or corrupt ({_short(exc)})") from None
         try:
