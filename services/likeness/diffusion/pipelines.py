@@ -1,0 +1,69 @@
+"""Diffusers pipelines built from model-repository folders, shared by generation and training.
+
+A model folder holds one diffusers pipeline (`model_index.json` + component folders) of a `kind`
+recorded in model.yaml. `load_pipeline` loads it for a task; `derive_pipeline` re-wraps an already
+loaded pipeline for another task with the SAME components (no second copy of the weights), so a
+service loads each model once and runs text-to-image, image-to-image and inpainting from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissing
+
+KINDS = ("sdxl", "sdxl-refiner", "sdxl-inpaint", "sd15", "sd15-inpaint")
+TASKS = ("text-to-image", "image-to-image", "inpaint")
+
+
+def pipeline_class(kind: str, task: str):
+    """The diffusers pipeline class that runs `task` on a model of `kind`."""
+    import diffusers as d
+
+    if kind not in KINDS:
+        raise FailedPrecondition("model", f"kind {kind!r} is not a diffusion pipeline; known kinds: {', '.join(KINDS)}")
+    if task not in TASKS:
+        raise InvalidArgument("task", f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    family = "sdxl" if kind.startswith("sdxl") else "sd15"
+    if kind == "sdxl-refiner" and task == "text-to-image":
+        # the refiner only denoises existing latents/images
+        raise InvalidArgument("task", "an sdxl-refiner model runs image-to-image or inpaint, not text-to-image")
+    table = {
+        ("sdxl", "text-to-image"): d.StableDiffusionXLPipeline,
+        ("sdxl", "image-to-image"): d.StableDiffusionXLImg2ImgPipeline,
+        ("sdxl", "inpaint"): d.StableDiffusionXLInpaintPipeline,
+        ("sd15", "text-to-image"): d.StableDiffusionPipeline,
+        ("sd15", "image-to-image"): d.StableDiffusionImg2ImgPipeline,
+        ("sd15", "inpaint"): d.StableDiffusionInpaintPipeline,
+    }
+    return table[(family, task)]
+
+
+def load_pipeline(path: str | Path, kind: str, task: str = "text-to-image", *, dtype=None, device: str = "cpu"):
+    """Loads the pipeline in folder `path` (diffusers layout) for `task` on `device`.
+
+    Raises ModelMissing naming `model_index.json` when the folder holds no pipeline. `dtype`
+    defaults to float32 (CPU); pass torch.float16 on GPU nodes.
+    """
+    import torch
+
+    folder = Path(path)
+    if not (folder / "model_index.json").is_file():
+        raise ModelMissing(folder.name, str(folder / "model_index.json"))
+    cls = pipeline_class(kind, task)
+    kwargs = {"dtype": dtype or torch.float32}
+    if kind.startswith("sd15"):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipe = cls.from_pretrained(str(folder), **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if device == "cpu" else pipe.to(device)
+
+
+def derive_pipeline(pipe, kind: str, task: str):
+    """The pipeline for `task` sharing `pipe`'s components (weights, LoRA layers, scheduler)."""
+    cls = pipeline_class(kind, task)
+    if isinstance(pipe, cls):
+        return pipe
+    derived = cls.from_pipe(pipe)
+    derived.set_progress_bar_config(disable=True)
+    return derived

@@ -1,0 +1,21 @@
+"""Tiny models built once per session (deterministic, ~2 s) for the diffusion-package tests."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory):
+    """{kind: folder} of tiny-sdxl, tiny-sdxl-refiner and tiny-sd15 built with `build_tiny_model`."""
+    from likeness.diffusion.tiny_sdxl import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: build_tiny_model(kind, root / kind) for kind in ("sdxl", "sdxl-refiner", "sd15")}
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe(tiny_folders):
+    from likeness.diffusion.pipelines import load_pipeline
+
+    return load_pipeline(tiny_folders["sdxl"], "sdxl")

@@ -1,0 +1,79 @@
+"""tiny-sdxl: built deterministically, loads through from_pretrained, runs every task; real CLIP ids."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from likeness.core.errors import InvalidArgument, ModelMissing
+from likeness.diffusion.pipelines import derive_pipeline, load_pipeline
+from likeness.diffusion.tiny_sdxl import build_tiny_model
+from likeness.diffusion.tokenizer import load_clip_tokenizer, write_clip_tokenizer
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")):
+        h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_offline_tokenizer_matches_openai_clip_ids(tmp_path):
+    tok = load_clip_tokenizer(write_clip_tokenizer(tmp_path / "tok"))
+    # ids of OpenAI CLIP ViT-L/14's tokenizer for this phrase
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(tok) == 49408 and tok.model_max_length == 77
+
+
+def test_build_is_deterministic(tmp_path, tiny_folders):
+    again = build_tiny_model("sdxl", tmp_path / "again")
+    assert _digest(again) == _digest(tiny_folders["sdxl"])
+
+
+def test_tasks_share_components_and_run(sdxl_pipe):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    from PIL import Image
+
+    for task, extra in [("text-to-image", {}),
+                        ("image-to-image", {"image": Image.fromarray(image), "strength": 0.5}),
+                        ("inpaint", {"image": Image.fromarray(image), "mask_image": Image.fromarray(mask),
+                                     "strength": 0.99})]:
+        pipe = derive_pipeline(sdxl_pipe, "sdxl", task)
+        assert pipe.unet is sdxl_pipe.unet  # no second copy of the weights
+        out = pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="np",
+                   generator=torch.Generator().manual_seed(1), **extra).images
+        assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+def test_refiner_and_sd15_load(tiny_folders):
+    refiner = load_pipeline(tiny_folders["sdxl-refiner"], "sdxl-refiner", "image-to-image")
+    assert refiner.config.requires_aesthetics_score
+    image = np.full((1, 64, 64, 3), 0.5, np.float32)
+    assert refiner("x", image=image, strength=0.5, num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
+    sd15 = load_pipeline(tiny_folders["sd15"], "sd15")
+    assert sd15("x", num_inference_steps=1, height=64, width=64, output_type="np").images.shape == (1, 64, 64, 3)
+
+
+def test_clear_errors(tmp_path, tiny_folders):
+    with pytest.raises(ModelMissing, match="model_index.json"):
+        load_pipeline(tmp_path, "sdxl")
+    with pytest.raises(InvalidArgument, match="refiner"):
+        load_pipeline(tiny_folders["sdxl-refiner"], "sdxl-refiner", "text-to-image")
+
+
+@pytest.mark.parametrize("sampler", ["default", "ddim", "pndm", "dpm_solver_multistep", "euler", "euler_ancestral"])
+def test_every_sampler_runs_without_reloading(sdxl_pipe, sampler):
+    from likeness.diffusion.samplers import make_scheduler
+
+    unet = sdxl_pipe.unet
+    sdxl_pipe.scheduler = make_scheduler(sampler, sdxl_pipe.scheduler.config)
+    out = sdxl_pipe("x", num_inference_steps=3, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+    assert sdxl_pipe.unet is unet and np.isfinite(out).all()
