@@ -1,0 +1,180 @@
+"""Runs a training run as a Kubernetes Job created with the `kubernetes` client.
+
+The Job's pod runs `python -m likeness.training.job --run-id ID`: the same training loop as the
+in-process executor, writing progress, checkpoints and the final state to the same registry
+(PostgreSQL in a cluster) and store, so WatchRun/GetRun/CancelRun work the same either way:
+- cancel: the service sets the run's cancel flag; the pod's loop sees it at its next step;
+- a pod that dies (node drain, OOM) is retried by the Job (`backoffLimit`), and the retry resumes
+  from the run's last saved state, so a retry costs only the steps since that state;
+- `reconcile` marks a run FAILED when its Job failed without the pod recording why.
+
+The manifest is built from the run spec (GPUs, node selector, tolerations, image, memory, CPU)
+and the service settings (store, model repository, the Secret with store and registry
+credentials, the model cache volume). Tests validate it against the Kubernetes schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from likeness.core.errors import FailedPrecondition, Unavailable
+from likeness.training.registry import FAILED, RunRecord, RunRegistry
+from likeness.training.settings import TrainingSettings
+
+log = logging.getLogger("likeness.training.kubernetes")
+
+CONTAINER = "train"
+RUN_LABEL = "likeness.dev/run-id"
+# Settings forwarded to the pod as plain env vars; secrets travel in the Secret (envFrom) instead.
+FORWARDED = ("store_uri", "s3_endpoint", "s3_secure", "s3_region", "allowed_buckets", "model_repository",
+             "model_cache_dir", "training_embedding_address", "training_detection_address",
+             "training_eval_timeout_seconds", "log_level", "tls_ca_file")
+
+
+def job_name(run_id: str) -> str:
+    """DNS-1123 label under 63 characters, unique per run."""
+    return "likeness-train-" + re.sub(r"[^a-z0-9-]", "-", run_id.lower())[:40].strip("-")
+
+
+def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
+    k8s = run.spec.get("kubernetes", {}) or {}
+    gpus = int(k8s.get("gpus", 0))
+    labels = {"app.kubernetes.io/name": "likeness", "app.kubernetes.io/component": "training-run",
+              "app.kubernetes.io/managed-by": "likeness-training", RUN_LABEL: run.run_id}
+    env = [{"name": "LIKENESS_" + name.upper(), "value": str(getattr(settings, name))}
+           for name in FORWARDED if str(getattr(settings, name))]
+    env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": "LIKENESS_LOG_JSON", "value": "true"}]
+    requests = {"cpu": k8s.get("cpu") or ("4" if gpus else "2"), "memory": k8s.get("memory") or "16Gi"}
+    limits = {"memory": k8s.get("memory") or "16Gi"}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+        requests["nvidia.com/gpu"] = str(gpus)
+    cache_volume = ({"name": "model-cache", "persistentVolumeClaim": {"claimName": settings.training_model_cache_claim}}
+                    if settings.training_model_cache_claim else {"name": "model-cache", "emptyDir": {}})
+    container = {
+        "name": CONTAINER,
+        "image": k8s.get("image") or settings.training_job_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "likeness.training.job", "--run-id", run.run_id],
+        "env": env,
+        # store keys and the registry URL (LIKENESS_S3_ACCESS_KEY, LIKENESS_S3_SECRET_KEY,
+        # LIKENESS_TRAINING_DATABASE_URL) come from the Secret, never from the manifest
+        "envFrom": [{"secretRef": {"name": settings.training_job_secret}}],
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": settings.model_cache_dir},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # torch workers share tensors through /dev/shm
+        ],
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+    }
+    pod_spec = {
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [cache_volume, {"name": "tmp", "emptyDir": {}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
+        "terminationGracePeriodSeconds": 60,
+    }
+    if settings.training_job_service_account:
+        pod_spec["serviceAccountName"] = settings.training_job_service_account
+    if k8s.get("node_selector"):
+        pod_spec["nodeSelector"] = dict(k8s["node_selector"])
+    tolerations = [_toleration(t) for t in k8s.get("tolerations", ())]
+    if gpus:  # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(run.run_id), "namespace": settings.training_namespace, "labels": labels,
+                     "annotations": {"likeness.dev/run-name": run.name[:200]}},
+        "spec": {
+            "backoffLimit": settings.training_job_backoff_limit,
+            "ttlSecondsAfterFinished": settings.training_job_ttl_seconds,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def _toleration(t: dict) -> dict:
+    out = {"operator": t.get("operator") or "Equal"}
+    for key in ("key", "value", "effect"):
+        if t.get(key):
+            out[key] = t[key]
+    if out["operator"] == "Exists":
+        out.pop("value", None)
+    return out
+
+
+def _api_client(api_client=None):
+    if api_client is not None:
+        return api_client
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, FileNotFoundError) as exc:
+            raise FailedPrecondition("spec.executor", "KUBERNETES_JOB needs in-cluster credentials or a "
+                                     f"kubeconfig; none found ({exc})") from exc
+    return client.ApiClient()
+
+
+class KubernetesJobExecutor:
+    name = "kubernetes_job"
+
+    def __init__(self, registry: RunRegistry, settings: TrainingSettings, api_client=None):
+        self.registry, self.settings = registry, settings
+        self._api_client = api_client
+
+    def _batch(self):
+        from kubernetes import client
+
+        self._api_client = _api_client(self._api_client)
+        return client.BatchV1Api(self._api_client)
+
+    def submit(self, run: RunRecord) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        manifest = job_manifest(run, self.settings)
+        try:
+            created = self._batch().create_namespaced_job(self.settings.training_namespace, manifest)
+        except ApiException as exc:
+            raise Unavailable("spec.executor", f"Kubernetes refused Job {manifest['metadata']['name']}: "
+                              f"{exc.status} {exc.reason}") from exc
+        self.registry.set_external_id(run.run_id, created.metadata.name)
+        log.info("job created", extra={"run_id": run.run_id, "job": created.metadata.name})
+
+    def cancel(self, run: RunRecord) -> None:
+        """The registry flag stops a running pod at its next step (keeping its checkpoints); a
+        Job whose pod never started is deleted."""
+        if run.state == "queued" and run.external_id:
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                self._batch().delete_namespaced_job(run.external_id, self.settings.training_namespace,
+                                                    propagation_policy="Background")
+            except ApiException as exc:
+                log.warning("job delete failed", extra={"job": run.external_id, "status": exc.status})
+
+    def reconcile(self) -> int:
+        """Marks runs FAILED whose Job failed before the pod could record it; returns how many."""
+        changed = 0
+        for run in self.registry.unfinished(self.name):
+            if not run.external_id:
+                continue
+            job = self._batch().read_namespaced_job_status(run.external_id, self.settings.training_namespace)
+            for cond in (job.status.conditions or []) if job.status else []:
+                if cond.type == "Failed" and cond.status == "True":
+                    self.registry.finish(run.run_id, FAILED, f"Kubernetes Job {run.external_id} failed: "
+                                         f"{cond.reason}: {cond.message}")
+                    changed += 1
+        return changed

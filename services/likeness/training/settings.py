@@ -1,0 +1,33 @@
+"""Settings of the training service (`LIKENESS_TRAINING_*`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from likeness.core.settings import CommonSettings
+
+
+class TrainingSettings(CommonSettings):
+    # Run registry: SQLite file embedded, PostgreSQL in a cluster
+    # (`postgresql+psycopg://user:pass@host/db`). Migrations run on start-up.
+    training_database_url: str = "sqlite:////tmp/likeness/training.db"
+    # Where runs execute when a spec does not say: `in_process` or `kubernetes_job`.
+    training_executor: str = Field("in_process", pattern="^(in_process|kubernetes_job)$")
+    # Runs trained at once inside this process; more wait QUEUED (the CPU/GPU is shared).
+    training_max_concurrent_runs: int = Field(1, ge=1, le=16)
+    # Evaluation clients; empty means that score is not measured and is recorded as NaN.
+    training_embedding_address: str = ""
+    training_detection_address: str = ""
+    training_eval_timeout_seconds: float = Field(60.0, gt=0)
+    # Kubernetes Job executor.
+    training_namespace: str = "likeness"
+    training_job_image: str = "ghcr.io/likeness/likeness:gpu"
+    training_job_service_account: str = ""
+    # Secret holding LIKENESS_S3_ACCESS_KEY / LIKENESS_S3_SECRET_KEY / LIKENESS_TRAINING_DATABASE_URL.
+    training_job_secret: str = "likeness-store"
+    # PersistentVolumeClaim mounted as the model cache; empty uses an emptyDir.
+    training_model_cache_claim: str = ""
+    training_job_ttl_seconds: int = Field(86_400, ge=0)
+    training_job_backoff_limit: int = Field(2, ge=0, le=20)
+    # Seconds between WatchRun polls of the registry (works across replicas and executors).
+    training_watch_interval_seconds: float = Field(0.25, gt=0, le=10)

@@ -1,0 +1,132 @@
+"""The Kubernetes Job executor: the manifest passes the Kubernetes schema (strict) for 1.30 and the
+newest bundled version, and the real `kubernetes` client POSTs it to the API server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import kubernetes_validate
+import pytest
+
+from likeness.training.executors.kubernetes_job import KubernetesJobExecutor, job_manifest, job_name
+from likeness.training.registry import RunRegistry
+from likeness.training.settings import TrainingSettings
+from likeness.training.spec import KubernetesSpec
+from tests.training.factories import resolved_spec
+
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
+    yield reg
+    reg.close()
+
+
+def gpu_run(registry, run_id="Run_ABC123"):
+    spec = resolved_spec(run_id, executor="kubernetes_job", kubernetes=KubernetesSpec(
+        gpus=2, node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        tolerations=({"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"},),
+        memory="48Gi", cpu="8"))
+    return registry.create_run(run_id, spec.to_dict(), executor="kubernetes_job")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("claim", ["", "model-cache"])
+def test_manifest_is_valid_kubernetes_in_strict_mode(registry, version, claim):
+    settings = TrainingSettings(training_model_cache_claim=claim, training_job_service_account="trainer")
+    manifest = job_manifest(gpu_run(registry), settings)
+    kubernetes_validate.validate(manifest, version, strict=True)  # raises on any unknown field
+
+
+def test_manifest_carries_the_spec(registry):
+    run = gpu_run(registry)
+    m = job_manifest(run, TrainingSettings(training_job_secret="store-creds", store_uri="s3://likeness"))
+    pod = m["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert m["metadata"]["name"] == job_name(run.run_id) and len(m["metadata"]["name"]) <= 63
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and c["resources"]["limits"]["memory"] == "48Gi"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in pod["tolerations"]
+    assert c["envFrom"] == [{"secretRef": {"name": "store-creds"}}]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["LIKENESS_STORE_URI"] == "s3://likeness"
+    assert not any("SECRET" in name or "ACCESS_KEY" in name for name in env)  # credentials only via Secret
+    assert c["command"][-2:] == ["--run-id", run.run_id]
+    assert pod["restartPolicy"] == "Never" and c["securityContext"]["readOnlyRootFilesystem"]
+    kubernetes_validate.validate(m, VERSIONS[-1], strict=True)
+
+
+def test_typo_in_a_manifest_fails_strict_validation(registry):
+    m = job_manifest(gpu_run(registry), TrainingSettings())
+    m["spec"]["template"]["spec"]["nodeSelectr"] = {"a": "b"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(m, VERSIONS[-1], strict=True)
+
+
+class FakeApiServer(BaseHTTPRequestHandler):
+    """Records what the client sends and answers like the API server's Job endpoints."""
+
+    posted: list = []
+    status_conditions: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, code: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeApiServer.posted.append((self.path, body))
+        self._reply(201, {**body, "status": {}})
+
+    def do_GET(self):
+        name = self.path.rstrip("/").split("/")[-2]
+        self._reply(200, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+                          "status": {"conditions": FakeApiServer.status_conditions}})
+
+
+@pytest.fixture
+def api_client():
+    from kubernetes import client
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = client.Configuration()
+    config.host = f"http://127.0.0.1:{server.server_port}"
+    FakeApiServer.posted.clear()
+    yield client.ApiClient(config)
+    server.shutdown()
+
+
+def test_submit_creates_the_job_with_the_kubernetes_client(registry, api_client):
+    settings = TrainingSettings(training_namespace="ml")
+    run = gpu_run(registry)
+    KubernetesJobExecutor(registry, settings, api_client).submit(run)
+    (path, body), = FakeApiServer.posted
+    assert path == "/apis/batch/v1/namespaces/ml/jobs"
+    assert body == job_manifest(run, settings)
+    assert registry.get(run.run_id).external_id == job_name(run.run_id)
+
+
+def test_reconcile_marks_a_run_whose_job_failed(registry, api_client):
+    settings = TrainingSettings()
+    executor = KubernetesJobExecutor(registry, settings, api_client)
+    run = gpu_run(registry)
+    executor.submit(run)
+    FakeApiServer.status_conditions = []
+    assert executor.reconcile() == 0
+    FakeApiServer.status_conditions = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                        "message": "Job has reached the specified backoff limit"}]
+    assert executor.reconcile() == 1
+    after = registry.get(run.run_id)
+    assert after.state == "failed" and "BackoffLimitExceeded" in after.error
