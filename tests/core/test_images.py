@@ -227,3 +227,13 @@ def test_encode_rejects_wrong_arrays():
         encode_png(np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError):
         encode_png(np.zeros((4, 4, 3), np.float32))
+
+
+def test_16_bit_rgb_keeps_the_top_byte():
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    px = (np.arange(16 * 16 * 3, dtype=np.uint32).reshape(16, 16, 3) * 211 % 65536).astype(">u2")
+    raw = b"".join(b"\0" + row.tobytes() for row in px)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    assert np.array_equal(decode_image(data, FIELD), (px.astype(np.uint32) >> 8).astype(np.uint8))

@@ -35,9 +35,10 @@ from likeness.core.errors import InvalidArgument
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 
-# PNG compression level: 1 (zlib's fastest) encodes a 1024x1024 photo several times faster than
-# Pillow's default 6 for files only ~10% larger (bench/images.py measures both); generated images
-# are written once and moved over a LAN, so encode time on the request path matters more.
+# PNG compression level: 1 (zlib's fastest) encodes a 1024x1024 photo ~5x faster than Pillow's
+# default 6 (time ratio 0.21-0.23) for a file ~13% larger; on noise-like images every level costs the
+# same (bench/images.py, docs/benchmarks.md). Images are encoded on the request path and moved over
+# a LAN, so encode time matters more than 13% of bytes. Callers archiving images may pass 6 or 9.
 PNG_COMPRESS_LEVEL = 1
 JPEG_QUALITY = 92
 
