@@ -73,7 +73,7 @@ def main() -> None:
     print(f"{'image':<8}{'level':>6}{'encode ms':>11}{'size KiB':>10}{'time vs 6':>11}{'size vs 6':>11}")
     for label, arr in (("photo", photo(args.side)), ("noise", noise(args.side))):
         levels = (1, 3, 6, 9)
-        t = timed({lv: (lambda lv=lv: encode_png(arr, compress_level=lv)) for lv in levels}, reps)
+        t = timed({lv: (lambda lv=lv, a=arr: encode_png(a, compress_level=lv)) for lv in levels}, reps)
         sizes = {lv: len(encode_png(arr, compress_level=lv)) for lv in levels}
         for lv in levels:
             print(f"{label:<8}{lv:>6}{t[lv] * 1e3:>11.1f}{sizes[lv] / 1024:>10.0f}"
