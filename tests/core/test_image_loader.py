@@ -44,6 +44,7 @@ def test_load_all_mixes_inline_uri_and_errors(tmp_store):
     assert isinstance(out[2].error, InvalidArgument) and out[2].error.field == "images[2].data"
     assert "plain text" in out[2].error.message
     assert out[3].error.field == "images[3]" and "neither data nor uri" in out[3].error.message
+    assert out[3].source == "" and out[4].source.endswith("in/missing.png")
     assert isinstance(out[4].error, NotFound) and out[4].error.field == "images[4].uri"
     assert isinstance(out[5].error, InvalidArgument) and out[5].error.field == "images[5].uri"
     assert isinstance(out[6].error, InvalidArgument) and out[6].error.field == "images[6].uri"

@@ -25,7 +25,7 @@ class LoadedImage:
     index: int
     pixels: np.ndarray | None  # HxWx3 uint8 RGB, None when `error` is set
     error: LikenessError | None
-    source: str  # the URI, or "inline" for bytes sent in the request
+    source: str  # the URI, "inline" for bytes sent in the request, "" when neither was set
 
     @property
     def ok(self) -> bool:
@@ -34,7 +34,8 @@ class LoadedImage:
 
 class ImageLoader:
     def __init__(self, store, limits: ImageLimits | None = None, max_concurrency: int = 8):
-        """`store` is a core.store.ArtifactStore (or None: then only inline images are accepted)."""
+        """`store` is a core.store.ArtifactStore (or None: then only inline images are accepted).
+        Create one per service (in create_service) and call `close()` from Service.shutdown."""
         self.store = store
         self.limits = limits or ImageLimits()
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="image-loader")
@@ -51,7 +52,7 @@ class ImageLoader:
 
     async def _load_item(self, index: int, pb_input, field: str) -> LoadedImage:
         item_field = f"{field}[{index}]"
-        source = pb_input.uri if pb_input.WhichOneof("source") == "uri" else "inline"
+        source = {"uri": pb_input.uri, "data": "inline"}.get(pb_input.WhichOneof("source"), "")
         try:
             pixels = await self.load_one(pb_input, item_field)
         except LikenessError as exc:
