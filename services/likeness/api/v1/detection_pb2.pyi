@@ -115,16 +115,18 @@ class Quality(_message.Message):
     def __init__(self, sharpness_face: _Optional[float] = ..., sharpness_image: _Optional[float] = ..., contrast: _Optional[float] = ..., brightness: _Optional[float] = ..., shadows_clipped: _Optional[float] = ..., highlights_clipped: _Optional[float] = ..., face_confidence: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
 
 class AssessRequest(_message.Message):
-    __slots__ = ("images", "weights", "policy", "with_embeddings")
+    __slots__ = ("images", "weights", "policy", "with_embeddings", "min_quality")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     WITH_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[_common_pb2.ImageInput]
     weights: QualityWeights
     policy: ValidationPolicy
     with_embeddings: bool
-    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.ImageInput, _Mapping]]] = ..., weights: _Optional[_Union[QualityWeights, _Mapping]] = ..., policy: _Optional[_Union[ValidationPolicy, _Mapping]] = ..., with_embeddings: _Optional[bool] = ...) -> None: ...
+    min_quality: float
+    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.ImageInput, _Mapping]]] = ..., weights: _Optional[_Union[QualityWeights, _Mapping]] = ..., policy: _Optional[_Union[ValidationPolicy, _Mapping]] = ..., with_embeddings: _Optional[bool] = ..., min_quality: _Optional[float] = ...) -> None: ...
 
 class AssessResult(_message.Message):
     __slots__ = ("index", "faces", "quality", "verdict", "error", "width", "height")

@@ -1,0 +1,170 @@
+"""The detection pipeline: detector -> large-face retry -> pose -> (identity) -> validation,
+and Assess = the same plus quality. Plain numpy in, dataclasses out; no gRPC.
+
+Large faces: single-shot detectors miss faces that fill most of the frame (BlazeFace full-range
+finds nothing on the 112x112 aligned Tom Hanks crop and scores 0.55 at a 70% face; SCRFD at its
+640x640 default fails above ~40%). When the first pass finds no face, or its largest face's
+shorter side exceeds `large_face_fraction` of the image's shorter side, the image is padded with
+black by `pad_fraction` of its longer side on every side and detected again; the pass whose best
+face scores higher wins, and its coordinates are mapped back (clipped to the image).
+
+Flip averaging (`flip_tta`, on by default): the detector also runs on the mirrored image, and each
+face is the mean of its two sightings (mirrored back, left/right landmarks swapped; faces seen only
+once are kept as seen). Detectors are not exactly mirror-equivariant (BlazeFace's keypoints of a
+turned head shift by several pixels between a photo and its mirror image); after averaging they
+are, so the pose of a mirrored photo is exactly the mirrored pose (yaw and roll negated) and
+landmarks are less noisy. It costs one more detector inference (~3 ms with BlazeFace).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from likeness.detection.backends.base import FaceDetector, IdentityEncoder
+from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face
+from likeness.detection.pose import estimate_pose
+from likeness.detection.quality import QualityMeasures, QualityScales, QualityWeights, combined_score, measure
+from likeness.detection.validation import Rejection, ValidationPolicy, Verdict, validate
+
+
+@dataclass(frozen=True)
+class Detection:
+    faces: list[Face]  # highest confidence first
+    verdict: Verdict
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Assessment:
+    faces: list[Face]
+    verdict: Verdict
+    width: int
+    height: int
+    quality: QualityMeasures
+    score: float
+
+
+@dataclass
+class FacePipeline:
+    detector: FaceDetector
+    encoder: IdentityEncoder | None = None
+    large_face_fraction: float = 0.4
+    pad_fraction: float = 0.5
+    flip_tta: bool = True
+    scales: QualityScales = field(default_factory=QualityScales)
+    # the models are not safe to call from two threads at once; one pod serves one core's worth
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def load(self) -> None:
+        self.detector.load()
+        if self.encoder is not None:
+            self.encoder.load()
+
+    def warmup(self) -> None:
+        """One real inference of every model, so the first request does not pay for lazy init."""
+        image = np.full((256, 256, 3), 128, dtype=np.uint8)
+        cv2.circle(image, (128, 128), 60, (200, 170, 150), -1)
+        self.find_faces(image, with_embeddings=False)
+        if self.encoder is not None:
+            probe = Face(box=Box(68, 68, 188, 188), score=1.0, landmarks={
+                Landmark.RIGHT_EYE: (104.0, 110.0), Landmark.LEFT_EYE: (152.0, 110.0),
+                Landmark.NOSE_TIP: (128.0, 138.0), Landmark.MOUTH_CENTER: (128.0, 162.0)})
+            with self._lock:
+                self.encoder.embed(image, [probe])
+
+    def describe(self) -> dict:
+        return {**self.detector.describe(),
+                "identity_model": self.encoder.name if self.encoder else "none",
+                "large_face_fraction": self.large_face_fraction, "pad_fraction": self.pad_fraction}
+
+    # --- detection --------------------------------------------------------------------------------
+
+    def _detect_both_ways(self, rgb: np.ndarray) -> list[Face]:
+        faces = self.detector.detect(rgb)
+        if not self.flip_tta:
+            return faces
+        width = rgb.shape[1]
+        mirrored = [mirror_face(f, width) for f in self.detector.detect(np.ascontiguousarray(rgb[:, ::-1]))]
+        return merge_sightings(faces, mirrored)
+
+    def _detect_with_retry(self, rgb: np.ndarray) -> list[Face]:
+        height, width = rgb.shape[:2]
+        faces = self._detect_both_ways(rgb)
+        largest = max((min(f.box.width, f.box.height) for f in faces), default=0.0)
+        if faces and largest <= self.large_face_fraction * min(width, height):
+            return faces
+        pad = int(round(self.pad_fraction * max(width, height)))
+        padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        retry = [_shift(f, -pad, width, height) for f in self._detect_both_ways(padded)]
+        # a face must overlap the original image to count
+        retry = [f for f in retry if f.box.width > 1 and f.box.height > 1]
+        best = max((f.score for f in faces), default=0.0)
+        return retry if max((f.score for f in retry), default=0.0) > best else faces
+
+    def find_faces(self, rgb: np.ndarray, with_embeddings: bool = False) -> list[Face]:
+        if with_embeddings and self.encoder is None:
+            from likeness.core.errors import FailedPrecondition
+
+            raise FailedPrecondition("with_embeddings", "this server runs no identity model "
+                                     "(LIKENESS_DETECTION_IDENTITY=none)")
+        height, width = rgb.shape[:2]
+        with self._lock:
+            faces = self._detect_with_retry(rgb)
+            faces = sorted(faces, key=lambda f: -f.score)
+            faces = [f.with_(pose=estimate_pose(f.landmarks, width, height)) for f in faces]
+            if with_embeddings and faces:
+                vectors = self.encoder.embed(rgb, faces)
+                faces = [f.with_(embedding=v, embedding_model=self.encoder.name)
+                         for f, v in zip(faces, vectors, strict=True)]
+        return faces
+
+    def detect(self, rgb: np.ndarray, policy: ValidationPolicy, with_embeddings: bool = False) -> Detection:
+        height, width = rgb.shape[:2]
+        faces = self.find_faces(rgb, with_embeddings)
+        return Detection(faces, validate(faces, width, height, policy), width, height)
+
+    def assess(self, rgb: np.ndarray, policy: ValidationPolicy, weights: QualityWeights,
+               with_embeddings: bool = False, min_quality: float | None = None) -> Assessment:
+        found = self.detect(rgb, policy, with_embeddings)
+        best = found.faces[0] if found.faces else None
+        measures = measure(rgb, best.box if best else None, best.score if best else 0.0)
+        score = combined_score(measures, weights, self.scales)
+        verdict = found.verdict
+        if verdict.accepted and min_quality is not None and score < min_quality:
+            verdict = Verdict(False, Rejection.LOW_QUALITY, f"quality score {score:.3f} < {min_quality}")
+        return Assessment(found.faces, verdict, found.width, found.height, measures, score)
+
+
+def merge_sightings(first: list[Face], second: list[Face], min_iou: float = 0.3) -> list[Face]:
+    """Pairs faces of two passes by box overlap (best pairs first) and averages each pair: box,
+    landmarks present in both, score. Symmetric in its two arguments up to float rounding."""
+    pairs = sorted(((iou(a.box, b.box), i, j) for i, a in enumerate(first) for j, b in enumerate(second)),
+                   reverse=True)
+    used_a, used_b, merged = set(), set(), []
+    for overlap, i, j in pairs:
+        if overlap < min_iou or i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        a, b = first[i], second[j]
+        box = Box((a.box.x_min + b.box.x_min) / 2, (a.box.y_min + b.box.y_min) / 2,
+                  (a.box.x_max + b.box.x_max) / 2, (a.box.y_max + b.box.y_max) / 2)
+        marks = {k: ((a.landmarks[k][0] + b.landmarks[k][0]) / 2, (a.landmarks[k][1] + b.landmarks[k][1]) / 2)
+                 for k in a.landmarks if k in b.landmarks}
+        merged.append(a.with_(box=box, landmarks=marks, score=(a.score + b.score) / 2))
+    merged += [f for i, f in enumerate(first) if i not in used_a]
+    merged += [f for j, f in enumerate(second) if j not in used_b]
+    return merged
+
+
+def _shift(face: Face, offset: float, width: int, height: int) -> Face:
+    """Moves a face found in the padded image back into the original's coordinates."""
+    b = face.box
+    box = Box(b.x_min + offset, b.y_min + offset, b.x_max + offset, b.y_max + offset).clipped(width, height)
+    marks = {k: (x + offset, y + offset) for k, (x, y) in face.landmarks.items()}
+    return face.with_(box=box, landmarks=marks)

@@ -1,0 +1,89 @@
+"""Head pose (yaw, pitch, roll in degrees) from 2-D landmarks and a generic 3-D face.
+
+Method: `cv2.solvePnP` fits the rotation of a mean adult head model (millimetres, below) to
+whichever of its points the detector gave (BlazeFace: eyes, nose tip, mouth centre, ear tragions;
+SCRFD: eyes, nose tip, mouth corners), with a pinhole camera whose focal length is the image's
+longer side (a ~53 degree field of view) and whose principal point is the image centre.
+
+Conventions (common.proto `Pose`), camera view, image x right and y down:
+- yaw   > 0: the subject turns to the image's right (their left);
+- pitch > 0: the subject looks up;
+- roll  > 0: the head tilts clockwise as seen in the image.
+They are read off the fitted rotation R (model frame -> camera frame) as angles of two head axes:
+the facing direction f = R @ (0, 0, -1) (out of the face, toward the camera when frontal) gives
+yaw = atan2(f_x, -f_z) and pitch = atan2(-f_y, hypot(f_x, f_z)); the head's left-right axis
+r = R @ (1, 0, 0) (from the subject's right ear toward their left ear) gives
+roll = atan2(r_y, r_x). The model is mirror-symmetric and the principal point central, so a
+horizontal flip (which also swaps left and right landmarks) negates yaw and roll exactly and
+keeps pitch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from likeness.detection.faces import Landmark, Pose
+
+# Generic head in the camera's axes for a frontal face: x toward the image's right (the subject's
+# left), y down, z away from the camera; origin at the nose tip. Millimetres, from average adult
+# anthropometry (interpupillary distance ~63 mm, bitragion breadth ~145 mm). The ear points'
+# height is calibrated to BlazeFace's tragion keypoints, which sit near eye level: with it the six
+# faces of the group photo t1.jpg (people facing the camera) average a pitch of ~0 degrees.
+HEAD_MODEL_MM: dict[Landmark, tuple[float, float, float]] = {
+    Landmark.NOSE_TIP: (0.0, 0.0, 0.0),
+    Landmark.LEFT_EYE: (31.5, -33.0, 27.0),
+    Landmark.RIGHT_EYE: (-31.5, -33.0, 27.0),
+    Landmark.MOUTH_CENTER: (0.0, 30.0, 18.0),
+    Landmark.MOUTH_LEFT: (24.0, 30.0, 28.0),
+    Landmark.MOUTH_RIGHT: (-24.0, 30.0, 28.0),
+    Landmark.LEFT_EAR: (72.0, -34.0, 100.0),
+    Landmark.RIGHT_EAR: (-72.0, -34.0, 100.0),
+}
+
+# Points that must be present: both eyes and the nose fix yaw/roll, a mouth point fixes pitch.
+REQUIRED = (Landmark.LEFT_EYE, Landmark.RIGHT_EYE, Landmark.NOSE_TIP)
+
+
+def camera_matrix(width: int, height: int) -> np.ndarray:
+    f = float(max(width, height))
+    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def angles_from_rotation(rotation: np.ndarray) -> Pose:
+    """Yaw, pitch, roll (degrees, common.proto signs) of a model->camera rotation matrix."""
+    facing = -rotation[:, 2]
+    yaw = math.degrees(math.atan2(facing[0], -facing[2]))
+    pitch = math.degrees(math.atan2(-facing[1], math.hypot(facing[0], facing[2])))
+    across = rotation[:, 0]
+    roll = math.degrees(math.atan2(across[1], across[0]))
+    return Pose(yaw=yaw, pitch=pitch, roll=roll)
+
+
+def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], width: int, height: int) -> Pose | None:
+    """Pose of one face, or None when fewer than 4 model points (or not both eyes and the nose
+    tip) are present."""
+    kinds = [k for k in HEAD_MODEL_MM if k in landmarks]
+    if len(kinds) < 4 or any(k not in landmarks for k in REQUIRED):
+        return None
+    model = np.array([HEAD_MODEL_MM[k] for k in kinds], dtype=np.float64)
+    image = np.array([landmarks[k] for k in kinds], dtype=np.float64)
+    cam = camera_matrix(width, height)
+    # start from a frontal head at a distance that matches the eye spacing, then refine (LM);
+    # a good start keeps the iterative solver out of the mirrored (behind-the-camera) solution
+    eye_px = math.dist(landmarks[Landmark.LEFT_EYE], landmarks[Landmark.RIGHT_EYE])
+    z = cam[0, 0] * 63.0 / max(eye_px, 1.0)
+    nose = landmarks[Landmark.NOSE_TIP]
+    tvec = np.array([[(nose[0] - cam[0, 2]) * z / cam[0, 0]], [(nose[1] - cam[1, 2]) * z / cam[1, 1]], [z]])
+    rvec = np.zeros((3, 1))
+    ok, rvec, tvec = cv2.solvePnP(model, image, cam, None, rvec, tvec, useExtrinsicGuess=True,
+                                  flags=cv2.SOLVEPNP_ITERATIVE)
+    if not ok:
+        return None
+    rotation, _ = cv2.Rodrigues(rvec)
+    pose = angles_from_rotation(rotation)
+    if not all(math.isfinite(v) for v in (pose.yaw, pose.pitch, pose.roll)):
+        return None
+    return pose

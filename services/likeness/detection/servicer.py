@@ -1,0 +1,133 @@
+"""gRPC face of the detection service: protobuf <-> domain translation, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc
+from likeness.core import metrics
+from likeness.core.convert import item_error_pb
+from likeness.core.errors import FailedPrecondition, InvalidArgument, LikenessError, check_range
+from likeness.detection.faces import Face
+from likeness.detection.pipeline import FacePipeline
+from likeness.detection.quality import QualityMeasures, QualityWeights
+from likeness.detection.validation import ValidationPolicy, Verdict
+
+POLICY_FIELDS = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence")
+WEIGHT_FIELDS = ("sharpness", "contrast", "exposure", "face_confidence")
+
+
+def _optional(message, names) -> dict:
+    return {n: getattr(message, n) for n in names if message.HasField(n)}
+
+
+def face_pb(face: Face) -> common_pb2.Face:
+    b = face.box
+    pb = common_pb2.Face(box=common_pb2.Box(x_min=b.x_min, y_min=b.y_min, x_max=b.x_max, y_max=b.y_max),
+                         score=face.score, embedding_model=face.embedding_model)
+    for kind, (x, y) in face.landmarks.items():
+        pb.landmarks.add(kind=common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{kind.value}"),
+                         point=common_pb2.Point(x=x, y=y))
+    if face.pose is not None:
+        pb.pose.CopyFrom(common_pb2.Pose(yaw=face.pose.yaw, pitch=face.pose.pitch, roll=face.pose.roll))
+    if face.embedding is not None:
+        pb.embedding.values.extend(face.embedding.tolist())
+    return pb
+
+
+def verdict_pb(v: Verdict) -> detection_pb2.Verdict:
+    return detection_pb2.Verdict(accepted=v.accepted, detail=v.detail,
+                                 reason=detection_pb2.RejectionReason.Value(f"REJECTION_REASON_{v.reason.value}"))
+
+
+def quality_pb(m: QualityMeasures, score: float) -> detection_pb2.Quality:
+    return detection_pb2.Quality(
+        sharpness_face=m.sharpness_face, sharpness_image=m.sharpness_image, contrast=m.contrast,
+        brightness=m.brightness, shadows_clipped=m.shadows_clipped, highlights_clipped=m.highlights_clipped,
+        face_confidence=m.face_confidence, score=score)
+
+
+def _outcome(v: Verdict) -> str:
+    return "accepted" if v.accepted else f"rejected_{v.reason.value.lower()}"
+
+
+class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
+    def __init__(self, pipeline: FacePipeline, images, *, max_batch: int, policy: ValidationPolicy,
+                 weights: QualityWeights):
+        self._pipeline, self._images = pipeline, images
+        self._max_batch, self._policy, self._weights = max_batch, policy, weights
+        # one model worker: inference is serialised (the models are not thread-safe and a pod is
+        # sized for one core); decoding runs concurrently on the image loader's own pool
+        self._models = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detection-model")
+
+    def close(self) -> None:
+        self._models.shutdown(wait=False, cancel_futures=True)
+
+    def _check_common(self, request) -> ValidationPolicy:
+        n = len(request.images)
+        if not 1 <= n <= self._max_batch:
+            raise InvalidArgument("images", f"batch of {n} images; send 1 to {self._max_batch} "
+                                            "(LIKENESS_DETECTION_MAX_BATCH)")
+        if request.with_embeddings and self._pipeline.encoder is None:
+            raise FailedPrecondition("with_embeddings", "this server runs no identity model "
+                                                        "(LIKENESS_DETECTION_IDENTITY=none)")
+        return self._policy.overridden(**_optional(request.policy, POLICY_FIELDS)).checked("policy")
+
+    @staticmethod
+    def _raise_single(loaded) -> None:
+        # house convention (tests/core/test_bad_images_service.py): a batch of one that fails gets
+        # the error as the call's status; larger batches get per-item errors
+        if len(loaded) == 1 and loaded[0].error is not None:
+            raise loaded[0].error
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
+
+    async def Detect(self, request, context):
+        policy = self._check_common(request)
+        loaded = await self._images.load_all(request.images, "images")
+        self._raise_single(loaded)
+        response = detection_pb2.DetectResponse(backend=self._pipeline.detector.name)
+        for item in loaded:
+            result = response.results.add(index=item.index)
+            try:
+                if not item.ok:
+                    raise item.error
+                found = await self._run(self._pipeline.detect, item.pixels, policy, request.with_embeddings)
+            except LikenessError as exc:
+                result.error.CopyFrom(item_error_pb(item.index, exc))
+                metrics.ITEMS.labels("detection", "detect", "failed").inc()
+                continue
+            result.width, result.height = found.width, found.height
+            result.faces.extend(face_pb(f) for f in found.faces)
+            result.verdict.CopyFrom(verdict_pb(found.verdict))
+            metrics.ITEMS.labels("detection", "detect", _outcome(found.verdict)).inc()
+        return response
+
+    async def Assess(self, request, context):
+        policy = self._check_common(request)
+        weights = self._weights.overridden(**_optional(request.weights, WEIGHT_FIELDS)).checked("weights")
+        min_quality = request.min_quality if request.HasField("min_quality") else None
+        if min_quality is not None:
+            check_range(min_quality, "min_quality", 0.0, 1.0)
+        loaded = await self._images.load_all(request.images, "images")
+        self._raise_single(loaded)
+        response = detection_pb2.AssessResponse(backend=self._pipeline.detector.name)
+        for item in loaded:
+            result = response.results.add(index=item.index)
+            try:
+                if not item.ok:
+                    raise item.error
+                a = await self._run(self._pipeline.assess, item.pixels, policy, weights,
+                                    request.with_embeddings, min_quality)
+            except LikenessError as exc:
+                result.error.CopyFrom(item_error_pb(item.index, exc))
+                metrics.ITEMS.labels("detection", "assess", "failed").inc()
+                continue
+            result.width, result.height = a.width, a.height
+            result.faces.extend(face_pb(f) for f in a.faces)
+            result.quality.CopyFrom(quality_pb(a.quality, a.score))
+            result.verdict.CopyFrom(verdict_pb(a.verdict))
+            metrics.ITEMS.labels("detection", "assess", _outcome(a.verdict)).inc()
+        return response
