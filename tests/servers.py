@@ -43,6 +43,16 @@ def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
+def _own_group_dying_with_parent() -> None:
+    """preexec_fn: a new process group (so teardown can kill it all), and SIGTERM when the test
+    process dies, even by SIGKILL, so a killed pytest leaves no server behind."""
+    import ctypes
+
+    os.setsid()
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def weed_binary() -> str:
     for candidate in (Path(sys.executable).parent / "weed", shutil.which("weed")):
         if candidate and Path(candidate).exists():
@@ -101,7 +111,7 @@ class SeaweedServer:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                preexec_fn=_own_group_dying_with_parent,
             )
         self._wait_ready()
 
