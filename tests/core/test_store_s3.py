@@ -85,12 +85,15 @@ def test_wrong_credentials_are_permission_denied_without_leaking_secrets(seaweed
 
 
 class _DelayedProxy:
-    """Refuses connections (nothing listens) until `open()`, then forwards TCP to `target`."""
+    """Refuses connections (nothing listens) until `open()`, then forwards TCP to `target`;
+    with `cut_after`, the first connection is dropped after that many bytes from the server."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, cut_after: int | None = None):
         self.port = free_port()
         self._target = target_port
         self._server: socket.socket | None = None
+        self._cut_after = cut_after
+        self.connections = 0
 
     def open(self) -> None:
         self._server = socket.create_server(("127.0.0.1", self.port))
@@ -103,14 +106,20 @@ class _DelayedProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self._target))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            self.connections += 1
+            limit = self._cut_after if self.connections == 1 else None
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None = None) -> None:
+        sent = 0
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+                sent += len(data)
+                if limit is not None and sent >= limit:
+                    break  # simulate a connection lost mid-response
         except OSError:
             pass
         finally:
@@ -170,3 +179,20 @@ def test_transient_classification():
     assert _is_transient(urllib3.exceptions.NewConnectionError(None, "refused"))
     assert _is_transient(ConnectionResetError())
     assert not _is_transient(ValueError("bad"))
+
+
+def test_download_cut_mid_stream_is_restarted(seaweed, tmp_path):
+    store = open_store(seaweed.settings("s3tests"), fresh_root())
+    data = os.urandom(4 * 1024 * 1024)
+    store.put("weights.bin", data)
+    proxy = _DelayedProxy(seaweed.s3_port, cut_after=1024 * 1024)
+    proxy.open()
+    try:
+        flaky = open_store(seaweed.settings("s3tests", s3_endpoint=f"127.0.0.1:{proxy.port}"), store.root_uri)
+        got = flaky.get_to_file("weights.bin", tmp_path / "w.bin")
+    finally:
+        proxy.close()
+    assert proxy.connections >= 2  # the first connection was cut, the download restarted
+    assert got.sha256 == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "w.bin").read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["w.bin"]

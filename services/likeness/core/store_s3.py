@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -285,6 +286,36 @@ class S3Store(ArtifactStore):
                 response.release_conn()
 
         return self._mapped("reading", uri, field, fetch)
+
+    def get_to_file(self, uri_or_key: str, path: str | Path, *, field: str = "uri") -> StoredObject:
+        """Like the base class, but a connection lost mid-download restarts the download (within
+        the retry budget), so large model files survive a brief outage."""
+        bucket, name = self._locate(uri_or_key, field)
+        uri = self._uri_of(bucket, name)
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}-{id(dest):x}")
+
+        def download() -> tuple[str, int, str]:
+            response = self._client.get_object(bucket, name)
+            h, size = hashlib.sha256(), 0
+            try:
+                with open(tmp, "wb") as out:
+                    for chunk in response.stream(CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+            return h.hexdigest(), size, response.headers.get("content-type") or DEFAULT_MEDIA_TYPE
+
+        try:
+            digest, size, media_type = self._mapped("reading", uri, field, download)
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return StoredObject(uri, digest, size, media_type)
 
     def stat(self, uri_or_key: str, *, field: str = "uri") -> StoredObject:
         bucket, name = self._locate(uri_or_key, field)
