@@ -1,0 +1,99 @@
+"""One gRPC client per service: round-robin channels (core.channels), a concurrency bound per
+service, a deadline per call, and retries with backoff on UNAVAILABLE and RESOURCE_EXHAUSTED for
+as long as `retry_seconds` (a service restarting or a replica being replaced is waited out; work
+is content-addressed, so a retried call never duplicates an artifact)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import grpc
+
+from likeness.api.v1 import (
+    detection_pb2_grpc,
+    embedding_pb2_grpc,
+    generation_pb2_grpc,
+    restoration_pb2_grpc,
+    training_pb2_grpc,
+)
+from likeness.core import errors
+from likeness.core.channels import aio_channel
+from likeness.orchestrator.settings import OrchestratorSettings
+
+log = logging.getLogger("likeness.orchestrator.clients")
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+STUBS = {
+    "detection": detection_pb2_grpc.DetectionServiceStub,
+    "generation": generation_pb2_grpc.GenerationServiceStub,
+    "embedding": embedding_pb2_grpc.EmbeddingServiceStub,
+    "restoration": restoration_pb2_grpc.RestorationServiceStub,
+    "training": training_pb2_grpc.TrainingServiceStub,
+}
+# gRPC status -> domain error, so workflows see the services' own messages.
+ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+}
+
+
+class ServiceClient:
+    def __init__(self, name: str, address: str, settings: OrchestratorSettings):
+        self.name = name
+        self.address = address
+        # Channel-level retries are off: this client retries for longer, with its own deadline budget.
+        self.channel = aio_channel(address, settings, max_attempts=1)
+        self.stub = STUBS[name](self.channel)
+        self.limit = asyncio.Semaphore(settings.orchestrator_service_concurrency)
+        self.retry_seconds = settings.orchestrator_retry_seconds
+        self.timeout = settings.orchestrator_call_timeout_seconds
+
+    async def call(self, method: str, request, *, timeout: float | None = None):
+        """Unary call with retries; raises a core.errors.LikenessError naming the service and method."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.limit:
+                    return await getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code in RETRYABLE and time.monotonic() + delay < deadline:
+                    hint = dict(exc.trailing_metadata() or ()).get("retry-after-seconds")
+                    wait = max(delay, float(hint)) if hint else delay
+                    log.warning("retrying", extra={"service": self.name, "method": method, "code": code.name,
+                                                   "attempt": attempt, "wait_s": round(wait, 2)})
+                    await asyncio.sleep(wait * (0.8 + 0.4 * random.random()))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                cls = ERRORS.get(code, errors.LikenessError)
+                raise cls("", f"{self.name}.{method} failed with {code.name}: {exc.details()}") from exc
+
+    def stream(self, method: str, request, *, timeout: float | None = None):
+        return getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class ServiceClients:
+    def __init__(self, settings: OrchestratorSettings):
+        self.detection = ServiceClient("detection", settings.orchestrator_detection_address, settings)
+        self.generation = ServiceClient("generation", settings.orchestrator_generation_address, settings)
+        self.embedding = ServiceClient("embedding", settings.orchestrator_embedding_address, settings)
+        self.restoration = ServiceClient("restoration", settings.orchestrator_restoration_address, settings)
+        self.training = ServiceClient("training", settings.orchestrator_training_address, settings)
+
+    async def close(self) -> None:
+        for client in (self.detection, self.generation, self.embedding, self.restoration, self.training):
+            await client.close()

@@ -1,0 +1,93 @@
+"""What a running workflow sees: its job, the service clients, the artifact store, and helpers to
+report stages, progress, warnings and item outcomes, to reuse finished work, and to notice a cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from likeness.core import metrics
+from likeness.core.errors import Cancelled
+from likeness.core.store import ArtifactStore
+from likeness.core.workid import work_id
+from likeness.orchestrator.clients import ServiceClients
+from likeness.orchestrator.jobstore import JobRecord, JobStore
+
+
+@dataclass
+class Outcome:
+    """What a workflow returns: headline figures, the manifest body, and the report's sections."""
+
+    summary: dict
+    manifest: dict
+    report: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class JobContext:
+    def __init__(self, job: JobRecord, jobs: JobStore, store: ArtifactStore, clients: ServiceClients):
+        self.job = job
+        self.kind = job.kind
+        self.job_id = job.job_id
+        self.jobs = jobs
+        self.store = store
+        self.clients = clients
+        self.cancel_requested = False
+        self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.reused = 0  # work items answered from the job store instead of a service call
+        self.computed = 0
+        self._last_progress = 0.0
+
+    async def event(self, type_: str, message: str = "", stage: str = "", progress: dict | None = None) -> None:
+        await asyncio.to_thread(self.jobs.add_event, self.job_id, type_, stage, message, progress)
+
+    @asynccontextmanager
+    async def stage(self, name: str):
+        self.check_cancel()
+        await self.event("STAGE_STARTED", f"stage {name}", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.timings[name] = self.timings.get(name, 0.0) + elapsed
+            metrics.STAGE_DURATION.labels(self.kind, name).observe(elapsed)
+
+    async def progress(self, stage: str, done: int, total: int, message: str = "") -> None:
+        """Progress events at most every 0.5 s, and always for the last item."""
+        now = time.monotonic()
+        if done < total and now - self._last_progress < 0.5:
+            return
+        self._last_progress = now
+        await self.event("PROGRESS", message, stage, {"stage": stage, "done": done, "total": total})
+
+    async def warn(self, message: str, stage: str = "") -> None:
+        self.warnings.append(message)
+        await self.event("WARNING", message, stage)
+
+    async def item_done(self, stage: str, outcome: str, message: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        metrics.ITEMS.labels("orchestrator", stage, outcome).inc()
+        await self.event("ITEM_DONE", message, stage)
+
+    def check_cancel(self) -> None:
+        if self.cancel_requested:
+            raise Cancelled("job_id", f"job {self.job_id} was cancelled")
+
+    async def cached(self, kind: str, inputs: dict, call, response_type):
+        """Result of one unit of work: from the job store when a previous attempt finished it,
+        else `await call()`, stored by content id before it is used."""
+        wid = work_id(kind, inputs)
+        blob = await asyncio.to_thread(self.jobs.get_result, wid)
+        if blob is not None:
+            self.reused += 1
+            return response_type.FromString(blob)
+        self.check_cancel()
+        response = await call()
+        self.computed += 1
+        await asyncio.to_thread(self.jobs.put_result, wid, kind, response.SerializeToString())
+        return response

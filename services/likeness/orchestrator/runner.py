@@ -1,0 +1,128 @@
+"""The job loop of one orchestrator replica: lease, heartbeat, run the workflow, write the manifest
+and the report, finish. A replica that dies leaves its lease to expire; another replica (or this
+one restarted) takes the job over and resumes it from the content-addressed results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+
+from likeness.api.v1 import orchestrator_pb2
+from likeness.core import errors, metrics
+from likeness.core.store import ArtifactStore
+from likeness.core.workid import canonical_json
+from likeness.orchestrator.clients import ServiceClients
+from likeness.orchestrator.context import JobContext, Outcome
+from likeness.orchestrator.jobstore import JobRecord, JobStore
+from likeness.orchestrator.report import render_report
+from likeness.orchestrator.settings import OrchestratorSettings
+from likeness.orchestrator.workflows import WORKFLOWS
+
+log = logging.getLogger("likeness.orchestrator.runner")
+
+
+def output_prefix(job: JobRecord) -> str:
+    return f"jobs/{job.job_id}/"
+
+
+class Runner:
+    def __init__(self, settings: OrchestratorSettings, jobs: JobStore, store: ArtifactStore, clients: ServiceClients):
+        self.settings = settings
+        self.jobs, self.store, self.clients = jobs, store, clients
+        self.owner = settings.orchestrator_replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._stopping = asyncio.Event()
+
+    async def run_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._refresh_gauges()
+                if len(self.tasks) < self.settings.orchestrator_max_running_jobs:
+                    job = await asyncio.to_thread(self.jobs.lease_next, self.owner, self.settings.orchestrator_lease_seconds)
+                    if job is not None:
+                        self.tasks[job.job_id] = asyncio.create_task(self.run_job(job))
+                        continue
+            except Exception:  # the job store may be restarting: keep polling
+                log.exception("lease loop error")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.settings.orchestrator_poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        """Stops leasing; running jobs are interrupted and their leases released for other replicas."""
+        self._stopping.set()
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def _refresh_gauges(self) -> None:
+        counts = await asyncio.to_thread(self.jobs.counts)
+        for (kind, state), n in counts.items():
+            metrics.JOBS.labels(kind, state).set(n)
+
+    async def _heartbeat(self, ctx: JobContext, work: asyncio.Task) -> None:
+        while not work.done():
+            await asyncio.sleep(self.settings.orchestrator_heartbeat_seconds)
+            try:
+                ok, cancel = await asyncio.to_thread(self.jobs.heartbeat, ctx.job_id, self.owner,
+                                                     self.settings.orchestrator_lease_seconds)
+            except Exception:  # store briefly unreachable: the lease still has time left
+                log.warning("heartbeat failed", extra={"job_id": ctx.job_id})
+                continue
+            if not ok:
+                log.warning("lease lost; stopping work on the job", extra={"job_id": ctx.job_id})
+                work.cancel()
+                return
+            ctx.cancel_requested = ctx.cancel_requested or cancel
+
+    async def run_job(self, job: JobRecord) -> None:
+        ctx = JobContext(job, self.jobs, self.store, self.clients)
+        spec = orchestrator_pb2.JobSpec.FromString(job.spec)
+        workflow = WORKFLOWS[job.kind]
+        work = asyncio.create_task(workflow(ctx, getattr(spec, job.kind)))
+        beat = asyncio.create_task(self._heartbeat(ctx, work))
+        try:
+            outcome: Outcome = await work
+            report, manifest = await self._write_outputs(ctx, job, outcome)
+            await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "SUCCEEDED",
+                                    summary=self._summary(ctx, outcome), report=report, manifest=manifest)
+        except errors.Cancelled as exc:
+            await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "CANCELLED", error=str(exc))
+        except errors.LikenessError as exc:
+            await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "FAILED", error=str(exc),
+                                    summary=self._summary(ctx, None))
+        except asyncio.CancelledError:
+            # Shutdown or lost lease: leave the job RUNNING; its lease expires and it is resumed.
+            log.info("job interrupted", extra={"job_id": job.job_id})
+        except Exception as exc:
+            log.exception("job failed", extra={"job_id": job.job_id})
+            await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "FAILED",
+                                    error=f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            beat.cancel()
+            self.tasks.pop(job.job_id, None)
+
+    @staticmethod
+    def _summary(ctx: JobContext, outcome: Outcome | None) -> dict:
+        summary = {k: str(v) for k, v in (outcome.summary if outcome else {}).items()}
+        summary.update({f"count_{k}": str(v) for k, v in ctx.counts.items()})
+        summary["work_reused"] = str(ctx.reused)
+        summary["work_computed"] = str(ctx.computed)
+        if ctx.warnings:
+            summary["warnings"] = str(len(ctx.warnings))
+        return summary
+
+    async def _write_outputs(self, ctx: JobContext, job: JobRecord, outcome: Outcome) -> tuple[dict, dict]:
+        prefix = output_prefix(job)
+        manifest_body = canonical_json({"kind": job.kind, **outcome.manifest})
+        manifest = await asyncio.to_thread(self.store.put, prefix + "manifest.json", manifest_body, "application/json")
+        html = await asyncio.to_thread(render_report, job, outcome, ctx.timings, ctx.warnings, self.store)
+        report = await asyncio.to_thread(self.store.put, prefix + "report.html", html.encode(), "text/html")
+        as_dict = lambda o: {"uri": o.uri, "sha256": o.sha256, "size_bytes": o.size, "media_type": o.media_type}  # noqa: E731
+        log.info("job outputs", extra={"job_id": job.job_id, "report": report.uri, "manifest": manifest.uri,
+                                       "timings": json.dumps({k: round(v, 3) for k, v in ctx.timings.items()})})
+        return as_dict(report), as_dict(manifest)

@@ -1,0 +1,112 @@
+"""OrchestratorService: translates protobuf <-> the job store and spec validation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from likeness.api.v1 import common_pb2, generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from likeness.core.errors import InvalidArgument, NotFound
+from likeness.core.store import ArtifactStore
+from likeness.orchestrator import specs
+from likeness.orchestrator.clients import ServiceClients
+from likeness.orchestrator.jobstore import TERMINAL, EventRecord, JobRecord, JobStore
+
+KIND_ENUM = {k: orchestrator_pb2.JobKind.Value(f"JOB_KIND_{k.upper()}") for k in specs.KINDS}
+KIND_NAME = {v: k for k, v in KIND_ENUM.items()}
+
+
+def _ts(dt) -> Timestamp:
+    ts = Timestamp()
+    if dt is not None:
+        ts.FromDatetime(dt)
+    return ts
+
+
+def _artifact(d: dict) -> common_pb2.Artifact:
+    return common_pb2.Artifact(**d) if d else common_pb2.Artifact()
+
+
+def job_pb(job: JobRecord) -> orchestrator_pb2.Job:
+    p = job.progress or {}
+    return orchestrator_pb2.Job(
+        job_id=job.job_id, kind=KIND_ENUM[job.kind], state=orchestrator_pb2.JobState.Value(f"JOB_STATE_{job.state}"),
+        spec=orchestrator_pb2.JobSpec.FromString(job.spec),
+        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0),
+                                     message=p.get("message", "")),
+        report=_artifact(job.report), manifest=_artifact(job.manifest), summary=job.summary, error=job.error,
+        attempts=job.attempts, created_at=_ts(job.created_at), updated_at=_ts(job.updated_at))
+
+
+def event_pb(e: EventRecord) -> orchestrator_pb2.WatchResponse:
+    p = e.progress or {}
+    return orchestrator_pb2.WatchResponse(
+        job_id=e.job_id, seq=e.seq, time=_ts(e.time), type=orchestrator_pb2.EventType.Value(f"EVENT_TYPE_{e.type}"),
+        stage=e.stage, message=e.message, state=orchestrator_pb2.JobState.Value(f"JOB_STATE_{e.state}"),
+        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0)))
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self, jobs: JobStore, store: ArtifactStore, clients: ServiceClients, poll_seconds: float = 0.25):
+        self.jobs, self.store, self.clients = jobs, store, clients
+        self.poll_seconds = poll_seconds
+
+    async def _check_references(self, spec: orchestrator_pb2.JobSpec) -> None:
+        field, uri = specs.dataset_of(spec)
+        if uri:
+            keys = await asyncio.to_thread(self.store.list, self.store.key_of(uri, field=field))
+            if not keys:
+                raise InvalidArgument(field, f"'{uri}' holds no objects")
+        model = specs.model_of(spec)
+        if model:
+            try:
+                listed = await self.clients.generation.stub.ListModels(generation_pb2.ListModelsRequest(), timeout=5)
+            except grpc.aio.AioRpcError:
+                return  # generation unreachable now: the job retries it when it runs
+            names = sorted(m.name for m in listed.models)
+            if model not in names:
+                raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: {', '.join(names) or 'none'}")
+
+    async def Submit(self, request, context):
+        if len(request.idempotency_key) > 128:
+            raise InvalidArgument("idempotency_key", f"{len(request.idempotency_key)} characters is over the limit of 128")
+        kind = specs.validate(request.spec)
+        await self._check_references(request.spec)
+        job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(), request.idempotency_key)
+        return orchestrator_pb2.SubmitResponse(job=job_pb(job))
+
+    async def Get(self, request, context):
+        return orchestrator_pb2.GetResponse(job=job_pb(await asyncio.to_thread(self.jobs.get, request.job_id)))
+
+    async def List(self, request, context):
+        limit = request.limit or 100
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit", f"{limit} is outside [1, 1000]")
+        kind = KIND_NAME.get(request.kind, "") if request.kind else ""
+        state = orchestrator_pb2.JobState.Name(request.state).removeprefix("JOB_STATE_") if request.state else ""
+        jobs = await asyncio.to_thread(self.jobs.list, limit, kind, state)
+        return orchestrator_pb2.ListResponse(jobs=[job_pb(j) for j in jobs])
+
+    async def Cancel(self, request, context):
+        return orchestrator_pb2.CancelResponse(job=job_pb(await asyncio.to_thread(self.jobs.request_cancel, request.job_id)))
+
+    async def Watch(self, request, context):
+        await asyncio.to_thread(self.jobs.get, request.job_id)  # NOT_FOUND before streaming
+        after = request.after_seq
+        while True:
+            events = await asyncio.to_thread(self.jobs.events_after, request.job_id, after)
+            for e in events:
+                after = e.seq
+                yield event_pb(e)
+                if e.type == "FINISHED":
+                    return
+            if not events:
+                job = await asyncio.to_thread(self.jobs.get, request.job_id)
+                if job.state in TERMINAL and not await asyncio.to_thread(self.jobs.events_after, request.job_id, after):
+                    return
+                await asyncio.sleep(self.poll_seconds)
+
+
+__all__ = ["OrchestratorServicer", "job_pb", "NotFound"]

@@ -1,0 +1,165 @@
+"""Validation of job specs at Submit: every field checked before a job is queued, with messages that
+name the field and the limit. Checks that need the store (dataset exists) or a service (model
+known) are made here too, so a job that cannot run is refused instead of failing later."""
+
+from __future__ import annotations
+
+import math
+
+from likeness.api.v1 import orchestrator_pb2
+from likeness.core.errors import InvalidArgument, check_range, require
+
+KINDS = ("curate", "train", "storyboard", "open_eyes", "diversity")
+QUOTA_DIMENSIONS = ("seed", "cluster", "image_type")
+
+
+def job_kind(spec: orchestrator_pb2.JobSpec) -> str:
+    kind = spec.WhichOneof("kind")
+    require(kind is not None, "spec", f"one of {', '.join(KINDS)} must be set")
+    return kind
+
+
+def _count(value: int, field: str, low: int, high: int) -> None:
+    require(low <= value <= high, field, f"{value} is outside [{low}, {high}]")
+
+
+def _finite(value: float, field: str) -> None:
+    require(math.isfinite(value), field, f"{value} is not a finite number")
+
+
+def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
+    source = c.WhichOneof("source")
+    require(source is not None, "spec.curate.source", "set `generate` or `import_source`")
+    _count(c.target_count, "spec.curate.target_count", 1, 10_000)
+    require(c.top_k >= 0, "spec.curate.top_k", f"{c.top_k} is negative")
+    require(c.top_k == 0 or c.top_k >= c.target_count, "spec.curate.top_k",
+            f"{c.top_k} keeps fewer candidates than target_count {c.target_count}")
+    require(0 <= c.clusters <= 100, "spec.curate.clusters", f"{c.clusters} is outside [0, 100]")
+    check_range(c.min_quality, "spec.curate.min_quality", 0.0, 1.0)
+    candidates = None
+    if source == "generate":
+        g = c.generate
+        require(bool(g.model), "spec.curate.generate.model", "is empty")
+        _count(len(g.seeds), "spec.curate.generate.seeds", 1, 1000)
+        require(len(set(g.seeds)) == len(g.seeds), "spec.curate.generate.seeds", "contains duplicates")
+        require(all(s >= 0 for s in g.seeds), "spec.curate.generate.seeds", "seeds must be >= 0")
+        _count(len(g.scenarios), "spec.curate.generate.scenarios", 1, 100)
+        names = [s.name for s in g.scenarios]
+        require(all(names) and len(set(names)) == len(names), "spec.curate.generate.scenarios",
+                "every scenario needs a unique, non-empty name")
+        _count(g.variants or 1, "spec.curate.generate.variants", 1, 100)
+        require(g.steps >= 0, "spec.curate.generate.steps", f"{g.steps} is negative")
+        _finite(g.guidance_scale, "spec.curate.generate.guidance_scale")
+        candidates = len(g.seeds) * len(g.scenarios) * (g.variants or 1)
+        require(candidates <= 100_000, "spec.curate.generate", f"{candidates} candidates is over the limit of 100000")
+        require(candidates >= c.target_count, "spec.curate.target_count",
+                f"{c.target_count} is more than the {candidates} candidates the source generates")
+    else:
+        require(bool(c.import_source.uri), "spec.curate.import_source.uri", "is empty")
+    mins = 0
+    for i, q in enumerate(c.quotas):
+        f = f"spec.curate.quotas[{i}]"
+        require(q.dimension in QUOTA_DIMENSIONS, f + ".dimension",
+                f"'{q.dimension}' is not one of {', '.join(QUOTA_DIMENSIONS)}")
+        require(bool(q.group), f + ".group", "is empty (use '*' for every group)")
+        require(q.min >= 0 and q.max >= 0, f, f"min {q.min} and max {q.max} must be >= 0")
+        require(q.max == 0 or q.min <= q.max, f, f"min {q.min} is above max {q.max}")
+        if q.group != "*":
+            mins += q.min
+        if source == "generate" and q.dimension == "seed" and q.group == "*" and q.max:
+            cap = q.max * len(c.generate.seeds)
+            require(cap >= c.target_count, f + ".max",
+                    f"{q.max} per seed x {len(c.generate.seeds)} seeds = {cap} cannot reach target_count {c.target_count}")
+        if source == "generate" and q.dimension == "seed" and q.group == "*" and q.min:
+            need = q.min * len(c.generate.seeds)
+            require(need <= c.target_count, f + ".min",
+                    f"{q.min} per seed x {len(c.generate.seeds)} seeds = {need} is above target_count {c.target_count}")
+    require(mins <= c.target_count, "spec.curate.quotas", f"minimums sum to {mins}, above target_count {c.target_count}")
+
+
+def validate_train(t: orchestrator_pb2.TrainSpec) -> None:
+    r = t.run
+    require(bool(r.base_model), "spec.train.run.base_model", "is empty")
+    require(bool(r.dataset_uri), "spec.train.run.dataset_uri", "is empty")
+    require(r.rank >= 0, "spec.train.run.rank", f"{r.rank} is negative")
+    require(r.epochs >= 0 and r.max_steps >= 0, "spec.train.run", "epochs and max_steps must be >= 0")
+
+
+def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
+    require(bool(s.model), "spec.storyboard.model", "is empty")
+    _count(len(s.frame_prompts), "spec.storyboard.frame_prompts", 1, 100)
+    require(all(p.strip() for p in s.frame_prompts), "spec.storyboard.frame_prompts", "contains an empty prompt")
+    if s.HasField("clip_threshold"):
+        check_range(s.clip_threshold, "spec.storyboard.clip_threshold", 0.0, 1.0)
+    if s.HasField("identity_threshold"):
+        check_range(s.identity_threshold, "spec.storyboard.identity_threshold", -1.0, 1.0)
+    if s.HasField("retry_budget"):
+        _count(s.retry_budget, "spec.storyboard.retry_budget", 0, 20)
+    require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
+    if s.HasField("guidance_scale"):
+        check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
+
+
+def validate_open_eyes(o: orchestrator_pb2.OpenEyesSpec) -> None:
+    require(o.image.WhichOneof("source") is not None, "spec.open_eyes.image", "set `data` or `uri`")
+    require(bool(o.model), "spec.open_eyes.model", "is empty")
+    _count(o.variations or 1, "spec.open_eyes.variations", 1, 16)
+    if o.HasField("strength"):
+        require(0.0 < o.strength <= 1.0, "spec.open_eyes.strength", f"{o.strength} is outside (0, 1]")
+    if o.HasField("fidelity"):
+        check_range(o.fidelity, "spec.open_eyes.fidelity", 0.0, 1.0)
+    require(o.seed >= 0, "spec.open_eyes.seed", f"{o.seed} is negative")
+
+
+def validate_diversity(d: orchestrator_pb2.DiversitySpec) -> None:
+    require(bool(d.model), "spec.diversity.model", "is empty")
+    require(bool(d.reference_uri), "spec.diversity.reference_uri", "is empty")
+    _count(len(d.settings), "spec.diversity.settings", 1, 50)
+    names = [s.name for s in d.settings]
+    require(all(names) and len(set(names)) == len(names), "spec.diversity.settings", "every setting needs a unique name")
+    for i, s in enumerate(d.settings):
+        _count(s.count, f"spec.diversity.settings[{i}].count", 2, 1000)
+        require(s.seed_start >= 0, f"spec.diversity.settings[{i}].seed_start", f"{s.seed_start} is negative")
+        check_range(s.noise_injection, f"spec.diversity.settings[{i}].noise_injection", 0.0, 1.0)
+        if s.HasField("guidance_scale"):
+            check_range(s.guidance_scale, f"spec.diversity.settings[{i}].guidance_scale", 0.0, 30.0)
+    require(d.nearest_k >= 0, "spec.diversity.nearest_k", f"{d.nearest_k} is negative")
+    smallest = min(s.count for s in d.settings)
+    require(d.nearest_k < smallest, "spec.diversity.nearest_k",
+            f"{d.nearest_k} must be below the smallest setting count {smallest}")
+
+
+VALIDATORS = {"curate": validate_curate, "train": validate_train, "storyboard": validate_storyboard,
+              "open_eyes": validate_open_eyes, "diversity": validate_diversity}
+
+
+def validate(spec: orchestrator_pb2.JobSpec) -> str:
+    """Static checks; returns the job kind. Raises InvalidArgument naming the field."""
+    kind = job_kind(spec)
+    VALIDATORS[kind](getattr(spec, kind))
+    return kind
+
+
+def model_of(spec: orchestrator_pb2.JobSpec) -> str:
+    kind = spec.WhichOneof("kind")
+    inner = getattr(spec, kind)
+    if kind == "curate":
+        return inner.generate.model if inner.WhichOneof("source") == "generate" else ""
+    if kind == "train":
+        return ""
+    return inner.model
+
+
+def dataset_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
+    """(field, uri) of a store prefix the job reads, to check that it exists at Submit."""
+    kind = spec.WhichOneof("kind")
+    if kind == "train":
+        return "spec.train.run.dataset_uri", spec.train.run.dataset_uri
+    if kind == "diversity":
+        return "spec.diversity.reference_uri", spec.diversity.reference_uri
+    if kind == "curate" and spec.curate.WhichOneof("source") == "import_source":
+        return "spec.curate.import_source.uri", spec.curate.import_source.uri
+    return "", ""
+
+
+__all__ = ["validate", "job_kind", "model_of", "dataset_of", "InvalidArgument"]
