@@ -1,0 +1,1 @@
+"""Restoration service: region masks from landmarks, feathered compositing, face restoration."""

@@ -1,0 +1,1 @@
+"""Face restorers behind one interface (`FaceRestorer`); heavy imports stay inside each module."""

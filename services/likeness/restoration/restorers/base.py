@@ -1,0 +1,35 @@
+"""The interface every face restorer implements.
+
+`restore(face, fidelity)` takes an HxWx3 uint8 RGB face crop (at `input_size` x `input_size` for
+networks, any size for the classical restorer) and returns one of the same shape. `fidelity` is
+CodeFormer's `w` in [0, 1]: 1 keeps the input, 0 is the strongest restoration. Restorers without a
+native fidelity control blend pixels: `out = fidelity * input + (1 - fidelity) * restored`.
+`load()` reads weights and raises `ModelMissing` naming the missing files; it never falls back.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class FaceRestorer(Protocol):
+    name: str
+    input_size: int | None  # square side the network expects; None = native resolution
+
+    def load(self) -> None: ...
+
+    def restore(self, face: np.ndarray, fidelity: float) -> np.ndarray: ...
+
+    def describe(self) -> dict: ...
+
+
+def blend_fidelity(face: np.ndarray, restored: np.ndarray, fidelity: float) -> np.ndarray:
+    """`fidelity * face + (1 - fidelity) * restored`, rounded; exact `face` at fidelity 1."""
+    if fidelity >= 1.0:
+        return face.copy()
+    if fidelity <= 0.0:
+        return restored
+    mixed = fidelity * face.astype(np.float32) + (1.0 - fidelity) * restored.astype(np.float32)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

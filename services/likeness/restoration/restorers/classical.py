@@ -1,0 +1,63 @@
+"""The embedded classical face restorer: no weights, runs anywhere, deterministic.
+
+Three steps on the face crop, each chosen to be cheap (about 5 ms for a 320x320 crop on one core):
+1. Edge-preserving denoising: two bilateral passes (5 px window, spatial sigma 2) whose range sigma
+   follows the crop's own noise level, `3 sigma_n` then `2.5 sigma_n`, so a clean crop is barely
+   smoothed and a noisy one is smoothed across flat skin but not across edges. `sigma_n` is
+   Immerkaer's (1996) estimator: the mean absolute response to a Laplacian-difference kernel that
+   cancels smooth structure, scaled by sqrt(pi/2)/6, per channel, median over channels.
+2. Unsharp masking (Gaussian sigma 1.5 px, amount 0.8): restores the edge contrast lost to blur
+   and to the denoiser.
+3. Local contrast (optional, amount `local_contrast`, default 0): a wide unsharp mask (sigma 10 px)
+   that lifts mid-frequency contrast. It pleases the eye but moves pixels away from any clean
+   original (PSNR drops by ~1.5 dB at 0.1), so it is off unless configured.
+Then `fidelity` blends the result with the input (CodeFormer's w semantics; 1 returns the input).
+tests/restoration/test_restorers.py measures the PSNR/SSIM gain on a degraded real photo.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from likeness.restoration.restorers.base import blend_fidelity
+
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def noise_sigma(rgb: np.ndarray) -> float:
+    """Estimated std of additive white noise, in grey levels (Immerkaer 1996)."""
+    response = cv2.filter2D(rgb.astype(np.float32), -1, _IMMERKAER)[1:-1, 1:-1]
+    per_channel = np.abs(response).reshape(-1, rgb.shape[2]).mean(axis=0)
+    return float(np.sqrt(np.pi / 2) * np.median(per_channel) / 6.0)
+
+
+class ClassicalRestorer:
+    name = "classical"
+    input_size = None
+
+    def __init__(self, sharpen: float = 0.8, local_contrast: float = 0.0):
+        self.sharpen = sharpen
+        self.local_contrast = local_contrast
+
+    def load(self) -> None:  # nothing to load
+        pass
+
+    def describe(self) -> dict:
+        return {"restorer": self.name, "sharpen": self.sharpen, "local_contrast": self.local_contrast}
+
+    def enhance(self, face: np.ndarray) -> np.ndarray:
+        """The full-strength restoration (fidelity 0)."""
+        sigma = noise_sigma(face)
+        smooth = cv2.bilateralFilter(face, 5, 3.0 * sigma + 1.0, 2.0)
+        smooth = cv2.bilateralFilter(smooth, 5, 2.5 * sigma + 1.0, 2.0)
+        f = smooth.astype(np.float32)
+        f += self.sharpen * (f - cv2.GaussianBlur(f, (0, 0), 1.5))
+        if self.local_contrast > 0:
+            f += self.local_contrast * (f - cv2.GaussianBlur(f, (0, 0), 10.0))
+        return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+    def restore(self, face: np.ndarray, fidelity: float) -> np.ndarray:
+        if fidelity >= 1.0:
+            return face.copy()
+        return blend_fidelity(face, self.enhance(face), fidelity)

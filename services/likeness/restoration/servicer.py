@@ -1,0 +1,227 @@
+"""gRPC face of the restoration service: protobuf <-> domain translation, nothing else.
+
+Conventions (docs/api/restoration.md): a numeric option left at 0 takes its documented default;
+a batch of one whose item fails gets the error as the call's status, larger batches get per-item
+`ItemError`s; every output is written to the store (and inlined when asked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
+from likeness.core import metrics
+from likeness.core.convert import artifact_pb, item_error_pb
+from likeness.core.errors import InvalidArgument, LikenessError, check_range
+from likeness.core.images import encode_mask_png, encode_png
+from likeness.core.uris import validate_key
+from likeness.core.workid import sha256_hex
+from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA, feathered_blend
+from likeness.restoration.face_restore import FaceToRestore, restore_face
+from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region, region_mask
+from likeness.restoration.restorers.base import FaceRestorer
+
+MAX_MASKS = 64
+MAX_COMPOSITES = 64
+MAX_RESTORES = 32
+DEFAULT_ALIGN = 8
+DEFAULT_CROP_PADDING = 32
+DEFAULT_FIDELITY = 0.5
+REGIONS = {restoration_pb2.REGION_LEFT_EYE: Region.LEFT_EYE, restoration_pb2.REGION_RIGHT_EYE: Region.RIGHT_EYE,
+           restoration_pb2.REGION_BOTH_EYES: Region.BOTH_EYES, restoration_pb2.REGION_FACE: Region.FACE}
+
+
+def landmarks_of(pbs) -> dict[str, tuple[float, float]]:
+    """`LANDMARK_KIND_LEFT_EYE` -> `left_eye`; unspecified kinds are ignored."""
+    out = {}
+    for lm in pbs:
+        if lm.kind != common_pb2.LANDMARK_KIND_UNSPECIFIED:
+            name = common_pb2.LandmarkKind.Name(lm.kind).removeprefix("LANDMARK_KIND_").lower()
+            out[name] = (lm.point.x, lm.point.y)
+    return out
+
+
+def box_of(msg, name: str) -> tuple[float, float, float, float] | None:
+    if not msg.HasField(name):
+        return None
+    b = getattr(msg, name)
+    return b.x_min, b.y_min, b.x_max, b.y_max
+
+
+def rect_pb(r: Rect) -> common_pb2.Box:
+    return common_pb2.Box(x_min=r.x0, y_min=r.y0, x_max=r.x1, y_max=r.y1)
+
+
+def pixel_rect(box: tuple[float, float, float, float] | None, field: str) -> Rect | None:
+    """A Box that must sit on whole pixels (RegionMask's crop boxes do)."""
+    if box is None:
+        return None
+    if not all(math.isfinite(v) and abs(v - round(v)) < 1e-3 for v in box):
+        raise InvalidArgument(field, f"{box} must have whole-pixel coordinates")
+    return Rect(*(round(v) for v in box))
+
+
+def _batch(n: int, limit: int) -> None:
+    if not 1 <= n <= limit:
+        raise InvalidArgument("items", f"batch of {n} items; send 1 to {limit}")
+
+
+def _raise_single(errors: list[LikenessError | None]) -> None:
+    if len(errors) == 1 and errors[0] is not None:
+        raise errors[0]
+
+
+class Outputs:
+    """Writes outputs under `<prefix>/<kind>/<sha256>.png` (content-addressed: a rerun rewrites the
+    same key with the same bytes)."""
+
+    def __init__(self, store, scratch_prefix: str):
+        self.store, self.scratch = store, scratch_prefix.strip("/")
+
+    def prefix(self, requested: str) -> str:
+        prefix = requested.strip("/") or self.scratch
+        validate_key(prefix, "output_prefix")
+        return prefix
+
+    def put(self, prefix: str, kind: str, png: bytes, inline: bool):
+        obj = self.store.put(f"{prefix}/{kind}/{sha256_hex(png)}.png", png, "image/png")
+        return artifact_pb(obj, png if inline else None)
+
+
+class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
+    def __init__(self, images, outputs: Outputs, restorer: Callable[[str], FaceRestorer], default_model: str,
+                 workers: int = 2):
+        self._images, self._outputs = images, outputs
+        self._restorer, self._default_model = restorer, default_model
+        self._cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restoration-cpu")
+        # one model worker: network inference is serialised (a pod is sized for one model's worth)
+        self._models = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restoration-model")
+
+    def close(self) -> None:
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+        self._models.shutdown(wait=False, cancel_futures=True)
+
+    async def _cpu_run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    async def _model_run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
+
+    async def RegionMask(self, request, context):
+        _batch(len(request.items), MAX_MASKS)
+        if request.region not in REGIONS:
+            raise InvalidArgument("region", f"{request.region} is not set or unknown; one of REGION_LEFT_EYE, "
+                                            "REGION_RIGHT_EYE, REGION_BOTH_EYES, REGION_FACE")
+        region = REGIONS[request.region]
+        opts = MaskOptions(padding_iod=request.padding_iod, padding_px=request.padding_px,
+                           align=request.align or DEFAULT_ALIGN,
+                           crop_padding=request.crop_padding or DEFAULT_CROP_PADDING)
+        prefix = self._outputs.prefix(request.output_prefix)
+
+        def build(i: int, item) -> restoration_pb2.RegionMaskResult:
+            geo = FaceGeometry(item.width, item.height, *(landmarks_of(item.landmarks).get(k)
+                                                         for k in ("left_eye", "right_eye")),
+                               face_box=box_of(item, "face_box"))
+            built = region_mask(geo, region, opts, field=f"items[{i}]")
+            artifact = self._outputs.put(prefix, "masks", encode_mask_png(built.mask), request.return_inline)
+            return restoration_pb2.RegionMaskResult(index=i, mask=artifact, crop_box=rect_pb(built.crop),
+                                                    area=built.area)
+
+        results = await asyncio.gather(*(self._guard("region_mask", build, i, item)
+                                         for i, item in enumerate(request.items)))
+        _raise_single([e for _, e in results])
+        response = restoration_pb2.RegionMaskResponse()
+        for i, (result, error) in enumerate(results):
+            response.results.append(result if error is None else restoration_pb2.RegionMaskResult(
+                index=i, error=item_error_pb(i, error)))
+        return response
+
+    async def _guard(self, stage: str, fn, *args):
+        """(result, None) or (None, error) for one item, run off the event loop."""
+        try:
+            result = await self._cpu_run(fn, *args)
+        except LikenessError as exc:
+            metrics.ITEMS.labels("restoration", stage, "failed").inc()
+            return None, exc
+        metrics.ITEMS.labels("restoration", stage, "ok").inc()
+        return result, None
+
+    async def _load(self, pb_input, field: str):
+        try:
+            return await self._images.load_one(pb_input, field), None
+        except LikenessError as exc:
+            return None, exc
+
+    async def Composite(self, request, context):
+        _batch(len(request.items), MAX_COMPOSITES)
+        sigma = request.feather_sigma or DEFAULT_FEATHER_SIGMA
+        dilation = request.dilation_px or DEFAULT_DILATION_PX
+        check_range(sigma, "feather_sigma", 0.0, 128.0, unit="px")
+        check_range(dilation, "dilation_px", 0.0, 256.0, unit="px")
+        prefix = self._outputs.prefix(request.output_prefix)
+
+        async def one(i: int, item):
+            field = f"items[{i}]"
+            try:
+                base, patch, mask = await asyncio.gather(
+                    self._images.load_one(item.base, f"{field}.base"),
+                    self._images.load_one(item.patch, f"{field}.patch"),
+                    self._images.load_one(item.mask, f"{field}.mask"))
+                box = pixel_rect(box_of(item, "patch_box"), f"{field}.patch_box")
+            except LikenessError as exc:
+                metrics.ITEMS.labels("restoration", "composite", "failed").inc()
+                return None, exc
+
+            def composite() -> restoration_pb2.CompositeResult:
+                out = feathered_blend(base, patch, np.ascontiguousarray(mask[..., 0]), box, sigma, dilation,
+                                      field=field)
+                png = encode_png(out, request={"restoration": "composite", "feather_sigma": sigma,
+                                               "dilation_px": dilation})
+                return restoration_pb2.CompositeResult(
+                    index=i, image=self._outputs.put(prefix, "composites", png, request.return_inline))
+
+            return await self._guard("composite", composite)
+
+        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.items)))
+        _raise_single([e for _, e in results])
+        response = restoration_pb2.CompositeResponse()
+        for i, (result, error) in enumerate(results):
+            response.results.append(result if error is None else restoration_pb2.CompositeResult(
+                index=i, error=item_error_pb(i, error)))
+        return response
+
+    async def Restore(self, request, context):
+        _batch(len(request.items), MAX_RESTORES)
+        fidelity = request.fidelity if request.HasField("fidelity") else DEFAULT_FIDELITY
+        check_range(fidelity, "fidelity", 0.0, 1.0)
+        name = request.model or self._default_model
+        restorer = await self._model_run(self._restorer, name)  # unknown or missing weights: whole call fails
+        prefix = self._outputs.prefix(request.output_prefix)
+        loaded = await asyncio.gather(*(self._load(item.image, f"items[{i}].image")
+                                        for i, item in enumerate(request.items)))
+        errors: list[LikenessError | None] = [error for _, error in loaded]
+        response = restoration_pb2.RestoreResponse(model=restorer.name)
+        for i, item in enumerate(request.items):
+            field = f"items[{i}]"
+            try:
+                if errors[i] is not None:
+                    raise errors[i]
+                face = FaceToRestore(box_of(item, "face_box"), landmarks_of(item.landmarks))
+                out = await self._model_run(restore_face, loaded[i][0], face, restorer, fidelity, field)
+                png = await self._cpu_run(encode_png, out, None,
+                                          {"restoration": "restore", "model": restorer.name, "fidelity": fidelity})
+                artifact = await self._cpu_run(self._outputs.put, prefix, "restored", png, request.return_inline)
+            except LikenessError as exc:
+                errors[i] = exc
+                response.results.add(index=i, error=item_error_pb(i, exc))
+                metrics.ITEMS.labels("restoration", "restore", "failed").inc()
+                continue
+            response.results.add(index=i, image=artifact)
+            metrics.ITEMS.labels("restoration", "restore", "ok").inc()
+        _raise_single(errors)
+        return response

@@ -1,0 +1,23 @@
+"""Settings of the restoration service (`LIKENESS_RESTORATION_*`), read once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from likeness.core.settings import CommonSettings
+
+
+class RestorationSettings(CommonSettings):
+    # Default restorer for Restore requests that name none: `classical` (embedded, no weights),
+    # `codeformer` (model repository folder `codeformer`), `gfpgan` (not implemented in this build).
+    # The default is loaded during warm-up, so missing weights fail start-up, never a request.
+    restoration_backend: str = Field("classical", pattern="^(classical|codeformer|gfpgan)$")
+    # Store prefix for outputs of requests without `output_prefix`.
+    restoration_scratch_prefix: str = "scratch/restoration"
+    # Threads for a network restorer's torch inference (one pod = one core's worth by default).
+    restoration_threads: int = Field(1, ge=1, le=64)
+    # Classical restorer: unsharp-mask amount and wide-radius local-contrast amount.
+    restoration_sharpen: float = Field(0.8, ge=0.0, le=3.0)
+    restoration_local_contrast: float = Field(0.0, ge=0.0, le=1.0)
+    # Concurrent mask/composite items (CPU work off the event loop).
+    restoration_workers: int = Field(2, ge=1, le=64)
