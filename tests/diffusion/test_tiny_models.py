@@ -77,3 +77,32 @@ def test_every_sampler_runs_without_reloading(sdxl_pipe, sampler):
     out = sdxl_pipe("x", num_inference_steps=3, height=64, width=64, output_type="np",
                     generator=torch.Generator().manual_seed(0)).images
     assert sdxl_pipe.unet is unet and np.isfinite(out).all()
+
+
+def test_ensure_tiny_model_registers_once(tmp_path, monkeypatch):
+    from likeness.core.modelrepo import ModelRepository
+    from likeness.diffusion import tiny_sdxl
+
+    repo = ModelRepository(tmp_path / "models", tmp_path / "cache")
+    folder = tiny_sdxl.ensure_tiny_model(repo, "tiny-sdxl")
+    spec = repo.spec("tiny-sdxl")
+    assert (spec.kind, spec.backend) == ("sdxl", "diffusers")
+    assert spec.config["random_weights"] is True and spec.config["refiner"] == "tiny-sdxl-refiner"
+    assert (folder / "model_index.json").is_file()
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("rebuilt a registered model")
+
+    monkeypatch.setattr(tiny_sdxl, "build_tiny_model", no_rebuild)
+    assert tiny_sdxl.ensure_tiny_model(repo, "tiny-sdxl") == folder
+    assert repo.spec("tiny-sdxl").digest == spec.digest
+
+
+def test_refiner_shares_vae_and_second_text_encoder_with_base(tiny_folders):
+    for part in ("vae", "text_encoder_2"):
+        base = (tiny_folders["sdxl"] / part / "model.safetensors")
+        ref = (tiny_folders["sdxl-refiner"] / part / "model.safetensors")
+        if not base.exists():
+            base = next((tiny_folders["sdxl"] / part).glob("*.safetensors"))
+            ref = next((tiny_folders["sdxl-refiner"] / part).glob("*.safetensors"))
+        assert base.read_bytes() == ref.read_bytes(), part

@@ -74,17 +74,16 @@ def tiny_model_config(kind: str) -> dict:
         "note": "random weights; outputs are noise, for tests and demos only",
         "seed": SEED,
         "architecture": kind,
+        **({"refiner": "tiny-sdxl-refiner"} if kind == "sdxl" else {}),
     }
 
 
 def build_tiny_model(kind: str, folder: Path) -> Path:
     """Builds one tiny pipeline of `kind` and saves it (diffusers layout, safetensors) to `folder`."""
-    import torch
 
     builders = {"sdxl": _sdxl_base, "sdxl-refiner": _sdxl_refiner, "sd15": _sd15}
     if kind not in builders:
         raise ValueError(f"no tiny builder for kind {kind!r}")
-    torch.manual_seed(SEED)
     if folder.exists():
         shutil.rmtree(folder)
     with tempfile.TemporaryDirectory() as tok_dir:
@@ -95,6 +94,14 @@ def build_tiny_model(kind: str, folder: Path) -> Path:
 
 # -- components ---------------------------------------------------------------------------------
 
+def _seeded(offset: int):
+    """Seeds torch for one component, so components shared by base and refiner (the VAE and the
+    second text encoder, as in the released SDXL) come out identical in both."""
+    import torch
+
+    torch.manual_seed(SEED + offset)
+
+
 def _text_encoder(with_projection: bool):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -103,6 +110,7 @@ def _text_encoder(with_projection: bool):
         intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, projection_dim=TEXT_HIDDEN,
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, hidden_act="gelu",
         layer_norm_eps=1e-5)
+    _seeded(2 if with_projection else 1)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
@@ -113,6 +121,7 @@ def _unet(cross_attention_dim: int, added_cond_dim: int | None):
     if added_cond_dim is not None:  # SDXL: pooled text embedding + size/crop (or aesthetic) ids
         extra = dict(addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED,
                      projection_class_embeddings_input_dim=added_cond_dim)
+    _seeded(10 + cross_attention_dim + (added_cond_dim or 0))
     return UNet2DConditionModel(
         sample_size=TINY_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -125,6 +134,7 @@ def _vae():
     from diffusers import AutoencoderKL
 
     # four blocks -> scale factor 8, like SDXL's VAE, so sizes behave as with real weights
+    _seeded(3)
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
