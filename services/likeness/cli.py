@@ -54,3 +54,8 @@ def serve(service: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+from likeness import cli_jobs  # noqa: E402
+
+cli_jobs.register(app)
