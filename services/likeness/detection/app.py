@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 
 from likeness.api.v1 import detection_pb2, detection_pb2_grpc
+from likeness.core.errors import LikenessError
 from likeness.core.image_loader import ImageLoader
 from likeness.core.images import ImageLimits
 from likeness.core.server import Service, run
@@ -14,6 +17,8 @@ from likeness.detection.quality import QualityWeights
 from likeness.detection.servicer import DetectionServicer
 from likeness.detection.settings import DetectionSettings
 from likeness.detection.validation import ValidationPolicy
+
+log = logging.getLogger("likeness.detection")
 
 SERVICE_NAME = detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name
 
@@ -40,6 +45,7 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
     async def warmup() -> None:
         await asyncio.to_thread(pipeline.load)
         await asyncio.to_thread(pipeline.warmup)
+        log.info("detection models warm", extra=pipeline.describe())
 
     async def shutdown() -> None:
         servicer.close()
@@ -57,7 +63,13 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
 
 
 def main() -> None:
-    run(create_service, DetectionSettings())
+    try:
+        run(create_service, DetectionSettings())
+    except LikenessError as exc:
+        # e.g. ModelMissing: one clear line naming the missing files instead of a traceback
+        log.error("detection cannot start: %s", exc)
+        print(f"detection cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

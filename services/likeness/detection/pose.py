@@ -9,13 +9,13 @@ Conventions (common.proto `Pose`), camera view, image x right and y down:
 - yaw   > 0: the subject turns to the image's right (their left);
 - pitch > 0: the subject looks up;
 - roll  > 0: the head tilts clockwise as seen in the image.
-They are read off the fitted rotation R (model frame -> camera frame) as angles of two head axes:
-the facing direction f = R @ (0, 0, -1) (out of the face, toward the camera when frontal) gives
-yaw = atan2(f_x, -f_z) and pitch = atan2(-f_y, hypot(f_x, f_z)); the head's left-right axis
-r = R @ (1, 0, 0) (from the subject's right ear toward their left ear) gives
-roll = atan2(r_y, r_x). The model is mirror-symmetric and the principal point central, so a
-horizontal flip (which also swaps left and right landmarks) negates yaw and roll exactly and
-keeps pitch.
+They are the Euler angles of the fitted rotation R (model frame -> camera frame) factored as
+R = Ry(yaw) Rx(pitch) Rz(roll): the head first rolls about its own forward axis, then pitches,
+then yaws. So yaw and pitch are the direction the face points to, read off the facing vector
+f = R @ (0, 0, -1): yaw = atan2(f_x, -f_z), pitch = atan2(-f_y, hypot(f_x, f_z)); roll is what
+remains, Rz = (Ry Rx)^T R, roll = atan2(Rz[1, 0], Rz[0, 0]). The model is mirror-symmetric and
+the principal point central, so a horizontal flip (which also swaps left and right landmarks)
+negates yaw and roll exactly and keeps pitch.
 """
 
 from __future__ import annotations
@@ -52,13 +52,22 @@ def camera_matrix(width: int, height: int) -> np.ndarray:
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
+def rotation_from_angles(pose: Pose) -> np.ndarray:
+    """R = Ry(yaw) Rx(pitch) Rz(roll) with common.proto's signs (the inverse of the function below)."""
+    y, p, r = (math.radians(a) for a in (pose.yaw, pose.pitch, pose.roll))
+    ry = np.array([[math.cos(y), 0, -math.sin(y)], [0, 1, 0], [math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), math.sin(p)], [0, -math.sin(p), math.cos(p)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return ry @ rx @ rz
+
+
 def angles_from_rotation(rotation: np.ndarray) -> Pose:
     """Yaw, pitch, roll (degrees, common.proto signs) of a model->camera rotation matrix."""
     facing = -rotation[:, 2]
     yaw = math.degrees(math.atan2(facing[0], -facing[2]))
     pitch = math.degrees(math.atan2(-facing[1], math.hypot(facing[0], facing[2])))
-    across = rotation[:, 0]
-    roll = math.degrees(math.atan2(across[1], across[0]))
+    residual = rotation_from_angles(Pose(yaw, pitch, 0.0)).T @ rotation
+    roll = math.degrees(math.atan2(residual[1, 0], residual[0, 0]))
     return Pose(yaw=yaw, pitch=pitch, roll=roll)
 
 
