@@ -25,7 +25,7 @@ def newest_kubernetes() -> str:
     root = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
     versions = [tuple(int(x) for x in m.groups()) for d in root.iterdir()
                 if (m := re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)-local-strict", d.name))]
-    return "%d.%d.%d" % max(versions)
+    return ".".join(map(str, max(versions)))
 
 
 @pytest.fixture(scope="module", params=sorted(VALUES))
@@ -110,9 +110,14 @@ def test_gpu_values_put_model_services_on_gpu_nodes():
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     orch = containers(deps["likeness-orchestrator"])[0]
     assert "nvidia.com/gpu" not in orch["resources"]["limits"] and "likeness-gpu" not in orch["image"]
-    # default values: no GPU anywhere
-    for dep in by_kind(render(), "Deployment").values():
+    # default values: no GPU anywhere; the slim image for the orchestrator, the model image (it
+    # runs on the CPU too) for the model services
+    deps = by_kind(render(), "Deployment")
+    for dep in deps.values():
         assert "nvidia.com/gpu" not in containers(dep)[0]["resources"]["limits"]
+        assert "nodeSelector" not in dep["spec"]["template"]["spec"]
+    assert containers(deps["likeness-orchestrator"])[0]["image"] == "ghcr.io/likeness/likeness:0.1.0"
+    assert containers(deps["likeness-generation"])[0]["image"] == "ghcr.io/likeness/likeness-gpu:0.1.0"
 
 
 def env_of(dep: dict, objects: list[dict]) -> dict[str, object]:

@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from tests.deploy.tools import RULE_TESTS, RULES, ROOT, binary, by_kind, render
+from tests.deploy.tools import ROOT, RULE_TESTS, RULES, binary, by_kind, render
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
