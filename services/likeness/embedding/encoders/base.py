@@ -1,0 +1,34 @@
+"""The interface every encoder implements: L2-normalised image vectors, and text vectors where the
+encoder has a text tower."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from likeness.core.errors import FailedPrecondition
+
+
+class Encoder(ABC):
+    name: str  # reported in responses, for example `classical-v1` or `open_clip:ViT-B-32`
+    dimension: int
+    has_text: bool = False
+
+    @abstractmethod
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """HxWx3 uint8 RGB images -> (n, dimension) float32, each row of unit length."""
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """(n, dimension) float32 unit rows in the image space; FAILED_PRECONDITION without a text tower."""
+        raise self.no_text_tower()
+
+    def warmup(self) -> None:
+        """One inference, so the first request does not pay for lazy initialisation."""
+        self.embed_images([np.zeros((64, 64, 3), dtype=np.uint8)])
+
+    def no_text_tower(self) -> FailedPrecondition:
+        return FailedPrecondition(
+            "encoder", f"the image encoder '{self.name}' has no text tower, so texts cannot be embedded or "
+                       "scored; run the service with LIKENESS_EMBEDDING_ENCODER=open_clip and an open_clip "
+                       "model in the model repository (LIKENESS_EMBEDDING_OPEN_CLIP_MODEL)")
