@@ -16,8 +16,9 @@ class RestorationSettings(CommonSettings):
     restoration_scratch_prefix: str = "scratch/restoration"
     # Threads for a network restorer's torch inference (one pod = one core's worth by default).
     restoration_threads: int = Field(1, ge=1, le=64)
-    # Classical restorer: unsharp-mask amount and wide-radius local-contrast amount.
-    restoration_sharpen: float = Field(0.8, ge=0.0, le=3.0)
+    # Classical restorer: unsharp-mask amount on a noise-free crop (lowered as noise rises) and
+    # wide-radius local-contrast amount (restorers/classical.py).
+    restoration_sharpen: float = Field(1.0, ge=0.0, le=3.0)
     restoration_local_contrast: float = Field(0.0, ge=0.0, le=1.0)
     # Concurrent mask/composite items (CPU work off the event loop).
     restoration_workers: int = Field(2, ge=1, le=64)

@@ -2,12 +2,13 @@
 
 Three steps on the face crop, each chosen to be cheap (about 5 ms for a 320x320 crop on one core):
 1. Edge-preserving denoising: two bilateral passes (5 px window, spatial sigma 2) whose range sigma
-   follows the crop's own noise level, `3 sigma_n` then `2.5 sigma_n`, so a clean crop is barely
-   smoothed and a noisy one is smoothed across flat skin but not across edges. `sigma_n` is
+   follows the crop's own noise level, `4 sigma_n + 1` then `3 sigma_n + 1`, so a clean crop is
+   barely smoothed and a noisy one is smoothed across flat skin but not across edges. `sigma_n` is
    Immerkaer's (1996) estimator: the mean absolute response to a Laplacian-difference kernel that
    cancels smooth structure, scaled by sqrt(pi/2)/6, per channel, median over channels.
-2. Unsharp masking (Gaussian sigma 1.5 px, amount 0.8): restores the edge contrast lost to blur
-   and to the denoiser.
+2. Unsharp masking (Gaussian sigma 1.5 px) with amount `sharpen / (1 + (sigma_n / 6)^2)`: full
+   strength on a clean but soft crop, little on a noisy one, where sharpening would bring back the
+   noise the denoiser removed (a fixed amount lost 0.7 dB on a noisy 512 px portrait).
 3. Local contrast (optional, amount `local_contrast`, default 0): a wide unsharp mask (sigma 10 px)
    that lifts mid-frequency contrast. It pleases the eye but moves pixels away from any clean
    original (PSNR drops by ~1.5 dB at 0.1), so it is off unless configured.
@@ -22,6 +23,7 @@ import numpy as np
 
 from likeness.restoration.restorers.base import blend_fidelity
 
+SHARPEN_NOISE_REF = 6.0  # grey levels of noise at which unsharp masking runs at half strength
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
@@ -36,7 +38,7 @@ class ClassicalRestorer:
     name = "classical"
     input_size = None
 
-    def __init__(self, sharpen: float = 0.8, local_contrast: float = 0.0):
+    def __init__(self, sharpen: float = 1.0, local_contrast: float = 0.0):
         self.sharpen = sharpen
         self.local_contrast = local_contrast
 
@@ -49,10 +51,11 @@ class ClassicalRestorer:
     def enhance(self, face: np.ndarray) -> np.ndarray:
         """The full-strength restoration (fidelity 0)."""
         sigma = noise_sigma(face)
-        smooth = cv2.bilateralFilter(face, 5, 3.0 * sigma + 1.0, 2.0)
-        smooth = cv2.bilateralFilter(smooth, 5, 2.5 * sigma + 1.0, 2.0)
+        smooth = cv2.bilateralFilter(face, 5, 4.0 * sigma + 1.0, 2.0)
+        smooth = cv2.bilateralFilter(smooth, 5, 3.0 * sigma + 1.0, 2.0)
         f = smooth.astype(np.float32)
-        f += self.sharpen * (f - cv2.GaussianBlur(f, (0, 0), 1.5))
+        amount = self.sharpen / (1.0 + (sigma / SHARPEN_NOISE_REF) ** 2)
+        f += amount * (f - cv2.GaussianBlur(f, (0, 0), 1.5))
         if self.local_contrast > 0:
             f += self.local_contrast * (f - cv2.GaussianBlur(f, (0, 0), 10.0))
         return np.clip(np.rint(f), 0, 255).astype(np.uint8)

@@ -12,7 +12,7 @@ RESTORERS = ("classical", "codeformer", "gfpgan")
 
 
 def create_restorer(name: str, model_dir: Callable[[str], Path | None], *, threads: int = 1,
-                    sharpen: float = 0.8, local_contrast: float = 0.0) -> FaceRestorer:
+                    sharpen: float = 1.0, local_contrast: float = 0.0) -> FaceRestorer:
     """`model_dir(name)` returns the local folder of a model (or None, or raises ModelMissing)."""
     if name == "classical":
         from likeness.restoration.restorers.classical import ClassicalRestorer
