@@ -46,10 +46,11 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str
 class ServiceThread:
     """Runs a `Service` on its own event loop in a background thread (fast in-process tests)."""
 
-    def __init__(self, service, settings, *, warm: bool = True, drain_seconds: float = 0.0):
+    def __init__(self, service, settings, *, warm: bool = True, drain_seconds: float = 0.0, interceptors=None):
         from likeness.core.server import ServiceRuntime
 
         self._service, self._settings, self._warm = service, settings, warm
+        self._interceptors = interceptors
         self._drain = drain_seconds
         self._runtime_cls = ServiceRuntime
         self.loop = asyncio.new_event_loop()
@@ -64,7 +65,8 @@ class ServiceThread:
         self.thread.start()
 
         async def build():
-            return self._runtime_cls(self._service, self._settings, drain_seconds=self._drain)
+            return self._runtime_cls(self._service, self._settings, drain_seconds=self._drain,
+                                     interceptors=self._interceptors)
 
         self.runtime = self.call(build())
         self.port = self.call(self.runtime.start())

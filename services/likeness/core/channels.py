@@ -13,9 +13,10 @@ from likeness.core.settings import CommonSettings
 
 
 def service_config(max_attempts: int = 5) -> str:
-    return json.dumps({
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [{
+    """Round-robin always; a retry policy when more than one attempt is wanted (gRPC requires >= 2)."""
+    config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if max_attempts >= 2:
+        config["methodConfig"] = [{
             "name": [{}],
             "retryPolicy": {
                 "maxAttempts": max_attempts,
@@ -24,8 +25,8 @@ def service_config(max_attempts: int = 5) -> str:
                 "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
             },
-        }],
-    })
+        }]
+    return json.dumps(config)
 
 
 def normalise_target(target: str) -> str:
