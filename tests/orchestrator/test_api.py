@@ -3,7 +3,8 @@
 import grpc
 import pytest
 
-from likeness.api.v1 import common_pb2, orchestrator_pb2 as o, orchestrator_pb2_grpc
+from likeness.api.v1 import common_pb2, orchestrator_pb2_grpc
+from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.orchestrator.app import create_service, interceptors
 from likeness.orchestrator.settings import OrchestratorSettings
 from tests.helpers import ServiceThread, health_status

@@ -2,7 +2,8 @@
 
 import pytest
 
-from likeness.api.v1 import common_pb2, orchestrator_pb2 as o
+from likeness.api.v1 import common_pb2
+from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.core.errors import InvalidArgument
 from likeness.orchestrator.specs import validate
 

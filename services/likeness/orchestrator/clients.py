@@ -49,12 +49,28 @@ class ServiceClient:
     def __init__(self, name: str, address: str, settings: OrchestratorSettings):
         self.name = name
         self.address = address
-        # Channel-level retries are off: this client retries for longer, with its own deadline budget.
-        self.channel = aio_channel(address, settings, max_attempts=1)
-        self.stub = STUBS[name](self.channel)
-        self.limit = asyncio.Semaphore(settings.orchestrator_service_concurrency)
+        self.settings = settings
+        self._channel: grpc.aio.Channel | None = None
+        self._stub = None
+        self.concurrency = settings.orchestrator_service_concurrency
+        self._limit: asyncio.Semaphore | None = None
         self.retry_seconds = settings.orchestrator_retry_seconds
         self.timeout = settings.orchestrator_call_timeout_seconds
+
+    @property
+    def stub(self):
+        """Created on first use, inside the event loop that serves (aio channels bind to one loop).
+        Channel-level retries are off: `call` retries for longer, with its own deadline budget."""
+        if self._stub is None:
+            self._channel = aio_channel(self.address, self.settings, max_attempts=1)
+            self._stub = STUBS[self.name](self._channel)
+        return self._stub
+
+    @property
+    def limit(self) -> asyncio.Semaphore:
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.concurrency)
+        return self._limit
 
     async def call(self, method: str, request, *, timeout: float | None = None):
         """Unary call with retries; raises a core.errors.LikenessError naming the service and method."""
@@ -83,7 +99,9 @@ class ServiceClient:
         return getattr(self.stub, method)(request, timeout=timeout or self.timeout)
 
     async def close(self) -> None:
-        await self.channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
 
 
 class ServiceClients:
