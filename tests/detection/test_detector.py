@@ -101,3 +101,26 @@ def test_face_filling_the_frame_is_still_found(pipeline, astronaut, hanks):
     faces = pipeline.find_faces(crop)
     assert len(faces) == 1
     assert faces[0].box.width > 0.6 * 400 and faces[0].box.contains(*faces[0].landmarks[Landmark.NOSE_TIP])
+
+
+def test_a_detection_seen_in_one_view_only_is_dropped(pipeline):
+    # the coffee photo, centre-cropped and upscaled to 1024: BlazeFace alone reports a 0.54 "face"
+    # that its mirror image does not show; flip averaging halves its score below min_score
+    coffee = skimage_photo("coffee")[:, 100:500]
+    big = np.ascontiguousarray(cv2.resize(coffee, (1024, 1024), interpolation=cv2.INTER_CUBIC))
+    single_view = pipeline.detector.detect(big)
+    assert len(single_view) == 1 and single_view[0].score < 0.6
+    assert pipeline.find_faces(big) == []
+
+
+def test_merge_sightings_averages_pairs_and_halves_single_views():
+    from likeness.detection.faces import Box, Face
+    from likeness.detection.pipeline import merge_sightings
+
+    a = Face(Box(0, 0, 10, 10), 0.8, {Landmark.NOSE_TIP: (5, 5)})
+    b = Face(Box(2, 0, 12, 10), 0.6, {Landmark.NOSE_TIP: (7, 5)})
+    lone = Face(Box(50, 50, 60, 60), 0.9, {})
+    merged = merge_sightings([a, lone], [b])
+    assert merged[0].box == Box(1, 0, 11, 10) and merged[0].score == pytest.approx(0.7)
+    assert merged[0].landmarks[Landmark.NOSE_TIP] == (6, 5)
+    assert merged[1].box == lone.box and merged[1].score == pytest.approx(0.45)

@@ -16,11 +16,12 @@ from likeness.detection.faces import Face
 
 class FaceDetector(Protocol):
     name: str
+    min_score: float  # confidence floor of `detect` unless the call gives its own
 
     def load(self) -> None: ...
 
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        """HxWx3 uint8 RGB -> faces in pixel coordinates, any order."""
+    def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """HxWx3 uint8 RGB -> faces scoring >= min_score, in pixel coordinates, any order."""
         ...
 
     def describe(self) -> dict: ...

@@ -108,7 +108,7 @@ class BlazeFaceDetector:
         return {"detector": self.name, "detector_model": str(self._path or MODEL_FILE),
                 "detector_threads": self.threads, "min_score": self.min_score}
 
-    def detect(self, rgb: np.ndarray) -> list[Face]:
+    def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
         if self._interpreter is None:
             self.load()
         height, width = rgb.shape[:2]
@@ -125,7 +125,7 @@ class BlazeFaceDetector:
         raw = it.get_tensor(self._regressors)[0]
         logits = np.clip(it.get_tensor(self._scores)[0, :, 0], -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT)
         scores = 1.0 / (1.0 + np.exp(-logits))
-        keep = scores >= self.min_score
+        keep = scores >= (self.min_score if min_score is None else min_score)
         if not keep.any():
             return []
         raw, scores, anc = raw[keep] / INPUT_SIZE, scores[keep], self._anchors[keep]

@@ -160,7 +160,7 @@ class ScrfdDetector:
         return {"detector": self.name, "detector_model": str(self.pack_dir / DETECTOR_FILE),
                 "providers": ",".join(self.providers), "det_size": self.det_size, "min_score": self.min_score}
 
-    def detect(self, rgb: np.ndarray) -> list[Face]:
+    def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
         if self._session is None:
             self.load()
         height, width = rgb.shape[:2]
@@ -172,7 +172,8 @@ class ScrfdDetector:
         canvas[:new_h, :new_w] = cv2.resize(rgb, (new_w, new_h))
         blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
         outputs = self._session.run(None, {self._input: blob})
-        boxes, scores, kps = decode_scrfd(outputs, (size, size), self.min_score)
+        threshold = self.min_score if min_score is None else min_score
+        boxes, scores, kps = decode_scrfd(outputs, (size, size), threshold)
         faces = []
         for box, score, points in zip(boxes / scale, scores, kps / scale, strict=True):
             marks = {kind: (float(x), float(y)) for kind, (x, y) in zip(SCRFD_KEYPOINTS, points, strict=True)}
