@@ -1,0 +1,186 @@
+"""The restoration service over real gRPC: the orchestrator's eye-fix sequence, batches, bad input
+(right status, field named, service still SERVING)."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
+from likeness.core.images import encode_mask_png, encode_png
+from likeness.core.store_local import LocalStore
+from likeness.restoration.app import create_service
+from likeness.restoration.settings import RestorationSettings
+from tests.helpers import ServiceThread, free_port, health_status
+from tests.photos import skimage_photo
+from tests.restoration import astronaut as A
+
+SERVICE = "likeness.v1.RestorationService"
+LM = common_pb2.LandmarkKind
+
+
+def landmarks(**points) -> list[common_pb2.Landmark]:
+    return [common_pb2.Landmark(kind=LM.Value(f"LANDMARK_KIND_{k.upper()}"), point=common_pb2.Point(x=x, y=y))
+            for k, (x, y) in points.items()]
+
+
+ASTRONAUT_LANDMARKS = landmarks(left_eye=A.LEFT_EYE, right_eye=A.RIGHT_EYE, mouth_center=A.MOUTH_CENTER)
+FACE_BOX = common_pb2.Box(x_min=A.FACE_BOX[0], y_min=A.FACE_BOX[1], x_max=A.FACE_BOX[2], y_max=A.FACE_BOX[3])
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("restoration")
+    settings = RestorationSettings(port=free_port(), metrics_enabled=False, store_uri=f"file://{root}/store",
+                                   model_repository=f"file://{root}/models", model_cache_dir=str(root / "cache"))
+    store = LocalStore(root / "store")
+    with ServiceThread(create_service(settings), settings) as thread, thread.channel() as channel:
+        yield thread, restoration_pb2_grpc.RestorationServiceStub(channel), store
+
+
+def rpc_error(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request, timeout=30)
+    return err.value
+
+
+def test_eye_fix_sequence_mask_composite_restore(server):
+    thread, stub, store = server
+    photo = A.photo()
+    base_uri = store.put("inputs/astronaut.png", encode_png(photo), "image/png").uri
+
+    masks = stub.RegionMask(restoration_pb2.RegionMaskRequest(
+        region=restoration_pb2.REGION_BOTH_EYES, return_inline=True, output_prefix="jobs/42",
+        items=[restoration_pb2.RegionMaskItem(width=512, height=512, landmarks=ASTRONAUT_LANDMARKS)]), timeout=30)
+    (built,) = masks.results
+    mask = decode(built.mask.data)
+    assert mask.shape == (512, 512) and mask[103, 246] == 255 and mask[101, 205] == 255 and mask[146, 224] == 0
+    assert built.area == int((mask > 0).sum())
+    assert store.get(built.mask.uri) == built.mask.data and "/jobs/42/masks/" in built.mask.uri
+    box = built.crop_box
+    width, height = int(box.x_max - box.x_min), int(box.y_max - box.y_min)
+    assert width % 8 == 0 and height % 8 == 0 and box.x_min % 8 == 0
+
+    # the inpainted crop (here: the crop with a colour drift, as SD inpainting produces)
+    crop = photo[int(box.y_min):int(box.y_max), int(box.x_min):int(box.x_max)]
+    patch = np.clip(crop.astype(np.int16) + 30, 0, 255).astype(np.uint8)
+    composed = stub.Composite(restoration_pb2.CompositeRequest(
+        return_inline=True, items=[restoration_pb2.CompositeItem(
+            base=common_pb2.ImageInput(uri=base_uri), patch=common_pb2.ImageInput(data=encode_png(patch)),
+            mask=common_pb2.ImageInput(uri=built.mask.uri), patch_box=box)]), timeout=30)
+    out = decode(composed.results[0].image.data)
+    far = np.ones(mask.shape, bool)
+    far[int(box.y_min):int(box.y_max), int(box.x_min):int(box.x_max)] = False
+    assert np.array_equal(out[far], photo[far])
+    assert out[103, 246].astype(int).sum() > photo[103, 246].astype(int).sum() + 60
+
+    restored = stub.Restore(restoration_pb2.RestoreRequest(return_inline=True, items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(uri=composed.results[0].image.uri),
+                                    face_box=FACE_BOX, landmarks=ASTRONAUT_LANDMARKS)]), timeout=30)
+    assert restored.model == "classical"
+    final = decode(restored.results[0].image.data)
+    assert final.shape == out.shape and not np.array_equal(final, out)
+    assert np.array_equal(final[:40], out[:40])  # far above the face: untouched
+
+    same = stub.Restore(restoration_pb2.RestoreRequest(fidelity=1.0, return_inline=True, items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=encode_png(out)), face_box=FACE_BOX)]),
+        timeout=30)
+    assert np.array_equal(decode(same.results[0].image.data), out)
+
+
+def test_batch_reports_bad_items_beside_good_ones(server):
+    _, stub, _ = server
+    good = restoration_pb2.RegionMaskItem(width=512, height=512, landmarks=ASTRONAUT_LANDMARKS)
+    outside = restoration_pb2.RegionMaskItem(width=512, height=512,
+                                             landmarks=landmarks(left_eye=(700, 103), right_eye=A.RIGHT_EYE))
+    response = stub.RegionMask(restoration_pb2.RegionMaskRequest(region=restoration_pb2.REGION_LEFT_EYE,
+                                                                 items=[good, outside, good]), timeout=30)
+    assert [r.HasField("error") for r in response.results] == [False, True, False]
+    err = response.results[1].error
+    assert err.code == "INVALID_ARGUMENT" and err.field == "items[1].landmarks[LEFT_EYE]" and "outside" in err.message
+    assert response.results[0].mask.uri == response.results[2].mask.uri  # same content, same key
+
+
+def composite_item(base: np.ndarray, patch: np.ndarray, mask: np.ndarray) -> restoration_pb2.CompositeItem:
+    return restoration_pb2.CompositeItem(base=common_pb2.ImageInput(data=encode_png(base)),
+                                         patch=common_pb2.ImageInput(data=encode_png(patch)),
+                                         mask=common_pb2.ImageInput(data=encode_mask_png(mask)))
+
+
+BAD_REQUESTS = {
+    "no region": ("RegionMask", restoration_pb2.RegionMaskRequest(
+        items=[restoration_pb2.RegionMaskItem(width=512, height=512, landmarks=ASTRONAUT_LANDMARKS)]),
+        "INVALID_ARGUMENT", "region"),
+    "landmarks outside": ("RegionMask", restoration_pb2.RegionMaskRequest(
+        region=restoration_pb2.REGION_BOTH_EYES, items=[restoration_pb2.RegionMaskItem(
+            width=200, height=200, landmarks=ASTRONAUT_LANDMARKS)]), "INVALID_ARGUMENT", "landmarks[LEFT_EYE]"),
+    "face without box": ("RegionMask", restoration_pb2.RegionMaskRequest(
+        region=restoration_pb2.REGION_FACE, items=[restoration_pb2.RegionMaskItem(width=512, height=512)]),
+        "INVALID_ARGUMENT", "face_box"),
+    "bad padding": ("RegionMask", restoration_pb2.RegionMaskRequest(
+        region=restoration_pb2.REGION_BOTH_EYES, padding_iod=3.0, items=[restoration_pb2.RegionMaskItem(
+            width=512, height=512, landmarks=ASTRONAUT_LANDMARKS)]), "INVALID_ARGUMENT", "padding_iod"),
+    "path traversal prefix": ("RegionMask", restoration_pb2.RegionMaskRequest(
+        region=restoration_pb2.REGION_BOTH_EYES, output_prefix="../etc", items=[restoration_pb2.RegionMaskItem(
+            width=512, height=512, landmarks=ASTRONAUT_LANDMARKS)]), "INVALID_ARGUMENT", "output_prefix"),
+    "empty batch": ("Composite", restoration_pb2.CompositeRequest(), "INVALID_ARGUMENT", "items"),
+    "mask size mismatch": ("Composite", restoration_pb2.CompositeRequest(items=[composite_item(
+        np.zeros((64, 64, 3), np.uint8), np.ones((64, 64, 3), np.uint8), np.full((48, 64), 255, np.uint8))]),
+        "INVALID_ARGUMENT", "items[0].mask"),
+    "empty mask": ("Composite", restoration_pb2.CompositeRequest(items=[composite_item(
+        np.zeros((64, 64, 3), np.uint8), np.ones((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8))]),
+        "INVALID_ARGUMENT", "is empty"),
+    "corrupt base": ("Composite", restoration_pb2.CompositeRequest(items=[restoration_pb2.CompositeItem(
+        base=common_pb2.ImageInput(data=b"\x89PNG\r\n\x1a\nbroken"), patch=common_pb2.ImageInput(data=b"x"),
+        mask=common_pb2.ImageInput(data=b"y"))]), "INVALID_ARGUMENT", "items[0].base.data"),
+    "feather out of range": ("Composite", restoration_pb2.CompositeRequest(feather_sigma=500, items=[
+        composite_item(np.zeros((64, 64, 3), np.uint8), np.ones((64, 64, 3), np.uint8),
+                       np.full((64, 64), 255, np.uint8))]), "INVALID_ARGUMENT", "feather_sigma"),
+    "fidelity above 1": ("Restore", restoration_pb2.RestoreRequest(fidelity=1.5, items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=encode_png(A.photo())), face_box=FACE_BOX)]),
+        "INVALID_ARGUMENT", "fidelity"),
+    "non-face image": ("Restore", restoration_pb2.RestoreRequest(items=[restoration_pb2.RestoreItem(
+        image=common_pb2.ImageInput(data=encode_png(skimage_photo("coffee"))))]),
+        "INVALID_ARGUMENT", "items[0].face_box"),
+    "missing codeformer": ("Restore", restoration_pb2.RestoreRequest(model="codeformer", items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=encode_png(A.photo())), face_box=FACE_BOX)]),
+        "FAILED_PRECONDITION", "codeformer.pth"),
+    "gfpgan": ("Restore", restoration_pb2.RestoreRequest(model="gfpgan", items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=encode_png(A.photo())), face_box=FACE_BOX)]),
+        "FAILED_PRECONDITION", "gfpgan"),
+    "unknown model": ("Restore", restoration_pb2.RestoreRequest(model="esrgan", items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=encode_png(A.photo())), face_box=FACE_BOX)]),
+        "INVALID_ARGUMENT", "esrgan"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_REQUESTS))
+def test_bad_input_gets_a_clear_status_and_the_service_stays_serving(server, name):
+    thread, stub, _ = server
+    method, request, code, needle = BAD_REQUESTS[name]
+    err = rpc_error(getattr(stub, method), request)
+    assert err.code().name == code, err.details()
+    assert needle in err.details()
+    assert health_status(thread.port, SERVICE) == "SERVING"
+
+
+def test_a_default_restorer_without_weights_fails_start_up_naming_the_files(tmp_path):
+    import asyncio
+
+    from likeness.core.errors import ModelMissing
+
+    settings = RestorationSettings(restoration_backend="codeformer", metrics_enabled=False,
+                                   store_uri=f"file://{tmp_path}/store", model_repository=f"file://{tmp_path}/models",
+                                   model_cache_dir=str(tmp_path / "cache"))
+    service = create_service(settings)
+    with pytest.raises(ModelMissing) as err:
+        asyncio.run(service.warmup())
+    assert f"{tmp_path}/models/codeformer" in str(err.value) and "codeformer.pth" in str(err.value)
