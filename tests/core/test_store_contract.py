@@ -7,6 +7,7 @@ import os
 import uuid
 
 import pytest
+
 from likeness.core.errors import InvalidArgument, NotFound
 from likeness.core.store import ArtifactStore, StoredObject
 
@@ -126,8 +127,9 @@ def test_bad_keys_rejected_everywhere(store, key, reason):
         with pytest.raises(InvalidArgument) as err:
             call()
         assert err.value.field in ("key", "images[3].uri")
-    with pytest.raises(InvalidArgument):
-        store.uri(key)
+    if key:  # "" is the root as a prefix: uri("") == root_uri
+        with pytest.raises(InvalidArgument):
+            store.uri(key)
 
 
 def test_bad_uris_rejected(store):
@@ -153,3 +155,23 @@ def test_key_of_roundtrip(store):
     assert store.key_of("x/y.png") == "x/y.png"
     assert store.key_of(store.uri("x/y.png")) == "x/y.png"
     assert not store.root_uri.endswith("/")
+
+
+def test_prefixes_and_the_root(store):
+    store.put("ds/one/a.png", b"a")
+    store.put("ds/one/a.txt", b"caption")
+    root = store.root_uri
+    assert store.key_of(root) == "" and store.key_of(root + "/") == ""
+    assert store.uri("") == root
+    assert store.key_of(store.uri("ds/one/")) == "ds/one/"
+    assert store.list(store.uri("ds/one/")) == ["ds/one/a.png", "ds/one/a.txt"]  # a URI as prefix
+    assert store.list(store.key_of(root)) == ["ds/one/a.png", "ds/one/a.txt"]
+    for bad in ("ds/one/", ""):  # a prefix cannot name an object
+        with pytest.raises(InvalidArgument):
+            store.get(bad, field="uri")
+        with pytest.raises(InvalidArgument):
+            store.put(bad, b"x")
+    with pytest.raises(InvalidArgument):
+        store.put(root, b"x")
+    with pytest.raises(InvalidArgument):
+        store.object_key("ds/one/")

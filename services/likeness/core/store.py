@@ -45,14 +45,25 @@ class ArtifactStore(ABC):
         """`file:///abs/dir` or `s3://bucket[/prefix]`, without a trailing slash."""
 
     def uri(self, key: str) -> str:
-        """The URI of `key` in this store (the key is validated, not required to exist)."""
+        """The URI of `key` (or of a prefix ending in `/`; "" is the root) in this store; the key
+        is validated, not required to exist."""
         from likeness.core.uris import validate_key
 
-        return f"{self.root_uri}/{validate_key(key, 'key')}"
+        key = validate_key(key, "key", prefix=True)
+        return f"{self.root_uri}/{key}" if key else self.root_uri
 
     @abstractmethod
     def key_of(self, uri_or_key: str, *, field: str = "uri") -> str:
-        """The validated key of a URI inside this store, or of a bare key; InvalidArgument if not."""
+        """The validated key of a URI inside this store, or of a bare key; InvalidArgument if not.
+
+        Prefixes are accepted too (a trailing `/` is kept; the root URI gives ""), so a caller can
+        turn a dataset URI into a `list` prefix; object operations reject those themselves."""
+
+    def object_key(self, uri_or_key: str, *, field: str = "uri") -> str:
+        """Like `key_of`, but only a key that can name an object (not "", no trailing `/`)."""
+        from likeness.core.uris import validate_key
+
+        return validate_key(self.key_of(uri_or_key, field=field), field)
 
     @abstractmethod
     def put(self, key: str, data: bytes, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject: ...
@@ -73,7 +84,8 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
-        """Keys (relative to the root) starting with `prefix` (a string prefix, as in S3), sorted."""
+        """Keys (relative to the root) starting with `prefix` (a string prefix, as in S3; a key or
+        a URI inside the store), sorted."""
 
     @abstractmethod
     def delete(self, uri_or_key: str, *, field: str = "uri") -> bool:

@@ -85,10 +85,12 @@ class LocalStore(ArtifactStore):
                     f"{uri_or_key!r} is not in this store ({self.root_uri}); only file:// URIs are served",
                 )
             root = str(self._root).rstrip("/") + "/"
+            if parsed.path + "/" == root:
+                return ""
             if not parsed.path.startswith(root):
                 raise InvalidArgument(field, f"{uri_or_key!r} is outside the store root {self.root_uri}")
-            return validate_key(parsed.path[len(root) :], field)
-        return validate_key(uri_or_key, field)
+            return validate_key(parsed.path[len(root) :], field, prefix=True)
+        return validate_key(uri_or_key, field, prefix=True)
 
     def _path(self, key: str) -> Path:
         return self._root / key
@@ -97,7 +99,7 @@ class LocalStore(ArtifactStore):
         return self._meta / (key + ".json")
 
     def _readable(self, uri_or_key: str, field: str) -> tuple[str, Path]:
-        key = self.key_of(uri_or_key, field=field)
+        key = self.object_key(uri_or_key, field=field)
         path = self._path(key)
         # A symlink inside the root must not lead reads outside it.
         try:
@@ -111,7 +113,7 @@ class LocalStore(ArtifactStore):
     # -- writes -------------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
-        key = self.key_of(key, field="key")
+        key = self.object_key(key, field="key")
         tmp = self._tmp / _token()
         try:
             with open(tmp, "wb") as f:
@@ -124,7 +126,7 @@ class LocalStore(ArtifactStore):
             tmp.unlink(missing_ok=True)
 
     def put_file(self, key: str, path: str | Path, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
-        key = self.key_of(key, field="key")
+        key = self.object_key(key, field="key")
         tmp = self._tmp / _token()
         h, size = hashlib.sha256(), 0
         try:
@@ -161,7 +163,7 @@ class LocalStore(ArtifactStore):
         return StoredObject(self.uri(key), digest, size, media_type)
 
     def delete(self, uri_or_key: str, *, field: str = "uri") -> bool:
-        key = self.key_of(uri_or_key, field=field)
+        key = self.object_key(uri_or_key, field=field)
         path = self._path(key)
         existed = path.is_file()
         if existed:
@@ -201,7 +203,7 @@ class LocalStore(ArtifactStore):
         return StoredObject(self.uri(key), digest, size, media_type)
 
     def list(self, prefix: str = "") -> list[str]:
-        prefix = validate_key(prefix, "prefix", prefix=True)
+        prefix = self.key_of(prefix, field="prefix")
         # Walk only the deepest folder the prefix names, then filter by string prefix (S3 semantics).
         base = self._root / prefix.rpartition("/")[0] if "/" in prefix else self._root
         keys: list[str] = []

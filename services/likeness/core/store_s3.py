@@ -187,12 +187,17 @@ class S3Store(ArtifactStore):
 
     def key_of(self, uri_or_key: str, *, field: str = "uri") -> str:
         if isinstance(uri_or_key, str) and "://" in uri_or_key:
-            bucket, name = self._locate(uri_or_key, field)
+            parsed = parse_uri(uri_or_key, field)
             root = self._prefix + "/" if self._prefix else ""
-            if bucket != self._bucket or not name.startswith(root):
-                raise InvalidArgument(field, f"{uri_or_key!r} is outside the store root {self.root_uri}")
-            return validate_key(name[len(root) :], field)
-        return validate_key(uri_or_key, field)
+            if (
+                parsed.scheme == "s3"
+                and parsed.bucket == self._bucket
+                and (parsed.path + "/").startswith(root)
+            ):
+                return validate_key(parsed.path[len(root) :], field, prefix=True)
+            self._locate(uri_or_key, field)  # names the rule broken (scheme, bucket), if any
+            raise InvalidArgument(field, f"{uri_or_key!r} is outside the store root {self.root_uri}")
+        return validate_key(uri_or_key, field, prefix=True)
 
     def _locate(self, uri_or_key: str, field: str) -> tuple[str, str]:
         """(bucket, object name) of a readable object: a key in the root or an allowed bucket's URI."""
@@ -214,7 +219,7 @@ class S3Store(ArtifactStore):
     # -- writes ---------------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
-        key = self.key_of(key, field="key")
+        key = self.object_key(key, field="key")
         digest = hashlib.sha256(data).hexdigest()
         self._upload(key, lambda: io.BytesIO(data), len(data), digest, media_type)
         return StoredObject(self.uri(key), digest, len(data), media_type)
@@ -222,7 +227,7 @@ class S3Store(ArtifactStore):
     def put_file(self, key: str, path: str | Path, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
         from likeness.core.store import sha256_file
 
-        key = self.key_of(key, field="key")
+        key = self.object_key(key, field="key")
         # The hash must go in the request headers, so it is computed in a first pass.
         digest, size = sha256_file(path)
         with open(path, "rb") as f:
@@ -254,7 +259,7 @@ class S3Store(ArtifactStore):
         )
 
     def delete(self, uri_or_key: str, *, field: str = "uri") -> bool:
-        key = self.key_of(uri_or_key, field=field)
+        key = self.object_key(uri_or_key, field=field)
         existed = self.exists(key, field=field)
         uri = self.uri(key)
         self._mapped(
@@ -341,7 +346,7 @@ class S3Store(ArtifactStore):
         return True
 
     def list(self, prefix: str = "") -> list[str]:
-        prefix = validate_key(prefix, "prefix", prefix=True)
+        prefix = self.key_of(prefix, field="prefix")
         root = self._prefix + "/" if self._prefix else ""
 
         def collect() -> list[str]:
