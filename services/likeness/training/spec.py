@@ -96,7 +96,7 @@ def resolve(spec: RunSpec, *, native_resolution: int, tiny_model: bool, default_
                          "executor", "output_prefix") if getattr(spec, f) in (0, 0.0, "", (), "default")]
     return dataclasses.replace(
         spec,
-        defaulted=tuple(unset),
+        defaulted=tuple(dict.fromkeys((*spec.defaulted, *unset))),
         name=spec.name or run_id,
         alpha=spec.alpha or float(spec.rank),
         resolution=spec.resolution or native_resolution,

@@ -1,0 +1,39 @@
+"""TrainingService over gRPC: protobuf in, domain calls (runs.TrainingRuns), protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from likeness.api.v1 import training_pb2, training_pb2_grpc
+from likeness.training import convert
+from likeness.training.runs import TrainingRuns
+
+
+class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
+    def __init__(self, runs: TrainingRuns):
+        self._runs = runs
+
+    async def StartRun(self, request, context):
+        spec = convert.spec_from_pb(request.spec)
+        run = await asyncio.to_thread(self._runs.start, spec, request.resume_from_run_id)
+        return training_pb2.StartRunResponse(run=convert.run_pb(run))
+
+    async def WatchRun(self, request, context):
+        async for event in self._runs.watch(request.run_id):
+            yield convert.watch_pb(event)
+
+    async def GetRun(self, request, context):
+        run = await asyncio.to_thread(self._runs.get, request.run_id)
+        return training_pb2.GetRunResponse(run=convert.run_pb(run))
+
+    async def ListRuns(self, request, context):
+        runs = await asyncio.to_thread(self._runs.list, request.limit or 100, convert.state_filter(request.state))
+        return training_pb2.ListRunsResponse(runs=[convert.run_pb(r) for r in runs])
+
+    async def CancelRun(self, request, context):
+        run = await asyncio.to_thread(self._runs.cancel, request.run_id)
+        return training_pb2.CancelRunResponse(run=convert.run_pb(run))
+
+    async def CompareRuns(self, request, context):
+        table = await asyncio.to_thread(self._runs.compare, list(request.run_ids))
+        return convert.comparison_pb(table)
