@@ -197,3 +197,24 @@ def test_from_settings_s3_repository_on_seaweedfs(seaweed, source, tmp_path):
 def test_s3_root_without_a_store_is_a_clear_error(tmp_path):
     with pytest.raises(FailedPrecondition, match="needs a store; use ModelRepository.from_settings"):
         ModelRepository("s3://models/prod", tmp_path)
+
+
+def test_concurrent_registers_of_the_same_model_all_succeed(folder_repo, source, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        specs = list(
+            pool.map(lambda i: folder_repo.register("tiny-sdxl", source, "sdxl", "diffusers"), range(4))
+        )
+    assert len({s.digest for s in specs}) == 1
+    assert folder_repo.fetch("tiny-sdxl") == tmp_path / "models/tiny-sdxl"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-sdxl"]  # no staging left
+
+
+def test_reregistering_a_folder_model_with_new_files_replaces_it(folder_repo, source, tmp_path):
+    folder_repo.register("m", source, "sdxl", "diffusers")
+    (source / "unet/config.json").write_bytes(b"{}")
+    spec = folder_repo.register("m", source, "sdxl", "diffusers", {"v": 2})
+    assert folder_repo.spec("m") == spec
+    assert (tmp_path / "models/m/unet/config.json").read_bytes() == b"{}"
+    assert folder_repo.fetch("m") == tmp_path / "models/m"

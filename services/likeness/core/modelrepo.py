@@ -321,21 +321,43 @@ class ModelRepository:
     def _register_folder(self, spec: ModelSpec, source: Path) -> None:
         dest = self._folder / spec.name
         self._folder.mkdir(parents=True, exist_ok=True)
-        if source.resolve() != dest.resolve():
-            staging = self._folder / f".staging-{spec.name}-{uuid.uuid4().hex[:8]}"
-            for path in spec.files:
-                (staging / path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / path, staging / path)
-            (staging / SPEC_FILE).write_text(spec.to_yaml())
-            old = self._folder / f".old-{spec.name}-{uuid.uuid4().hex[:8]}"
-            if dest.exists():
-                dest.rename(old)
-            staging.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
+        if source.resolve() == dest.resolve() or self._same_files_present(spec, dest):
+            # Registered in place, or the same bytes are already there (e.g. two services building
+            # the deterministic tiny model at once): only model.yaml may change, atomically.
+            tmp = dest / f".{SPEC_FILE}.{uuid.uuid4().hex[:8]}"
+            tmp.write_text(spec.to_yaml())
+            tmp.replace(dest / SPEC_FILE)
             return
-        tmp = dest / f".{SPEC_FILE}.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(spec.to_yaml())
-        tmp.replace(dest / SPEC_FILE)
+        staging = self._folder / f".staging-{spec.name}-{uuid.uuid4().hex[:8]}"
+        for path in spec.files:
+            (staging / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / path, staging / path)
+        (staging / SPEC_FILE).write_text(spec.to_yaml())
+        old = self._folder / f".old-{spec.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            for attempt in range(3):  # a concurrent register may put its folder in place meanwhile
+                try:
+                    if dest.exists():
+                        dest.rename(old if attempt == 0 else old.with_name(f"{old.name}-{attempt}"))
+                    staging.rename(dest)
+                    break
+                except OSError:
+                    if attempt == 2:
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            for leftover in self._folder.glob(f"{old.name}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def _same_files_present(self, spec: ModelSpec, dest: Path) -> bool:
+        text = self._read_spec_text(spec.name)
+        if text is None:
+            return False
+        try:
+            current = parse_spec(text, spec.name, str(dest))
+        except FailedPrecondition:
+            return False
+        return current.digest == spec.digest and all((dest / p).is_file() for p in spec.files)
 
     def _register_store(self, spec: ModelSpec, source: Path) -> None:
         base = f"{self._prefix}{spec.name}/"
