@@ -1,11 +1,16 @@
 """Feathered paste-back of a patch into a base image, touching only the region around the mask.
 
 The blend weight is `alpha = G_sigma * [dist(p, mask) <= dilation]`: the binary mask is dilated by
-`dilation_px` (exact Euclidean distance), then blurred by a Gaussian of `feather_sigma` whose
-kernel is cut at 3 sigma. Every pixel farther than `dilation_px + 3 * feather_sigma` from the mask
-gets alpha exactly 0 (the square kernel's diagonal corners are zeroed too, so the bound is
-Euclidean), and `out = round(base + alpha * (patch - base))` leaves such pixels byte-identical to
+`dilation_px`, then blurred by a Gaussian of `feather_sigma` whose kernel is cut at 3 sigma.
+Every pixel farther than `dilation_px + 3 * feather_sigma` (Euclidean) from the mask gets alpha
+exactly 0, and `out = round(base + alpha * (patch - base))` leaves such pixels byte-identical to
 the base. With `feather_sigma = 0` the dilated mask is pasted hard.
+
+Distances come from OpenCV's 5x5 chamfer transform (half the cost of the exact one on a face-sized
+region). Its weights (1, 1.4, 2.1969) make it at most 1.75 % shorter than the Euclidean distance,
+so alpha is zeroed where the chamfer distance exceeds 0.98 x the support: every pixel beyond the
+Euclidean support is covered (the few zeroed just inside it had alpha under 0.002, which rounds
+to no change anyway).
 
 Why no seam: a step of height D between patch and base, spread by the Gaussian, has a slope of at
 most D / (sigma * sqrt(2 pi)), about D / 15 per pixel at the default sigma 6, instead of D at a
@@ -28,6 +33,7 @@ from likeness.restoration.masks import Rect, mask_bbox
 
 DEFAULT_FEATHER_SIGMA = 6.0
 DEFAULT_DILATION_PX = 4.0
+CHAMFER_SAFETY = 0.98  # 1 - the 5x5 chamfer metric's largest shortfall (1.75 %), rounded down
 
 
 def feather_support(feather_sigma: float, dilation_px: float) -> float:
@@ -40,16 +46,16 @@ def feathered_alpha(mask: np.ndarray, feather_sigma: float, dilation_px: float) 
 
     The mask must extend at least `feather_support` beyond its content (or be cut by the image
     edge, which is treated as continuing the mask outward, as a caller's crop would)."""
-    inside = (mask > 0).astype(np.uint8)
-    # Distance of every outside pixel to the nearest inside pixel (exact Euclidean).
-    dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = (mask == 0).view(np.uint8)
+    # Distance of every outside pixel to the nearest inside pixel (chamfer 5x5, see module doc).
+    dist = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_5)
     hard = (dist <= dilation_px).astype(np.float32)
     if feather_sigma <= 0:
         return hard
     radius = math.ceil(3.0 * feather_sigma)
     alpha = cv2.GaussianBlur(hard, (2 * radius + 1, 2 * radius + 1), feather_sigma,
                              borderType=cv2.BORDER_REPLICATE)
-    alpha[dist > feather_support(feather_sigma, dilation_px)] = 0.0
+    alpha[dist > CHAMFER_SAFETY * feather_support(feather_sigma, dilation_px)] = 0.0
     return alpha
 
 

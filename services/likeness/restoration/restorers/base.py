@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 
@@ -31,5 +32,4 @@ def blend_fidelity(face: np.ndarray, restored: np.ndarray, fidelity: float) -> n
         return face.copy()
     if fidelity <= 0.0:
         return restored
-    mixed = fidelity * face.astype(np.float32) + (1.0 - fidelity) * restored.astype(np.float32)
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return cv2.addWeighted(face, fidelity, restored, 1.0 - fidelity, 0.0)  # float math, rounded once

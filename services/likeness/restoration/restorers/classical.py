@@ -29,8 +29,8 @@ _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 def noise_sigma(rgb: np.ndarray) -> float:
     """Estimated std of additive white noise, in grey levels (Immerkaer 1996)."""
-    response = cv2.filter2D(rgb.astype(np.float32), -1, _IMMERKAER)[1:-1, 1:-1]
-    per_channel = np.abs(response).reshape(-1, rgb.shape[2]).mean(axis=0)
+    response = cv2.filter2D(rgb, cv2.CV_16S, _IMMERKAER)[1:-1, 1:-1]  # exact: |response| <= 16 * 255
+    per_channel = cv2.mean(np.abs(response))[: rgb.shape[2]]
     return float(np.sqrt(np.pi / 2) * np.median(per_channel) / 6.0)
 
 
@@ -53,12 +53,13 @@ class ClassicalRestorer:
         sigma = noise_sigma(face)
         smooth = cv2.bilateralFilter(face, 5, 4.0 * sigma + 1.0, 2.0)
         smooth = cv2.bilateralFilter(smooth, 5, 3.0 * sigma + 1.0, 2.0)
-        f = smooth.astype(np.float32)
         amount = self.sharpen / (1.0 + (sigma / SHARPEN_NOISE_REF) ** 2)
-        f += amount * (f - cv2.GaussianBlur(f, (0, 0), 1.5))
+        # addWeighted computes in float and rounds/saturates to uint8 once
+        out = cv2.addWeighted(smooth, 1.0 + amount, cv2.GaussianBlur(smooth, (0, 0), 1.5), -amount, 0.0)
         if self.local_contrast > 0:
-            f += self.local_contrast * (f - cv2.GaussianBlur(f, (0, 0), 10.0))
-        return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+            wide = cv2.GaussianBlur(out, (0, 0), 10.0)
+            out = cv2.addWeighted(out, 1.0 + self.local_contrast, wide, -self.local_contrast, 0.0)
+        return out
 
     def restore(self, face: np.ndarray, fidelity: float) -> np.ndarray:
         if fidelity >= 1.0:
