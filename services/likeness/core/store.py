@@ -15,7 +15,7 @@ Guarantees on both backends:
 from __future__ import annotations
 
 import hashlib
-import shutil
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from likeness.core.errors import InvalidArgument
 from likeness.core.settings import CommonSettings
+from likeness.core.uris import allowed_buckets, parse_uri, validate_key
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 CHUNK = 1024 * 1024
@@ -47,8 +48,6 @@ class ArtifactStore(ABC):
     def uri(self, key: str) -> str:
         """The URI of `key` (or of a prefix ending in `/`; "" is the root) in this store; the key
         is validated, not required to exist."""
-        from likeness.core.uris import validate_key
-
         key = validate_key(key, "key", prefix=True)
         return f"{self.root_uri}/{key}" if key else self.root_uri
 
@@ -61,8 +60,6 @@ class ArtifactStore(ABC):
 
     def object_key(self, uri_or_key: str, *, field: str = "uri") -> str:
         """Like `key_of`, but only a key that can name an object (not "", no trailing `/`)."""
-        from likeness.core.uris import validate_key
-
         return validate_key(self.key_of(uri_or_key, field=field), field)
 
     @abstractmethod
@@ -114,19 +111,8 @@ class ArtifactStore(ABC):
         info = self.stat(uri_or_key, field=field)
         return StoredObject(info.uri, h.hexdigest(), size, info.media_type)
 
-    def copy_to(self, uri_or_key: str, other: ArtifactStore, key: str) -> StoredObject:
-        """Copies one object into another store through a temp file (bounded memory)."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "object"
-            info = self.get_to_file(uri_or_key, path)
-            return other.put_file(key, path, info.media_type)
-
 
 def _token() -> str:
-    import uuid
-
     return uuid.uuid4().hex[:12]
 
 
@@ -140,15 +126,9 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
-    shutil.copyfileobj(src, dst, CHUNK)
-
-
 def open_store(settings: CommonSettings, uri: str | None = None) -> ArtifactStore:
     """The store named by `settings.store_uri` (or `uri`): `file:///abs/dir` -> LocalStore,
     `s3://bucket[/prefix]` -> S3Store (bucket created if missing)."""
-    from likeness.core.uris import allowed_buckets, parse_uri
-
     root = (uri or settings.store_uri).rstrip("/")
     parsed = parse_uri(root, "LIKENESS_STORE_URI")
     extra = allowed_buckets(settings.allowed_buckets)
