@@ -8,6 +8,11 @@ shorter side exceeds `large_face_fraction` of the image's shorter side, the imag
 black by `pad_fraction` of its longer side on every side and detected again; the pass whose best
 face scores higher wins, and its coordinates are mapped back (clipped to the image).
 
+Working size: an image much larger than the detector's input is shrunk once (area averaging) to
+twice the input side before the passes below, so the mirror pass and the padded retry do not each
+resize the full image again; the network sees the same pixels either way. Coordinates are scaled
+back to the source image.
+
 Flip averaging (`flip_tta`, on by default): the detector also runs on the mirrored image. Both
 passes keep candidates down to half the detector's `min_score`; each face is the mean of its two
 sightings (mirrored back, left/right landmarks swapped), its score the mean of the two scores,
@@ -98,6 +103,17 @@ class FacePipeline:
                     for f in self.detector.detect(np.ascontiguousarray(rgb[:, ::-1]), min_score=floor)]
         return [f for f in merge_sightings(faces, mirrored) if f.score >= self.detector.min_score]
 
+    def _detect_at_working_size(self, rgb: np.ndarray) -> list[Face]:
+        height, width = rgb.shape[:2]
+        limit = 2 * getattr(self.detector, "input_side", 0)
+        if not limit or max(height, width) <= limit:
+            return self._detect_with_retry(rgb)
+        scale = limit / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        sx, sy = width / size[0], height / size[1]
+        return [_scale(f, sx, sy, width, height) for f in self._detect_with_retry(small)]
+
     def _detect_with_retry(self, rgb: np.ndarray) -> list[Face]:
         height, width = rgb.shape[:2]
         faces = self._detect_both_ways(rgb)
@@ -120,7 +136,7 @@ class FacePipeline:
                                      "(LIKENESS_DETECTION_IDENTITY=none)")
         height, width = rgb.shape[:2]
         with self._lock:
-            faces = self._detect_with_retry(rgb)
+            faces = self._detect_at_working_size(rgb)
             faces = sorted(faces, key=lambda f: -f.score)
             faces = [f.with_(pose=estimate_pose(f.landmarks, width, height)) for f in faces]
             if with_embeddings and faces:
@@ -167,6 +183,12 @@ def merge_sightings(first: list[Face], second: list[Face], min_iou: float = 0.3)
     merged += [f.with_(score=f.score / 2) for i, f in enumerate(first) if i not in used_a]
     merged += [f.with_(score=f.score / 2) for j, f in enumerate(second) if j not in used_b]
     return merged
+
+
+def _scale(face: Face, sx: float, sy: float, width: int, height: int) -> Face:
+    b = face.box
+    box = Box(b.x_min * sx, b.y_min * sy, b.x_max * sx, b.y_max * sy).clipped(width, height)
+    return face.with_(box=box, landmarks={k: (x * sx, y * sy) for k, (x, y) in face.landmarks.items()})
 
 
 def _shift(face: Face, offset: float, width: int, height: int) -> Face:

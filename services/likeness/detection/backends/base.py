@@ -17,6 +17,7 @@ from likeness.detection.faces import Face
 class FaceDetector(Protocol):
     name: str
     min_score: float  # confidence floor of `detect` unless the call gives its own
+    input_side: int  # the network's input side in pixels (the pipeline shrinks larger images)
 
     def load(self) -> None: ...
 

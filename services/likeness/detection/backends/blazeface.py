@@ -81,6 +81,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
 
 class BlazeFaceDetector:
     name = "blazeface"
+    input_side = INPUT_SIZE
 
     def __init__(self, min_score: float = 0.5, threads: int = 1):
         self.min_score = min_score

@@ -144,6 +144,7 @@ class ScrfdDetector:
                  det_size: int = 640, min_score: float = 0.5, threads: int = 1, need_recognition: bool = True):
         self.pack_dir, self.pack, self.requested = Path(pack_dir), pack, providers
         self.det_size, self.min_score, self.threads = det_size, min_score, threads
+        self.input_side = det_size
         self.need_recognition = need_recognition
         self.providers: list[str] = []
         self._session = None
