@@ -6,7 +6,8 @@ Stages of the seed document's eye fix (003: crop and mask 1.8 s, blend 1.5 s, me
 face restoration, each next to the floor (copying the image's bytes once in memory, what any
 stage that returns a new image must pay) and next to a naive way of doing the same thing:
 1. eye crop and mask: `region_mask(BOTH_EYES)` (full-size mask + aligned crop box) and the crop's
-   pixels; naive: the same ellipses drawn by evaluating the ellipse over the whole frame.
+   pixels; naive: the same ellipses drawn by evaluating the ellipse over the whole frame. The
+   service also encodes the mask as PNG (shown on its own row).
 2. feathered composite: `feathered_blend` of the eye crop (touches only the mask's surroundings);
    naive: the same feather computed and blended over the whole frame.
 3. classical restore of the face region: `restore_face` (crop, denoise, sharpen, feathered paste-back).
@@ -35,7 +36,9 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 
 SEED_MS = {"crop_and_mask": 1800.0, "composite": 1500.0, "metadata": 3200.0}
-TARGET_MS = {"crop_and_mask": 10.0, "composite": 10.0, "metadata": 10.0, "restore": 50.0}
+# Issue 10's targets; the mask's PNG encoding has none (it is zlib over 1 MiB of mask, shown so the
+# service's full cost of RegionMask is visible).
+TARGET_MS = {"crop_and_mask": 10.0, "mask_png": None, "composite": 10.0, "metadata": 10.0, "restore": 50.0}
 SCALE = 2.0  # skimage astronaut (512) -> 1024
 
 
@@ -90,7 +93,7 @@ def main() -> None:
     import numpy as np
 
     cv2.setNumThreads(1)
-    from likeness.core.images import encode_png
+    from likeness.core.images import encode_mask_png, encode_png
     from likeness.core.pngmeta import add_png_metadata, format_parameters
     from likeness.restoration.compositing import feathered_blend
     from likeness.restoration.face_restore import FaceToRestore, restore_face
@@ -131,6 +134,7 @@ def main() -> None:
     variants = {
         "floor": lambda: image.copy(),
         "crop_and_mask": crop_and_mask,
+        "mask_png": lambda: encode_mask_png(built.mask),
         "crop_and_mask_naive": lambda: naive_mask(geo, (EYE_HALF_LENGTH_IOD * iod, EYE_HALF_HEIGHT_IOD * iod)),
         "composite": lambda: feathered_blend(image, patch, built.mask, crop),
         "composite_naive": lambda: naive_blend(image, patch_full, built.mask, 6.0, 4.0),
@@ -145,6 +149,7 @@ def main() -> None:
     floor = ms["floor"]
     rows = [
         ("eye crop and mask", "crop_and_mask", "crop_and_mask_naive", "whole-frame ellipse"),
+        ("  + mask PNG (service out)", "mask_png", None, ""),
         ("feathered composite", "composite", "composite_naive", "whole-frame feather"),
         ("classical restore (face)", "restore", None, ""),
         ("PNG metadata write", "metadata", "metadata_naive", "re-encode with metadata"),
@@ -157,9 +162,10 @@ def main() -> None:
     figures = {"floor_ms": round(floor, 4), "reps": reps}
     for label, key, naive, _ in rows:
         seed = SEED_MS.get(key)
-        ok = "ok" if ms[key] <= TARGET_MS[key] else "MISS"
+        target = TARGET_MS[key]
+        ok = "" if target is None else ("ok" if ms[key] <= target else "MISS")
         print(f"{label:26} {ms[key]:8.3f} {ms[key] / floor:8.1f} {seed or float('nan'):8.0f} "
-              f"{(seed / ms[key]) if seed else float('nan'):10.0f} {TARGET_MS[key]:5.0f}{ok:>3} "
+              f"{(seed / ms[key]) if seed else float('nan'):10.0f} {target or float('nan'):5.0f}{ok:>3} "
               f"{ms[naive] if naive else float('nan'):9.2f} {(ms[naive] / ms[key]) if naive else float('nan'):10.1f}")
         figures[f"{key}_ms"] = round(ms[key], 4)
         figures[f"{key}_over_floor"] = round(ms[key] / floor, 2)
@@ -168,7 +174,8 @@ def main() -> None:
         if naive:
             figures[f"{key}_naive_ms"] = round(ms[naive], 4)
             figures[f"{key}_naive_over_ours"] = round(ms[naive] / ms[key], 2)
-        figures[f"{key}_within_target"] = ms[key] <= TARGET_MS[key]
+        if target is not None:
+            figures[f"{key}_within_target"] = ms[key] <= target
     print("naive: " + "; ".join(f"{label}: {naive_label}" for label, _, n, naive_label in rows if n))
     print(json.dumps(figures, sort_keys=True))
 
