@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from likeness.api.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from likeness.core.channels import sync_channel
@@ -39,7 +39,7 @@ class JobsClient:
         """Streams the job's events (re-attaching after a broken stream) until it ends."""
         console = console or Console(stderr=True)
         seq = 0
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, disable=quiet, transient=False) as bar:
             task = bar.add_task("queued", total=None)
             while True:

@@ -109,7 +109,6 @@ class Runner:
     @staticmethod
     def _summary(ctx: JobContext, outcome: Outcome | None) -> dict:
         summary = {k: str(v) for k, v in (outcome.summary if outcome else {}).items()}
-        summary.update({f"count_{k}": str(v) for k, v in ctx.counts.items()})
         summary["work_reused"] = str(ctx.reused)
         summary["work_computed"] = str(ctx.computed)
         if ctx.warnings:

@@ -130,7 +130,8 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
     await gather_ordered(lambda b=b: one(b) for b in batches)
 
 
-async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> None:
+async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int:
+    """Clusters the kept candidates (outliers rejected); returns K."""
     batches = batched(kept, EMBED_BATCH)
 
     async def embed(batch):
@@ -148,7 +149,7 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> Non
         for c, _ in usable:
             c.cluster = 0
         await ctx.warn(f"only {len(usable)} candidates to cluster: clustering skipped", "cluster")
-        return
+        return 1 if usable else 0
     req = embedding_pb2.ClusterRequest(items=labeled([c.id for c, _ in usable], [v for _, v in usable]),
                                        k=min(spec.clusters, len(usable) - 1), seed=spec.seed)
     resp = await ctx.cached("cluster", {"items": [c.sha256 for c, _ in usable], "k": req.k, "seed": req.seed},
@@ -160,7 +161,7 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> Non
         if a.outlier:
             c.reject("outlier", a.outlier_reason)
             await ctx.item_done("cluster", "outlier", f"{c.id}: outlier {a.outlier_reason}")
-    ctx.counts["clusters"] = resp.k
+    return resp.k
 
 
 async def select(ctx: JobContext, spec, pool: list[Candidate]) -> list[Candidate]:
@@ -180,7 +181,6 @@ async def select(ctx: JobContext, spec, pool: list[Candidate]) -> list[Candidate
             c.decision = "kept"
         else:
             c.reject("not_selected", "outside the balanced selection")
-    ctx.counts["selected_quality_sum"] = round(resp.total_quality, 4)
     return [c for c in pool if c.id in chosen]
 
 
@@ -214,7 +214,7 @@ async def run(ctx: JobContext, spec) -> Outcome:
             c.reject("below_top_k", f"quality {c.quality:.3f} outside the top {spec.top_k}")
         accepted = accepted[: spec.top_k]
     async with ctx.stage("cluster"):
-        await embed_and_cluster(ctx, spec, accepted)
+        k = await embed_and_cluster(ctx, spec, accepted)
     pool = [c for c in accepted if c.decision == "pending"]
     async with ctx.stage("select"):
         selected = await select(ctx, spec, pool)
@@ -225,7 +225,7 @@ async def run(ctx: JobContext, spec) -> Outcome:
         if c.decision == "rejected":
             reasons[c.reason] = reasons.get(c.reason, 0) + 1
     summary = {"candidates": len(cands), "selected": len(selected), "dataset_uri": ctx.store.uri(prefix),
-               "clusters": ctx.counts.get("clusters", 0),
+               "clusters": k, "selected_quality_mean": round(sum(c.quality for c in selected) / max(len(selected), 1), 4),
                **{f"rejected_{k}": v for k, v in sorted(reasons.items())}}
     manifest = {
         "output_prefix": prefix,
