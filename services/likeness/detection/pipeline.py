@@ -136,7 +136,7 @@ class FacePipeline:
                                      "(LIKENESS_DETECTION_IDENTITY=none)")
         height, width = rgb.shape[:2]
         with self._lock:
-            faces = self._detect_at_working_size(rgb)
+            faces = [_cover_landmarks(f, width, height) for f in self._detect_at_working_size(rgb)]
             faces = sorted(faces, key=lambda f: -f.score)
             faces = [f.with_(pose=estimate_pose(f.landmarks, width, height)) for f in faces]
             if with_embeddings and faces:
@@ -183,6 +183,19 @@ def merge_sightings(first: list[Face], second: list[Face], min_iou: float = 0.3)
     merged += [f.with_(score=f.score / 2) for i, f in enumerate(first) if i not in used_a]
     merged += [f.with_(score=f.score / 2) for j, f in enumerate(second) if j not in used_b]
     return merged
+
+
+def _cover_landmarks(face: Face, width: int, height: int) -> Face:
+    """Grows the box to hold every landmark (BlazeFace's ear points of a turned head lie up to
+    ~20% of the box width outside its box), clipped to the image: callers may rely on a face's
+    landmarks lying in its box, and an eye mask built from them stays inside the face crop."""
+    if not face.landmarks:
+        return face
+    xs = [x for x, _ in face.landmarks.values()]
+    ys = [y for _, y in face.landmarks.values()]
+    b = face.box
+    box = Box(min(b.x_min, *xs), min(b.y_min, *ys), max(b.x_max, *xs), max(b.y_max, *ys)).clipped(width, height)
+    return face.with_(box=box)
 
 
 def _scale(face: Face, sx: float, sy: float, width: int, height: int) -> Face:
