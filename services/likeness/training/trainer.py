@@ -185,7 +185,7 @@ class LoraTrainer:
             item = self.dataset.items[index]
             w, h = self.buckets[index]
             crop, offset = crop_to_bucket(item.pixels, (w, h))
-            x = torch.from_numpy(np.array(crop))  # a writable copy.permute(2, 0, 1).float().div(127.5).sub(1.0)
+            x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float().div(127.5).sub(1.0)  # writable copy
             with torch.no_grad():
                 dist = self.pipe.vae.encode(x[None].to(self.device)).latent_dist
                 latents = dist.mean * self.pipe.vae.config.scaling_factor
