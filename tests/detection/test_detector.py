@@ -50,6 +50,21 @@ def test_composite_of_two_portraits_is_rejected_as_multiple_faces(pipeline, astr
     assert "2 faces" in found.verdict.detail
 
 
+@pytest.mark.parametrize("layout", ["side_by_side", "stacked", "three_in_a_row"])
+def test_composites_of_portraits_find_every_face(pipeline, astronaut, hanks, layout):
+    camera = skimage_photo("camera")
+    big_hanks = cv2.resize(hanks, (512, 512))
+    image = {"side_by_side": lambda: np.hstack([astronaut, camera]),
+             "stacked": lambda: np.vstack([astronaut, camera]),
+             "three_in_a_row": lambda: np.hstack([astronaut, camera, big_hanks])}[layout]()
+    faces = pipeline.find_faces(np.ascontiguousarray(image))
+    assert len(faces) == (3 if layout == "three_in_a_row" else 2), [f.score for f in faces]
+    # each face in its own panel, none duplicated across the overlapping tiles
+    axis = 1 if layout != "stacked" else 0
+    panels = sorted(int((f.box.x_min if axis else f.box.y_min) // 512) for f in faces)
+    assert panels == list(range(len(faces)))
+
+
 def test_landmarks_lie_in_their_box_with_the_subjects_sides(pipeline, astronaut, group):
     faces = pipeline.find_faces(astronaut) + pipeline.find_faces(group)
     assert len(faces) == 7

@@ -13,6 +13,12 @@ twice the input side before the passes below, so the mirror pass and the padded 
 resize the full image again; the network sees the same pixels either way. Coordinates are scaled
 back to the source image.
 
+Elongated images (longer side over 1.5x the shorter): letterboxing would shrink every face by the
+aspect ratio (two portraits side by side would each lose half their pixels), so the detector also
+runs on square tiles of the shorter side, overlapping by at least half a tile (at most 8 tiles),
+besides the whole image; duplicates across views are suppressed (overlap IoU > 0.3 or
+intersection > 60% of the smaller box), keeping the higher score.
+
 Flip averaging (`flip_tta`, on by default): the detector also runs on the mirrored image. Both
 passes keep candidates down to half the detector's `min_score`; each face is the mean of its two
 sightings (mirrored back, left/right landmarks swapped), its score the mean of the two scores,
@@ -27,6 +33,7 @@ separates them better. It costs one more detector inference (~4 ms per 1024x1024
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -38,6 +45,9 @@ from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face
 from likeness.detection.pose import estimate_pose
 from likeness.detection.quality import QualityMeasures, QualityScales, QualityWeights, combined_score, measure
 from likeness.detection.validation import Rejection, ValidationPolicy, Verdict, validate
+
+MAX_ASPECT = 1.5  # longer / shorter side above which the image is also detected in square tiles
+MAX_TILES = 8
 
 
 @dataclass(frozen=True)
@@ -103,12 +113,32 @@ class FacePipeline:
                     for f in self.detector.detect(np.ascontiguousarray(rgb[:, ::-1]), min_score=floor)]
         return [f for f in merge_sightings(faces, mirrored) if f.score >= self.detector.min_score]
 
+    def _detect_views(self, rgb: np.ndarray) -> list[Face]:
+        height, width = rgb.shape[:2]
+        short, long_ = min(height, width), max(height, width)
+        whole = self._detect_both_ways(rgb)
+        if long_ <= MAX_ASPECT * short:
+            return whole
+        count = math.ceil((long_ - short) / (short / 2)) + 1
+        if count > MAX_TILES:
+            return whole
+        faces = list(whole)
+        for k in range(count):
+            start = round(k * (long_ - short) / (count - 1))
+            if width >= height:
+                tile, dx, dy = rgb[:, start:start + short], start, 0
+            else:
+                tile, dx, dy = rgb[start:start + short, :], 0, start
+            faces += [_shift(f, dx, dy, width, height) for f in self._detect_both_ways(np.ascontiguousarray(tile))]
+        return suppress_duplicates(faces)
+
     def _detect_at_working_size(self, rgb: np.ndarray) -> list[Face]:
         height, width = rgb.shape[:2]
+        # the shorter side bounds the work: elongated images are tiled in squares of that side
         limit = 2 * getattr(self.detector, "input_side", 0)
-        if not limit or max(height, width) <= limit:
+        if not limit or min(height, width) <= limit:
             return self._detect_with_retry(rgb)
-        scale = limit / max(height, width)
+        scale = limit / min(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         sx, sy = width / size[0], height / size[1]
@@ -116,13 +146,13 @@ class FacePipeline:
 
     def _detect_with_retry(self, rgb: np.ndarray) -> list[Face]:
         height, width = rgb.shape[:2]
-        faces = self._detect_both_ways(rgb)
+        faces = self._detect_views(rgb)
         largest = max((min(f.box.width, f.box.height) for f in faces), default=0.0)
         if faces and largest <= self.large_face_fraction * min(width, height):
             return faces
         pad = int(round(self.pad_fraction * max(width, height)))
         padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        retry = [_shift(f, -pad, width, height) for f in self._detect_both_ways(padded)]
+        retry = [_shift(f, -pad, -pad, width, height) for f in self._detect_views(padded)]
         # a face must overlap the original image to count
         retry = [f for f in retry if f.box.width > 1 and f.box.height > 1]
         best = max((f.score for f in faces), default=0.0)
@@ -204,9 +234,26 @@ def _scale(face: Face, sx: float, sy: float, width: int, height: int) -> Face:
     return face.with_(box=box, landmarks={k: (x * sx, y * sy) for k, (x, y) in face.landmarks.items()})
 
 
-def _shift(face: Face, offset: float, width: int, height: int) -> Face:
-    """Moves a face found in the padded image back into the original's coordinates."""
+def suppress_duplicates(faces: list[Face], max_iou: float = 0.3, max_cover: float = 0.6) -> list[Face]:
+    """Best-first: drops a face that overlaps a kept one (IoU > max_iou, or their intersection over
+    the smaller box's area > max_cover: a face cut by a tile edge inside the whole face)."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda f: -f.score):
+        if all(iou(f.box, k.box) <= max_iou and _cover(f.box, k.box) <= max_cover for k in kept):
+            kept.append(f)
+    return kept
+
+
+def _cover(a: Box, b: Box) -> float:
+    w = max(0.0, min(a.x_max, b.x_max) - max(a.x_min, b.x_min))
+    h = max(0.0, min(a.y_max, b.y_max) - max(a.y_min, b.y_min))
+    smaller = min(a.width * a.height, b.width * b.height)
+    return w * h / smaller if smaller > 0 else 0.0
+
+
+def _shift(face: Face, dx: float, dy: float, width: int, height: int) -> Face:
+    """Moves a face found in a tile or padded copy into the image's coordinates."""
     b = face.box
-    box = Box(b.x_min + offset, b.y_min + offset, b.x_max + offset, b.y_max + offset).clipped(width, height)
-    marks = {k: (x + offset, y + offset) for k, (x, y) in face.landmarks.items()}
+    box = Box(b.x_min + dx, b.y_min + dy, b.x_max + dx, b.y_max + dy).clipped(width, height)
+    marks = {k: (x + dx, y + dy) for k, (x, y) in face.landmarks.items()}
     return face.with_(box=box, landmarks=marks)
