@@ -153,6 +153,10 @@ def test_every_likeness_variable_is_a_setting_the_service_reads(rendered):
         unknown = sorted(k for k in env if k.startswith("LIKENESS_") and k not in fields
                          and (cls.__name__ != "CommonSettings" or not k.startswith(prefix)))
         assert not unknown, f"{name} ({cls.__name__}) does not read {unknown}"
+        # and the service accepts the values (patterns, ranges); secrets are references here
+        given = {k[len("LIKENESS_"):].lower(): v for k, v in env.items()
+                 if k.startswith("LIKENESS_") and isinstance(v, str)}
+        cls.model_validate({k: v for k, v in given.items() if k in cls.model_fields})
         assert env["LIKENESS_HOST"] == "0.0.0.0"
         assert env["LIKENESS_S3_SECRET_KEY"]["secretKeyRef"]["key"] == "secretKey"
 
