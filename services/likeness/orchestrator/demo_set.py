@@ -3,8 +3,8 @@ so that the curate job meets every rejection reason, written in the import layou
 `<out_dir>/<seed>/<image_type>/<name>.png` (+ a same-name `.txt` caption) with a `manifest.json`.
 
 A "seed" here stands for one generation seed of seed doc 000: one identity (a portrait cropped
-from skimage's astronaut, insightface's Tom Hanks crop, or one of the people of insightface's
-t1.jpg group photo) and everything "generated" for it:
+from skimage's astronaut or of one of the people of insightface's t1.jpg group photo) and
+everything "generated" for it:
 - `original` (3 per seed): the portrait, its mirror image, a close-up;
 - `scenario` (5 kept per seed): a wide crop, a tilted head, changed light, a backdrop composite, a
   black-and-white version;
@@ -190,7 +190,7 @@ IDENTITIES: tuple[Identity, ...] = (
 # The second face of every `multiple_faces` file, no seed's identity. (Its photo is a 112 px
 # aligned face crop: too tight for the wide crops of a seed's portraits.)
 PARTNER = Portrait("tom_hanks", "insightface:Tom_Hanks_54745.png", (6, 15, 95))
-# Heads turned away for real (yaw 49-58 degrees): 2-D warps of a frontal face move BlazeFace's
+# Heads turned away for real (yaw 50-58 degrees): 2-D warps of a frontal face move BlazeFace's
 # landmark-based yaw by only ~15 degrees, so the turned heads come from photos.
 TURNED = (Portrait("group_standing", GROUP, (874, 73, 129)), Portrait("cameraman", "skimage:camera", (206, 124, 68)))
 HEADLESS = "skimage:astronaut"  # its lower half: a space suit and a flag, no face
