@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.deploy.tools import ROOT
+from tests.deploy.tools import DASHBOARD, ROOT
 from tests.helpers import wait_for
 
 # What a curate job over imported photos calls: detection (Assess) and embedding (EmbedImages,
@@ -76,6 +76,14 @@ def submit_orchestrator_job(state: dict) -> dict:
     return dict(job.summary)
 
 
+def dashboard_queries() -> list[str]:
+    """The dashboard's queries as Grafana would send them with every variable at "All"."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    return [e.replace("$namespace", ".*").replace("$service", ".*").replace("$__rate_interval", "1m")
+            for e in exprs]
+
+
 def live_processes(marker: str) -> list[str]:
     """Command lines of running processes that mention `marker` (the stack's state folder or a
     port of its own), zombies excluded."""
@@ -122,6 +130,9 @@ def test_make_up_runs_a_job_that_prometheus_measures_and_make_down_cleans_up():
         assert {r["metric"]["stage"] for r in stages}, "the orchestrator exported no stage durations"
         # Prometheus also evaluates the chart's rules (the SLO series are there at once)
         assert prometheus_query(state["prometheus"], "likeness:slo_rpc_p95_seconds")
+        # every dashboard query is valid PromQL for this Prometheus (a parse error fails the call)
+        for expr in dashboard_queries():
+            prometheus_query(state["prometheus"], expr)
     finally:
         started = {f.stem: json.loads(f.read_text()) for f in (state_dir / "pids").glob("*.pid")}
         down = make("down", env, timeout=180)
