@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the process group, SIGKILL it after `grace` seconds."""
     if proc.poll() is not None:
         return
@@ -61,7 +62,10 @@ def weed_binary() -> str:
 
 
 class SeaweedServer:
-    """`weed mini` (master, volume, filer and S3 in one process) bound to 127.0.0.1."""
+    """`weed mini` (master, volume, filer and S3 in one process) bound to 127.0.0.1.
+
+    `stop()` then `start()` restarts it on the same S3 port with the same data (outage tests);
+    `pause()`/`resume()` freeze it instead (connections hang rather than being refused)."""
 
     access_key = "likeness-test"
     secret_key = "likeness-test-secret"
@@ -111,7 +115,11 @@ class SeaweedServer:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_own_group_dying_with_parent,
+                # The parent-death signal fires when the *thread* that started the server ends, so
+                # it is only armed from the main thread (a restart from a Timer thread must outlive it).
+                preexec_fn=_own_group_dying_with_parent
+                if threading.current_thread() is threading.main_thread()
+                else os.setsid,
             )
         self._wait_ready()
 

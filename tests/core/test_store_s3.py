@@ -196,3 +196,27 @@ def test_download_cut_mid_stream_is_restarted(seaweed, tmp_path):
     assert got.sha256 == hashlib.sha256(data).hexdigest()
     assert (tmp_path / "w.bin").read_bytes() == data
     assert [p.name for p in tmp_path.iterdir()] == ["w.bin"]
+
+
+@pytest.mark.slow
+def test_server_restart_during_a_write_is_ridden_out(tmp_path):
+    """The S3 server process is stopped for ~3 s and restarted (same port, same data)."""
+    from tests.servers import SeaweedServer
+
+    server = SeaweedServer(tmp_path)
+    server.start()
+    try:
+        store = open_store(server.settings("restart", store_retry_seconds=30), "s3://restart")
+        store.put("before", b"kept across the restart")
+        server.stop()
+        timer = threading.Timer(3.0, server.start)
+        timer.start()
+        start = time.monotonic()
+        store.put("during", b"written while the server was down")
+        elapsed = time.monotonic() - start
+        timer.join()
+        assert elapsed > 2.5, elapsed
+        assert store.get("before") == b"kept across the restart"
+        assert store.get("during") == b"written while the server was down"
+    finally:
+        server.stop()
