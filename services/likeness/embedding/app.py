@@ -45,7 +45,8 @@ def create_service(settings: EmbeddingSettings | None = None, encoder: Encoder |
     images = ImageLoader(store, ImageLimits.from_settings(settings))
     servicer = EmbeddingServicer(encoder, images, max_batch=settings.embedding_max_batch,
                                  score_scale=settings.embedding_score_scale,
-                                 cluster_defaults=cluster_defaults(settings))
+                                 cluster_defaults=cluster_defaults(settings),
+                                 compute_threads=settings.embedding_compute_threads)
 
     async def warmup() -> None:
         if settings.embedding_build_tiny and settings.embedding_encoder == "open_clip":
@@ -60,7 +61,8 @@ def create_service(settings: EmbeddingSettings | None = None, encoder: Encoder |
         images.close()
 
     description = {"encoder_backend": settings.embedding_encoder, "text_tower": encoder.has_text,
-                   "max_batch": settings.embedding_max_batch}
+                   "max_batch": settings.embedding_max_batch,
+                   "compute_threads": settings.embedding_compute_threads}
     if settings.embedding_encoder == "open_clip":
         description["open_clip_model"] = settings.embedding_open_clip_model
     return Service(

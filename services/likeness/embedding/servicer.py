@@ -35,10 +35,11 @@ def metric_pb(m: Metric | None) -> embedding_pb2.MetricValue | None:
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     def __init__(self, encoder: Encoder, images, *, max_batch: int, score_scale: float,
-                 cluster_defaults: ClusterParams):
+                 cluster_defaults: ClusterParams, compute_threads: int = 1):
         self._encoder, self._images = encoder, images
         self._max_batch, self._score_scale = max_batch, score_scale
         self._cluster_defaults = cluster_defaults
+        self._compute_threads = compute_threads or None  # None: the libraries' default
         # one model worker: encoder inference is serialised; decoding runs on the loader's pool
         self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-model")
 
@@ -47,6 +48,16 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
 
     async def _on_model(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._model, fn, *args)
+
+    async def _compute(self, fn, *args):
+        """Runs numeric domain work off the event loop with a bounded BLAS/OpenMP thread count."""
+        from threadpoolctl import threadpool_limits
+
+        def limited():
+            with threadpool_limits(self._compute_threads):
+                return fn(*args)
+
+        return await asyncio.to_thread(limited)
 
     def _check_batch(self, n: int) -> None:
         if not 1 <= n <= self._max_batch:
@@ -116,7 +127,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             exact_limit=d.exact_limit, silhouette_sample=d.silhouette_sample, n_init=d.n_init)
         if params.outlier_z < 0 or not np.isfinite(params.outlier_z):
             raise InvalidArgument("outlier_z", f"{params.outlier_z} must be >= 0 (0 disables distance outliers)")
-        result = await asyncio.to_thread(cluster, x, params)
+        result = await self._compute(cluster, x, params)
         assignments = [
             embedding_pb2.ClusterAssignment(id=it.id, cluster=int(result.labels[i]),
                                             silhouette=float(result.silhouettes[i]),
@@ -135,7 +146,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             raise InvalidArgument("method", f"{request.method} is not a known SelectMethod")
         candidates = [Candidate(c.id, c.quality, dict(c.groups)) for c in request.candidates]
         quotas = [Quota(q.dimension, q.group, q.min, q.max) for q in request.quotas]
-        result = await asyncio.to_thread(select, candidates, request.count, quotas, METHODS[request.method])
+        result = await self._compute(select, candidates, request.count, quotas, METHODS[request.method])
         return embedding_pb2.SelectResponse(
             selected_ids=result.selected_ids, total_quality=result.total_quality,
             counts=[embedding_pb2.GroupCount(dimension=dim, group=g, count=n)
@@ -156,7 +167,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         poses = None
         if request.generated_poses:
             poses = np.array([[p.yaw, p.pitch, p.roll] for p in request.generated_poses], dtype=np.float64)
-        report = await asyncio.to_thread(diversity, reference, generated, params, poses)
+        report = await self._compute(diversity, reference, generated, params, poses)
         return embedding_pb2.DiversityResponse(
             novelty=metric_pb(report.novelty), precision=metric_pb(report.precision),
             recall=metric_pb(report.recall), density=metric_pb(report.density),

@@ -1,0 +1,237 @@
+"""Embedding service costs, measured side by side in one run (2 shared cores).
+
+    python bench/embedding.py [--quick]
+
+1. cluster 250 x 512, K = 8 (the seed's stage 4, reported there as 30-60 s): `cluster()` (K-Means
+   with 4 restarts, exact silhouettes, outliers) against scikit-learn's former defaults (K-Means
+   with 10 restarts) + `silhouette_samples`; and automatic K over 2..12.
+2. cluster 100,000 x 512, K = 8: `cluster()` (mini-batch K-Means, silhouettes estimated against a
+   1,000-item reference sample) against full Lloyd K-Means + exact silhouettes on a 20,000-item
+   subset (exact silhouettes at 100,000 are 10^10 distances), with the agreement (ARI) of the two.
+3. select 70 of 220 under seed and cluster quotas (the seed's stage 5): exact (HiGHS MILP)
+   against the greedy baseline: time and total quality.
+4. diversity 5,000 x 5,000 x 512: precision/recall/density/coverage + novelty + pairwise
+   similarity (no bootstrap) against the reference `prdc.compute_prdc` alone; and with 100
+   bootstrap resamples.
+5. classical-v1 embedding per image (demo photos), and the adjusted Rand index of the 56-image
+   augmentation set under classical-v1 against 16x16 raw pixels.
+Vectors are unit-normalised 512-d Gaussian blobs, like CLIP embeddings (8 blobs: mean silhouette
+~0.5, as the seed reports for its 250 CLIP embeddings). Medians of interleaved
+repetitions. Every variant runs with one BLAS/OpenMP thread (the service's default,
+LIKENESS_EMBEDDING_COMPUTE_THREADS=1; --threads N to change), so ratios compare like with like.
+--quick: fewer repetitions and instances, full Lloyd on 5,000, no bootstrap variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "services"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+TARGETS = {"cluster_250_s": 0.050, "cluster_100k_s": 10.0, "select_70_of_220_s": 0.050, "diversity_5k_s": 5.0}
+
+
+def blobs(n: int, k: int = 8, d: int = 512, spread: float = 0.025, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, k, n)] + spread * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def timed(variants: dict, reps: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_cluster_small(reps: int) -> dict:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_samples
+
+    from likeness.embedding.clustering import ClusterParams, cluster
+
+    x = blobs(250)
+    ours = lambda: cluster(x, ClusterParams(k=8, seed=0))  # noqa: E731
+
+    def sklearn_defaults():
+        labels = KMeans(8, n_init=10, random_state=0).fit_predict(x)
+        silhouette_samples(x, labels)
+
+    ours()  # warm (imports, thread pools)
+    t = timed({"ours": ours, "sklearn10": sklearn_defaults,
+               "auto": lambda: cluster(x, ClusterParams(k=0, seed=0))}, reps)
+    return {"cluster_250_s": t["ours"], "cluster_250_sklearn_n_init10_s": t["sklearn10"],
+            "cluster_250_auto_k_2_12_s": t["auto"]}
+
+
+def bench_cluster_large(quick: bool) -> dict:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, silhouette_samples
+
+    from likeness.embedding.clustering import ClusterParams, cluster
+
+    x = blobs(100_000, seed=1)
+    t0 = time.perf_counter()
+    result = cluster(x, ClusterParams(k=8, seed=0))
+    ours = time.perf_counter() - t0
+    sub = 5_000 if quick else 20_000
+    xs = x[:sub]
+    t0 = time.perf_counter()
+    labels = KMeans(8, n_init=4, random_state=0).fit_predict(xs)
+    exact_sil = silhouette_samples(xs, labels)
+    lloyd = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mini = cluster(xs, ClusterParams(k=8, seed=0, exact_limit=sub - 1))
+    mini_t = time.perf_counter() - t0
+    return {"cluster_100k_s": ours, "cluster_100k_algorithm": result.algorithm,
+            "cluster_100k_silhouette": result.mean_silhouette, "lloyd_subset_n": sub, "lloyd_subset_s": lloyd,
+            "minibatch_subset_s": mini_t, "minibatch_vs_lloyd_ari": adjusted_rand_score(labels, mini.labels),
+            "sampled_vs_exact_mean_silhouette_diff": abs(mini.mean_silhouette - float(exact_sil.mean()))}
+
+
+def bench_select(reps: int, instances: int) -> dict:
+    from likeness.core.errors import FailedPrecondition
+    from likeness.embedding.selection import Candidate, Quota, select
+
+    quotas = [Quota("seed", "*", 7, 7), Quota("cluster", "*", 8, 10)]
+
+    def pool(seed: int) -> list:
+        rng = np.random.default_rng(seed)
+        return [Candidate(f"img-{i}", float(rng.beta(5, 2)), {"seed": str(i % 10), "cluster": str(rng.integers(0, 8))})
+                for i in range(220)]
+
+    first = pool(0)
+    select(first, 70, quotas)
+    t = timed({"exact": lambda: select(first, 70, quotas, "exact")}, reps)
+    # greedy against exact on many instances: how often greedy fills the quotas at all, and the
+    # quality it reaches when it does
+    stuck, ratios, greedy_times = 0, [], []
+    for seed in range(instances):
+        candidates = pool(seed)
+        exact = select(candidates, 70, quotas, "exact")
+        t0 = time.perf_counter()
+        try:
+            greedy = select(candidates, 70, quotas, "greedy")
+        except FailedPrecondition:
+            stuck += 1
+            continue
+        finally:
+            greedy_times.append(time.perf_counter() - t0)
+        ratios.append(exact.total_quality / greedy.total_quality)
+    return {"select_70_of_220_s": t["exact"], "select_greedy_s": statistics.median(greedy_times),
+            "select_instances": instances, "select_greedy_stuck": stuck,
+            "select_exact_over_greedy_quality": statistics.median(ratios) if ratios else None}
+
+
+def bench_diversity(reps: int, with_bootstrap: bool) -> dict:
+    from prdc import compute_prdc
+
+    from likeness.embedding.diversity import DiversityParams, diversity
+
+    real, fake = blobs(5000, seed=2), blobs(5000, seed=3, spread=0.03)
+
+    def reference():
+        with contextlib.redirect_stdout(io.StringIO()):
+            compute_prdc(real, fake, 5)
+
+    variants = {"ours": lambda: diversity(real, fake, DiversityParams(bootstrap=0)), "prdc": reference}
+    if with_bootstrap:
+        variants["boot"] = lambda: diversity(real, fake, DiversityParams(bootstrap=100))
+    t = timed(variants, reps)
+    return {"diversity_5k_s": t["ours"], "diversity_5k_prdc_s": t["prdc"],
+            "diversity_5k_bootstrap100_s": t.get("boot")}
+
+
+def bench_descriptor() -> dict:
+    import cv2
+    from sklearn.metrics import adjusted_rand_score
+
+    from likeness.embedding.clustering import ClusterParams, cluster
+    from likeness.embedding.encoders.classical import ClassicalEncoder
+    from tests.embedding.augment import SOURCES, demo_set
+
+    images, sources = demo_set(0)
+    enc = ClassicalEncoder()
+    enc.embed_images(images[:2])
+    t0 = time.perf_counter()
+    x = enc.embed_images(images)
+    per_image = (time.perf_counter() - t0) / len(images)
+    raw = np.stack([cv2.resize(i, (16, 16), interpolation=cv2.INTER_AREA).ravel() for i in images]).astype(np.float32)
+    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+    ari = lambda v: statistics.median(  # noqa: E731
+        adjusted_rand_score(sources, cluster(v, ClusterParams(k=len(SOURCES), seed=s)).labels) for s in range(3))
+    return {"classical_embed_per_image_s": per_image, "demo_ari_classical": ari(x), "demo_ari_raw_pixels": ari(raw)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 30 s)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (0 = library default)")
+    args = parser.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads or None)
+    reps = 3 if args.quick else 9
+    t_start = time.perf_counter()
+    r = {}
+    r.update(bench_cluster_small(reps))
+    r.update(bench_select(reps, 6 if args.quick else 40))
+    r.update(bench_diversity(1 if args.quick else 3, not args.quick))
+    r.update(bench_descriptor())
+    r.update(bench_cluster_large(args.quick))
+
+    ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
+    rows = [
+        ("cluster 250x512 K=8 (ours: 4 restarts, silhouettes, outliers)", ms(r["cluster_250_s"]),
+         f"vs sklearn n_init=10 + silhouettes {ms(r['cluster_250_sklearn_n_init10_s'])}: "
+         f"{r['cluster_250_s'] / r['cluster_250_sklearn_n_init10_s']:.2f}x"),
+        ("cluster 250x512 automatic K over 2..12", ms(r["cluster_250_auto_k_2_12_s"]),
+         f"{r['cluster_250_auto_k_2_12_s'] / r['cluster_250_s']:.1f}x of fixed K"),
+        ("cluster 100,000x512 K=8 (mini-batch, sampled silhouettes)", f"{r['cluster_100k_s']:.2f} s",
+         f"full Lloyd + exact silhouettes on {r['lloyd_subset_n']:,}: {r['lloyd_subset_s']:.2f} s, "
+         f"ours on the same {r['minibatch_subset_s']:.2f} s ({r['minibatch_subset_s'] / r['lloyd_subset_s']:.2f}x), "
+         f"ARI {r['minibatch_vs_lloyd_ari']:.3f}, |d silhouette| {r['sampled_vs_exact_mean_silhouette_diff']:.4f}"),
+        ("select 70 of 220, seed 7/7 + cluster 8..10 (exact MILP)", ms(r["select_70_of_220_s"]),
+         f"greedy {ms(r['select_greedy_s'])}; greedy stuck (quotas unfillable) in {r['select_greedy_stuck']} of "
+         f"{r['select_instances']} instances; exact/greedy quality where greedy finished: "
+         + (f"{r['select_exact_over_greedy_quality']:.4f}" if r["select_exact_over_greedy_quality"] else "n/a")),
+        ("diversity 5,000x5,000x512 (PRDC+novelty+pairwise)", f"{r['diversity_5k_s']:.2f} s",
+         f"prdc.compute_prdc alone {r['diversity_5k_prdc_s']:.2f} s ({r['diversity_5k_s'] / r['diversity_5k_prdc_s']:.2f}x)"
+         + (f"; with 100 bootstraps {r['diversity_5k_bootstrap100_s']:.2f} s" if r["diversity_5k_bootstrap100_s"] else "")),
+        ("classical-v1 embedding per image (demo photos)", ms(r["classical_embed_per_image_s"]), ""),
+        ("demo ARI, 8 photos x 7 augmentations", f"{r['demo_ari_classical']:.3f}",
+         f"raw 16x16 pixels {r['demo_ari_raw_pixels']:.3f}"),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    print(f"{'what'.ljust(width)}  {'measured':>10}  compared")
+    for a, b, c in rows:
+        print(f"{a.ljust(width)}  {b:>10}  {c}")
+    print()
+    for key, target in TARGETS.items():
+        print(f"target {key}: {r[key]:.4f} s <= {target} s: {'met' if r[key] <= target else 'MISSED'}")
+    r["wall_s"] = time.perf_counter() - t_start
+    r["quick"] = args.quick
+    r["threads"] = args.threads
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}))
+
+
+if __name__ == "__main__":
+    main()
