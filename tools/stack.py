@@ -123,6 +123,12 @@ class Stack:
             d.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its folder
         ports = dict(DEFAULT_PORTS) if port_mode == "default" else auto_ports()
+        if port_mode == "default":
+            wanted = {n: ports[n] for n in (*services, "s3", "postgres", "prometheus")}
+            wanted.update({f"{n} metrics": ports[n] + 1000 for n in services})
+            busy = sorted(f"{n} {p}" for n, p in wanted.items() if not port_free(p))
+            if busy:
+                sys.exit(f"[stack] ports in use: {', '.join(busy)}; stop what holds them or set LIKENESS_STACK_PORTS=auto")
         state = {"running": True, "dir": str(self.dir), "ports": ports, "services": services,
                  "s3": f"127.0.0.1:{ports['s3']}", "prometheus": f"http://127.0.0.1:{ports['prometheus']}"}
         self.save(state)

@@ -7,13 +7,14 @@ import importlib
 import inspect
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.tools import CHART, SERVICES, by_kind, helm_template, render
+from tests.deploy.tools import CHART, SERVICES, binary, by_kind, helm_template, render
 
 VALUES = {"default": (), "gpu": ("-f", str(CHART / "values-gpu.yaml"))}
 # Custom resources of the Prometheus Operator: no schema ships with kubernetes-validate. Their
@@ -228,6 +229,13 @@ def test_dashboard_config_map_carries_the_dashboard():
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
     for word in ("p95", "p99", "throughput", "errors", "batch", "queue", "gpu memory", "stage"):
         assert word in titles
+
+
+def test_helm_lint_passes():
+    for args in VALUES.values():
+        result = subprocess.run([binary("helm"), "lint", str(CHART), "--strict", *args], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_config_change_rolls_the_pods():
