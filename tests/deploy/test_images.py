@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -94,3 +95,38 @@ def test_skaffold_builds_both_targets_and_deploys_the_chart_with_cpu_and_gpu_pro
     assert [ROOT / v for v in gpu_values] == [CHART / "values-gpu.yaml"]
     cpu_sets = [f"{k}={v}" for k, v in profiles["cpu"]["patches"][0]["value"].items()]
     helm_template(*sum([["--set", s] for s in cpu_sets], []))
+
+
+# What the cpu image leaves out (pyproject extras): the orchestrator and the CLI must not need it.
+MODEL_PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "safetensors",
+                  "onnx", "onnxruntime", "open_clip", "timm", "cv2", "sklearn", "scipy", "skimage", "dlib",
+                  "face_recognition_models", "ai_edge_litert", "insightface", "kubernetes")
+BLOCKER = f'''
+import sys
+BLOCKED = {set(MODEL_PACKAGES)!r}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{{name}} is not in the slim (cpu) image", name=name)
+sys.meta_path.insert(0, Block())
+'''
+
+
+def test_slim_image_serves_the_orchestrator_without_model_packages(tmp_path):
+    """The cpu target installs only the base dependencies: start the orchestrator with every model
+    package made unimportable, as in that image, and expect SERVING."""
+    from tests.helpers import ServiceProcess, service_env
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    env = service_env(PYTHONPATH=str(tmp_path / "site"), LIKENESS_STORE_URI=f"file://{tmp_path}/store",
+                      LIKENESS_ORCHESTRATOR_DATABASE_URL=f"sqlite:///{tmp_path}/jobs.db")
+    proc = ServiceProcess("orchestrator", env, log_path=tmp_path / "orchestrator.log")
+    try:
+        proc.wait_serving(60)
+    finally:
+        proc.stop()
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert "not in the slim (cpu) image" in check.stderr, "the blocker did not apply"
+    cli = subprocess.run([sys.executable, "-m", "likeness", "--help"], env=env, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
