@@ -7,7 +7,7 @@ source image (x right, y down); boxes are [x_min, x_max) x [y_min, y_max).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -72,7 +72,6 @@ class Face:
     pose: Pose | None = None
     embedding: np.ndarray | None = None  # float32, L2-normalised
     embedding_model: str = ""
-    extra: dict = field(default_factory=dict, compare=False)  # backend-specific (e.g. dlib shape)
 
     def with_(self, **changes) -> Face:
         return replace(self, **changes)

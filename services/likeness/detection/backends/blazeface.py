@@ -97,12 +97,10 @@ class BlazeFaceDetector:
         it = Interpreter(model_path=str(self._path), num_threads=self.threads)
         it.allocate_tensors()
         self._input = it.get_input_details()[0]["index"]
-        outputs = {d["name"]: d["index"] for d in it.get_output_details()}
-        # outputs: regressors (1, 2304, 16) and classifier scores (1, 2304, 1); find them by shape
+        # outputs: regressors (1, 2304, 16) and classifier scores (1, 2304, 1); found by shape
         details = it.get_output_details()
         self._regressors = next(d["index"] for d in details if d["shape"][-1] == 16)
         self._scores = next(d["index"] for d in details if d["shape"][-1] == 1)
-        del outputs
         self._interpreter = it
 
     def describe(self) -> dict:
