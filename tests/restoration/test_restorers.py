@@ -11,7 +11,8 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissing
-from likeness.restoration.face_restore import FaceToRestore, restore_face
+from likeness.restoration.face_restore import FFHQ_512, FaceToRestore, restore_face, template_transform
+from likeness.restoration.restorers.base import blend_fidelity
 from likeness.restoration.restorers.classical import ClassicalRestorer, noise_sigma
 from likeness.restoration.restorers.factory import create_restorer
 from tests.restoration import astronaut as A
@@ -81,6 +82,41 @@ def test_restoration_stays_inside_the_face_region():
     assert not np.array_equal(out, bad)
 
 
+class Brighten:
+    """A stand-in network restorer (512x512 input) that adds 40 grey levels: shows where the
+    aligned 512 crop lands back in the image."""
+
+    name, input_size = "brighten", 512
+
+    def load(self):
+        pass
+
+    def restore(self, face, fidelity):
+        assert face.shape == (512, 512, 3)
+        return blend_fidelity(face, np.clip(face.astype(np.int16) + 40, 0, 255).astype(np.uint8), fidelity)
+
+
+def test_landmarks_align_the_face_onto_the_ffhq_template():
+    matrix = template_transform(FACE, A.FACE_BOX, 512)
+    for kind in ("left_eye", "right_eye", "mouth_center"):
+        x, y = matrix @ np.array([*FACE.landmarks[kind], 1.0])
+        assert (x, y) == pytest.approx(FFHQ_512[kind], abs=12)
+    # the subject's left eye lands on the template's image-right eye
+    assert (matrix @ np.array([*A.LEFT_EYE, 1.0]))[0] > 256
+
+
+@pytest.mark.parametrize("landmarks", [FACE.landmarks, {}])
+def test_network_path_warps_to_512_and_pastes_back_inside_the_face(landmarks):
+    photo = A.photo()
+    out = restore_face(photo, FaceToRestore(A.FACE_BOX, landmarks), Brighten(), fidelity=0.25)
+    brightened = np.clip(photo.astype(float) + 40, 0, 255)  # the teeth clip at 255
+    for point in (A.LEFT_EYE, A.MOUTH_CENTER, A.NOSE_TIP):  # inside the face: 0.75 x brightened, 0.25 x input
+        window = np.s_[round(point[1]) - 2:round(point[1]) + 3, round(point[0]) - 2:round(point[0]) + 3]
+        expected = (0.75 * brightened[window] + 0.25 * photo[window]).mean()
+        assert out[window].mean() == pytest.approx(expected, abs=3)  # up to resampling to 512 and back
+    assert np.array_equal(out[:30], photo[:30]) and np.array_equal(out[260:], photo[260:])
+
+
 @pytest.mark.parametrize("face, fidelity, field", [
     (FACE, 1.5, "fidelity"), (FACE, -0.1, "fidelity"), (FACE, float("nan"), "fidelity"),
     (FaceToRestore(None, {}), 0.5, "items[0].face_box"),  # nothing detected: a non-face image
@@ -111,19 +147,41 @@ def test_model_repository_without_codeformer_names_what_is_missing(tmp_path: Pat
     assert "codeformer" in str(err.value) and "codeformer.pth" in str(err.value)
 
 
-def test_gfpgan_fails_with_failed_precondition_saying_why(tmp_path: Path):
+def test_missing_or_broken_gfpgan_weights_fail_with_failed_precondition(tmp_path: Path):
     folder = tmp_path / "gfpgan"
     folder.mkdir()
-    with pytest.raises(ModelMissing, match="GFPGANv1.4.pth"):
+    with pytest.raises(ModelMissing, match=str(folder / "GFPGANv1.4.pth")):
         create_restorer("gfpgan", lambda name: folder).load()
-    (folder / "GFPGANv1.4.pth").write_bytes(b"weights")
-    with pytest.raises(FailedPrecondition, match="not implemented"):
+    (folder / "GFPGANv1.4.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(FailedPrecondition, match="is not a GFPGAN"):
         create_restorer("gfpgan", lambda name: folder).load()
 
 
 def test_unknown_restorer_is_invalid():
     with pytest.raises(InvalidArgument, match="one of classical, codeformer, gfpgan"):
         create_restorer("esrgan", lambda name: None)
+
+
+def check_release_checkpoint_round_trip(net, folder: Path, weights_file: str, restorer, keys: list[str]):
+    """Saves `net` in the release layout (`params_ema`), loads it strictly through `restorer`,
+    runs a 512x512 face, then shows a checkpoint of another network is refused."""
+    import torch
+
+    state = net.state_dict()
+    for key in keys:
+        assert key in state, key
+    folder.mkdir()
+    torch.save({"params_ema": state}, folder / weights_file)
+    restorer.load()
+    for key in keys:
+        assert torch.equal(restorer.net.state_dict()[key], state[key])
+    face = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    out = restorer.restore(face, 0.5)
+    assert out.shape == (512, 512, 3) and out.dtype == np.uint8 and not np.array_equal(out, face)
+    torch.save({"params_ema": {keys[0]: state[keys[0]]}}, folder / weights_file)
+    restorer.net = None
+    with pytest.raises(FailedPrecondition, match="checkpoint"):
+        restorer.load()
 
 
 @pytest.mark.slow
@@ -134,25 +192,29 @@ def test_codeformer_loads_an_official_layout_checkpoint_and_runs_512(tmp_path: P
     from likeness.restoration.restorers.codeformer_arch import CodeFormer
 
     torch.manual_seed(0)
-    reference = CodeFormer()
-    state = reference.state_dict()
-    assert sum(v.numel() for v in state.values()) == pytest.approx(94.1e6, rel=0.01)  # the published size
-    for key in ("position_emb", "quantize.embedding.weight", "ft_layers.8.self_attn.in_proj_weight",
-                "idx_pred_layer.1.weight", "fuse_convs_dict.256.scale.2.bias", "encoder.blocks.24.weight",
-                "generator.blocks.24.weight", "encoder.blocks.17.q.weight"):
-        assert key in state
-    folder = tmp_path / "codeformer"
-    folder.mkdir()
-    torch.save({"params_ema": state}, folder / "codeformer.pth")  # the release checkpoint's layout
-    restorer = CodeFormerRestorer(folder)
-    restorer.load()
-    for key in ("position_emb", "generator.blocks.21.conv1.weight"):
-        assert torch.equal(restorer.net.state_dict()[key], state[key])
-    face = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    out = restorer.restore(face, 0.5)
-    assert out.shape == (512, 512, 3) and out.dtype == np.uint8
+    net = CodeFormer()
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(94.1e6, rel=0.01)  # the published size
+    check_release_checkpoint_round_trip(
+        net, tmp_path / "codeformer", "codeformer.pth", CodeFormerRestorer(tmp_path / "codeformer"),
+        ["position_emb", "quantize.embedding.weight", "ft_layers.8.self_attn.in_proj_weight",
+         "idx_pred_layer.1.weight", "fuse_convs_dict.256.scale.2.bias", "encoder.blocks.24.weight",
+         "generator.blocks.24.weight", "encoder.blocks.17.q.weight", "generator.blocks.21.conv1.weight"])
 
-    torch.save({"params_ema": {"encoder.blocks.0.weight": state["encoder.blocks.0.weight"]}},
-               folder / "codeformer.pth")
-    with pytest.raises(FailedPrecondition, match="not a CodeFormer checkpoint"):
-        CodeFormerRestorer(folder).load()
+
+@pytest.mark.slow
+def test_gfpgan_loads_an_official_layout_checkpoint_and_runs_512(tmp_path: Path):
+    import torch
+
+    from likeness.restoration.restorers.gfpgan import GFPGANRestorer
+    from likeness.restoration.restorers.gfpgan_arch import GFPGANv1Clean
+
+    torch.manual_seed(0)
+    net = GFPGANv1Clean()
+    # GFPGANv1.4.pth holds 348 MB of float32: ~87 M values (86.4 M parameters + noise buffers)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(86.4e6, rel=0.01)
+    check_release_checkpoint_round_trip(
+        net, tmp_path / "gfpgan", "GFPGANv1.4.pth", GFPGANRestorer(tmp_path / "gfpgan"),
+        ["conv_body_first.weight", "conv_body_down.6.skip.weight", "final_linear.weight", "toRGB.6.bias",
+         "condition_scale.6.2.weight", "stylegan_decoder.style_mlp.15.weight",
+         "stylegan_decoder.constant_input.weight", "stylegan_decoder.style_convs.13.modulated_conv.weight",
+         "stylegan_decoder.to_rgbs.6.modulated_conv.modulation.bias", "stylegan_decoder.noises.noise14"])

@@ -9,7 +9,7 @@ from likeness.core.settings import CommonSettings
 
 class RestorationSettings(CommonSettings):
     # Default restorer for Restore requests that name none: `classical` (embedded, no weights),
-    # `codeformer` (model repository folder `codeformer`), `gfpgan` (not implemented in this build).
+    # `codeformer` (model repository folder `codeformer`), `gfpgan` (folder `gfpgan`, GFPGAN v1.4).
     # The default is loaded during warm-up, so missing weights fail start-up, never a request.
     restoration_backend: str = Field("classical", pattern="^(classical|codeformer|gfpgan)$")
     # Store prefix for outputs of requests without `output_prefix`.

@@ -19,6 +19,7 @@ INPUT_SIZE = 512
 
 
 def load_state_dict(path: Path) -> dict:
+    """The weights of a BasicSR-style release checkpoint (`params_ema`, else `params`, else as is)."""
     import torch
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -57,10 +58,11 @@ class CodeFormerRestorer:
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        net = CodeFormer()
-        try:
-            net.load_state_dict(load_state_dict(self.weights_path), strict=True)
-        except (RuntimeError, KeyError, TypeError) as exc:
+        try:  # read the file before building the network: a bad file fails fast
+            state = load_state_dict(self.weights_path)
+            net = CodeFormer()
+            net.load_state_dict(state, strict=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched file is the same error
             raise FailedPrecondition("model", f"{self.weights_path} is not a CodeFormer checkpoint: "
                                               f"{str(exc)[:300]}") from None
         self.net = net.eval()

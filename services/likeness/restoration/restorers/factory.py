@@ -25,7 +25,7 @@ def create_restorer(name: str, model_dir: Callable[[str], Path | None], *, threa
     if name == "gfpgan":
         from likeness.restoration.restorers.gfpgan import WEIGHTS_FILE, GFPGANRestorer
 
-        return GFPGANRestorer(_folder(model_dir, name, WEIGHTS_FILE))
+        return GFPGANRestorer(_folder(model_dir, name, WEIGHTS_FILE), threads=threads)
     raise InvalidArgument("model", f"unknown restorer {name!r}; one of {', '.join(RESTORERS)}")
 
 
