@@ -26,8 +26,12 @@ def settings(tmp_path, **extra) -> EmbeddingSettings:
 
 @pytest.fixture(scope="module")
 def classical(tmp_path_factory):
-    s = settings(tmp_path_factory.mktemp("embedding"))
+    root = tmp_path_factory.mktemp("embedding")
+    s = settings(root)
+    (root / "store" / "inputs").mkdir(parents=True)
+    (root / "store" / "inputs" / "coffee.png").write_bytes(encode_png(photos.skimage_photo("coffee")))
     with ServiceThread(create_service(s), s) as server, server.channel() as channel:
+        server.store_root = root / "store"
         yield server, embedding_pb2_grpc.EmbeddingServiceStub(channel)
 
 
@@ -55,6 +59,17 @@ def test_embed_images_with_a_bad_item(classical):
     a, c = np.array(response.embeddings[0].values), np.array(response.embeddings[2].values)
     assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5) and a @ c == pytest.approx(1.0, abs=1e-4)
     assert [(e.index, e.code, e.field) for e in response.errors] == [(1, "INVALID_ARGUMENT", "images[1].data")]
+
+
+def test_embed_images_from_store_uris(classical):
+    server, stub = classical
+    uri = f"file://{server.store_root}/inputs/coffee.png"
+    by_uri = stub.EmbedImages(embedding_pb2.EmbedImagesRequest(images=[common_pb2.ImageInput(uri=uri)]), timeout=30)
+    inline = stub.EmbedImages(embedding_pb2.EmbedImagesRequest(images=[png(photos.skimage_photo("coffee"))]), timeout=30)
+    assert list(by_uri.embeddings[0].values) == list(inline.embeddings[0].values)
+    missing = error_of(stub.EmbedImages, embedding_pb2.EmbedImagesRequest(
+        images=[common_pb2.ImageInput(uri=f"file://{server.store_root}/inputs/nope.png")]))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND and "images[0].uri" in missing.details()
 
 
 def test_text_rpcs_need_a_text_tower(classical):
