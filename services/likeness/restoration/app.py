@@ -54,7 +54,8 @@ def create_service(settings: RestorationSettings | None = None, model_dir=None) 
     images = ImageLoader(store, ImageLimits.from_settings(settings))
     restorers = Restorers(settings, model_dir)
     servicer = RestorationServicer(images, Outputs(store, settings.restoration_scratch_prefix), restorers,
-                                   settings.restoration_backend, workers=settings.restoration_workers)
+                                   settings.restoration_backend, workers=settings.restoration_workers,
+                                   max_mask_pixels=settings.max_image_pixels)
 
     async def warmup() -> None:
         restorer = await asyncio.to_thread(restorers, settings.restoration_backend)

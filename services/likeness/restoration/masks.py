@@ -106,9 +106,12 @@ def _check_point(p: tuple[float, float] | None, field: str, geo: FaceGeometry) -
         raise InvalidArgument(field, f"({x}, {y}) is outside the {geo.width}x{geo.height} image")
 
 
-def check_geometry(geo: FaceGeometry, field: str = "items[0]") -> None:
+def check_geometry(geo: FaceGeometry, field: str = "items[0]", max_pixels: int | None = None) -> None:
     for name, side in (("width", geo.width), ("height", geo.height)):
         require(1 <= side <= MAX_SIDE, f"{field}.{name}", f"{side} is outside [1, {MAX_SIDE}] px")
+    if max_pixels is not None and geo.width * geo.height > max_pixels:
+        raise InvalidArgument(field, f"a {geo.width}x{geo.height} mask is {geo.width * geo.height / 1e6:.1f} MP, "
+                                     f"over the limit of {max_pixels / 1e6:.1f} MP (LIKENESS_MAX_IMAGE_PIXELS)")
     _check_point(geo.left_eye, f"{field}.landmarks[LEFT_EYE]", geo)
     _check_point(geo.right_eye, f"{field}.landmarks[RIGHT_EYE]", geo)
     if geo.face_box is not None:
@@ -203,10 +206,11 @@ def mask_bbox(mask: np.ndarray) -> Rect | None:
     return None if w == 0 or h == 0 else Rect(x, y, x + w, y + h)
 
 
-def region_mask(geo: FaceGeometry, region: Region, opts: MaskOptions, field: str = "items[0]") -> RegionMask:
+def region_mask(geo: FaceGeometry, region: Region, opts: MaskOptions, field: str = "items[0]",
+                max_pixels: int | None = None) -> RegionMask:
     """The mask of `region`, its pixel area and the aligned crop box around it."""
     check_options(opts)
-    check_geometry(geo, field)
+    check_geometry(geo, field, max_pixels)
     mask = face_mask(geo, opts, field) if region is Region.FACE else eye_mask(geo, region, opts, field)
     bbox = mask_bbox(mask)
     if bbox is None:

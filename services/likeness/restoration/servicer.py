@@ -95,8 +95,9 @@ class Outputs:
 
 class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
     def __init__(self, images, outputs: Outputs, restorer: Callable[[str], FaceRestorer], default_model: str,
-                 workers: int = 2):
+                 workers: int = 2, max_mask_pixels: int | None = None):
         self._images, self._outputs = images, outputs
+        self._max_mask_pixels = max_mask_pixels  # masks obey the same pixel limit as input images
         self._restorer, self._default_model = restorer, default_model
         self._cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restoration-cpu")
         # one model worker: network inference is serialised (a pod is sized for one model's worth)
@@ -127,7 +128,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
             geo = FaceGeometry(item.width, item.height, *(landmarks_of(item.landmarks).get(k)
                                                          for k in ("left_eye", "right_eye")),
                                face_box=box_of(item, "face_box"))
-            built = region_mask(geo, region, opts, field=f"items[{i}]")
+            built = region_mask(geo, region, opts, field=f"items[{i}]", max_pixels=self._max_mask_pixels)
             artifact = self._outputs.put(prefix, "masks", encode_mask_png(built.mask), request.return_inline)
             return restoration_pb2.RegionMaskResult(index=i, mask=artifact, crop_box=rect_pb(built.crop),
                                                     area=built.area)

@@ -1,0 +1,43 @@
+"""`likeness serve restoration` as a real process: SERVING after warm-up with the classical
+restorer; with CodeFormer as default and no weights it exits at start-up naming the file."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
+from tests.helpers import ServiceProcess, service_env, spawn_service
+from tests.restoration import astronaut as A
+
+
+def test_serves_region_mask_after_warm_up(tmp_path):
+    env = service_env(LIKENESS_STORE_URI=f"file://{tmp_path}/store")
+    proc = spawn_service("restoration", env, tmp_path)
+    try:
+        with grpc.insecure_channel(proc.address) as channel:
+            reply = restoration_pb2_grpc.RestorationServiceStub(channel).RegionMask(
+                restoration_pb2.RegionMaskRequest(region=restoration_pb2.REGION_BOTH_EYES, items=[
+                    restoration_pb2.RegionMaskItem(width=512, height=512, landmarks=[
+                        common_pb2.Landmark(kind=common_pb2.LANDMARK_KIND_LEFT_EYE,
+                                            point=common_pb2.Point(x=A.LEFT_EYE[0], y=A.LEFT_EYE[1])),
+                        common_pb2.Landmark(kind=common_pb2.LANDMARK_KIND_RIGHT_EYE,
+                                            point=common_pb2.Point(x=A.RIGHT_EYE[0], y=A.RIGHT_EYE[1]))])]),
+                timeout=60)
+        assert reply.results[0].area > 500 and reply.results[0].mask.uri.startswith(f"file://{tmp_path}/store/")
+    finally:
+        assert proc.stop() == 0
+    assert '"restorer": "classical"' in (tmp_path / "restoration.log").read_text()
+
+
+def test_codeformer_default_without_weights_fails_start_up_naming_the_file(tmp_path):
+    env = service_env(LIKENESS_RESTORATION_BACKEND="codeformer", LIKENESS_STORE_URI=f"file://{tmp_path}/store",
+                      LIKENESS_MODEL_REPOSITORY=str(tmp_path / "models"),
+                      LIKENESS_MODEL_CACHE_DIR=str(tmp_path / "cache"))
+    proc = ServiceProcess("restoration", env, log_path=tmp_path / "restoration.log")
+    with pytest.raises(RuntimeError) as exc:
+        proc.wait_serving(timeout=60)
+    assert proc.proc.returncode != 0
+    output = "".join(str(exc.value).split())  # the log tail may wrap long paths
+    assert "model'codeformer'ismissing" in output
+    assert str(tmp_path / "models" / "codeformer" / "model.yaml") in output and "codeformer.pth" in output
