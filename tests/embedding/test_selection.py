@@ -129,3 +129,8 @@ def test_bad_candidates():
         select([], 1, [])
     with pytest.raises(InvalidArgument, match="method: 'best' is not one of exact, greedy"):
         select([Candidate("x", 1.0)], 1, [], "best")
+
+
+def test_repeated_quota_is_named():
+    with pytest.raises(InvalidArgument, match=r"quotas\[1\]: repeats quotas\[0\] \(seed=\*\)"):
+        select(seed_doc_pool(), 70, [Quota("seed", "*", 7, 7), Quota("seed", "*", 0, 8)])

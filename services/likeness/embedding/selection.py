@@ -25,6 +25,7 @@ from likeness.embedding.vectors import check_unique_ids
 
 MAX_CANDIDATES = 100_000
 ALL_GROUPS = "*"
+SOLVER_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,12 @@ def _bounds(candidates: list[Candidate], quotas: list[Quota]) -> list[_Bound]:
                                           f"has no '{q.dimension}', which quotas[{qi}] constrains")
                 groups[c.groups[q.dimension]].append(i)
             members[q.dimension] = groups
+    named: dict[tuple[str, str], int] = {}
+    for qi, q in enumerate(quotas):
+        if (q.dimension, q.group) in named:
+            raise InvalidArgument(f"quotas[{qi}]", f"repeats quotas[{named[(q.dimension, q.group)]}] "
+                                                   f"({q.dimension}={q.group}); give one quota per group")
+        named[(q.dimension, q.group)] = qi
     bounds: dict[tuple[str, str], _Bound] = {}
     # a quota for a named group overrides a '*' quota of the same dimension, whatever the order
     for qi, q in sorted(enumerate(quotas), key=lambda e: e[1].group != ALL_GROUPS):
@@ -180,12 +187,14 @@ def _solve_exact(quality: np.ndarray, count: int, bounds: list[_Bound]) -> list[
         hi.append(b.hi)
     data = np.ones(sum(len(c) for c in cols))
     a = csr_array((data, (np.concatenate(rows), np.concatenate(cols))), shape=(len(bounds) + 1, n))
+    # mip_rel_gap 0: HiGHS otherwise stops within 0.01% of the optimum; "exact" means exact
     result = milp(-quality, constraints=LinearConstraint(a, lo, hi), integrality=np.ones(n),
-                  bounds=Bounds(0, 1), options={"disp": False})
+                  bounds=Bounds(0, 1), options={"disp": False, "mip_rel_gap": 0.0, "time_limit": SOLVER_SECONDS})
     if result.status == 2:  # infeasible
         return None
-    if result.x is None:
-        raise FailedPrecondition("candidates", f"the selection solver stopped without a solution: {result.message}")
+    if result.status != 0 or result.x is None:
+        raise FailedPrecondition("candidates", f"the selection solver found no proven optimum within "
+                                               f"{SOLVER_SECONDS:g} s: {result.message}")
     return [int(i) for i in np.flatnonzero(result.x > 0.5)]
 
 
