@@ -23,12 +23,34 @@ ROOT = Path(os.environ.get("LIKENESS_DEMO_DIR", Path.cwd() / "var" / "demo")).re
 TRIGGER = "ohwx person"
 
 
-def curate_spec(candidates_uri: str, seeds: int, target: int) -> orchestrator_pb2.JobSpec:
-    per_seed = -(-target // seeds)  # ceil: the selection must spread over every seed
+def curate_spec(candidates_uri: str, seeds: int, min_quality: float) -> orchestrator_pb2.JobSpec:
+    """24 of the candidates, exactly 4 per seed (person) and at least 6 originals (seed doc 000's
+    balance rules at demo size); clusters chosen by silhouette."""
     return orchestrator_pb2.JobSpec(curate=orchestrator_pb2.CurateSpec(
-        import_source=orchestrator_pb2.ImportSource(uri=candidates_uri), target_count=target, clusters=0,
-        quotas=[common_pb2.Quota(dimension="seed", group="*", min=1, max=per_seed)],
-        trigger_token=TRIGGER, output_prefix="datasets/demo/", seed=0))
+        import_source=orchestrator_pb2.ImportSource(uri=candidates_uri), target_count=4 * seeds, clusters=0,
+        quotas=[common_pb2.Quota(dimension="seed", group="*", min=4, max=4),
+                common_pb2.Quota(dimension="image_type", group="original", min=6)],
+        min_quality=min_quality, trigger_token=TRIGGER, output_prefix="datasets/demo/", seed=0))
+
+
+def compare_outcomes(store, manifest_uri: str, demo) -> Table:
+    """Expected outcome of every demo file (from how it was made) against the job's decision."""
+    import json
+
+    decided = {c["id"]: c for c in json.loads(store.get(manifest_uri))["candidates"]}
+    table = Table("outcome", "expected", "got", title="demo set: expected vs curate job")
+    expected: dict[str, int] = {}
+    got: dict[str, int] = {}
+    for item in demo.items:
+        cid = str(Path(item.path).with_suffix("")).replace("/", "-")
+        c = decided.get(cid, {})
+        # `kept` means: passed validation and quality; the selection then takes 24 of those
+        outcome = "kept" if c.get("reason") in ("", "not_selected", "outlier") else c.get("reason", "missing")
+        expected[item.expected] = expected.get(item.expected, 0) + 1
+        got[outcome] = got.get(outcome, 0) + 1
+    for k in sorted(set(expected) | set(got)):
+        table.add_row(k, str(expected.get(k, 0)), str(got.get(k, 0)))
+    return table
 
 
 def train_spec(dataset_uri: str) -> orchestrator_pb2.JobSpec:
@@ -56,30 +78,29 @@ def main() -> None:
 
     with console.status("building the demo candidate set from real photos..."):
         demo = build_demo_set(ROOT / "candidates")
-    files = sorted(p for p in (ROOT / "candidates").rglob("*.png"))
-    seeds = len({p.relative_to(ROOT / "candidates").parts[0] for p in files})
-    console.print(f"candidates: {len(files)} images over {seeds} seeds in {ROOT / 'candidates'}")
+    seeds = len({i.seed for i in demo.items})
+    console.print(f"candidates: {len(demo.items)} images over {seeds} seeds in {ROOT / 'candidates'}; "
+                  f"made to be: {demo.counts()}")
 
     stack = LocalStack(ROOT)
     store = open_store(CommonSettings(store_uri=stack.env["LIKENESS_STORE_URI"]))
-    for p in files:
-        store.put_file(f"candidates/{p.relative_to(ROOT / 'candidates')}", p, "image/png")
+    for p in sorted((ROOT / "candidates").rglob("*")):
+        if p.is_file() and p.suffix in (".png", ".txt"):
+            store.put_file(f"candidates/{p.relative_to(ROOT / 'candidates')}", p,
+                           "image/png" if p.suffix == ".png" else "text/plain")
     try:
         with console.status("starting services (models warm up before they report SERVING)...") as status:
             stack.up(timeout=600, on_tick=lambda ready: status.update(f"SERVING: {', '.join(ready) or 'none yet'}"))
         console.print(f"services up in {time.monotonic() - started:.0f}s: " +
                       ", ".join(f"{n} {stack.address(n)}" for n in stack.services))
         client = JobsClient(stack.address("orchestrator"))
-        target = min(24, max(seeds, len(files) // 4))
-        job = client.submit(curate_spec(store.uri("candidates/"), seeds, target))
+        job = client.submit(curate_spec(store.uri("candidates/"), seeds, demo.min_quality))
         console.print(f"[bold]curate[/] job {job.job_id}")
         curated = client.follow(job.job_id, console)
         show(curated, "curate")
         if curated.state != orchestrator_pb2.JOB_STATE_SUCCEEDED:
             sys.exit(1)
-        expected = getattr(demo, "expected_counts", None)
-        if expected:
-            console.print(f"expected outcomes of the demo set: {expected}")
+        console.print(compare_outcomes(store, curated.manifest.uri, demo))
         job = client.submit(train_spec(curated.summary["dataset_uri"]))
         console.print(f"[bold]train[/] job {job.job_id} (tiny-sdxl, rank 4, 2 epochs at 64 px)")
         trained = client.follow(job.job_id, console)
