@@ -132,7 +132,8 @@ def test_make_up_runs_a_job_that_prometheus_measures_and_make_down_cleans_up():
             timeout=30, interval=0.5, what="the curate job's stage durations in Prometheus")
         assert len(stages) >= 3, stages
         # Prometheus also evaluates the chart's rules (the SLO series are there at once)
-        assert prometheus_query(state["prometheus"], "likeness:slo_rpc_p95_seconds")
+        wait_for(lambda: prometheus_query(state["prometheus"], "likeness:slo_rpc_p95_seconds"), timeout=30,
+                 interval=0.5, what="Prometheus to evaluate the chart's recording rules")
         # every dashboard query is valid PromQL for this Prometheus (a parse error fails the call)
         for expr in dashboard_queries():
             prometheus_query(state["prometheus"], expr)
