@@ -115,6 +115,26 @@ def composite_item(base: np.ndarray, patch: np.ndarray, mask: np.ndarray) -> res
                                          mask=common_pb2.ImageInput(data=encode_mask_png(mask)))
 
 
+def test_composite_and_restore_batches_report_bad_items_beside_good_ones(server):
+    _, stub, _ = server
+    base, patch = np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 200, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[4:60, 4:60] = 255  # deeper than the feather at its centre
+    reply = stub.Composite(restoration_pb2.CompositeRequest(return_inline=True, items=[
+        composite_item(base, patch, mask), composite_item(base, patch, mask[:32]), composite_item(base, patch, mask)]),
+        timeout=30)
+    assert [r.HasField("error") for r in reply.results] == [False, True, False]
+    assert reply.results[1].error.field == "items[1].mask" and "must match the base" in reply.results[1].error.message
+    assert decode(reply.results[0].image.data)[32, 32].tolist() == [200, 200, 200]
+
+    photo = encode_png(A.photo())
+    reply = stub.Restore(restoration_pb2.RestoreRequest(items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=photo), face_box=FACE_BOX),
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=b"GIF89a..."), face_box=FACE_BOX)]), timeout=30)
+    assert not reply.results[0].HasField("error") and reply.results[0].image.uri
+    assert reply.results[1].error.code == "INVALID_ARGUMENT" and reply.results[1].error.field == "items[1].image.data"
+
+
 BAD_REQUESTS = {
     "no region": ("RegionMask", restoration_pb2.RegionMaskRequest(
         items=[restoration_pb2.RegionMaskItem(width=512, height=512, landmarks=ASTRONAUT_LANDMARKS)]),

@@ -100,6 +100,8 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         self._max_mask_pixels = max_mask_pixels  # masks obey the same pixel limit as input images
         self._restorer, self._default_model = restorer, default_model
         self._cpu = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restoration-cpu")
+        # items in flight across all calls: bounds the decoded images held in memory at once
+        self._slots = asyncio.Semaphore(workers)
         # one model worker: network inference is serialised (a pod is sized for one model's worth)
         self._models = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restoration-model")
 
@@ -145,18 +147,13 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
     async def _guard(self, stage: str, fn, *args):
         """(result, None) or (None, error) for one item, run off the event loop."""
         try:
-            result = await self._cpu_run(fn, *args)
+            async with self._slots:
+                result = await self._cpu_run(fn, *args)
         except LikenessError as exc:
             metrics.ITEMS.labels("restoration", stage, "failed").inc()
             return None, exc
         metrics.ITEMS.labels("restoration", stage, "ok").inc()
         return result, None
-
-    async def _load(self, pb_input, field: str):
-        try:
-            return await self._images.load_one(pb_input, field), None
-        except LikenessError as exc:
-            return None, exc
 
     async def Composite(self, request, context):
         _batch(len(request.items), MAX_COMPOSITES)
@@ -168,17 +165,8 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
 
         async def one(i: int, item):
             field = f"items[{i}]"
-            try:
-                base, patch, mask = await asyncio.gather(
-                    self._images.load_one(item.base, f"{field}.base"),
-                    self._images.load_one(item.patch, f"{field}.patch"),
-                    self._images.load_one(item.mask, f"{field}.mask"))
-                box = pixel_rect(box_of(item, "patch_box"), f"{field}.patch_box")
-            except LikenessError as exc:
-                metrics.ITEMS.labels("restoration", "composite", "failed").inc()
-                return None, exc
 
-            def composite() -> restoration_pb2.CompositeResult:
+            def composite(base, patch, mask, box) -> restoration_pb2.CompositeResult:
                 out = feathered_blend(base, patch, np.ascontiguousarray(mask[..., 0]), box, sigma, dilation,
                                       field=field)
                 png = encode_png(out, request={"restoration": "composite", "feather_sigma": sigma,
@@ -186,7 +174,19 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
                 return restoration_pb2.CompositeResult(
                     index=i, image=self._outputs.put(prefix, "composites", png, request.return_inline))
 
-            return await self._guard("composite", composite)
+            async with self._slots:  # decoded images of at most `workers` items are held at once
+                try:
+                    box = pixel_rect(box_of(item, "patch_box"), f"{field}.patch_box")
+                    base, patch, mask = await asyncio.gather(
+                        self._images.load_one(item.base, f"{field}.base"),
+                        self._images.load_one(item.patch, f"{field}.patch"),
+                        self._images.load_one(item.mask, f"{field}.mask"))
+                    result = await self._cpu_run(composite, base, patch, mask, box)
+                except LikenessError as exc:
+                    metrics.ITEMS.labels("restoration", "composite", "failed").inc()
+                    return None, exc
+            metrics.ITEMS.labels("restoration", "composite", "ok").inc()
+            return result, None
 
         results = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.items)))
         _raise_single([e for _, e in results])
@@ -203,17 +203,14 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         name = request.model or self._default_model
         restorer = await self._model_run(self._restorer, name)  # unknown or missing weights: whole call fails
         prefix = self._outputs.prefix(request.output_prefix)
-        loaded = await asyncio.gather(*(self._load(item.image, f"items[{i}].image")
-                                        for i, item in enumerate(request.items)))
-        errors: list[LikenessError | None] = [error for _, error in loaded]
+        errors: list[LikenessError | None] = [None] * len(request.items)
         response = restoration_pb2.RestoreResponse(model=restorer.name)
-        for i, item in enumerate(request.items):
+        for i, item in enumerate(request.items):  # one at a time: the model worker is serial anyway
             field = f"items[{i}]"
             try:
-                if errors[i] is not None:
-                    raise errors[i]
+                image = await self._images.load_one(item.image, f"{field}.image")
                 face = FaceToRestore(box_of(item, "face_box"), landmarks_of(item.landmarks))
-                out = await self._model_run(restore_face, loaded[i][0], face, restorer, fidelity, field)
+                out = await self._model_run(restore_face, image, face, restorer, fidelity, field)
                 png = await self._cpu_run(encode_png, out, None,
                                           {"restoration": "restore", "model": restorer.name, "fidelity": fidelity})
                 artifact = await self._cpu_run(self._outputs.put, prefix, "restored", png, request.return_inline)
