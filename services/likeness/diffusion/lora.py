@@ -82,17 +82,18 @@ def save_lora(path: str | Path, unet_layers: dict, *, fmt: str = "diffusers", al
     return path
 
 
-def read_lora(path: str | Path, field: str = "adapter") -> LoraFile:
-    """Reads and validates a LoRA .safetensors; raises InvalidArgument(field, ...) when it is unusable."""
+def read_lora(source: str | Path | bytes, field: str = "adapter") -> LoraFile:
+    """Reads and validates a LoRA .safetensors (a path or the file's bytes); raises
+    InvalidArgument(field, ...) when it is unusable."""
     import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    path = Path(path)
     try:
-        state = load_file(str(path))
-        metadata = _read_metadata(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        state = load(data)
+        metadata = _read_metadata(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
         raise InvalidArgument(field, f"not a readable .safetensors LoRA file ({exc})") from None
     if not state:
         raise InvalidArgument(field, "LoRA file holds no tensors")
@@ -175,9 +176,8 @@ def _check_pairs(state: dict, fmt: str, field: str) -> None:
             raise InvalidArgument(field, f"rank mismatch in {key}: down {tuple(a.shape)} vs up {tuple(b.shape)}")
 
 
-def _read_metadata(path: Path) -> dict:
+def _read_metadata(data: bytes) -> dict:
     # safetensors header: 8-byte little-endian length, then JSON with an optional __metadata__
-    with path.open("rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
     return dict(header.get("__metadata__") or {})

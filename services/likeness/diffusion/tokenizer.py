@@ -44,7 +44,7 @@ def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path
         "unk_token": "<|endoftext|>",
         "pad_token": pad_token,
         "do_lower_case": True,
-        "clean_up_tokenization_spaces": True,
+        "clean_up_tokenization_spaces": False,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (folder / "special_tokens_map.json").write_text(json.dumps(

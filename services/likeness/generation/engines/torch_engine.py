@@ -1,0 +1,190 @@
+"""The torch engine: diffusers pipelines, run in three timed phases (text encoding, denoising,
+decoding) so each is measured and the ONNX engine can swap the UNet and VAE underneath.
+
+Determinism: one CPU `torch.Generator` per image seeded with that image's seed; initial latents
+are drawn per image from it, so noise never depends on batch-mates (or on the device). Each image
+is decoded on its own, so the decoder never sees batch-mates either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from likeness.diffusion.pipelines import load_pipeline
+from likeness.diffusion.samplers import make_scheduler
+from likeness.generation.engines.base import BatchKey, ImageItem, ImageResult
+
+
+def noise_seed(seed: int) -> int:
+    """Seed of the extra noise mixed in by `noise_injection` (derived, so it differs from `seed`)."""
+    return int.from_bytes(hashlib.sha256(f"noise-injection:{seed}".encode()).digest()[:8], "little") >> 1
+
+
+def main_task(kind: str) -> str:
+    if kind == "sdxl-refiner":
+        return "image-to-image"
+    return "inpaint" if kind.endswith("inpaint") else "text-to-image"
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, settings):
+        import torch
+
+        self.device = settings.generation_device
+        self.cpu_threads = settings.generation_cpu_threads
+        if self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
+                "cpu_threads": self.cpu_threads}
+
+    def load(self, folder, spec):
+        return load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict) -> list[ImageResult]:
+        """Runs `items` as one pipeline call; `refiner` is the loaded refiner model or None;
+        `files` maps adapter ids to parsed LoRA files not yet loaded."""
+        import torch
+
+        started = time.monotonic()
+        pipe = model.pipeline(key.task)
+        pipe.scheduler = make_scheduler(key.sampler, model.pipe.scheduler.config)
+        model.adapters.activate(pipe, key.adapters, files)
+        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+        cfg = key.guidance_scale > 1.0
+
+        with torch.inference_mode():
+            t0 = time.monotonic()
+            embeds = self.encode(pipe, model.family, items, cfg)
+            t1 = time.monotonic()
+            kwargs = dict(num_inference_steps=key.steps, guidance_scale=key.guidance_scale, width=key.width,
+                          height=key.height, generator=generators, output_type="latent",
+                          callback_on_step_end=_progress_callback(items, "denoise"), **embeds)
+            if key.task == "text-to-image":
+                kwargs["latents"] = self.initial_latents(pipe, key, items, generators)
+            else:
+                kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
+                if key.task == "inpaint":
+                    kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+            if refiner is not None:
+                kwargs["denoising_end"] = 1.0 - key.refiner_fraction
+            latents = pipe(**kwargs).images
+            refine_encoding = 0.0
+            if refiner is not None:
+                latents, refine_encoding = self.refine(refiner, key, items, latents, generators, cfg)
+            t2 = time.monotonic()
+            images = [self.decode(pipe, latents[i : i + 1]) for i in range(len(items))]
+            t3 = time.monotonic()
+
+        timings = {"text_encoding": t1 - t0 + refine_encoding, "denoising": t2 - t1 - refine_encoding,
+                   "decoding": t3 - t2}
+        return [ImageResult(rgb, len(items), {**timings, "queue": max(0.0, started - item.queued_at)})
+                for rgb, item in zip(images, items, strict=True)]
+
+    def encode(self, pipe, family: str, items: list[ImageItem], cfg: bool) -> dict:
+        """Prompt embeddings of the batch. An empty negative prompt gives zero embeddings where the
+        model asks for it (SDXL's force_zeros_for_empty_prompt), row by row, as it would alone."""
+        prompts = [i.prompt for i in items]
+        negatives = [i.negative_prompt for i in items]
+        device = pipe._execution_device
+        if family == "sd15":
+            pe, npe = pipe.encode_prompt(prompts, device, 1, cfg, negatives)
+            return {"prompt_embeds": pe, "negative_prompt_embeds": npe}
+        pe, npe, ppe, nppe = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
+                                                do_classifier_free_guidance=cfg, negative_prompt=negatives)
+        if cfg and pipe.config.get("force_zeros_for_empty_prompt", False):
+            for row, neg in enumerate(negatives):
+                if not neg:
+                    npe[row].zero_()
+                    nppe[row].zero_()
+        out = {"prompt_embeds": pe, "pooled_prompt_embeds": ppe}
+        if cfg:
+            out.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=nppe)
+        return out
+
+    def initial_latents(self, pipe, key: BatchKey, items: list[ImageItem], generators):
+        """Per-image starting noise; `noise_injection` s mixes in extra seeded noise:
+        x = sqrt(1 - s) * z_seed + sqrt(s) * z_noise_seed (unit variance is kept)."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (1, pipe.unet.config.in_channels, key.height // pipe.vae_scale_factor,
+                 key.width // pipe.vae_scale_factor)
+        rows = []
+        for item, gen in zip(items, generators, strict=True):
+            z = randn_tensor(shape, generator=gen, dtype=torch.float32)
+            if item.noise_injection > 0:
+                extra = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(noise_seed(item.seed)),
+                                     dtype=torch.float32)
+                s = item.noise_injection
+                z = (1 - s) ** 0.5 * z + s**0.5 * extra
+            rows.append(z)
+        return torch.cat(rows).to(device=pipe._execution_device, dtype=pipe.unet.dtype)
+
+    def refine(self, refiner, key: BatchKey, items: list[ImageItem], latents, generators, cfg: bool):
+        """The refiner denoises the last `refiner_fraction` of the schedule (ensemble of experts)."""
+        task = "inpaint" if key.task == "inpaint" else "image-to-image"
+        pipe = refiner.pipeline(task)
+        pipe.scheduler = make_scheduler(key.sampler, refiner.pipe.scheduler.config)
+        t0 = time.monotonic()
+        embeds = self.encode(pipe, "sdxl", items, cfg)
+        encoding = time.monotonic() - t0
+        kwargs = dict(image=latents, num_inference_steps=key.steps, denoising_start=1.0 - key.refiner_fraction,
+                      guidance_scale=key.guidance_scale, generator=generators, output_type="latent",
+                      callback_on_step_end=_progress_callback(items, "refine"), **embeds)
+        if task == "inpaint":
+            kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+        return pipe(**kwargs).images, encoding
+
+    def decode(self, pipe, latents) -> np.ndarray:
+        """Latents of one image -> HxWx3 uint8 (diffusers' own rounding: round(x * 255))."""
+        vae = pipe.vae
+        latents = latents.to(vae.dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            import torch
+
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = self.vae_decode(vae, latents)
+        array = pipe.image_processor.postprocess(image, output_type="np")[0]
+        return (array * 255).round().astype(np.uint8)
+
+    def vae_decode(self, vae, latents):
+        return vae.decode(latents, return_dict=False)[0]
+
+
+def _progress_callback(items: list[ImageItem], stage: str):
+    reporters = list({id(i.progress): i.progress for i in items if i.progress is not None}.values())
+
+    def on_step_end(pipe, step, timestep, callback_kwargs):
+        total = getattr(pipe, "num_timesteps", 0) or 0
+        for report in reporters:
+            report(stage, step + 1, total)
+        return callback_kwargs
+
+    return on_step_end
+
+
+def _pil(rgb: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(rgb, "RGB")
+
+
+def _pil_mask(mask: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(mask.astype(np.uint8) * 255, "L")

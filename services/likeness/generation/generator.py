@@ -1,0 +1,268 @@
+"""The generation domain: validate a request, skip work already in the store, batch the rest,
+composite, write PNGs with metadata. Knows nothing of gRPC.
+
+One request of `count` images is `count` units of work (seed, seed + 1, ...); each has a work id
+(hash of its canonical inputs and the model digest) and is stored at `<output_prefix><work id>.png`.
+A unit whose PNG exists is returned with `cached=True` and not regenerated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from likeness.core import metrics
+from likeness.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from likeness.core.images import encode_png
+from likeness.core.pngmeta import format_parameters
+from likeness.core.store import StoredObject
+from likeness.core.workid import sha256_hex, work_id
+from likeness.diffusion.lora import LoraFile, read_lora
+from likeness.generation import presets, region
+from likeness.generation.adapters import adapter_id
+from likeness.generation.batching import DynamicBatcher
+from likeness.generation.engines.base import BatchKey, ImageItem, ImageResult
+from likeness.generation.models import BASE_KINDS, ModelManager, family_of
+from likeness.generation.request import GenerationRequest, Limits, validate
+
+log = logging.getLogger("likeness.generation")
+
+MAX_PROMPT_TOKENS = 77  # CLIP context, BOS and EOS included
+# A1111 names of the samplers (PNG `parameters`), by diffusers scheduler class
+SAMPLER_LABELS = {"DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "DPMSolverMultistepScheduler": "DPM++ 2M",
+                  "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a"}
+
+
+@dataclass
+class GeneratedImage:
+    stored: StoredObject
+    seed: int
+    work_id: str
+    cached: bool
+    data: bytes | None = None  # PNG bytes when the caller asked for them inline
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    warnings: list[str]
+    model_digest: str
+    timings: dict = field(default_factory=dict)  # queue, text_encoding, denoising, decoding, batch_size
+
+
+class ImageGenerator:
+    def __init__(self, manager: ModelManager, store, *, limits: Limits, max_batch: int, max_wait: float,
+                 queue_capacity: int, max_lora_bytes: int, lora_budget_bytes: int):
+        self.manager, self.store, self.limits = manager, store, limits
+        self.max_lora_bytes = max_lora_bytes
+        self._lora_budget = lora_budget_bytes
+        self._lora_files: OrderedDict[str, LoraFile] = OrderedDict()  # parsed, waiting to load
+        self._tokenizers: dict[str, list] = {}
+        self.batcher = DynamicBatcher(self._run_batch, max_batch=max_batch, max_wait=max_wait,
+                                      capacity=queue_capacity, on_depth=self._on_depth, on_batch=self._on_batch)
+        metrics.QUEUE_CAPACITY.labels("generation", "all").set(queue_capacity)
+
+    # -- the worker side ------------------------------------------------------------------------
+
+    def _run_batch(self, key: BatchKey, items: list[ImageItem]) -> list[ImageResult]:
+        model = self.manager.get(key.model)
+        refiner = self.manager.get(key.refiner) if key.refiner else None
+        results = self.manager.engine.run(model, refiner, key, items, dict(self._lora_files))
+        for phase in ("text_encoding", "denoising", "decoding"):
+            metrics.GENERATION_PHASE.labels(key.model, phase).observe(results[0].timings[phase])
+        return results
+
+    def _on_depth(self, depth: int) -> None:
+        metrics.QUEUE_DEPTH.labels("generation", "all").set(depth)
+
+    def _on_batch(self, key: BatchKey, size: int) -> None:
+        metrics.BATCH_SIZE.labels(key.model).observe(size)
+
+    async def run_on_worker(self, fn, *args):
+        """Runs `fn` on the batch worker thread (model loads and unloads never race a batch)."""
+        return await asyncio.get_running_loop().run_in_executor(self.batcher._executor, fn, *args)
+
+    # -- the request side -----------------------------------------------------------------------
+
+    async def generate(self, req: GenerationRequest, progress=None) -> GenerationResult:
+        """`progress(stage, done, total)` is called from the worker thread after each step."""
+        spec = await asyncio.to_thread(self.manager.spec, req.model)
+        if spec.kind not in BASE_KINDS:
+            raise InvalidArgument("model", f"model '{req.model}' is of kind {spec.kind!r}; generation needs one "
+                                           f"of {', '.join(BASE_KINDS)}")
+        family = family_of(spec.kind)
+        default_side = int(spec.config.get("default_size") or presets.DEFAULT_SIZE[family])
+        refiner_name = str(spec.config.get("refiner") or "")
+        limits = replace(self.limits, max_size=min(self.limits.max_size, int(spec.config.get("max_size") or 10**6)))
+        req, warnings = validate(req, family, default_side, bool(refiner_name), limits)
+        require_seed_room(req)
+        refiner_spec = await asyncio.to_thread(self.manager.spec, refiner_name) if req.refiner else None
+        if req.reference_image is not None:
+            await asyncio.to_thread(self._require_ip_adapter, spec, family)
+        warnings += await asyncio.to_thread(self._prompt_warnings, req)
+        adapters = await asyncio.to_thread(self._load_adapters, req)
+
+        key = BatchKey(model=req.model, task=req.task, width=req.width, height=req.height, steps=req.steps,
+                       sampler=req.sampler, guidance_scale=req.guidance_scale,
+                       strength=req.strength if req.task != "text-to-image" else None,
+                       refiner=refiner_name if req.refiner else "", refiner_fraction=req.refiner_fraction,
+                       adapters=tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True)),
+                       reference_scale=None)
+        inputs = self._canonical_inputs(req, adapters, refiner_spec)
+        units = [(req.seed + i, work_id("generation", {**inputs, "seed": req.seed + i}, spec.digest))
+                 for i in range(req.count)]
+        keys = [f"{req.output_prefix}{wid}.png" for _, wid in units]
+        existing = await asyncio.to_thread(lambda: [self.store.exists(k) for k in keys])
+
+        images: list[GeneratedImage | None] = [None] * req.count
+        for i, found in enumerate(existing):
+            if found:
+                stored = await asyncio.to_thread(self.store.stat, keys[i])
+                data = await asyncio.to_thread(self.store.get, keys[i]) if req.return_inline else None
+                images[i] = GeneratedImage(stored, units[i][0], units[i][1], True, data)
+                metrics.ITEMS.labels("generation", "generate", "cached").inc()
+        todo = [i for i in range(req.count) if images[i] is None]
+        timings: dict = {"queue": 0.0, "text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0, "batch_size": 0}
+        if todo:
+            geometry = self._geometry(req)
+            now = time.monotonic()
+            items = [ImageItem(seed=units[i][0], prompt=req.prompt, negative_prompt=req.negative_prompt,
+                               init_image=geometry[1], mask=geometry[2], noise_injection=req.noise_injection,
+                               progress=progress, queued_at=now) for i in todo]
+            results = await self.batcher.submit(key, items)
+            parameters_extra = self._parameters_extra(req, adapters, refiner_name)
+            for i, result in zip(todo, results, strict=True):
+                rgb = self._finish(req, geometry, result.rgb)
+                png = encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
+                                 {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1]})
+                stored = await asyncio.to_thread(self.store.put, keys[i], png, "image/png")
+                images[i] = GeneratedImage(stored, units[i][0], units[i][1], False, png if req.return_inline else None)
+                metrics.ITEMS.labels("generation", "generate", "generated").inc()
+            first = results[0].timings
+            timings = {**{k: first[k] for k in ("queue", "text_encoding", "denoising", "decoding")},
+                       "batch_size": max(r.batch_size for r in results)}
+        return GenerationResult(images, warnings, spec.digest, timings)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _geometry(self, req: GenerationRequest):
+        """(region, init image at the denoising size, mask at that size) for image tasks."""
+        if req.task == "text-to-image":
+            return None, None, None
+        if req.task == "image-to-image":
+            h, w = req.init_image.shape[:2]
+            init, _ = region.crop_for_denoising(req.init_image, None, (0, 0, w, h), req.width, req.height)
+            return None, init, None
+        box = region.mask_region(req.mask, req.crop_padding)
+        init, mask = region.crop_for_denoising(req.init_image, req.mask, box, req.width, req.height)
+        if not mask.any():
+            raise InvalidArgument("mask", f"vanishes when its region is resized to {req.width}x{req.height}; "
+                                          "use a larger mask or a smaller crop_padding")
+        return box, init, mask
+
+    def _finish(self, req: GenerationRequest, geometry, rgb: np.ndarray) -> np.ndarray:
+        if req.task != "inpaint":
+            return rgb
+        return region.paste_back(req.init_image, rgb, req.mask, geometry[0])
+
+    def _require_ip_adapter(self, spec, family: str) -> None:
+        name = str(spec.config.get("ip_adapter") or f"ip-adapter-{family}")
+        try:
+            self.manager.spec(name)
+        except NotFound:
+            raise FailedPrecondition(
+                "reference_image", f"reference-image guidance needs IP-Adapter weights: model '{name}' "
+                f"(kind ip-adapter) is not in the model repository {self.manager.repo.root}") from None
+        raise FailedPrecondition(
+            "reference_image", f"IP-Adapter model '{name}' is registered, but IP-Adapter conditioning is not "
+            "implemented by this generation service yet")
+
+    def _prompt_warnings(self, req: GenerationRequest) -> list[str]:
+        warnings = []
+        for name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
+            if not text:
+                continue
+            counts = [len(tok(text, truncation=False, verbose=False).input_ids) for tok in self._tokenizers_of(req.model)]
+            if counts and max(counts) > MAX_PROMPT_TOKENS:
+                warnings.append(f"{name}: {max(counts)} CLIP tokens, over the limit of {MAX_PROMPT_TOKENS}; "
+                                f"truncated to the first {MAX_PROMPT_TOKENS - 2} (plus start/end tokens)")
+        return warnings
+
+    def _tokenizers_of(self, model: str) -> list:
+        from likeness.diffusion.tokenizer import load_clip_tokenizer
+
+        spec = self.manager.spec(model)
+        if spec.digest not in self._tokenizers:
+            folder = self.manager.repo.fetch(model)
+            self._tokenizers[spec.digest] = [load_clip_tokenizer(folder / sub) for sub in ("tokenizer", "tokenizer_2")
+                                             if (folder / sub / "tokenizer_config.json").is_file()]
+        return self._tokenizers[spec.digest]
+
+    def _load_adapters(self, req: GenerationRequest) -> list[str]:
+        """Reads, size-checks and validates each adapter file; returns their ids (sha-based)."""
+        ids = []
+        for i, adapter in enumerate(req.adapters):
+            field = f"adapters[{i}].uri"
+            size = self.store.stat(adapter.uri, field=field).size
+            if size > self.max_lora_bytes:
+                raise InvalidArgument(field, f"adapter is {size:,} bytes, over the limit of {self.max_lora_bytes:,}")
+            data = self.store.get(adapter.uri, field=field)
+            aid = adapter_id(sha256_hex(data))
+            if aid not in self._lora_files:
+                self._lora_files[aid] = read_lora(data, field)
+                while sum(f.nbytes for f in self._lora_files.values()) > self._lora_budget and len(self._lora_files) > 1:
+                    self._lora_files.popitem(last=False)
+            self._lora_files.move_to_end(aid)
+            ids.append(aid)
+        return ids
+
+    def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec) -> dict:
+        def digest(a):
+            return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
+
+        return {"model": req.model, "task": req.task, "prompt": req.prompt, "negative_prompt": req.negative_prompt,
+                "steps": req.steps, "guidance_scale": req.guidance_scale, "width": req.width, "height": req.height,
+                "sampler": req.sampler, "strength": req.strength if req.task != "text-to-image" else None,
+                "init_image": digest(req.init_image), "mask": digest(req.mask),
+                "crop_padding": req.crop_padding, "noise_injection": req.noise_injection,
+                "refiner": refiner_spec.digest if refiner_spec is not None else None,
+                "refiner_fraction": req.refiner_fraction if refiner_spec is not None else None,
+                "adapters": [[aid, a.scale] for aid, a in zip(adapters, req.adapters, strict=True)]}
+
+    def _parameters_extra(self, req: GenerationRequest, adapters: list[str], refiner_name: str) -> dict:
+        extra: dict = {}
+        if req.task != "text-to-image":
+            extra["Denoising strength"] = req.strength
+        if req.task == "inpaint" and req.crop_padding:
+            extra["Inpaint padding"] = req.crop_padding
+        if req.refiner:
+            extra["Refiner"] = refiner_name
+            extra["Refiner switch at"] = round(1 - req.refiner_fraction, 4)
+        if req.noise_injection:
+            extra["Noise injection"] = req.noise_injection
+        if adapters:
+            extra["Lora hashes"] = ", ".join(f"{aid}: {a.scale:g}" for aid, a in zip(adapters, req.adapters, strict=True))
+        return extra
+
+    def _parameters(self, req: GenerationRequest, spec, seed: int, extra: dict) -> str:
+        model = self.manager.loaded().get(req.model)
+        cls = model.pipe.scheduler.config["_class_name"] if (model and req.sampler == "default") else None
+        from likeness.diffusion.samplers import SAMPLERS
+
+        name = cls or (SAMPLERS[req.sampler][0] if req.sampler in SAMPLERS else "EulerDiscreteScheduler")
+        return format_parameters(req.prompt, req.negative_prompt, req.steps, SAMPLER_LABELS.get(name, name),
+                                 req.guidance_scale, seed, req.width, req.height, req.model,
+                                 model_hash=spec.digest[:10], extra=extra)
+
+
+def require_seed_room(req: GenerationRequest) -> None:
+    from likeness.generation.request import MAX_SEED
+
+    if req.seed + req.count - 1 > MAX_SEED:
+        raise InvalidArgument("seed", f"seed + count - 1 = {req.seed + req.count - 1} exceeds the limit of {MAX_SEED}")

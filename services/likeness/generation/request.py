@@ -1,0 +1,156 @@
+"""A generation request as the domain sees it, and its validation (diffusers' `check_inputs`
+style): every field is checked up front, before any model work, with an InvalidArgument that
+names the field and the limit. Presets and defaults are resolved here, once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from likeness.core.errors import InvalidArgument, check_range, require
+from likeness.diffusion.samplers import DEFAULT as DEFAULT_SAMPLER
+from likeness.diffusion.samplers import SAMPLERS
+from likeness.generation import presets
+
+TASKS = ("text-to-image", "image-to-image", "inpaint")
+MAX_ADAPTERS = 8
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    uri: str
+    scale: float
+
+
+@dataclass
+class GenerationRequest:
+    """Zero/None values take the quality mode's preset or the documented default."""
+
+    model: str = ""
+    task: str = "text-to-image"
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    count: int = 1
+    steps: int = 0
+    guidance_scale: float | None = None
+    width: int = 0
+    height: int = 0
+    sampler: str = DEFAULT_SAMPLER
+    quality_mode: str = presets.DEFAULT_MODE
+    adapters: list[AdapterRef] = field(default_factory=list)
+    init_image: np.ndarray | None = None  # HxWx3 uint8
+    strength: float | None = None
+    mask: np.ndarray | None = None  # HxW bool, True = repaint
+    crop_padding: int = 0
+    refiner: bool = False
+    refiner_fraction: float | None = None
+    reference_image: np.ndarray | None = None
+    reference_scale: float | None = None
+    noise_injection: float = 0.0
+    return_inline: bool = False
+    output_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_size: int = 2048
+    max_count: int = 16
+    max_steps: int = 200
+
+
+def validate(req: GenerationRequest, family: str, default_side: int, has_refiner: bool,
+             limits: Limits) -> tuple[GenerationRequest, list[str]]:
+    """Checks every field and returns the request with presets and defaults resolved, plus
+    warnings. `family` is `sdxl` or `sd15`; `default_side` the model's default image side."""
+    warnings: list[str] = []
+    require(req.task in TASKS, "task", f"unknown task {req.task!r}")
+    require(req.quality_mode in presets.PRESETS, "quality_mode", f"unknown quality mode {req.quality_mode!r}")
+    require(req.sampler in SAMPLERS or req.sampler == DEFAULT_SAMPLER, "sampler",
+            f"unknown sampler {req.sampler!r}; known: {', '.join(SAMPLERS)}")
+    preset = presets.PRESETS[req.quality_mode]
+
+    check_range(req.seed, "seed", 0, MAX_SEED)
+    check_range(req.count, "count", 1, limits.max_count)
+    require(req.steps == 0 or 1 <= req.steps <= limits.max_steps, "steps",
+            f"{req.steps} is outside [1, {limits.max_steps}] (0 takes the quality mode's preset)")
+    steps = req.steps or preset.steps
+    guidance = presets.DEFAULT_GUIDANCE[family] if req.guidance_scale is None else req.guidance_scale
+    require(math.isfinite(guidance), "guidance_scale", "must be a finite number")
+    check_range(guidance, "guidance_scale", 0.0, 30.0)
+    check_range(req.noise_injection, "noise_injection", 0.0, 1.0)
+    require(req.noise_injection == 0 or req.task == "text-to-image", "noise_injection",
+            "only applies to TEXT_TO_IMAGE (image tasks start from the init image's latents)")
+
+    width, height = _size(req, default_side, preset, limits)
+    strength = req.strength
+    if req.task == "text-to-image":
+        require(req.init_image is None, "init_image", "is only used by IMAGE_TO_IMAGE and INPAINT")
+        require(req.mask is None, "mask", "is only used by INPAINT")
+    else:
+        require(req.init_image is not None, "init_image", f"is required for task {req.task}")
+        strength = presets.DEFAULT_STRENGTH[req.task] if strength is None else strength
+        require(0.0 < strength <= 1.0, "strength", f"{strength} is outside (0, 1]")
+        if req.task == "inpaint":
+            require(req.mask is not None, "mask", "is required for INPAINT (white = repaint)")
+            ih, iw = req.init_image.shape[:2]
+            mh, mw = req.mask.shape[:2]
+            require((mh, mw) == (ih, iw), "mask", f"is {mw}x{mh}, but init_image is {iw}x{ih}; they must match")
+            require(bool(req.mask.any()), "mask", "has no white (repaint) pixels")
+        else:
+            require(req.mask is None, "mask", "is only used by INPAINT")
+    check_range(req.crop_padding, "crop_padding", 0, limits.max_size)
+    require(req.crop_padding == 0 or req.task == "inpaint", "crop_padding", "only applies to INPAINT")
+
+    refiner = req.refiner or preset.refiner
+    fraction = presets.DEFAULT_REFINER_FRACTION if req.refiner_fraction is None else req.refiner_fraction
+    require(0.0 < fraction < 1.0, "refiner_fraction", f"{fraction} is outside (0, 1)")
+    if refiner and not has_refiner:
+        if req.refiner:
+            raise InvalidArgument("refiner", f"model {req.model!r} has no refiner model configured "
+                                             "(model.yaml config `refiner`)")
+        warnings.append(f"quality_mode {req.quality_mode}: model {req.model!r} has no refiner; refiner pass skipped")
+        refiner = False
+    if refiner:
+        require(family == "sdxl", "refiner", "the refiner pass needs an SDXL model")
+        require(int(steps * (1 - fraction)) >= 1 and int(round(steps * fraction)) >= 1, "refiner_fraction",
+                f"{fraction} of {steps} steps leaves no step to the base or the refiner")
+
+    require(len(req.adapters) <= MAX_ADAPTERS, "adapters", f"{len(req.adapters)} adapters, over the limit of {MAX_ADAPTERS}")
+    for i, a in enumerate(req.adapters):
+        require(bool(a.uri), f"adapters[{i}].uri", "is empty; give the store URI of a .safetensors file")
+        require(math.isfinite(a.scale), f"adapters[{i}].scale", "must be a finite number")
+        check_range(a.scale, f"adapters[{i}].scale", -4.0, 4.0)
+    uris = [a.uri for a in req.adapters]
+    require(len(set(uris)) == len(uris), "adapters", "the same adapter URI is given twice")
+
+    reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
+    check_range(reference_scale, "reference_scale", 0.0, 1.0)
+    require(not req.output_prefix or (not req.output_prefix.startswith("/") and ".." not in req.output_prefix),
+            "output_prefix", "must be a relative store prefix without '..'")
+
+    resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
+                       strength=strength, refiner=refiner, refiner_fraction=fraction,
+                       reference_scale=reference_scale, output_prefix=req.output_prefix or "generated/")
+    return resolved, warnings
+
+
+def _size(req: GenerationRequest, default_side: int, preset, limits: Limits) -> tuple[int, int]:
+    if req.init_image is not None and req.task != "text-to-image" and req.crop_padding == 0:
+        # image tasks default to the init image's size, rounded down to a multiple of 8
+        ih, iw = req.init_image.shape[:2]
+        cap = limits.max_size // 8 * 8
+        default_w, default_h = min(cap, max(64, iw // 8 * 8)), min(cap, max(64, ih // 8 * 8))
+    else:
+        default_w = default_h = presets.preset_size(default_side, preset)
+    sizes = []
+    for name, value, default in (("width", req.width, default_w), ("height", req.height, default_h)):
+        value = value or default
+        require(value % 8 == 0, name, f"{value} is not a multiple of 8")
+        check_range(value, name, 64, limits.max_size, unit="px")
+        sizes.append(value)
+    return sizes[0], sizes[1]
