@@ -190,3 +190,27 @@ def test_corrupt_adapter_is_invalid_argument(service):
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def test_full_queue_answers_resource_exhausted_with_retry_hint(service):
+    """Capacity is 12 images: a long batch occupies the worker, 12 more wait, the next is refused."""
+    _, stub, _ = service
+    busy = stub.Generate.future(req(steps=60, count=4, seed=900, output_prefix="full/busy/"))
+    waiting = []
+    try:
+        import time
+
+        time.sleep(0.5)  # the busy batch has left the queue and runs
+        waiting = [stub.Generate.future(req(steps=1, count=4, seed=910 + 10 * i, width=72, output_prefix="full/w/"))
+                   for i in range(3)]
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(req(steps=1, seed=990, output_prefix="full/x/"))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue is full" in err.value.details()
+        hint = dict(err.value.trailing_metadata() or ())
+        assert float(hint["retry-after-seconds"]) > 0
+    finally:
+        busy.result()
+        for f in waiting:
+            f.result()

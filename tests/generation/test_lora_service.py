@@ -1,0 +1,98 @@
+"""LoRA adapters through the service: load once, switch per request, scale 0 = base pixels,
+several at once, memory budget eviction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from likeness.api.v1 import generation_pb2 as G
+from likeness.core.images import decode_image
+from likeness.diffusion.lora import peft_state_dict, save_lora
+from likeness.generation.adapters import AdapterCache
+
+
+def _make_lora(folder, path, fmt: str, seed: int):
+    """A LoRA with trained-like (non-zero) weights for the tiny-sdxl UNet."""
+    from peft import LoraConfig
+
+    from likeness.diffusion.pipelines import load_pipeline
+
+    pipe = load_pipeline(folder, "sdxl")
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for name, param in pipe.unet.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    return save_lora(path, peft_state_dict(pipe.unet), fmt=fmt)
+
+
+@pytest.fixture(scope="module")
+def adapters(service, tmp_path_factory):
+    thread, _, store = service
+    generator = thread.runtime.service.servicers[0][1]._generator
+    folder = generator.manager.repo.fetch("tiny-sdxl")
+    tmp = tmp_path_factory.mktemp("loras")
+    uris = {}
+    for name, fmt, seed in (("a", "diffusers", 1), ("b", "kohya", 2)):
+        path = _make_lora(folder, tmp / f"{name}.safetensors", fmt, seed)
+        uris[name] = store.put(f"adapters/{name}.safetensors", path.read_bytes(), "application/octet-stream").uri
+    return uris, generator
+
+
+def _gen(stub, prefix, adapters=()):
+    resp = stub.Generate(G.GenerateRequest(model="tiny-sdxl", prompt="p", seed=9, steps=2, width=64, height=64,
+                                           return_inline=True, output_prefix=prefix,
+                                           adapters=[G.LoraAdapter(uri=u, scale=s) for u, s in adapters]))
+    return decode_image(resp.images[0].artifact.data, "image")
+
+
+def test_load_switch_and_scale_zero(service, adapters):
+    _, stub, _ = service
+    uris, generator = adapters
+    base = _gen(stub, "lora/base/")
+    a = _gen(stub, "lora/a/", [(uris["a"], 1.0)])
+    b = _gen(stub, "lora/b/", [(uris["b"], 1.0)])
+    both = _gen(stub, "lora/ab/", [(uris["a"], 0.5), (uris["b"], 0.5)])
+    assert not np.array_equal(a, base) and not np.array_equal(b, base) and not np.array_equal(a, b)
+    assert not np.array_equal(both, a)
+    assert np.array_equal(_gen(stub, "lora/a0/", [(uris["a"], 0.0)]), base)  # scale 0: base, exactly
+    assert np.array_equal(_gen(stub, "lora/base2/"), base)  # adapters switched off: base, exactly
+    loads = generator.manager.loaded()["tiny-sdxl"].adapters.loads
+    assert np.array_equal(_gen(stub, "lora/a-again/", [(uris["a"], 1.0)]), a)  # switched back, same pixels
+    assert generator.manager.loaded()["tiny-sdxl"].adapters.loads == loads  # ... without loading it again
+
+
+class FakePipe:
+    def __init__(self):
+        self.deleted, self.active, self.enabled = [], None, True
+
+    def delete_adapters(self, name):
+        self.deleted.append(name)
+
+    def set_adapters(self, names, adapter_weights):
+        self.active = list(zip(names, adapter_weights, strict=True))
+
+    def disable_lora(self):
+        self.enabled = False
+
+    def enable_lora(self):
+        self.enabled = True
+
+
+def test_budget_evicts_least_recently_used(monkeypatch):
+    from likeness.diffusion.lora import LoraFile
+    from likeness.generation import adapters as mod
+
+    monkeypatch.setattr(mod, "load_into_pipeline", lambda pipe, lora, name, field: None)
+    files = {n: LoraFile({}, "diffusers", 4, 100, {}, ("unet",)) for n in ("x", "y", "z")}
+    cache, pipe = AdapterCache(budget_bytes=250), FakePipe()
+    cache.activate(pipe, (("x", 1.0),), files)
+    cache.activate(pipe, (("y", 1.0),), files)
+    cache.activate(pipe, (("x", 0.5),), files)  # x is now the most recent
+    cache.activate(pipe, (("z", 1.0),), files)  # over budget: y goes
+    assert pipe.deleted == ["y"] and cache.loaded == ["x", "z"] and pipe.active == [("z", 1.0)]
+    cache.activate(pipe, (("z", 0.0),), files)
+    assert not pipe.enabled  # every scale 0: LoRA off entirely
