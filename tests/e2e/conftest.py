@@ -76,3 +76,27 @@ def clip_jobs_client(e2e_stack, tmp_path_factory):
     orchestrator.stop()
     embedding.stop()
 
+
+
+@pytest.fixture(scope="session")
+def demo_candidates(e2e_stack, tmp_path_factory):
+    """The demo candidate set (real photos, every rejection reason), uploaded to the stack's store.
+    Returns (store URI of the set, DemoSet)."""
+    from likeness.core.settings import CommonSettings
+    from likeness.core.store import open_store
+    from likeness.orchestrator.demo_set import build_demo_set
+
+    root = tmp_path_factory.mktemp("demo") / "set"
+    demo = build_demo_set(root)
+    store = open_store(CommonSettings(store_uri=e2e_stack.env["LIKENESS_STORE_URI"]))
+    for item in demo.items:
+        store.put_file(f"demo-candidates/{item.path}", root / item.path, "image/png")
+    return store.uri("demo-candidates/"), demo
+
+
+def demo_curate_spec(uri: str, demo, output_prefix: str):
+    from likeness.demo import curate_spec
+
+    spec = curate_spec(uri, len({i.seed for i in demo.items}), demo.min_quality)
+    spec.curate.output_prefix = output_prefix
+    return spec
