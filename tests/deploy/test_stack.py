@@ -19,8 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
-from tests.deploy.tools import DASHBOARD, ROOT
+from tests.deploy.tools import CHART, DASHBOARD, ROOT
 from tests.helpers import wait_for
 
 # What a curate job over imported photos calls: detection (Assess) and embedding (EmbedImages,
@@ -137,6 +138,13 @@ def test_make_up_runs_a_job_that_prometheus_measures_and_make_down_cleans_up():
         # every dashboard query is valid PromQL for this Prometheus (a parse error fails the call)
         for expr in dashboard_queries():
             prometheus_query(state["prometheus"], expr)
+        # the query Prometheus Adapter sends for the generation HPA, as it would expand it
+        rule = yaml.safe_load((CHART / "prometheus-adapter-rules.yaml").read_text())["rules"]["custom"][0]
+        adapter = (rule["metricsQuery"].replace("<<.Series>>", rule["name"]["as"])
+                   .replace("<<.LabelMatchers>>", 'service="EmbeddingService",namespace="local"')
+                   .replace("<<.GroupBy>>", "pod"))
+        in_flight = prometheus_query(state["prometheus"], adapter)
+        assert [r["metric"] for r in in_flight] == [{"pod": "likeness-embedding-local"}], in_flight
     finally:
         started = {f.stem: json.loads(f.read_text()) for f in (state_dir / "pids").glob("*.pid")}
         down = make("down", env, timeout=180)
