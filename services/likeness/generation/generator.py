@@ -105,6 +105,9 @@ class ImageGenerator:
         refiner_spec = await asyncio.to_thread(self.manager.spec, refiner_name) if req.refiner else None
         if req.reference_image is not None:
             await asyncio.to_thread(self._require_ip_adapter, spec, family)
+        if req.adapters and not self.manager.engine.supports_adapters:
+            raise FailedPrecondition("adapters", f"LoRA adapters need LIKENESS_GENERATION_ENGINE=torch; the "
+                                                 f"{self.manager.engine.name} engine runs graphs of the base weights")
         warnings += await asyncio.to_thread(self._prompt_warnings, req)
         adapters = await asyncio.to_thread(self._load_adapters, req)
 

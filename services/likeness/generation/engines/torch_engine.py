@@ -31,6 +31,7 @@ def main_task(kind: str) -> str:
 
 class TorchEngine:
     name = "torch"
+    supports_adapters = True
 
     def __init__(self, settings):
         import torch
