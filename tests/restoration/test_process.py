@@ -39,5 +39,5 @@ def test_codeformer_default_without_weights_fails_start_up_naming_the_file(tmp_p
         proc.wait_serving(timeout=60)
     assert proc.proc.returncode != 0
     output = "".join(str(exc.value).split())  # the log tail may wrap long paths
-    assert "model'codeformer'ismissing" in output
+    assert "restorationcannotstart:model:model'codeformer'ismissing" in output
     assert str(tmp_path / "models" / "codeformer" / "model.yaml") in output and "codeformer.pth" in output

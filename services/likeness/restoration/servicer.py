@@ -11,16 +11,17 @@ import asyncio
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import numpy as np
 
 from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
 from likeness.core import metrics
 from likeness.core.convert import artifact_pb, item_error_pb
-from likeness.core.errors import InvalidArgument, LikenessError, check_range
+from likeness.core.errors import InvalidArgument, LikenessError, NotFound, check_range
 from likeness.core.images import encode_mask_png, encode_png
 from likeness.core.uris import validate_key
-from likeness.core.workid import sha256_hex
+from likeness.core.workid import sha256_hex, work_id
 from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA, feathered_blend
 from likeness.restoration.face_restore import FaceToRestore, restore_face
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region, region_mask
@@ -32,6 +33,9 @@ MAX_RESTORES = 32
 DEFAULT_ALIGN = 8
 DEFAULT_CROP_PADDING = 32
 DEFAULT_FIDELITY = 0.5
+# Algorithm versions in the work ids of masks and composites: bump when their output changes.
+MASKS_VERSION = "masks/1"
+COMPOSITE_VERSION = "composite/1"
 REGIONS = {restoration_pb2.REGION_LEFT_EYE: Region.LEFT_EYE, restoration_pb2.REGION_RIGHT_EYE: Region.RIGHT_EYE,
            restoration_pb2.REGION_BOTH_EYES: Region.BOTH_EYES, restoration_pb2.REGION_FACE: Region.FACE}
 
@@ -77,8 +81,9 @@ def _raise_single(errors: list[LikenessError | None]) -> None:
 
 
 class Outputs:
-    """Writes outputs under `<prefix>/<kind>/<sha256>.png` (content-addressed: a rerun rewrites the
-    same key with the same bytes)."""
+    """Writes outputs under `<prefix>/<kind>/<work id>.png`, the id being the hash of the item's
+    canonical inputs and the algorithm or model identity (core/workid.py): a rerun finds finished
+    work (`find`) and skips it; the same inputs always land on the same key."""
 
     def __init__(self, store, scratch_prefix: str):
         self.store, self.scratch = store, scratch_prefix.strip("/")
@@ -88,9 +93,26 @@ class Outputs:
         validate_key(prefix, "output_prefix")
         return prefix
 
-    def put(self, prefix: str, kind: str, png: bytes, inline: bool):
-        obj = self.store.put(f"{prefix}/{kind}/{sha256_hex(png)}.png", png, "image/png")
+    @staticmethod
+    def key(prefix: str, kind: str, wid: str) -> str:
+        return f"{prefix}/{kind}/{wid}.png"
+
+    def find(self, prefix: str, kind: str, wid: str, inline: bool):
+        key = self.key(prefix, kind, wid)
+        try:
+            obj = self.store.stat(key)
+        except NotFound:
+            return None
+        return artifact_pb(obj, self.store.get(key) if inline else None)
+
+    def put(self, prefix: str, kind: str, wid: str, png: bytes, inline: bool):
+        obj = self.store.put(self.key(prefix, kind, wid), png, "image/png")
         return artifact_pb(obj, png if inline else None)
+
+
+def pixels_id(rgb: np.ndarray) -> str:
+    """Identity of decoded pixels (two encodings of the same pixels are the same input)."""
+    return f"{rgb.shape}:{sha256_hex(np.ascontiguousarray(rgb).data)}"
 
 
 class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
@@ -131,7 +153,10 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
                                                          for k in ("left_eye", "right_eye")),
                                face_box=box_of(item, "face_box"))
             built = region_mask(geo, region, opts, field=f"items[{i}]", max_pixels=self._max_mask_pixels)
-            artifact = self._outputs.put(prefix, "masks", encode_mask_png(built.mask), request.return_inline)
+            wid = work_id("region_mask", {"region": region.value, "geometry": asdict(geo), "options": asdict(opts)},
+                          MASKS_VERSION)
+            artifact = (self._outputs.find(prefix, "masks", wid, request.return_inline)
+                        or self._outputs.put(prefix, "masks", wid, encode_mask_png(built.mask), request.return_inline))
             return restoration_pb2.RegionMaskResult(index=i, mask=artifact, crop_box=rect_pb(built.crop),
                                                     area=built.area)
 
@@ -167,12 +192,16 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
             field = f"items[{i}]"
 
             def composite(base, patch, mask, box) -> restoration_pb2.CompositeResult:
-                out = feathered_blend(base, patch, np.ascontiguousarray(mask[..., 0]), box, sigma, dilation,
-                                      field=field)
-                png = encode_png(out, request={"restoration": "composite", "feather_sigma": sigma,
-                                               "dilation_px": dilation})
-                return restoration_pb2.CompositeResult(
-                    index=i, image=self._outputs.put(prefix, "composites", png, request.return_inline))
+                mask = np.ascontiguousarray(mask[..., 0])
+                out = feathered_blend(base, patch, mask, box, sigma, dilation, field=field)  # validates
+                params = {"feather_sigma": sigma, "dilation_px": dilation, "patch_box": box and asdict(box)}
+                wid = work_id("composite", {"base": pixels_id(base), "patch": pixels_id(patch),
+                                            "mask": pixels_id(mask), **params}, COMPOSITE_VERSION)
+                artifact = self._outputs.find(prefix, "composites", wid, request.return_inline)
+                if artifact is None:
+                    png = encode_png(out, request={"restoration": "composite", **params})
+                    artifact = self._outputs.put(prefix, "composites", wid, png, request.return_inline)
+                return restoration_pb2.CompositeResult(index=i, image=artifact)
 
             async with self._slots:  # decoded images of at most `workers` items are held at once
                 try:
@@ -196,6 +225,19 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
                 index=i, error=item_error_pb(i, error)))
         return response
 
+    async def _restore_item(self, image, face: FaceToRestore, restorer: FaceRestorer, fidelity: float,
+                            prefix: str, inline: bool, field: str):
+        """Finished work is found by its id; otherwise restore on the model worker and store."""
+        pixels = await self._cpu_run(pixels_id, image)
+        wid = work_id("restore", {"image": pixels, "face": asdict(face), "fidelity": fidelity}, restorer.identity)
+        artifact = await self._cpu_run(self._outputs.find, prefix, "restored", wid, inline)
+        if artifact is None:
+            out = await self._model_run(restore_face, image, face, restorer, fidelity, field)
+            png = await self._cpu_run(encode_png, out, None, {"restoration": "restore", "model": restorer.identity,
+                                                              "fidelity": fidelity})
+            artifact = await self._cpu_run(self._outputs.put, prefix, "restored", wid, png, inline)
+        return artifact
+
     async def Restore(self, request, context):
         _batch(len(request.items), MAX_RESTORES)
         fidelity = request.fidelity if request.HasField("fidelity") else DEFAULT_FIDELITY
@@ -210,10 +252,8 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
             try:
                 image = await self._images.load_one(item.image, f"{field}.image")
                 face = FaceToRestore(box_of(item, "face_box"), landmarks_of(item.landmarks))
-                out = await self._model_run(restore_face, image, face, restorer, fidelity, field)
-                png = await self._cpu_run(encode_png, out, None,
-                                          {"restoration": "restore", "model": restorer.name, "fidelity": fidelity})
-                artifact = await self._cpu_run(self._outputs.put, prefix, "restored", png, request.return_inline)
+                artifact = await self._restore_item(image, face, restorer, fidelity, prefix, request.return_inline,
+                                                    field)
             except LikenessError as exc:
                 errors[i] = exc
                 response.results.add(index=i, error=item_error_pb(i, exc))

@@ -18,6 +18,7 @@ import numpy as np
 class FaceRestorer(Protocol):
     name: str
     input_size: int | None  # square side the network expects; None = native resolution
+    identity: str  # name + weights digest or parameters: part of every work id (set by load())
 
     def load(self) -> None: ...
 

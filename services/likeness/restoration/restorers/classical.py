@@ -38,9 +38,12 @@ class ClassicalRestorer:
     name = "classical"
     input_size = None
 
+    VERSION = 1  # bump when the algorithm's output changes
+
     def __init__(self, sharpen: float = 1.0, local_contrast: float = 0.0):
         self.sharpen = sharpen
         self.local_contrast = local_contrast
+        self.identity = f"classical/{self.VERSION}:sharpen={sharpen:g}:local_contrast={local_contrast:g}"
 
     def load(self) -> None:  # nothing to load
         pass

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from likeness.core.errors import FailedPrecondition, ModelMissing
+from likeness.core.store import sha256_file
 
 WEIGHTS_FILE = "codeformer.pth"
 INPUT_SIZE = 512
@@ -37,6 +38,7 @@ class CodeFormerRestorer:
         self.model_dir = model_dir
         self.threads = threads
         self.net = None
+        self.identity = self.name  # + the weights' digest once loaded
 
     @property
     def weights_path(self) -> Path:
@@ -66,6 +68,7 @@ class CodeFormerRestorer:
             raise FailedPrecondition("model", f"{self.weights_path} is not a CodeFormer checkpoint: "
                                               f"{str(exc)[:300]}") from None
         self.net = net.eval()
+        self.identity = f"{self.name}:{sha256_file(self.weights_path)[0][:16]}"
 
     def restore(self, face: np.ndarray, fidelity: float) -> np.ndarray:
         import torch

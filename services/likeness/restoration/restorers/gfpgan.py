@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from likeness.core.errors import FailedPrecondition, ModelMissing
+from likeness.core.store import sha256_file
 from likeness.restoration.restorers.base import blend_fidelity
 
 WEIGHTS_FILE = "GFPGANv1.4.pth"
@@ -28,6 +29,7 @@ class GFPGANRestorer:
         self.model_dir = model_dir
         self.threads = threads
         self.net = None
+        self.identity = self.name  # + the weights' digest once loaded
 
     @property
     def weights_path(self) -> Path:
@@ -58,6 +60,7 @@ class GFPGANRestorer:
             raise FailedPrecondition("model", f"{self.weights_path} is not a GFPGAN v1.3/v1.4 checkpoint: "
                                               f"{str(exc)[:300]}") from None
         self.net = net.eval()
+        self.identity = f"{self.name}:{sha256_file(self.weights_path)[0][:16]}"
 
     def restore(self, face: np.ndarray, fidelity: float) -> np.ndarray:
         import torch
