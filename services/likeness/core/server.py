@@ -138,7 +138,14 @@ class ServiceRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
         await self.start()
-        await self.warm()
+        try:
+            await self.warm()
+        except BaseException:
+            # a failed warm-up (e.g. ModelMissing) stops the server inside the loop: left to the
+            # garbage collector after the loop closed, grpc.aio's teardown can crash the process
+            self.drain_seconds = 0.0
+            await self.stop(grace=0)
+            raise
         await self._stopped.wait()
 
 
