@@ -135,6 +135,24 @@ def test_composite_and_restore_batches_report_bad_items_beside_good_ones(server)
     assert reply.results[1].error.code == "INVALID_ARGUMENT" and reply.results[1].error.field == "items[1].image.data"
 
 
+def test_finished_work_is_found_by_its_work_id_not_redone(server):
+    _, stub, store = server
+    photo = encode_png(A.photo())
+
+    def restore(fidelity: float):
+        return stub.Restore(restoration_pb2.RestoreRequest(fidelity=fidelity, output_prefix="rerun", items=[
+            restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=photo), face_box=FACE_BOX,
+                                        landmarks=ASTRONAUT_LANDMARKS)]), timeout=30).results[0].image
+
+    first = restore(0.3)
+    assert "/rerun/restored/" in first.uri and restore(0.3).uri == first.uri and restore(0.4).uri != first.uri
+    # a finished output is returned as stored: here a marker written over it
+    marker = encode_png(np.zeros((16, 16, 3), np.uint8))
+    store.put(store.key_of(first.uri), marker, "image/png")
+    again = restore(0.3)
+    assert again.uri == first.uri and again.size_bytes == len(marker)
+
+
 BAD_REQUESTS = {
     "no region": ("RegionMask", restoration_pb2.RegionMaskRequest(
         items=[restoration_pb2.RegionMaskItem(width=512, height=512, landmarks=ASTRONAUT_LANDMARKS)]),
