@@ -59,3 +59,15 @@ def ctx(settings):
     context = create_context(settings)
     yield context
     context.registry.close()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on the shared 2-core machines run several times faster on one thread
+    (bench/training.py); restored afterwards so other packages' tests keep torch's default."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

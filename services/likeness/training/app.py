@@ -23,6 +23,13 @@ RECONCILE_SECONDS = 15.0
 log = logging.getLogger("likeness.training.app")
 
 
+def apply_torch_threads(settings: TrainingSettings) -> None:
+    if settings.training_torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.training_torch_threads)
+
+
 def create_context(settings: TrainingSettings) -> RunContext:
     store = open_store(settings)
     return RunContext(registry=RunRegistry(settings.training_database_url), store=store,
@@ -42,6 +49,7 @@ def fail_interrupted(ctx: RunContext) -> None:
 
 def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=None) -> Service:
     settings = settings or TrainingSettings()
+    apply_torch_threads(settings)
     ctx = create_context(settings)
     from likeness.training.executors.in_process import InProcessExecutor
     from likeness.training.executors.kubernetes_job import KubernetesJobExecutor
@@ -78,6 +86,7 @@ def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=N
         warmup=warmup,
         shutdown=shutdown,
         description={"registry": ctx.registry.backend, "executor": settings.training_executor,
+                     "torch_threads": settings.training_torch_threads or "default",
                      "max_concurrent_runs": settings.training_max_concurrent_runs,
                      **{f"evaluation_{k}": v for k, v in ctx.evaluator.describe().items()}},
     )

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from likeness.core.logging import configure
-from likeness.training.app import create_context
+from likeness.training.app import apply_torch_threads, create_context
 from likeness.training.runner import execute
 from likeness.training.settings import TrainingSettings
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = TrainingSettings()
     configure("training-job", settings.log_level, settings.log_json)
+    apply_torch_threads(settings)
     ctx = create_context(settings)
     try:
         state = execute(ctx, args.run_id)

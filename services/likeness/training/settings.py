@@ -15,6 +15,9 @@ class TrainingSettings(CommonSettings):
     training_executor: str = Field("in_process", pattern="^(in_process|kubernetes_job)$")
     # Runs trained at once inside this process; more wait QUEUED (the CPU/GPU is shared).
     training_max_concurrent_runs: int = Field(1, ge=1, le=16)
+    # torch intra-op threads on CPU; 0 keeps torch's default (one per core). Small models on a
+    # shared CPU train several times faster on 1 thread (bench/training.py measures it).
+    training_torch_threads: int = Field(0, ge=0, le=256)
     # Evaluation clients; empty means that score is not measured and is recorded as NaN.
     training_embedding_address: str = ""
     training_detection_address: str = ""
