@@ -138,3 +138,23 @@ def test_bad_requests_get_invalid_argument_and_the_service_stays_serving(server,
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in exc.value.details()
     assert health_status(thread.port) == "SERVING"
+
+
+def test_repeated_assessment_is_answered_from_the_result_cache(server):
+    """A resent image (a client retry, a resumed job) costs a lookup, not a model run, and gets
+    the same answer."""
+    from likeness.core import metrics
+
+    def count(outcome: str) -> float:
+        return metrics.ITEMS.labels("detection", "assess_model", outcome)._value.get()
+
+    _, stub, _ = server
+    img = data(encode_png(skimage_photo("astronaut")[::2, ::2].copy()))
+    computed, cached = count("computed"), count("cached")
+    first = stub.Assess(detection_pb2.AssessRequest(images=[img]))
+    second = stub.Assess(detection_pb2.AssessRequest(images=[img]))
+    assert count("computed") == computed + 1 and count("cached") == cached + 1
+    assert first.results[0] == second.results[0]
+    other_policy = stub.Assess(detection_pb2.AssessRequest(images=[img], policy=detection_pb2.ValidationPolicy(max_yaw=10)))
+    assert count("computed") == computed + 2  # different parameters: a different result, computed
+    assert other_policy.results[0].quality == first.results[0].quality

@@ -40,7 +40,8 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
     pipeline = pipeline or create_pipeline(settings)
     images = ImageLoader(open_store(settings), ImageLimits.from_settings(settings))
     servicer = DetectionServicer(pipeline, images, max_batch=settings.detection_max_batch,
-                                 policy=default_policy(settings), weights=default_weights(settings))
+                                 policy=default_policy(settings), weights=default_weights(settings),
+                                 cache_entries=settings.detection_result_cache)
 
     async def warmup() -> None:
         await asyncio.to_thread(pipeline.load)

@@ -9,6 +9,7 @@ from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc
 from likeness.core import metrics
 from likeness.core.convert import item_error_pb
 from likeness.core.errors import FailedPrecondition, InvalidArgument, LikenessError, check_range
+from likeness.core.memo import LruCache, content_key
 from likeness.detection.faces import Face
 from likeness.detection.pipeline import FacePipeline
 from likeness.detection.quality import QualityMeasures, QualityWeights
@@ -54,12 +55,13 @@ def _outcome(v: Verdict) -> str:
 
 class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
     def __init__(self, pipeline: FacePipeline, images, *, max_batch: int, policy: ValidationPolicy,
-                 weights: QualityWeights):
+                 weights: QualityWeights, cache_entries: int = 2048):
         self._pipeline, self._images = pipeline, images
         self._max_batch, self._policy, self._weights = max_batch, policy, weights
         # one model worker: inference is serialised (the models are not thread-safe and a pod is
         # sized for one core); decoding runs concurrently on the image loader's own pool
         self._models = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detection-model")
+        self._cache = LruCache(cache_entries)
 
     def close(self) -> None:
         self._models.shutdown(wait=False, cancel_futures=True)
@@ -84,6 +86,22 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
 
+    async def _run_cached(self, stage: str, fn, pixels, *args):
+        """`fn(pixels, *args)` on the model worker, answered from the result cache when the same
+        pixels and parameters were seen; the worker fills the cache even if the caller has gone."""
+        def work():
+            key = content_key(stage, pixels, args)
+            hit = self._cache.get(key)
+            if hit is not None:
+                metrics.ITEMS.labels("detection", f"{stage}_model", "cached").inc()
+                return hit
+            out = fn(pixels, *args)
+            self._cache.put(key, out)
+            metrics.ITEMS.labels("detection", f"{stage}_model", "computed").inc()
+            return out
+
+        return await self._run(work)
+
     async def Detect(self, request, context):
         policy = self._check_common(request)
         loaded = await self._images.load_all(request.images, "images")
@@ -94,7 +112,7 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
             try:
                 if not item.ok:
                     raise item.error
-                found = await self._run(self._pipeline.detect, item.pixels, policy, request.with_embeddings)
+                found = await self._run_cached("detect", self._pipeline.detect, item.pixels, policy, request.with_embeddings)
             except LikenessError as exc:
                 result.error.CopyFrom(item_error_pb(item.index, exc))
                 metrics.ITEMS.labels("detection", "detect", "failed").inc()
@@ -119,8 +137,8 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
             try:
                 if not item.ok:
                     raise item.error
-                a = await self._run(self._pipeline.assess, item.pixels, policy, weights,
-                                    request.with_embeddings, min_quality)
+                a = await self._run_cached("assess", self._pipeline.assess, item.pixels, policy, weights,
+                                           request.with_embeddings, min_quality)
             except LikenessError as exc:
                 result.error.CopyFrom(item_error_pb(item.index, exc))
                 metrics.ITEMS.labels("detection", "assess", "failed").inc()

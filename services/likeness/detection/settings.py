@@ -48,3 +48,7 @@ class DetectionSettings(CommonSettings):
     detection_weight_face_confidence: float = Field(0.1, ge=0.0, le=1.0)
     detection_sharpness_half: float = Field(100.0, gt=0.0)
     detection_contrast_half: float = Field(48.0, gt=0.0)
+
+    # Results kept by content (pixels + parameters), so a repeated call (a client retry, a resumed
+    # job) costs a lookup, not a model run; 0 disables. ~2 KB per entry.
+    detection_result_cache: int = Field(2048, ge=0, le=1_000_000)

@@ -70,9 +70,14 @@ class JobContext:
         await self.event("WARNING", message, stage)
 
     async def item_done(self, stage: str, outcome: str, message: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        metrics.ITEMS.labels("orchestrator", stage, outcome).inc()
-        await self.event("ITEM_DONE", message, stage)
+        await self.items_done(stage, [(outcome, message)])
+
+    async def items_done(self, stage: str, items: list[tuple[str, str]]) -> None:
+        """(outcome, message) of finished items: counted, and one ITEM_DONE event each."""
+        for outcome, _ in items:
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
+            metrics.ITEMS.labels("orchestrator", stage, outcome).inc()
+        await asyncio.to_thread(self.jobs.add_events, self.job_id, [("ITEM_DONE", stage, m) for _, m in items])
 
     def check_cancel(self) -> None:
         if self.cancel_requested:

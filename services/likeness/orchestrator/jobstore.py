@@ -184,6 +184,12 @@ class JobStore:
         with self.sessions.begin() as s:
             self._event(s, job_id, type_, stage, message, progress or {}, state)
 
+    def add_events(self, job_id: str, events: list[tuple[str, str, str]], state: str = "RUNNING") -> None:
+        """Several (type, stage, message) events in one transaction (one per batch, not per item)."""
+        with self.sessions.begin() as s:
+            for type_, stage, message in events:
+                self._event(s, job_id, type_, stage, message, {}, state)
+
     @staticmethod
     def _event(s: Session, job_id, type_, stage, message, progress, state) -> None:
         s.add(EventRow(job_id=job_id, time=utcnow(), type=type_, stage=stage[:64], message=message,

@@ -109,6 +109,7 @@ class Runner:
     @staticmethod
     def _summary(ctx: JobContext, outcome: Outcome | None) -> dict:
         summary = {k: str(v) for k, v in (outcome.summary if outcome else {}).items()}
+        summary.update({f"seconds_{k}": f"{v:.3f}" for k, v in ctx.timings.items()})
         summary["work_reused"] = str(ctx.reused)
         summary["work_computed"] = str(ctx.computed)
         if ctx.warnings:

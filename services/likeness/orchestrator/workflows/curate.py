@@ -114,6 +114,7 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
         key = {"images": [c.sha256 for c in batch], "policy": spec.policy.SerializeToString().hex()}
         resp = await ctx.cached("assess", key, lambda: ctx.clients.detection.call("Assess", req),
                                 detection_pb2.AssessResponse)
+        finished = []
         for c, r in zip(batch, resp.results, strict=True):
             c.quality = r.quality.score
             c.extra["faces"] = len(r.faces)
@@ -123,7 +124,8 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
                 c.reject(REASONS.get(r.verdict.reason, "rejected"), r.verdict.detail)
             elif c.quality < spec.min_quality:
                 c.reject("low_quality", f"quality {c.quality:.3f} < min_quality {spec.min_quality:.3f}")
-            await ctx.item_done("validate", c.reason or "accepted", f"{c.id}: {c.reason or 'accepted'} {c.detail}".strip())
+            finished.append((c.reason or "accepted", f"{c.id}: {c.reason or 'accepted'} {c.detail}".strip()))
+        await ctx.items_done("validate", finished)
         done += len(batch)
         await ctx.progress("validate", done, len(cands))
 
