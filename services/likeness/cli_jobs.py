@@ -78,10 +78,16 @@ def down(state: Path = state_opt) -> None:
 
 
 def _run(spec: orchestrator_pb2.JobSpec, state: Path, address: str, token: str, wait: bool) -> None:
+    import grpc
+
     from likeness.jobs_client import JobsClient
 
     client = JobsClient(_address(state, address), token)
-    job = client.submit(spec)
+    try:
+        job = client.submit(spec)
+    except grpc.RpcError as exc:
+        console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
+        raise typer.Exit(2) from exc
     console.print(f"job [bold]{job.job_id}[/] queued ({orchestrator_pb2.JobKind.Name(job.kind)})")
     if not wait:
         return
