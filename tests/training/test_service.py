@@ -1,5 +1,5 @@
 """TrainingService over gRPC on tiny-sdxl: StartRun -> WatchRun -> GetRun, checkpoints in both
-formats that load in the generation pipeline and change its output, CompareRuns naming rank,
+formats that load in the generation pipeline and the generation service and change their output, CompareRuns naming rank,
 cancel + resume equal to an uninterrupted run, and bad input rejected while staying SERVING."""
 
 from __future__ import annotations
@@ -44,6 +44,32 @@ def generate(pipe) -> np.ndarray:
                 generator=torch.Generator().manual_seed(7)).images[0]
 
 
+def assert_generation_service_applies(store_uri: str, ckpt, model_root) -> None:
+    from likeness.api.v1 import generation_pb2 as G
+    from likeness.api.v1 import generation_pb2_grpc
+    from likeness.core.images import decode_image
+    from likeness.generation.app import create_service as create_generation
+    from likeness.generation.settings import GenerationSettings
+
+    settings = GenerationSettings(store_uri=store_uri, model_repository=str(model_root),
+                                  model_cache_dir=str(model_root / ".gen-cache"), metrics_enabled=False, port=0,
+                                  generation_keep_warm="tiny-sdxl", generation_cpu_threads=1)
+    with ServiceThread(create_generation(settings), settings) as gen, gen.channel() as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+
+        def image(prefix, adapters=()):
+            resp = stub.Generate(G.GenerateRequest(
+                model="tiny-sdxl", prompt="ohwx person, a portrait", seed=5, steps=2, width=64, height=64,
+                return_inline=True, output_prefix=prefix, adapters=[G.LoraAdapter(uri=u, scale=1.0) for u in adapters]))
+            return decode_image(resp.images[0].artifact.data, "image").astype(int)
+
+        base = image("gen/base/")
+        diffusers = image("gen/diffusers/", [ckpt.diffusers_weights.uri])
+        kohya = image("gen/kohya/", [ckpt.kohya_weights.uri])
+    assert np.abs(diffusers - base).max() > 0  # the trained LoRA changes the service's output
+    assert np.abs(diffusers - kohya).max() <= 1  # both formats mean the same adapter
+
+
 @pytest.fixture
 def service(settings):
     store = LocalStore(settings.store_uri.removeprefix("file://"))
@@ -53,7 +79,7 @@ def service(settings):
 
 
 @pytest.mark.slow
-def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, model_root):
+def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, settings, model_root):
     svc, stub, store = service
     started = stub.StartRun(pb.StartRunRequest(spec=spec())).run
     assert started.state in (pb.RUN_STATE_QUEUED, pb.RUN_STATE_RUNNING) and started.total_steps == 4
@@ -89,6 +115,8 @@ def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, model_root)
         pipe.delete_adapters(name)
     assert np.abs(outputs["diffusers"] - base).max() > 1e-4
     assert np.allclose(outputs["diffusers"], outputs["kohya"], atol=1e-5)
+    # ... and in the generation service itself, by URI, as the orchestrator will use them
+    assert_generation_service_applies(settings.store_uri, ckpt, model_root)
 
     # seed doc 004: same data and captions, only the rank differs -> rank is THE difference
     other = stub.StartRun(pb.StartRunRequest(spec=spec(rank=8))).run
