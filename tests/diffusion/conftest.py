@@ -8,8 +8,11 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_folders(tmp_path_factory):
     """{kind: folder} of tiny-sdxl, tiny-sdxl-refiner and tiny-sd15 built with `build_tiny_model`."""
+    import torch
+
     from likeness.diffusion.tiny_sdxl import build_tiny_model
 
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread is 10x faster than an oversubscribed pool
     root = tmp_path_factory.mktemp("tiny")
     return {kind: build_tiny_model(kind, root / kind) for kind in ("sdxl", "sdxl-refiner", "sd15")}
 

@@ -81,12 +81,19 @@ def test_concurrent_requests_are_merged_and_keep_their_seeds(service):
     def call(seed):
         results[seed] = stub.Generate(req(seed=seed, prompt=f"prompt {seed}", output_prefix="concurrent/"))
 
+    from likeness.core import metrics
+
+    def observed_batches():
+        return metrics.BATCH_SIZE.labels("tiny-sdxl")._sum.get()
+
+    before = observed_batches()
     threads = [threading.Thread(target=call, args=(s,)) for s in (201, 202, 203)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert max(r.timings.batch_size for r in results.values()) >= 2  # merged into one pipeline call
+    assert observed_batches() - before == 3  # the batch-size histogram saw all three images
     for seed, resp in results.items():
         alone = stub.Generate(req(seed=seed, prompt=f"prompt {seed}", output_prefix="concurrent-alone/")).images[0]
         assert np.abs(pixels(alone).astype(int) - pixels(resp.images[0]).astype(int)).max() <= 1
@@ -103,10 +110,10 @@ def test_image_to_image_and_inpaint_keep_pixels_outside_the_mask(service):
 
     i2i = stub.Generate(req(task=G.TASK_IMAGE_TO_IMAGE, init_image=init_pb, width=0, height=0, strength=0.6))
     assert pixels(i2i.images[0]).shape == (80, 96, 3)
-    for padding in (0, 6):
+    for padding, refiner in ((0, False), (6, False), (6, True)):
         size = {"width": 64, "height": 64} if padding else {"width": 0, "height": 0}
         out = pixels(stub.Generate(req(task=G.TASK_INPAINT, init_image=init_pb, mask=mask_pb, crop_padding=padding,
-                                       **size)).images[0])
+                                       refiner=refiner, steps=4, **size)).images[0])
         inside = mask > 127
         assert out.shape == init.shape
         assert np.array_equal(out[~inside], init[~inside])  # untouched outside the mask
@@ -121,6 +128,13 @@ def test_refiner_and_noise_injection(service):
     assert len({plain.artifact.sha256, refined.artifact.sha256, noisy.artifact.sha256}) == 3
     params = read_png_metadata(refined.artifact.data)["parameters"]
     assert "Refiner: tiny-sdxl-refiner" in params
+
+
+def test_sd15_model_runs(service):
+    _, stub, _ = service
+    resp = stub.Generate(req(model="tiny-sd15", output_prefix="sd15/"))
+    assert pixels(resp.images[0]).shape == (64, 64, 3)
+    assert "CFG scale: 7.5" in read_png_metadata(resp.images[0].artifact.data)["parameters"]  # SD 1.5 default
 
 
 def test_stream_reports_every_step(service):
@@ -214,3 +228,22 @@ def test_full_queue_answers_resource_exhausted_with_retry_hint(service):
         busy.result()
         for f in waiting:
             f.result()
+
+
+def test_cancelled_stream_leaves_the_queue(service):
+    import time
+
+    from tests.helpers import wait_for
+
+    thread, stub, _ = service
+    batcher = thread.runtime.service.servicers[0][1]._generator.batcher
+    busy = stub.Generate.future(req(steps=60, count=4, seed=700, output_prefix="cancel/busy/"))
+    try:
+        time.sleep(0.5)
+        stream = stub.GenerateStream(G.GenerateStreamRequest(request=req(seed=701, width=72, output_prefix="cancel/")))
+        wait_for(lambda: batcher.depth == 1, timeout=10, what="the streamed request to queue")
+        stream.cancel()
+        wait_for(lambda: batcher.depth == 0, timeout=10, what="the cancelled request to leave the queue")
+    finally:
+        busy.result()
+    assert health_status(thread.port) == "SERVING"
