@@ -106,3 +106,24 @@ def test_refiner_shares_vae_and_second_text_encoder_with_base(tiny_folders):
             base = next((tiny_folders["sdxl"] / part).glob("*.safetensors"))
             ref = next((tiny_folders["sdxl-refiner"] / part).glob("*.safetensors"))
         assert base.read_bytes() == ref.read_bytes(), part
+
+
+def test_tiny_ip_adapter_loads_and_conditions(tmp_path, sdxl_pipe):
+    from PIL import Image
+
+    folder = build_tiny_model("ip-adapter", tmp_path / "ipa")
+
+    def run(**kw):
+        return sdxl_pipe("a", num_inference_steps=2, height=64, width=64, output_type="np",
+                         generator=torch.Generator().manual_seed(1), **kw).images
+
+    base = run()
+    sdxl_pipe.load_ip_adapter(str(folder), subfolder="", weight_name="ip-adapter.safetensors",
+                              image_encoder_folder="image_encoder")
+    try:
+        sdxl_pipe.set_ip_adapter_scale(0.6)
+        ref = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        assert np.abs(run(ip_adapter_image=[[ref]]) - base).max() > 1e-3
+    finally:
+        sdxl_pipe.unload_ip_adapter()
+    assert np.array_equal(run(), base)

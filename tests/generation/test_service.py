@@ -137,6 +137,20 @@ def test_sd15_model_runs(service):
     assert "CFG scale: 7.5" in read_png_metadata(resp.images[0].artifact.data)["parameters"]  # SD 1.5 default
 
 
+def test_reference_image_guidance_through_ip_adapter(service):
+    _, stub, _ = service
+    rng = np.random.default_rng(5)
+    refs = [common_pb2.ImageInput(data=png_bytes(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))) for _ in range(2)]
+    base = pixels(stub.Generate(req(seed=61, output_prefix="ipa/base/")).images[0])
+    guided = [pixels(stub.Generate(req(seed=61, reference_image=r, output_prefix="ipa/g/")).images[0]) for r in refs]
+    assert not np.array_equal(guided[0], base) and not np.array_equal(guided[0], guided[1])
+    zero = stub.Generate(req(seed=61, reference_image=refs[0], reference_scale=0.0, output_prefix="ipa/z/")).images[0]
+    assert np.array_equal(pixels(zero), base)  # scale 0: the reference has no effect
+    assert "IP-Adapter scale: 0" in read_png_metadata(zero.artifact.data)["parameters"]
+    # the next request without a reference runs on the plain UNet again (IP-Adapter unloaded)
+    assert np.array_equal(pixels(stub.Generate(req(seed=61, output_prefix="ipa/base2/")).images[0]), base)
+
+
 def test_stream_reports_every_step(service):
     _, stub, _ = service
     events = list(stub.GenerateStream(G.GenerateStreamRequest(request=req(steps=3, seed=41, output_prefix="stream/"))))
@@ -180,8 +194,10 @@ def _code(call):
     ({"task": G.TASK_INPAINT, "init_image": common_pb2.ImageInput(data=png_bytes(np.zeros((64, 64, 3), np.uint8))),
       "mask": common_pb2.ImageInput(data=png_bytes(np.full((32, 32, 3), 255, np.uint8)))},
      grpc.StatusCode.INVALID_ARGUMENT, "mask: is 32x32, but init_image is 64x64"),
-    ({"reference_image": common_pb2.ImageInput(data=png_bytes(np.zeros((64, 64, 3), np.uint8)))},
-     grpc.StatusCode.FAILED_PRECONDITION, "IP-Adapter"),
+    ({"model": "tiny-sd15", "reference_image": common_pb2.ImageInput(data=png_bytes(np.zeros((64, 64, 3), np.uint8)))},
+     grpc.StatusCode.FAILED_PRECONDITION, "needs IP-Adapter weights: model 'ip-adapter-sd15'"),
+    ({"reference_image": common_pb2.ImageInput(data=png_bytes(np.zeros((64, 64, 3), np.uint8))),
+      "reference_scale": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, "reference_scale"),
 ])
 def test_bad_requests_get_clear_errors_and_service_stays_serving(service, fields, code, words):
     thread, stub, _ = service

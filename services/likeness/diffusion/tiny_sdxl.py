@@ -10,6 +10,8 @@ Built models (all with the real 49,408-token CLIP tokenizer, VAE scale factor 8 
   tiny-sdxl          kind `sdxl`          base: two text encoders, UNet, VAE (default 64x64)
   tiny-sdxl-refiner  kind `sdxl-refiner`  refiner: second text encoder only, aesthetic-score conditioning
   tiny-sd15          kind `sd15`          SD 1.5 layout: one text encoder, no added conditioning
+  tiny-ip-adapter-sdxl  kind `ip-adapter` IP-Adapter for tiny-sdxl: tiny CLIP image encoder +
+                                          image projection + to_k_ip/to_v_ip per cross-attention
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ TINY_MODELS = {
     "tiny-sdxl": "sdxl",
     "tiny-sdxl-refiner": "sdxl-refiner",
     "tiny-sd15": "sd15",
+    "tiny-ip-adapter-sdxl": "ip-adapter",
 }
+IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
 
 _build_lock = threading.Lock()
 
@@ -74,7 +78,8 @@ def tiny_model_config(kind: str) -> dict:
         "note": "random weights; outputs are noise, for tests and demos only",
         "seed": SEED,
         "architecture": kind,
-        **({"refiner": "tiny-sdxl-refiner"} if kind == "sdxl" else {}),
+        **({"refiner": "tiny-sdxl-refiner", "ip_adapter": "tiny-ip-adapter-sdxl"} if kind == "sdxl" else {}),
+        **({"weight_name": IP_ADAPTER_WEIGHTS, "image_encoder": "image_encoder"} if kind == "ip-adapter" else {}),
     }
 
 
@@ -82,10 +87,12 @@ def build_tiny_model(kind: str, folder: Path) -> Path:
     """Builds one tiny pipeline of `kind` and saves it (diffusers layout, safetensors) to `folder`."""
 
     builders = {"sdxl": _sdxl_base, "sdxl-refiner": _sdxl_refiner, "sd15": _sd15}
-    if kind not in builders:
+    if kind not in builders and kind != "ip-adapter":
         raise ValueError(f"no tiny builder for kind {kind!r}")
     if folder.exists():
         shutil.rmtree(folder)
+    if kind == "ip-adapter":
+        return _ip_adapter(folder)
     with tempfile.TemporaryDirectory() as tok_dir:
         pipe = builders[kind](Path(tok_dir))
         pipe.save_pretrained(str(folder), safe_serialization=True)
@@ -182,3 +189,38 @@ def _sd15(tok_dir: Path):
         vae=_vae(), text_encoder=_text_encoder(False), tokenizer=_tokenizer(tok_dir, "<|endoftext|>", "t1"),
         unet=_unet(TEXT_HIDDEN, None), scheduler=_scheduler(), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
+
+
+def _ip_adapter(folder: Path) -> Path:
+    """IP-Adapter weights in the layout diffusers' `load_ip_adapter` reads: `image_encoder/` (a
+    CLIPVisionModelWithProjection) and one safetensors with `image_proj.*` (4 image tokens) and
+    `ip_adapter.<n>.to_k_ip/to_v_ip.weight` for each cross-attention of tiny-sdxl's UNet."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    _seeded(20)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=TEXT_HIDDEN, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        image_size=32, patch_size=8, projection_dim=TEXT_HIDDEN)).eval()
+    encoder.save_pretrained(str(folder / "image_encoder"), safe_serialization=True)
+    unet = _unet(2 * TEXT_HIDDEN, 6 * TIME_EMBED + TEXT_HIDDEN)
+    cross = unet.config.cross_attention_dim
+    _seeded(21)
+    tensors = {
+        "image_proj.proj.weight": torch.randn(cross * 4, TEXT_HIDDEN) * 0.05,
+        "image_proj.proj.bias": torch.zeros(cross * 4),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1  # diffusers numbers cross-attention processors 1, 3, 5, ... in attn_processors order
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        attn = unet.get_submodule(name.rsplit(".processor", 1)[0])
+        shape = (attn.to_k.out_features, attn.to_k.in_features)
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(shape) * 0.05
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(shape) * 0.05
+        key_id += 2
+    save_file(tensors, str(folder / IP_ADAPTER_WEIGHTS))
+    return folder

@@ -73,6 +73,11 @@ class ImageGenerator:
     def _run_batch(self, key: BatchKey, items: list[ImageItem]) -> list[ImageResult]:
         model = self.manager.get(key.model)
         refiner = self.manager.get(key.refiner) if key.refiner else None
+        if key.ip_adapter:
+            spec = self.manager.spec(key.ip_adapter)
+            self.manager.engine.set_ip_adapter(model, key.ip_adapter, self.manager.repo.fetch(key.ip_adapter), spec.config)
+        else:
+            self.manager.engine.set_ip_adapter(model, "")
         results = self.manager.engine.run(model, refiner, key, items, dict(self._lora_files))
         for phase in ("text_encoding", "denoising", "decoding"):
             metrics.GENERATION_PHASE.labels(key.model, phase).observe(results[0].timings[phase])
@@ -103,8 +108,9 @@ class ImageGenerator:
         req, warnings = validate(req, family, default_side, bool(refiner_name), limits)
         require_seed_room(req)
         refiner_spec = await asyncio.to_thread(self.manager.spec, refiner_name) if req.refiner else None
+        ip_spec = None
         if req.reference_image is not None:
-            await asyncio.to_thread(self._require_ip_adapter, spec, family)
+            ip_spec = await asyncio.to_thread(self._require_ip_adapter, spec, family)
         if req.adapters and not self.manager.engine.supports_adapters:
             raise FailedPrecondition("adapters", f"LoRA adapters need LIKENESS_GENERATION_ENGINE=torch; the "
                                                  f"{self.manager.engine.name} engine runs graphs of the base weights")
@@ -116,8 +122,9 @@ class ImageGenerator:
                        strength=req.strength if req.task != "text-to-image" else None,
                        refiner=refiner_name if req.refiner else "", refiner_fraction=req.refiner_fraction,
                        adapters=tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True)),
-                       reference_scale=None)
-        inputs = self._canonical_inputs(req, adapters, refiner_spec)
+                       reference_scale=req.reference_scale if ip_spec else None,
+                       ip_adapter=ip_spec.name if ip_spec else "")
+        inputs = self._canonical_inputs(req, adapters, refiner_spec, ip_spec)
         units = [(req.seed + i, work_id("generation", {**inputs, "seed": req.seed + i}, spec.digest))
                  for i in range(req.count)]
         keys = [f"{req.output_prefix}{wid}.png" for _, wid in units]
@@ -137,7 +144,7 @@ class ImageGenerator:
             now = time.monotonic()
             items = [ImageItem(seed=units[i][0], prompt=req.prompt, negative_prompt=req.negative_prompt,
                                init_image=geometry[1], mask=geometry[2], noise_injection=req.noise_injection,
-                               progress=progress, queued_at=now) for i in todo]
+                               reference_image=req.reference_image, progress=progress, queued_at=now) for i in todo]
             results = await self.batcher.submit(key, items)
             parameters_extra = self._parameters_extra(req, adapters, refiner_name)
             for i, result in zip(todo, results, strict=True):
@@ -174,17 +181,23 @@ class ImageGenerator:
             return rgb
         return region.paste_back(req.init_image, rgb, req.mask, geometry[0])
 
-    def _require_ip_adapter(self, spec, family: str) -> None:
+    def _require_ip_adapter(self, spec, family: str):
+        """The IP-Adapter model for `spec` (model.yaml `config.ip_adapter`, else `ip-adapter-<family>`),
+        or FAILED_PRECONDITION naming what is missing."""
+        if not self.manager.engine.supports_reference:
+            raise FailedPrecondition("reference_image", f"IP-Adapter guidance needs LIKENESS_GENERATION_ENGINE=torch; "
+                                                        f"the {self.manager.engine.name} graphs lack its attention layers")
         name = str(spec.config.get("ip_adapter") or f"ip-adapter-{family}")
         try:
-            self.manager.spec(name)
+            ip_spec = self.manager.spec(name)
         except NotFound:
             raise FailedPrecondition(
                 "reference_image", f"reference-image guidance needs IP-Adapter weights: model '{name}' "
                 f"(kind ip-adapter) is not in the model repository {self.manager.repo.root}") from None
-        raise FailedPrecondition(
-            "reference_image", f"IP-Adapter model '{name}' is registered, but IP-Adapter conditioning is not "
-            "implemented by this generation service yet")
+        if ip_spec.kind != "ip-adapter":
+            raise FailedPrecondition("reference_image", f"model '{name}' is of kind {ip_spec.kind!r}, not ip-adapter")
+        self.manager.repo.fetch(name)  # ModelMissing names absent files before the request is queued
+        return ip_spec
 
     def _prompt_warnings(self, req: GenerationRequest) -> list[str]:
         warnings = []
@@ -225,7 +238,7 @@ class ImageGenerator:
             ids.append(aid)
         return ids
 
-    def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec) -> dict:
+    def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec, ip_spec) -> dict:
         def digest(a):
             return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
 
@@ -236,7 +249,10 @@ class ImageGenerator:
                 "crop_padding": req.crop_padding, "noise_injection": req.noise_injection,
                 "refiner": refiner_spec.digest if refiner_spec is not None else None,
                 "refiner_fraction": req.refiner_fraction if refiner_spec is not None else None,
-                "adapters": [[aid, a.scale] for aid, a in zip(adapters, req.adapters, strict=True)]}
+                "adapters": [[aid, a.scale] for aid, a in zip(adapters, req.adapters, strict=True)],
+                "reference_image": digest(req.reference_image),
+                "reference_scale": req.reference_scale if ip_spec is not None else None,
+                "ip_adapter": ip_spec.digest if ip_spec is not None else None}
 
     def _parameters_extra(self, req: GenerationRequest, adapters: list[str], refiner_name: str) -> dict:
         extra: dict = {}
@@ -249,6 +265,8 @@ class ImageGenerator:
             extra["Refiner switch at"] = round(1 - req.refiner_fraction, 4)
         if req.noise_injection:
             extra["Noise injection"] = req.noise_injection
+        if req.reference_image is not None:
+            extra["IP-Adapter scale"] = req.reference_scale
         if adapters:
             extra["Lora hashes"] = ", ".join(f"{aid}: {a.scale:g}" for aid, a in zip(adapters, req.adapters, strict=True))
         return extra

@@ -34,6 +34,7 @@ class LoadedModel:
     memory_bytes: int
     adapters: AdapterCache
     last_used: float = field(default_factory=time.monotonic)
+    ip_adapter: str = ""  # IP-Adapter loaded into the UNet now ("" = none)
     _derived: dict = field(default_factory=dict)
 
     @property
@@ -49,6 +50,10 @@ class LoadedModel:
         if task not in self._derived:
             self._derived[task] = derive_pipeline(self.pipe, self.kind, task)
         return self._derived[task]
+
+    def forget_derived(self) -> None:
+        """Derived pipelines are rebuilt (they must see an image encoder added or removed)."""
+        self._derived.clear()
 
 
 def module_bytes(pipe) -> int:

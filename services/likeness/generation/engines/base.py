@@ -27,6 +27,7 @@ class BatchKey:
     refiner_fraction: float
     adapters: tuple[tuple[str, float], ...]  # (adapter id, scale), in request order
     reference_scale: float | None  # None: no IP-Adapter
+    ip_adapter: str = ""  # IP-Adapter model name when reference_scale is set
 
 
 @dataclass

@@ -31,6 +31,7 @@ _export_lock = threading.Lock()
 class OnnxEngine(TorchEngine):
     name = "onnxruntime"
     supports_adapters = False
+    supports_reference = False  # IP-Adapter adds attention processors the exported graph lacks
 
     def __init__(self, settings):
         super().__init__(settings)

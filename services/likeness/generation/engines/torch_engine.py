@@ -32,6 +32,7 @@ def main_task(kind: str) -> str:
 class TorchEngine:
     name = "torch"
     supports_adapters = True
+    supports_reference = True
 
     def __init__(self, settings):
         import torch
@@ -51,9 +52,26 @@ class TorchEngine:
 
     # -- one batch ------------------------------------------------------------------------------
 
+    def set_ip_adapter(self, model, name: str, folder=None, config: dict | None = None) -> None:
+        """Loads IP-Adapter `name` from `folder` into the model (or unloads it when `name` is "").
+        Kept loaded across consecutive reference batches; the UNet's cross-attention processors
+        change, so a batch without a reference unloads it first."""
+        if model.ip_adapter == name:
+            return
+        if model.ip_adapter:
+            model.pipe.unload_ip_adapter()
+            model.ip_adapter = ""
+        if name:
+            config = config or {}
+            model.pipe.load_ip_adapter(str(folder), subfolder="", weight_name=config.get("weight_name", "ip-adapter.safetensors"),
+                                       image_encoder_folder=config.get("image_encoder", "image_encoder"))
+            model.ip_adapter = name
+        model.forget_derived()
+
     def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict) -> list[ImageResult]:
         """Runs `items` as one pipeline call; `refiner` is the loaded refiner model or None;
-        `files` maps adapter ids to parsed LoRA files not yet loaded."""
+        `files` maps adapter ids to parsed LoRA files not yet loaded. The IP-Adapter state must
+        match `key` (see set_ip_adapter)."""
         import torch
 
         started = time.monotonic()
@@ -76,6 +94,9 @@ class TorchEngine:
                 kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
                 if key.task == "inpaint":
                     kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+            if key.reference_scale is not None:
+                pipe.set_ip_adapter_scale(key.reference_scale)
+                kwargs["ip_adapter_image"] = [[_pil(i.reference_image) for i in items]]
             if refiner is not None:
                 kwargs["denoising_end"] = 1.0 - key.refiner_fraction
             latents = pipe(**kwargs).images
