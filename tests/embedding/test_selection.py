@@ -134,3 +134,29 @@ def test_bad_candidates():
 def test_repeated_quota_is_named():
     with pytest.raises(InvalidArgument, match=r"quotas\[1\]: repeats quotas\[0\] \(seed=\*\)"):
         select(seed_doc_pool(), 70, [Quota("seed", "*", 7, 7), Quota("seed", "*", 0, 8)])
+
+
+def test_pruning_and_lp_first_agree_with_plain_branch_and_bound():
+    """The fast path (prune interchangeable candidates, LP relaxation first) gives the optimum of
+    the plain 0-1 program, also with three dimensions, where the LP need not be integral."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    from likeness.embedding.selection import _bounds
+
+    rng = np.random.default_rng(11)
+    for trial in range(6):
+        pool = [Candidate(str(i), float(rng.random()), {"a": str(rng.integers(0, 4)), "b": str(rng.integers(0, 3)),
+                                                         "c": str(rng.integers(0, 2))}) for i in range(150)]
+        quotas = [Quota("a", "*", 3, 8), Quota("b", "*", 5, 0), Quota("c", "1", 0, 9)]
+        count = 25
+        bounds = _bounds(pool, quotas)
+        rows = np.zeros((len(bounds) + 1, len(pool)))
+        rows[0] = 1
+        for r, b in enumerate(bounds, start=1):
+            rows[r, b.members] = 1
+        q = np.array([c.quality for c in pool])
+        plain = milp(-q, constraints=LinearConstraint(rows, [count] + [b.lo for b in bounds],
+                                                      [count] + [b.hi for b in bounds]),
+                     integrality=np.ones(len(pool)), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
+        assert plain.status == 0
+        assert select(pool, count, quotas).total_quality == pytest.approx(-plain.fun, abs=1e-9), trial

@@ -1,10 +1,14 @@
 """Balanced selection (seed doc 000, stage 5): choose `count` candidates maximising total quality
 subject to per-group minimum and maximum counts (per seed, per cluster, per image type, ...).
 
-EXACT solves the 0-1 integer program with HiGHS (`scipy.optimize.milp`):
+EXACT solves the 0-1 integer program with HiGHS (`scipy.optimize`):
 
     maximise  sum_i q_i x_i   s.t.  sum_i x_i = count,
               min_g <= sum_{i in g} x_i <= max_g  for every quota g,   x_i in {0, 1}.
+
+Candidates that cannot be in any optimum are pruned first, and the LP relaxation is tried before
+branch and bound: with one or two quota dimensions it is already integral (see `_solve_program`).
+5,000 of 100,000 then takes seconds instead of minutes.
 
 GREEDY is the baseline it is compared with: best quality first, skipping a candidate whose group
 is full or whose taking would leave too few slots for unmet minimums; it can fail where EXACT
@@ -175,18 +179,58 @@ def _check_simple_conflicts(bounds: list[_Bound], count: int, n: int) -> None:
 
 
 def _solve_exact(quality: np.ndarray, count: int, bounds: list[_Bound]) -> list[int] | None:
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import csr_array
+    """The optimum (candidate indices), or None when the quotas are infeasible."""
+    keep = _prunable_to(quality, count, bounds)
+    position = np.full(len(quality), -1, dtype=np.int64)
+    position[keep] = np.arange(len(keep))
+    sub = [(position[b.members[position[b.members] >= 0]], b.lo, b.hi) for b in bounds]
+    chosen = _solve_program(quality[keep], count, sub)
+    return None if chosen is None else [int(keep[i]) for i in chosen]
+
+
+def _prunable_to(quality: np.ndarray, count: int, bounds: list[_Bound]) -> np.ndarray:
+    """Candidates that can be in an optimum. Candidates in exactly the same groups are
+    interchangeable but for quality, and no feasible set takes more of them than the smallest cap
+    of their groups (or `count`); any feasible set can swap in the best of them instead, so only
+    those need to stay. Exact, and it shrinks large pools with tight caps a lot."""
+    n = len(quality)
+    signature = np.zeros((n, len(bounds)), dtype=bool)
+    cap = np.full(n, count, dtype=np.int64)
+    for j, b in enumerate(bounds):
+        signature[b.members, j] = True
+        cap[b.members] = np.minimum(cap[b.members], b.hi)
+    _, classes = np.unique(np.packbits(signature, axis=1), axis=0, return_inverse=True)
+    classes = classes.ravel()
+    order = np.lexsort((np.arange(n), -quality, classes))  # by class, best first (ties: input order)
+    sorted_classes = classes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_classes[1:] != sorted_classes[:-1]])
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    return np.sort(order[rank < cap[order]])
+
+
+def _solve_program(quality: np.ndarray, count: int, bounds: list[tuple[np.ndarray, int, int]]) -> list[int] | None:
+    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+    from scipy.sparse import csr_array, vstack
 
     n = len(quality)
     rows, cols, lo, hi = [np.zeros(n, dtype=np.int64)], [np.arange(n)], [count], [count]
-    for r, b in enumerate(bounds, start=1):
-        rows.append(np.full(len(b.members), r))
-        cols.append(b.members)
-        lo.append(b.lo)
-        hi.append(b.hi)
+    for r, (members, b_lo, b_hi) in enumerate(bounds, start=1):
+        rows.append(np.full(len(members), r))
+        cols.append(members)
+        lo.append(b_lo)
+        hi.append(b_hi)
     data = np.ones(sum(len(c) for c in cols))
     a = csr_array((data, (np.concatenate(rows), np.concatenate(cols))), shape=(len(bounds) + 1, n))
+    lo, hi = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
+    # The LP relaxation first (dual simplex, so the answer is a vertex). With one or two quota
+    # dimensions the constraint matrix is totally unimodular (two laminar families), every vertex
+    # is integral, and the LP optimum IS the exact optimum, found far faster than by branch and bound.
+    lp = linprog(-quality, A_ub=vstack([a, -a]).tocsr(), b_ub=np.r_[hi, -lo], bounds=(0, 1), method="highs-ds",
+                 options={"time_limit": SOLVER_SECONDS})
+    if lp.status == 2:  # the relaxation is infeasible, so is the integer program
+        return None
+    if lp.status == 0 and np.all(np.minimum(lp.x, 1 - lp.x) < 1e-9):
+        return [int(i) for i in np.flatnonzero(lp.x > 0.5)]
     # mip_rel_gap 0: HiGHS otherwise stops within 0.01% of the optimum; "exact" means exact
     result = milp(-quality, constraints=LinearConstraint(a, lo, hi), integrality=np.ones(n),
                   bounds=Bounds(0, 1), options={"disp": False, "mip_rel_gap": 0.0, "time_limit": SOLVER_SECONDS})
