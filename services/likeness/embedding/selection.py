@@ -19,6 +19,7 @@ infeasible subset (every quota in it is needed for the conflict).
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from likeness.embedding.vectors import check_unique_ids
 MAX_CANDIDATES = 100_000
 ALL_GROUPS = "*"
 SOLVER_SECONDS = 60.0
+DIAGNOSIS_SECONDS = 20.0  # budget of the deletion filter that names conflicting quotas
 
 
 @dataclass(frozen=True)
@@ -246,12 +248,20 @@ def _conflict(quality: np.ndarray, count: int, bounds: list[_Bound]) -> str:
     """Deletion filter: drop each bound whose removal keeps the problem infeasible; what is left
     is an irreducible infeasible subset (with the constraint that exactly `count` are chosen)."""
     needed = list(bounds)
+    deadline = time.monotonic() + DIAGNOSIS_SECONDS
+    complete = True
     for b in list(needed):
+        if time.monotonic() > deadline:
+            complete = False  # large pools: report what is known rather than keep the caller waiting
+            break
         trial = [x for x in needed if x is not b]
         if _solve_exact(quality, count, trial) is None:
             needed = trial
-    return (f"choosing exactly {count} items conflicts with " + "; ".join(b.describe() for b in needed)
-            + " (relax any one of these)")
+    listed = "; ".join(b.describe() for b in needed)
+    if complete:
+        return f"choosing exactly {count} items conflicts with {listed} (relax any one of these)"
+    return (f"choosing exactly {count} items conflicts with some of {listed} (diagnosis stopped after "
+            f"{DIAGNOSIS_SECONDS:g} s; not every quota listed is needed for the conflict)")
 
 
 def _solve_greedy(quality: np.ndarray, count: int, bounds: list[_Bound]) -> list[int] | None:
