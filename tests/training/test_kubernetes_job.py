@@ -3,10 +3,6 @@ newest bundled version, and the real `kubernetes` client POSTs it to the API ser
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import kubernetes_validate
 import pytest
 
@@ -15,6 +11,7 @@ from likeness.training.registry import RunRegistry
 from likeness.training.settings import TrainingSettings
 from likeness.training.spec import KubernetesSpec
 from tests.training.factories import resolved_spec
+from tests.training.fake_kube import FakeApiServer, fake_api_client
 
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 
@@ -67,45 +64,10 @@ def test_typo_in_a_manifest_fails_strict_validation(registry):
         kubernetes_validate.validate(m, VERSIONS[-1], strict=True)
 
 
-class FakeApiServer(BaseHTTPRequestHandler):
-    """Records what the client sends and answers like the API server's Job endpoints."""
-
-    posted: list = []
-    status_conditions: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, code: int, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeApiServer.posted.append((self.path, body))
-        self._reply(201, {**body, "status": {}})
-
-    def do_GET(self):
-        name = self.path.rstrip("/").split("/")[-2]
-        self._reply(200, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-                          "status": {"conditions": FakeApiServer.status_conditions}})
-
-
 @pytest.fixture
 def api_client():
-    from kubernetes import client
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = client.Configuration()
-    config.host = f"http://127.0.0.1:{server.server_port}"
-    FakeApiServer.posted.clear()
-    yield client.ApiClient(config)
-    server.shutdown()
+    with fake_api_client() as client:
+        yield client
 
 
 def test_submit_creates_the_job_with_the_kubernetes_client(registry, api_client):
@@ -130,3 +92,15 @@ def test_reconcile_marks_a_run_whose_job_failed(registry, api_client):
     assert executor.reconcile() == 1
     after = registry.get(run.run_id)
     assert after.state == "failed" and "BackoffLimitExceeded" in after.error
+
+
+def test_cancelling_a_queued_run_deletes_its_job(registry, api_client):
+    settings = TrainingSettings(training_namespace="ml")
+    executor = KubernetesJobExecutor(registry, settings, api_client)
+    run = gpu_run(registry)
+    executor.submit(run)
+    cancelled = registry.request_cancel(run.run_id)
+    assert cancelled.state == "cancelled"
+    executor.cancel(cancelled)
+    assert FakeApiServer.deleted == [
+        f"/apis/batch/v1/namespaces/ml/jobs/{job_name(run.run_id)}?propagationPolicy=Background"]

@@ -84,3 +84,16 @@ def test_migrations_match_the_models(tmp_path):
     assert {"training_runs", "training_checkpoints", "training_loss", "training_skipped",
             "training_alembic_version"} <= tables
     reg.close()
+
+
+def test_mark_running_refuses_a_cancelled_run(tmp_path):
+    reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
+    reg.create_run("q", resolved_spec("q").to_dict(), executor="in_process")
+    reg.request_cancel("q")
+    assert reg.mark_running("q", total_steps=4) is False and reg.get("q").state == "cancelled"
+    reg.create_run("r", resolved_spec("r").to_dict(), executor="kubernetes_job")
+    assert reg.mark_running("r", total_steps=4) is True
+    started = reg.get("r").started_at
+    assert reg.mark_running("r", total_steps=4, step=2) is True  # a retried Job pod
+    assert reg.get("r").started_at == started and reg.get("r").step == 2
+    reg.close()

@@ -145,7 +145,11 @@ def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
                 trainer.load_state(path)
                 registry.add_timings(run_id, resume=time.perf_counter() - t0)
                 log.info("resumed", extra={"run_id": run_id, "from_run": source[0], "step": trainer.step})
-            registry.mark_running(run_id, total_steps=trainer.total_steps, step=trainer.step)
+            if not registry.mark_running(run_id, total_steps=trainer.total_steps, step=trainer.step):
+                now = registry.get(run_id, with_loss=False)  # cancelled while it was set up
+                if not now.finished:
+                    registry.finish(run_id, CANCELLED)
+                return registry.get(run_id, with_loss=False).state
             note = ctx.evaluator.set_reference([i.pixels for i in dataset.items])
             if note:
                 registry.add_note(run_id, note)

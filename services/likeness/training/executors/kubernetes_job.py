@@ -154,9 +154,9 @@ class KubernetesJobExecutor:
         log.info("job created", extra={"run_id": run.run_id, "job": created.metadata.name})
 
     def cancel(self, run: RunRecord) -> None:
-        """The registry flag stops a running pod at its next step (keeping its checkpoints); a
-        Job whose pod never started is deleted."""
-        if run.state == "queued" and run.external_id:
+        """The registry flag stops a running pod at its next step (keeping its checkpoints); the
+        Job of a run cancelled while still queued is deleted."""
+        if run.state == "cancelled" and run.external_id:
             from kubernetes.client.exceptions import ApiException
 
             try:

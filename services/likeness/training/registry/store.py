@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select, text, update
+from sqlalchemy import create_engine, event, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import selectinload, sessionmaker
 
@@ -133,8 +133,16 @@ class RunRegistry:
     def set_external_id(self, run_id: str, external_id: str) -> None:
         self._update(run_id, external_id=external_id)
 
-    def mark_running(self, run_id: str, *, total_steps: int, step: int = 0) -> None:
-        self._update(run_id, state=RUNNING, started_at=now(), total_steps=total_steps, step=step)
+    def mark_running(self, run_id: str, *, total_steps: int, step: int = 0) -> bool:
+        """QUEUED (or RUNNING: a retried Job pod) -> RUNNING; False when the run was cancelled
+        or ended meanwhile, so the caller does not train it."""
+        with self._session.begin() as s:
+            n = s.execute(update(RunRow).where(RunRow.id == run_id, RunRow.state.in_((QUEUED, RUNNING)),
+                                               RunRow.cancel_requested.is_(False))
+                          .values(state=RUNNING, started_at=func.coalesce(RunRow.started_at, now()),
+                                  total_steps=total_steps, step=step,
+                                  updated_at=now())).rowcount
+        return n == 1
 
     def record_step(self, run_id: str, step: int, loss: float, lr: float) -> None:
         """One optimizer step: a loss point and the run's progress, in one transaction. A resumed

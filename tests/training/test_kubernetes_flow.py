@@ -1,0 +1,56 @@
+"""The cluster path without a cluster: the service (PostgreSQL registry, KUBERNETES_JOB executor)
+creates the Job through the real `kubernetes` client; the test then runs exactly the Job's command
+with exactly the Job's environment (plus the Secret's registry URL), as the pod would; WatchRun on
+the service streams the pod's progress from the shared registry to the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from likeness.api.v1 import training_pb2 as pb
+from likeness.api.v1 import training_pb2_grpc
+from likeness.core.store_local import LocalStore
+from likeness.training.app import create_service
+from tests.helpers import ROOT, ServiceThread
+from tests.training.conftest import write_dataset
+from tests.training.fake_kube import FakeApiServer, fake_api_client
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_job_pod_trains_a_run_the_service_started(settings, postgres_url, tmp_path):
+    settings = settings.model_copy(update={"training_database_url": postgres_url,
+                                           "training_executor": "kubernetes_job"})
+    store = LocalStore(settings.store_uri.removeprefix("file://"))
+    write_dataset(store, "datasets/k8s", 2)
+    spec = pb.RunSpec(base_model="tiny-sdxl", dataset_uri="datasets/k8s", trigger_token="ohwx", rank=4,
+                      epochs=1, seed=2, sample_seeds=[1], sample_prompts=["a portrait"],
+                      kubernetes=pb.KubernetesOptions(gpus=1, memory="8Gi"))
+    with fake_api_client() as api, ServiceThread(create_service(settings, kubernetes_api=api), settings) as svc, \
+            svc.channel() as channel:
+        stub = training_pb2_grpc.TrainingServiceStub(channel)
+        run = stub.StartRun(pb.StartRunRequest(spec=spec)).run
+        assert run.state == pb.RUN_STATE_QUEUED
+        (path, manifest), = FakeApiServer.posted
+        container = manifest["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+        # the pod: the manifest's command and env; the Secret supplies the registry URL
+        env = {e["name"]: e["value"] for e in container["env"]}
+        env.update(LIKENESS_TRAINING_DATABASE_URL=postgres_url, LIKENESS_TRAINING_TORCH_THREADS="1",
+                   PATH=os.environ["PATH"], PYTHONPATH=str(ROOT / "services"))
+        command = [sys.executable if c == "python" else c for c in container["command"]]
+        pod = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        events = list(stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=300))
+        output = pod.communicate(timeout=120)[0].decode()
+        assert pod.returncode == 0, output[-3000:]
+
+        assert events[-1].state == pb.RUN_STATE_SUCCEEDED, events[-1].message
+        assert events[-1].step == 2 and any(e.HasField("checkpoint") for e in events)
+        final = stub.GetRun(pb.GetRunRequest(run_id=run.run_id)).run
+        assert [p.step for p in final.loss] == [1, 2] and len(final.checkpoints) == 1
+        assert store.exists(final.checkpoints[0].kohya_weights.uri)
