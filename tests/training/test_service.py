@@ -181,6 +181,10 @@ def test_bad_input_is_rejected_before_training_and_service_stays_serving(service
 
     code, details = _code(lambda: stub.GetRun(pb.GetRunRequest(run_id="missing")))
     assert code == grpc.StatusCode.NOT_FOUND and "missing" in details
+    code, details = _code(lambda: list(stub.WatchRun(pb.WatchRunRequest(run_id="missing"), timeout=30)))
+    assert code == grpc.StatusCode.NOT_FOUND and "missing" in details
+    code, _ = _code(lambda: stub.GetRun(pb.GetRunRequest(run_id="")))
+    assert code == invalid
     code, _ = _code(lambda: stub.CompareRuns(pb.CompareRunsRequest(run_ids=["a"])))
     assert code == invalid
     code, _ = _code(lambda: stub.ListRuns(pb.ListRunsRequest(limit=5000)))

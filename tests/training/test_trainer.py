@@ -106,3 +106,16 @@ def test_samples_leave_training_randomness_alone(model_root):
     assert torch.equal(torch.rand(3), expected)
     assert len(rows) == 1 and len(rows[0]) == 2 and rows[0][0].shape == (64, 64, 3)
     assert rows[0][0].dtype == np.uint8 and not np.array_equal(rows[0][0], rows[0][1])
+
+
+def test_text_encoder_lora_saves_in_both_formats_and_loads(model_root, tmp_path):
+    from likeness.diffusion.lora import load_into_pipeline, read_lora
+
+    t = trainer(model_root, epochs=1, max_steps=1, train_text_encoder=True, text_encoder_lr=1e-2)
+    t.train(Hooks())
+    for fmt in ("diffusers", "kohya"):
+        lora = read_lora(t.save_weights(tmp_path / f"{fmt}.safetensors", fmt, {"run": "r"}))
+        assert lora.components == ("text_encoder", "text_encoder_2", "unet") and lora.rank == 4
+        pipe = load_pipeline(model_root / "tiny-sdxl", "sdxl")
+        load_into_pipeline(pipe, lora, "trained")
+        assert set(pipe.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
