@@ -204,4 +204,7 @@ def test_missing_open_clip_weights_fail_startup_naming_the_path(tmp_path):
     with pytest.raises(ModelMissing, match=str(tmp_path / "models" / "open-clip-vit-b-32" / "model.yaml")):
         import asyncio
 
-        asyncio.run(ServiceRuntime(service, s).warm())
+        async def warm():  # the runtime is built inside the loop it serves on
+            await ServiceRuntime(service, s).warm()
+
+        asyncio.run(warm())
