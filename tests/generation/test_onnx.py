@@ -1,6 +1,6 @@
 """ONNX Runtime engine vs torch on tiny-sdxl: same request, pixels within the stated tolerance.
 
-Tolerance (docs/api/generation.md): UNet noise prediction max abs diff <= 1e-4 per step; final
+Tolerance (docs/api/generation.md): UNet noise prediction and text embeddings max abs diff <= 1e-4; final
 8-bit pixels differ by at most 2 levels, on average by < 0.01 levels.
 """
 
@@ -55,6 +55,17 @@ def test_unet_step_parity(engines):
         a = torch_model.pipe.unet(*args, added_cond_kwargs=added).sample
         b = onnx_model.pipe.unet(*args, added_cond_kwargs=added).sample
     assert (a - b).abs().max().item() <= 1e-4
+
+
+def test_text_encoder_parity(engines):
+    (_, torch_model), (_, onnx_model) = engines["torch"], engines["onnxruntime"]
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        assert "forward" in vars(getattr(onnx_model.pipe, part))  # really runs the ONNX graph
+    embeds = [m.pipe.encode_prompt(prompt=["a face", "two cats"], device="cpu", num_images_per_prompt=1,
+                                   do_classifier_free_guidance=False) for m in (torch_model, onnx_model)]
+    for a, b in zip(embeds[0], embeds[1], strict=True):
+        if a is not None:
+            assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4
 
 
 def test_engine_from_settings(tmp_path):

@@ -1,7 +1,7 @@
-"""The ONNX Runtime engine: the UNet and the VAE decoder run as ONNX graphs.
+"""The ONNX Runtime engine: the UNet, the VAE decoder and the text encoders run as ONNX graphs.
 
 On first load of a model the two are exported from the torch modules (`torch.onnx.export`,
-opset 17, dynamic batch and spatial axes) into `<engine cache>/<model>-<digest[:16]>/`; later
+opset 17, dynamic batch and spatial axes; text encoders with dynamic batch) into `<engine cache>/<model>-<digest[:16]>/`; later
 loads reuse the files (a new model digest gets new files). Sessions use the providers from
 `LIKENESS_GENERATION_ONNX_PROVIDERS`: the CPU provider here, CUDA or TensorRT on GPU nodes (the
 TensorRT provider keeps its engine cache in the same folder). Everything else (schedulers, prompt
@@ -50,9 +50,17 @@ class OnnxEngine(TorchEngine):
                 export_unet(pipe.unet, unet_path, pipe.vae_scale_factor)
             if not vae_path.is_file():
                 export_vae_decoder(pipe.vae, vae_path, pipe.unet.config.in_channels)
+            for name in ("text_encoder", "text_encoder_2"):
+                encoder = getattr(pipe, name, None)
+                if encoder is not None and not (target / f"{name}.onnx").is_file():
+                    export_text_encoder(encoder, target / f"{name}.onnx")
         unet_session = self._session(unet_path, target)
         pipe.unet.forward = _ort_unet_forward(unet_session, pipe.unet)
         pipe.vae._likeness_ort_decoder = self._session(vae_path, target)
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            if encoder is not None:
+                encoder.forward = _ort_text_forward(self._session(target / f"{name}.onnx", target), encoder)
         log.info("onnx graphs ready", extra={"model": spec.name, "folder": str(target), "providers": self.providers})
         return pipe
 
@@ -148,6 +156,47 @@ def export_vae_decoder(vae, path: Path, latent_channels: int) -> Path:
     latents = torch.randn(1, latent_channels, 8, 8)
     axes = {"latents": {0: "batch", 2: "height", 3: "width"}, "image": {0: "batch", 2: "h", 3: "w"}}
     return _export(DecoderForExport().eval(), (latents,), ["latents"], ["image"], axes, path)
+
+
+def export_text_encoder(encoder, path: Path) -> Path:
+    """CLIP text encoder -> graph with outputs (first output, last hidden state, penultimate hidden
+    state): what SD 1.5 (`[0]`) and SDXL (`hidden_states[-2]`, pooled `text_embeds`) read."""
+    import torch
+
+    class EncoderForExport(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids):
+            out = self.encoder(input_ids, output_hidden_states=True)
+            return out[0], out.last_hidden_state, out.hidden_states[-2]
+
+    ids = torch.ones(1, encoder.config.max_position_embeddings, dtype=torch.int64)
+    axes = {"input_ids": {0: "batch"}, "first": {0: "batch"}, "last_hidden_state": {0: "batch"},
+            "penultimate": {0: "batch"}}
+    return _export(EncoderForExport().eval(), (ids,), ["input_ids"], ["first", "last_hidden_state", "penultimate"],
+                   axes, path)
+
+
+def _ort_text_forward(session, encoder):
+    """A replacement for a CLIP text encoder's `forward` returning the same output class."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    from transformers.models.clip.modeling_clip import CLIPTextModelOutput
+
+    projected = "WithProjection" in type(encoder).__name__
+
+    def forward(input_ids, attention_mask=None, position_ids=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **_):
+        first, last, penultimate = (torch.from_numpy(a) for a in
+                                    session.run(None, {"input_ids": input_ids.detach().cpu().numpy().astype(np.int64)}))
+        hidden = (penultimate, last)  # callers index [-2] (penultimate) and [-1]
+        if projected:
+            return CLIPTextModelOutput(text_embeds=first, last_hidden_state=last, hidden_states=hidden)
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=first, hidden_states=hidden)
+
+    return forward
 
 
 def _export(module, args, inputs, outputs, axes, path: Path) -> Path:

@@ -36,7 +36,11 @@ class TorchEngine:
 
     def __init__(self, settings):
         import torch
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
+        diffusers_logging.disable_progress_bar()  # progress goes to metrics and GenerateStream, not stderr
+        transformers_logging.disable_progress_bar()
         self.device = settings.generation_device
         self.cpu_threads = settings.generation_cpu_threads
         if self.cpu_threads:
