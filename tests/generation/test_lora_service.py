@@ -96,3 +96,54 @@ def test_budget_evicts_least_recently_used(monkeypatch):
     assert pipe.deleted == ["y"] and cache.loaded == ["x", "z"] and pipe.active == [("z", 1.0)]
     cache.activate(pipe, (("z", 0.0),), files)
     assert not pipe.enabled  # every scale 0: LoRA off entirely
+
+
+def test_sd15_lora_runs_on_sd15_and_fails_alone_on_sdxl(service, tmp_path):
+    """An SD 1.5 LoRA works on tiny-sd15; sent to tiny-sdxl at the same time as a good request, it
+    fails in the worker with INVALID_ARGUMENT while the good request succeeds."""
+    import threading
+
+    import grpc
+
+    from likeness.diffusion.pipelines import load_pipeline
+    from tests.helpers import health_status
+
+    thread, stub, store = service
+    generator = thread.runtime.service.servicers[0][1]._generator
+    folder = generator.manager.repo.fetch("tiny-sd15")
+    pipe = load_pipeline(folder, "sd15")
+    from peft import LoraConfig
+
+    torch.manual_seed(3)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
+    for name, param in pipe.unet.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    path = save_lora(tmp_path / "sd15.safetensors", peft_state_dict(pipe.unet), fmt="kohya")
+    uri = store.put("adapters/sd15.safetensors", path.read_bytes(), "application/octet-stream").uri
+
+    def sd15(prefix, adapters=()):
+        resp = stub.Generate(G.GenerateRequest(model="tiny-sd15", prompt="p", seed=4, steps=2, width=64, height=64,
+                                               return_inline=True, output_prefix=prefix,
+                                               adapters=[G.LoraAdapter(uri=u, scale=s) for u, s in adapters]))
+        return decode_image(resp.images[0].artifact.data, "image")
+
+    assert not np.array_equal(sd15("sd15lora/on/", [(uri, 1.0)]), sd15("sd15lora/off/"))
+
+    outcome = {}
+
+    def call(name, adapters):
+        try:
+            outcome[name] = _gen(stub, f"mixed/{name}/", adapters)
+        except grpc.RpcError as exc:
+            outcome[name] = exc
+
+    calls = [threading.Thread(target=call, args=("good", ())), threading.Thread(target=call, args=("bad", [(uri, 1.0)]))]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join()
+    assert isinstance(outcome["good"], np.ndarray)
+    assert outcome["bad"].code() == grpc.StatusCode.INVALID_ARGUMENT and "does not fit" in outcome["bad"].details()
+    assert health_status(thread.port) == "SERVING"
+    assert np.array_equal(_gen(stub, "mixed/after/"), outcome["good"])  # the failed load left the model clean
