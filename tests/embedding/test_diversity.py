@@ -98,3 +98,16 @@ def test_mismatched_dimensions_and_poses():
         diversity(rng.normal(size=(10, 4)), rng.normal(size=(10, 5)), DiversityParams())
     with pytest.raises(InvalidArgument, match="generated_poses: has 3 poses for 10 generated vectors"):
         diversity(rng.normal(size=(10, 4)), rng.normal(size=(10, 4)), DiversityParams(), np.zeros((3, 3)))
+
+
+def test_novelty_of_unit_vectors_uses_the_euclidean_pass_and_agrees():
+    rng = np.random.default_rng(4)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    real, fake = unit(rng.normal(size=(70, 5))), unit(rng.normal(size=(60, 5)))
+    values = []
+    for threshold in (0.01, 0.05, 0.2):
+        got = diversity(real, fake, DiversityParams(novelty_threshold=threshold, bootstrap=0))
+        cos = fake @ real.T
+        assert got.novelty.value == pytest.approx(np.mean((1 - cos).min(axis=1) > threshold))
+        values.append(got.novelty.value)
+    assert any(0 < v < 1 for v in values)  # the thresholds split the set: the comparison is exercised

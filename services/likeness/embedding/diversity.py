@@ -73,17 +73,24 @@ def diversity(reference: np.ndarray, generated: np.ndarray, params: DiversityPar
     inside_count = np.zeros(len(fake))  # reference balls that contain each generated item
     recalled = np.zeros(len(real), dtype=bool)  # a generated ball contains this reference item
     nearest_fake = np.full(len(real), np.inf)
+    nearest_real = np.full(len(fake), np.inf)  # Euclidean distance of each generated item to the reference
     for start, d in _distance_chunks(real, fake):
         radii = real_radii[start:start + len(d), None]
         inside_count += (d < radii).sum(axis=0)
         recalled[start:start + len(d)] = (d < fake_radii[None, :]).any(axis=1)
         nearest_fake[start:start + len(d)] = d.min(axis=1)
+        np.minimum(nearest_real, d.min(axis=0), out=nearest_real)
+    if _unit_rows(real) and _unit_rows(fake):
+        # unit vectors (every encoder's output): cosine distance = |a - b|^2 / 2, no second pass
+        novel = np.square(nearest_real) / 2.0 > params.novelty_threshold
+    else:
+        novel = _novel(reference, generated, params.novelty_threshold)
     per_item = {
         "precision": (inside_count > 0).astype(np.float64),
         "density": inside_count / k,
         "recall": recalled.astype(np.float64),
         "coverage": (nearest_fake < real_radii).astype(np.float64),
-        "novelty": _novel(reference, generated, params.novelty_threshold).astype(np.float64),
+        "novelty": novel.astype(np.float64),
     }
     rng = np.random.default_rng(params.seed)
     fake_draws = _draws(rng, len(fake), params.bootstrap)
@@ -126,6 +133,10 @@ def _distance_chunks(a: np.ndarray, b: np.ndarray):
     b_sq = np.einsum("ij,ij->i", b, b)[None, :]
     for start in range(0, len(a), rows):
         yield start, euclidean_distances(a[start:start + rows], b, Y_norm_squared=b_sq)
+
+
+def _unit_rows(x: np.ndarray) -> bool:
+    return bool(np.all(np.abs(np.einsum("ij,ij->i", x, x) - 1.0) < 1e-5))
 
 
 def _novel(reference: np.ndarray, generated: np.ndarray, threshold: float) -> np.ndarray:
