@@ -89,6 +89,7 @@ class Bench:
             def watch():
                 while not cancel.is_set():
                     if registry.progress(run.run_id)[1] >= cancel_at:
+                        registry.request_cancel(run.run_id)  # as CancelRun does
                         cancel.set()
                     time.sleep(0.01)
             threading.Thread(target=watch, daemon=True).start()

@@ -12,7 +12,7 @@ from likeness.core.server import Service, run
 from likeness.core.store import open_store
 from likeness.training.evaluation import Evaluator
 from likeness.training.models import BaseModels
-from likeness.training.registry import FAILED, RunRegistry
+from likeness.training.registry import RunRegistry
 from likeness.training.runner import RunContext
 from likeness.training.runs import TrainingRuns
 from likeness.training.servicer import TrainingServicer
@@ -37,16 +37,6 @@ def create_context(settings: TrainingSettings) -> RunContext:
                       evaluator=Evaluator.from_settings(settings), limits=ImageLimits.from_settings(settings))
 
 
-def fail_interrupted(ctx: RunContext) -> None:
-    """An embedded (SQLite, single process) service that died mid-run left it RUNNING: mark it
-    FAILED, naming how to continue. On PostgreSQL other replicas may own such runs: left alone."""
-    if ctx.registry.backend != "sqlite":
-        return
-    for r in ctx.registry.unfinished("in_process"):
-        ctx.registry.finish(r.run_id, FAILED, f"interrupted at step {r.step}: the training service restarted; "
-                            f"StartRun with resume_from_run_id={r.run_id} continues from its last checkpoint")
-
-
 def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=None) -> Service:
     settings = settings or TrainingSettings()
     apply_torch_threads(settings)
@@ -60,18 +50,26 @@ def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=N
                         watch_interval=settings.training_watch_interval_seconds)
     reconciler: list[asyncio.Task] = []
 
-    async def reconcile_jobs() -> None:
+    async def reconcile() -> None:
+        """Every RECONCILE_SECONDS: adopt in-process runs of dead replicas; fail runs whose
+        Kubernetes Job failed before its pod could say why."""
         while True:
             await asyncio.sleep(RECONCILE_SECONDS)
             try:
-                await asyncio.to_thread(executors["kubernetes_job"].reconcile)
-            except Exception as exc:  # noqa: BLE001 - no cluster access must not stop the service
-                log.warning("kubernetes reconcile failed", extra={"error": str(exc)[:300]})
+                await asyncio.to_thread(executors["in_process"].adopt_orphans)
+                if settings.training_executor == "kubernetes_job":
+                    await asyncio.to_thread(executors["kubernetes_job"].reconcile)
+            except Exception as exc:  # noqa: BLE001 - no cluster or registry access must not stop the service
+                log.warning("reconcile failed", extra={"error": str(exc)[:300]})
 
     async def warmup() -> None:
-        await asyncio.to_thread(fail_interrupted, ctx)
-        if settings.training_executor == "kubernetes_job":
-            reconciler.append(asyncio.create_task(reconcile_jobs()))
+        # an embedded (SQLite) registry has one service process: whatever it left unfinished,
+        # this process resumes now; replicas on PostgreSQL adopt only runs with a stale heartbeat
+        adopted = await asyncio.to_thread(executors["in_process"].adopt_orphans,
+                                          sole_process=ctx.registry.backend == "sqlite")
+        if adopted:
+            log.info("resuming interrupted runs", extra={"run_ids": adopted})
+        reconciler.append(asyncio.create_task(reconcile()))
 
     async def shutdown() -> None:
         for task in reconciler:

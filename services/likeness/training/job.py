@@ -2,14 +2,17 @@
 
 Reads the same LIKENESS_* settings as the service (store, model repository, registry URL from
 the Secret), trains the run recorded in the registry and exits 0 when the run ended as recorded
-(succeeded, cancelled or failed with its reason); a crash exits non-zero so the Job retries, and
-the retry resumes from the run's newest saved state.
+(succeeded, cancelled or failed with its reason). SIGTERM (node drain, preemption) stops the loop
+at its next step, saves the training state and exits 143, so the Job's retry resumes exactly
+there; a crash also exits non-zero and the retry resumes from the newest saved state.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from likeness.core.logging import configure
 from likeness.training.app import apply_torch_threads, create_context
@@ -25,12 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     configure("training-job", settings.log_level, settings.log_json)
     apply_torch_threads(settings)
     ctx = create_context(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        state = execute(ctx, args.run_id)
+        state = execute(ctx, args.run_id, cancel=stop)
     finally:
         ctx.registry.close()
     print(f"run {args.run_id}: {state}", file=sys.stderr)
-    return 0
+    return 143 if state == "running" else 0  # paused by SIGTERM: let the Job retry and resume
 
 
 if __name__ == "__main__":

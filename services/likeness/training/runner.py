@@ -115,7 +115,9 @@ def _resume_source(ctx: RunContext, run: RunRecord) -> tuple[str, ArtifactRef] |
 def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
             cancel: threading.Event | None = None, pipe=None) -> str:
     """Runs `run_id` to its end; returns the final state. Never raises for a run's own failure:
-    the reason is recorded in the registry (FAILED), so watchers see it."""
+    the reason is recorded in the registry (FAILED), so watchers see it. A stop without CancelRun
+    (`cancel` set by a shutting-down process) saves the state and leaves the run RUNNING without
+    an owner, for the next process to adopt ("running" is returned)."""
     from likeness.diffusion.pipelines import load_pipeline
 
     registry = ctx.registry
@@ -155,10 +157,15 @@ def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
                 registry.add_note(run_id, note)
             registry.add_timings(run_id, setup=time.perf_counter() - t_setup)
             outcome = _train(ctx, run, spec, trainer, workdir, cancel)
-            if outcome == CANCELLED:
-                path = trainer.save_state(workdir / "cancel-state.pt")
+            if outcome == CANCELLED:  # stopped: by CancelRun, or paused by a shutting-down process
+                path = trainer.save_state(workdir / "stop-state.pt")
                 key = f"{spec.output_prefix}/state/step-{trainer.step:08d}.pt"
                 registry.set_resume_state(run_id, trainer.step, ArtifactRef.of(ctx.store.put_file(key, path)))
+                if not registry.cancel_requested(run_id):
+                    registry.release(run_id)
+                    registry.add_note(run_id, f"paused at step {trainer.step} by a shutdown; resumed when "
+                                              "a training service adopts it")
+                    return "running"
         registry.finish(run_id, outcome)
         return outcome
     except LikenessError as exc:

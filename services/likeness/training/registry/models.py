@@ -29,6 +29,9 @@ class RunRow(Base):
     base_model_digest: Mapped[str] = mapped_column(String(80), default="")
     executor: Mapped[str] = mapped_column(String(32))
     external_id: Mapped[str] = mapped_column(String(253), default="")  # Kubernetes Job name
+    # process training the run (in-process executor) and its last sign of life (migration 0002)
+    owner: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     resume_from: Mapped[str] = mapped_column(String(40), default="")
     dataset_digest: Mapped[str] = mapped_column(String(64), default="")
     captions_digest: Mapped[str] = mapped_column(String(64), default="")

@@ -87,6 +87,8 @@ class RunRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    owner: str = ""
+    heartbeat_at: datetime | None = None
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
     skipped: list[SkippedItem] = field(default_factory=list)
     loss: list[LossPoint] = field(default_factory=list)

@@ -130,6 +130,28 @@ class RunRegistry:
         if n == 0:
             raise NotFound("run_id", f"no run {run_id!r}")
 
+    def claim(self, run_id: str, owner: str, *, stale_before: datetime | None = None) -> bool:
+        """Makes `owner` the run's trainer if it is unfinished and has no live owner: never owned,
+        or no heartbeat since `stale_before` (None: take it whatever its heartbeat). Atomic, so
+        of several replicas trying at once exactly one wins."""
+        q = update(RunRow).where(RunRow.id == run_id, RunRow.state.in_((QUEUED, RUNNING)))
+        if stale_before is not None:
+            q = q.where((RunRow.owner == "") | RunRow.heartbeat_at.is_(None) | (RunRow.heartbeat_at < stale_before))
+        with self._session.begin() as s:
+            n = s.execute(q.values(owner=owner, heartbeat_at=now(), updated_at=now())).rowcount
+        return n == 1
+
+    def release(self, run_id: str) -> None:
+        """Leaves a RUNNING run without an owner (its process is shutting down): the next
+        process to look adopts it and resumes from its saved state."""
+        self._update(run_id, owner="", heartbeat_at=None)
+
+    def heartbeat(self, run_ids: list[str], owner: str) -> None:
+        if run_ids:
+            with self._session.begin() as s:
+                s.execute(update(RunRow).where(RunRow.id.in_(run_ids), RunRow.owner == owner)
+                          .values(heartbeat_at=now()))
+
     def set_external_id(self, run_id: str, external_id: str) -> None:
         self._update(run_id, external_id=external_id)
 
@@ -261,7 +283,8 @@ def _record(row: RunRow, loss: list[LossPoint]) -> RunRecord:
         resume_from=row.resume_from, dataset_digest=row.dataset_digest, captions_digest=row.captions_digest,
         image_count=row.image_count, dataset_info=row.dataset_info or {}, step=row.step,
         total_steps=row.total_steps, last_loss=_nan(row.last_loss), best_epoch=row.best_epoch,
-        error=row.error, cancel_requested=row.cancel_requested, resume_state=resume,
+        error=row.error, cancel_requested=row.cancel_requested, resume_state=resume, owner=row.owner,
+        heartbeat_at=_utc(row.heartbeat_at),
         timings=row.timings or {}, notes=list(row.notes or []), created_at=_utc(row.created_at),
         started_at=_utc(row.started_at), finished_at=_utc(row.finished_at),
         checkpoints=[_checkpoint(c) for c in row.checkpoints],
