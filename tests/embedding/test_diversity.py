@@ -96,8 +96,13 @@ def test_mismatched_dimensions_and_poses():
     rng = np.random.default_rng(0)
     with pytest.raises(InvalidArgument, match="generated: dimension 5 differs from the reference dimension 4"):
         diversity(rng.normal(size=(10, 4)), rng.normal(size=(10, 5)), DiversityParams())
-    with pytest.raises(InvalidArgument, match="generated_poses: has 3 poses for 10 generated vectors"):
-        diversity(rng.normal(size=(10, 4)), rng.normal(size=(10, 4)), DiversityParams(), np.zeros((3, 3)))
+    with pytest.raises(InvalidArgument, match="generated_poses: has 1 poses; give none, or 2 to 100,000"):
+        diversity(rng.normal(size=(10, 4)), rng.normal(size=(10, 4)), DiversityParams(), np.zeros((1, 3)))
+    with pytest.raises(InvalidArgument, match="generated_poses: contains a value that is not finite"):
+        diversity(rng.normal(size=(10, 4)), rng.normal(size=(10, 4)), DiversityParams(), np.full((3, 3), np.nan))
+    # fewer poses than vectors is fine: images without one clear face have none
+    got = diversity(rng.normal(size=(10, 4)), rng.normal(size=(10, 4)), DiversityParams(), np.eye(3) * 10)
+    assert got.yaw_std.value == pytest.approx(np.std([10, 0, 0]))
 
 
 def test_novelty_of_unit_vectors_uses_the_euclidean_pass_and_agrees():

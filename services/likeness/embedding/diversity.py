@@ -62,7 +62,7 @@ class DiversityReport:
 def diversity(reference: np.ndarray, generated: np.ndarray, params: DiversityParams,
               poses: np.ndarray | None = None) -> DiversityReport:
     """`reference` (n, d) and `generated` (m, d), finite (see vectors.stack_vectors); `poses`
-    (m, 3) yaw, pitch, roll in degrees for the generated items, or None."""
+    (p, 3) yaw, pitch, roll in degrees of the generated set's faces (p need not be m), or None."""
     _validate(reference, generated, params, poses)
     real = reference.astype(np.float64)
     fake = generated.astype(np.float64)
@@ -110,8 +110,11 @@ def diversity(reference: np.ndarray, generated: np.ndarray, params: DiversityPar
         mean_pairwise_similarity=_pairwise_similarity(generated, fake_draws, params.confidence),
     )
     if poses is not None:
+        # poses need not align with the vectors (an image without one clear face has no pose):
+        # they are resampled on their own
+        pose_draws = _draws(rng, len(poses), params.bootstrap)
         for axis, name in enumerate(("yaw_std", "pitch_std", "roll_std")):
-            setattr(report, name, _std(poses[:, axis].astype(np.float64), fake_draws, params.confidence))
+            setattr(report, name, _std(poses[:, axis].astype(np.float64), pose_draws, params.confidence))
     return report
 
 
@@ -207,8 +210,7 @@ def _validate(reference: np.ndarray, generated: np.ndarray, p: DiversityParams, 
     if not 0.0 < p.confidence < 1.0:
         raise InvalidArgument("confidence", f"{p.confidence} is outside (0, 1)")
     if poses is not None:
-        if len(poses) != len(generated):
-            raise InvalidArgument("generated_poses", f"has {len(poses)} poses for {len(generated)} generated "
-                                                     "vectors; give one per vector or none")
+        if not 2 <= len(poses) <= MAX_SET:
+            raise InvalidArgument("generated_poses", f"has {len(poses)} poses; give none, or 2 to {MAX_SET:,}")
         if not np.isfinite(poses).all():
             raise InvalidArgument("generated_poses", "contains a value that is not finite")
