@@ -4,6 +4,8 @@ LIKENESS_LOG_CALLS=all), and the mapping of domain errors (core.errors) to gRPC 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -26,10 +28,39 @@ def status_of(error: errors.LikenessError) -> grpc.StatusCode:
     return STATUS.get(error.code, grpc.StatusCode.INTERNAL)
 
 
+# Status details travel in a header (grpc-message, 16 KiB limit for all metadata): a message that
+# echoes a huge caller value would turn the answer into a client-side RESOURCE_EXHAUSTED.
+MAX_DETAILS_CHARS = 2000
+
+
 async def abort_with(context: grpc.aio.ServicerContext, error: errors.LikenessError) -> None:
     if error.retry_after_seconds is not None:
         context.set_trailing_metadata((("retry-after-seconds", f"{error.retry_after_seconds:.3f}"),))
-    await context.abort(status_of(error), error.message)
+    message = error.message
+    if len(message) > MAX_DETAILS_CHARS:
+        message = message[:MAX_DETAILS_CHARS] + f"... ({len(message):,} characters)"
+    await context.abort(status_of(error), message)
+
+
+class Undecodable:
+    """What a request that is not valid protobuf deserialises to (a truncated or foreign body):
+    the call then ends INVALID_ARGUMENT instead of gRPC's UNKNOWN."""
+
+    def __init__(self, message_type: str, error: Exception):
+        self.message_type, self.error = message_type, error
+
+    def invalid(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument("request", f"body is not a valid {self.message_type} ({self.error})")
+
+
+def _lenient(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError and friends: never the server's fault
+            name = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+            return Undecodable(name.full_name if name is not None else "request message", exc)
+    return parse
 
 
 class _Call:
@@ -53,7 +84,9 @@ class _Call:
         elapsed = time.perf_counter() - self.start
         self.in_flight.dec()
         code = context.code() if context is not None else None
-        if error is not None and not isinstance(error, (errors.LikenessError, grpc.aio.AbortError)):
+        if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+            code = grpc.StatusCode.CANCELLED  # the client cancelled or went away: not a server fault
+        elif error is not None and not isinstance(error, (errors.LikenessError, grpc.aio.AbortError)):
             code = grpc.StatusCode.INTERNAL if code is None else code
         name = "OK" if code is None else code.name
         metrics.RPC_DURATION.labels(self.service, self.method, name).observe(elapsed)
@@ -75,6 +108,8 @@ def _wrap_unary(behavior, service, method, log_ok):
         token = request_id.set(call.rid)
         error = None
         try:
+            if isinstance(request, Undecodable):
+                raise request.invalid()
             return await behavior(request, context)
         except errors.LikenessError as exc:
             error = exc
@@ -94,6 +129,8 @@ def _wrap_stream(behavior, service, method, log_ok):
         token = request_id.set(call.rid)
         error = None
         try:
+            if isinstance(request, Undecodable):
+                raise request.invalid()
             async for item in behavior(request, context):
                 yield item
         except errors.LikenessError as exc:
@@ -104,7 +141,10 @@ def _wrap_stream(behavior, service, method, log_ok):
             raise
         finally:
             call.finish(context, error)
-            request_id.reset(token)
+            # A stream closed because its client cancelled is finalised in another context, where
+            # the token cannot be reset (ValueError); that context is discarded anyway.
+            with contextlib.suppress(ValueError):
+                request_id.reset(token)
     return handler
 
 
@@ -127,6 +167,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         _, service, method = full.split("/")
         service = service.rsplit(".", 1)[-1]
+        if handler.request_deserializer is not None:
+            handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
             handler = handler._replace(unary_unary=_wrap_unary(handler.unary_unary, service, method, self.log_ok_calls))
         elif handler.unary_stream:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 
-from likeness.api.v1 import orchestrator_pb2
+from likeness.api.v1 import generation_pb2, orchestrator_pb2
 from likeness.core.errors import InvalidArgument, check_range, require
+from likeness.core.uris import validate_key
 
 KINDS = ("curate", "train", "storyboard", "open_eyes", "diversity")
 QUOTA_DIMENSIONS = ("seed", "cluster", "image_type")
@@ -56,6 +57,7 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
                 f"{c.target_count} is more than the {candidates} candidates the source generates")
     else:
         require(bool(c.import_source.uri), "spec.curate.import_source.uri", "is empty")
+    validate_key(c.output_prefix, "spec.curate.output_prefix", prefix=True)  # no '..', no absolute path
     mins = 0
     for i, q in enumerate(c.quotas):
         f = f"spec.curate.quotas[{i}]"
@@ -121,6 +123,8 @@ def validate_diversity(d: orchestrator_pb2.DiversitySpec) -> None:
         _count(s.count, f"spec.diversity.settings[{i}].count", 2, 1000)
         require(s.seed_start >= 0, f"spec.diversity.settings[{i}].seed_start", f"{s.seed_start} is negative")
         check_range(s.noise_injection, f"spec.diversity.settings[{i}].noise_injection", 0.0, 1.0)
+        require(s.sampler in generation_pb2.Sampler.values(), f"spec.diversity.settings[{i}].sampler",
+                f"unknown enum value {s.sampler}")
         if s.HasField("guidance_scale"):
             check_range(s.guidance_scale, f"spec.diversity.settings[{i}].guidance_scale", 0.0, 30.0)
     require(d.nearest_k >= 0, "spec.diversity.nearest_k", f"{d.nearest_k} is negative")

@@ -45,6 +45,8 @@ def landmarks_of(pbs) -> dict[str, tuple[float, float]]:
     out = {}
     for lm in pbs:
         if lm.kind != common_pb2.LANDMARK_KIND_UNSPECIFIED:
+            if lm.kind not in common_pb2.LandmarkKind.values():  # proto3 enums accept any int on the wire
+                raise InvalidArgument("landmarks", f"kind {lm.kind} is not a known LandmarkKind")
             name = common_pb2.LandmarkKind.Name(lm.kind).removeprefix("LANDMARK_KIND_").lower()
             out[name] = (lm.point.x, lm.point.y)
     return out

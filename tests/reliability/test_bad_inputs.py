@@ -1,0 +1,68 @@
+"""The bad-input corpus (corpus.py, one row per case) against live service processes: every case
+gets its documented status and a message naming the field or the limit, and afterwards every
+service is still SERVING and no call was logged as INTERNAL or UNKNOWN."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import grpc
+import pytest
+
+from likeness.local import health
+from tests.reliability import corpus
+from tests.reliability.corpus import CASES
+
+pytestmark = pytest.mark.slow  # one stack for the module; each case itself takes milliseconds
+
+OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+@pytest.fixture(scope="module")
+def ctx(rel_stack, rel_store, rel_demo):
+    good = rel_store.put("corpus/good.png", corpus.photo(), "image/png").uri
+    return corpus.Ctx(rel_stack.env["LIKENESS_STORE_URI"].rstrip("/"), good, rel_stack.address("orchestrator"))
+
+
+@pytest.fixture(scope="module")
+def channels(rel_stack):
+    chans = {name: grpc.insecure_channel(rel_stack.address(name), options=OPTIONS) for name in corpus.STUBS}
+    yield chans
+    for ch in chans.values():
+        ch.close()
+
+
+@pytest.fixture(scope="module")
+def log_offsets(rel_stack):
+    """Where each service log ends before the corpus runs (only what the corpus caused is checked)."""
+    return {p.stem: p.stat().st_size for p in (rel_stack.state / "logs").glob("*.log")}
+
+
+def test_corpus_covers_every_service_and_kind():
+    per_service = Counter(c.service for c in CASES)
+    assert len(CASES) >= 60 and set(per_service) == set(corpus.STUBS), per_service
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, ctx, channels, log_offsets):
+    status, message = corpus.outcome(channels[case.service], case, ctx)
+    assert status == case.status, f"{case.id}: got {status}: {message}"
+    for word in case.words:
+        assert word.lower() in message.lower(), f"{case.id}: {word!r} not in {message!r}"
+
+
+def test_every_service_still_serving_and_nothing_internal(rel_stack, log_offsets):
+    for name in corpus.STUBS:
+        assert health(rel_stack.address(name)) == "SERVING", name
+    bad = []
+    for name, offset in log_offsets.items():
+        with open(rel_stack.state / "logs" / f"{name}.log", "rb") as f:
+            f.seek(offset)
+            for line in f.read().decode(errors="replace").splitlines():
+                if line.startswith("{"):
+                    rec = json.loads(line)
+                    if rec.get("code") in ("INTERNAL", "UNKNOWN") or rec.get("level") == "CRITICAL":
+                        bad.append((name, rec.get("method"), rec.get("msg"), rec.get("exc", "")[-300:]))
+    assert not bad, bad
