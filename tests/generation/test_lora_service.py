@@ -50,7 +50,7 @@ def _gen(stub, prefix, adapters=()):
 
 
 def test_load_switch_and_scale_zero(service, adapters):
-    _, stub, _ = service
+    _, stub, store = service
     uris, generator = adapters
     base = _gen(stub, "lora/base/")
     a = _gen(stub, "lora/a/", [(uris["a"], 1.0)])
@@ -60,6 +60,12 @@ def test_load_switch_and_scale_zero(service, adapters):
     assert not np.array_equal(both, a)
     assert np.array_equal(_gen(stub, "lora/a0/", [(uris["a"], 0.0)]), base)  # scale 0: base, exactly
     assert np.array_equal(_gen(stub, "lora/base2/"), base)  # adapters switched off: base, exactly
+    import grpc
+
+    copy = store.put("adapters/a-copy.safetensors", store.get(uris["a"]), "application/octet-stream").uri
+    with pytest.raises(grpc.RpcError) as err:
+        _gen(stub, "lora/dup/", [(uris["a"], 1.0), (copy, 0.5)])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "adapters[1].uri" in err.value.details()
     loads = generator.manager.loaded()["tiny-sdxl"].adapters.loads
     assert np.array_equal(_gen(stub, "lora/a-again/", [(uris["a"], 1.0)]), a)  # switched back, same pixels
     assert generator.manager.loaded()["tiny-sdxl"].adapters.loads == loads  # ... without loading it again

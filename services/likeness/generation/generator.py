@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -62,7 +63,8 @@ class ImageGenerator:
         self.manager, self.store, self.limits = manager, store, limits
         self.max_lora_bytes = max_lora_bytes
         self._lora_budget = lora_budget_bytes
-        self._lora_files: OrderedDict[str, LoraFile] = OrderedDict()  # parsed, waiting to load
+        self._lora_files: OrderedDict[str, LoraFile] = OrderedDict()  # parsed files, by adapter id
+        self._lora_lock = threading.Lock()  # admission runs in several threads
         self._tokenizers: dict[str, list] = {}
         self.batcher = DynamicBatcher(self._run_batch, max_batch=max_batch, max_wait=max_wait,
                                       capacity=queue_capacity, on_depth=self._on_depth, on_batch=self._on_batch)
@@ -78,7 +80,8 @@ class ImageGenerator:
             self.manager.engine.set_ip_adapter(model, key.ip_adapter, self.manager.repo.fetch(key.ip_adapter), spec.config)
         else:
             self.manager.engine.set_ip_adapter(model, "")
-        results = self.manager.engine.run(model, refiner, key, items, dict(self._lora_files))
+        files = {aid: lora for item in items for aid, lora in item.adapter_files.items()}
+        results = self.manager.engine.run(model, refiner, key, items, files)
         for phase in ("text_encoding", "denoising", "decoding"):
             metrics.GENERATION_PHASE.labels(key.model, phase).observe(results[0].timings[phase])
         return results
@@ -115,7 +118,8 @@ class ImageGenerator:
             raise FailedPrecondition("adapters", f"LoRA adapters need LIKENESS_GENERATION_ENGINE=torch; the "
                                                  f"{self.manager.engine.name} engine runs graphs of the base weights")
         warnings += await asyncio.to_thread(self._prompt_warnings, req)
-        adapters = await asyncio.to_thread(self._load_adapters, req)
+        adapter_files = await asyncio.to_thread(self._load_adapters, req)
+        adapters = list(adapter_files)
 
         key = BatchKey(model=req.model, task=req.task, width=req.width, height=req.height, steps=req.steps,
                        sampler=req.sampler, guidance_scale=req.guidance_scale,
@@ -144,7 +148,8 @@ class ImageGenerator:
             now = time.monotonic()
             items = [ImageItem(seed=units[i][0], prompt=req.prompt, negative_prompt=req.negative_prompt,
                                init_image=geometry[1], mask=geometry[2], noise_injection=req.noise_injection,
-                               reference_image=req.reference_image, progress=progress, queued_at=now) for i in todo]
+                               reference_image=req.reference_image, progress=progress, queued_at=now,
+                               adapter_files=adapter_files) for i in todo]
             results = await self.batcher.submit(key, items)
             parameters_extra = self._parameters_extra(req, adapters, refiner_name)
             for i, result in zip(todo, results, strict=True):
@@ -220,9 +225,11 @@ class ImageGenerator:
                                              if (folder / sub / "tokenizer_config.json").is_file()]
         return self._tokenizers[spec.digest]
 
-    def _load_adapters(self, req: GenerationRequest) -> list[str]:
-        """Reads, size-checks and validates each adapter file; returns their ids (sha-based)."""
-        ids = []
+    def _load_adapters(self, req: GenerationRequest) -> dict[str, LoraFile]:
+        """Reads, size-checks and validates each adapter file; returns {id (sha-based): parsed file}
+        in request order. Parsed files are kept (LRU, within the LoRA budget) for later requests;
+        the returned ones travel with the request, so an eviction meanwhile cannot lose them."""
+        ids: dict[str, LoraFile] = {}
         for i, adapter in enumerate(req.adapters):
             field = f"adapters[{i}].uri"
             size = self.store.stat(adapter.uri, field=field).size
@@ -230,12 +237,18 @@ class ImageGenerator:
                 raise InvalidArgument(field, f"adapter is {size:,} bytes, over the limit of {self.max_lora_bytes:,}")
             data = self.store.get(adapter.uri, field=field)
             aid = adapter_id(sha256_hex(data))
-            if aid not in self._lora_files:
-                self._lora_files[aid] = read_lora(data, field)
+            if aid in ids:
+                raise InvalidArgument(field, "has the same content as an earlier adapter of this request")
+            with self._lora_lock:
+                lora = self._lora_files.get(aid)
+            if lora is None:
+                lora = read_lora(data, field)
+            with self._lora_lock:
+                self._lora_files[aid] = lora
+                self._lora_files.move_to_end(aid)
                 while sum(f.nbytes for f in self._lora_files.values()) > self._lora_budget and len(self._lora_files) > 1:
                     self._lora_files.popitem(last=False)
-            self._lora_files.move_to_end(aid)
-            ids.append(aid)
+            ids[aid] = lora
         return ids
 
     def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec, ip_spec) -> dict:

@@ -43,6 +43,7 @@ class ImageItem:
     reference_image: np.ndarray | None = None
     progress: Progress | None = None
     queued_at: float = 0.0
+    adapter_files: dict = field(default_factory=dict)  # adapter id -> parsed LoraFile, held until run
 
 
 @dataclass
