@@ -12,9 +12,13 @@ def tiny_folders(tmp_path_factory):
 
     from likeness.diffusion.tiny_sdxl import build_tiny_model
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is 10x faster than an oversubscribed pool
     root = tmp_path_factory.mktemp("tiny")
-    return {kind: build_tiny_model(kind, root / kind) for kind in ("sdxl", "sdxl-refiner", "sd15")}
+    try:
+        yield {kind: build_tiny_model(kind, root / kind) for kind in ("sdxl", "sdxl-refiner", "sd15")}
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

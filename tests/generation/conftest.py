@@ -25,11 +25,17 @@ def gen_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def service(gen_root):
     """(ServiceThread, GenerationServiceStub, store) of a warm service."""
+    import torch
+
     from likeness.api.v1 import generation_pb2_grpc
     from likeness.core.store import open_store
     from likeness.generation.app import create_service
     from tests.helpers import ServiceThread
 
+    threads = torch.get_num_threads()  # the engine sets 1 (process-wide); later tests get theirs back
     settings = make_settings(gen_root)
-    with ServiceThread(create_service(settings), settings) as thread, thread.channel() as channel:
-        yield thread, generation_pb2_grpc.GenerationServiceStub(channel), open_store(settings)
+    try:
+        with ServiceThread(create_service(settings), settings) as thread, thread.channel() as channel:
+            yield thread, generation_pb2_grpc.GenerationServiceStub(channel), open_store(settings)
+    finally:
+        torch.set_num_threads(threads)

@@ -84,6 +84,7 @@ class ImageGenerator:
         results = self.manager.engine.run(model, refiner, key, items, files)
         for phase in ("text_encoding", "denoising", "decoding"):
             metrics.GENERATION_PHASE.labels(key.model, phase).observe(results[0].timings[phase])
+        _export_gpu_memory(self.manager.device)
         return results
 
     def _on_depth(self, depth: int) -> None:
@@ -300,3 +301,10 @@ def require_seed_room(req: GenerationRequest) -> None:
 
     if req.seed + req.count - 1 > MAX_SEED:
         raise InvalidArgument("seed", f"seed + count - 1 = {req.seed + req.count - 1} exceeds the limit of {MAX_SEED}")
+
+
+def _export_gpu_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        metrics.GPU_MEMORY.labels(device).set(torch.cuda.memory_allocated(torch.device(device)))
