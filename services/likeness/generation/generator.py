@@ -153,10 +153,13 @@ class ImageGenerator:
                                adapter_files=adapter_files) for i in todo]
             results = await self.batcher.submit(key, items)
             parameters_extra = self._parameters_extra(req, adapters, refiner_name)
-            for i, result in zip(todo, results, strict=True):
+            def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
                 rgb = self._finish(req, geometry, result.rgb)
-                png = encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
-                                 {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1]})
+                return encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
+                                  {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1]})
+
+            for i, result in zip(todo, results, strict=True):
+                png = await asyncio.to_thread(encode, i, result)
                 stored = await asyncio.to_thread(self.store.put, keys[i], png, "image/png")
                 images[i] = GeneratedImage(stored, units[i][0], units[i][1], False, png if req.return_inline else None)
                 metrics.ITEMS.labels("generation", "generate", "generated").inc()
