@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from likeness.core import metrics
 from likeness.core.errors import FailedPrecondition, LikenessError
 from likeness.core.images import ImageLimits, encode_png
 from likeness.training.dataset import Dataset, load_dataset
@@ -89,6 +90,8 @@ class CheckpointWriter:
         for note in ev.notes:
             self.ctx.registry.add_note(self.run.run_id, note)
         seconds = {"save": round(t1 - t0, 4), "sample": round(t2 - t1, 4), "evaluate": round(t3 - t2, 4)}
+        for stage, value in (("checkpoint", t1 - t0), ("sampling", t2 - t1), ("evaluation", t3 - t2)):
+            metrics.STAGE_DURATION.labels("training", stage).observe(value)
         record = CheckpointRecord(epoch, step, loss, diffusers, kohya, state, grid, ev.clip_score,
                                   ev.identity_similarity, ev.to_dict(), False, seconds)
         self.ctx.registry.add_checkpoint(self.run.run_id, record)
@@ -182,6 +185,7 @@ def _train(ctx: RunContext, run: RunRecord, spec: RunSpec, trainer: LoraTrainer,
     registry, writer = ctx.registry, CheckpointWriter(ctx, run, spec, trainer, workdir)
     last_poll = [0.0]
     spent_on_checkpoints = [0.0]
+    last_step_at = [time.perf_counter()]
 
     def should_stop() -> bool:
         if cancel.is_set():
@@ -198,10 +202,17 @@ def _train(ctx: RunContext, run: RunRecord, spec: RunSpec, trainer: LoraTrainer,
             t0 = time.perf_counter()
             writer.write(epoch, step, mean_loss)
             spent_on_checkpoints[0] += time.perf_counter() - t0
+            last_step_at[0] = time.perf_counter()  # the next step's time excludes the checkpoint
+
+    step_timer = metrics.STAGE_DURATION.labels("training", "step")
+
+    def on_step(result) -> None:
+        now = time.perf_counter()
+        step_timer.observe(now - last_step_at[0])
+        last_step_at[0] = now
+        registry.record_step(run.run_id, result.step, result.loss, result.lr)
 
     t0 = time.perf_counter()
-    outcome = trainer.train(Hooks(
-        on_step=lambda r: registry.record_step(run.run_id, r.step, r.loss, r.lr),
-        should_stop=should_stop, on_epoch_end=on_epoch_end))
+    outcome = trainer.train(Hooks(on_step=on_step, should_stop=should_stop, on_epoch_end=on_epoch_end))
     registry.add_timings(run.run_id, train=time.perf_counter() - t0 - spent_on_checkpoints[0])
     return CANCELLED if outcome.state == "cancelled" else SUCCEEDED
