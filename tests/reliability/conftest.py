@@ -4,6 +4,8 @@ and a PostgreSQL server that can be restarted under a running orchestrator."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import time
@@ -13,8 +15,10 @@ import pytest
 
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
+from likeness.jobs_client import JobsClient
 from likeness.local import ORDER, LocalStack
-from tests.e2e.conftest import FAST_LEASES, _free_block
+from tests.e2e.conftest import FAST_LEASES, _free_block, demo_curate_spec
+from tests.helpers import ServiceProcess
 from tests.servers import PostgresServer, postgres_bin
 
 # One service call at a time per service from the orchestrator, and no detection result cache:
@@ -94,3 +98,54 @@ def restartable_postgres(tmp_path_factory):
 
 def logs_of(stack: LocalStack) -> dict[str, str]:
     return {p.stem: p.read_text(errors="replace") for p in (stack.state / "logs").glob("*.log")}
+
+
+def listing(store, prefix: str) -> dict[str, str]:
+    """key -> sha256 of every object under prefix."""
+    return {k: store.stat(k).sha256 for k in store.list(prefix)}
+
+
+def clear(store, prefix: str) -> None:
+    for k in store.list(prefix):
+        store.delete(k)
+
+
+@contextlib.contextmanager
+def fresh_orchestrator(env: dict[str, str], folder: Path, database_url: str):
+    """An orchestrator process on its own (empty) job store: no finished work of an earlier job is
+    reused, so every call of the job it runs really reaches the services. Yields a JobsClient with
+    `log_path` and `address` set."""
+    proc = ServiceProcess("orchestrator", {**env, "LIKENESS_ORCHESTRATOR_DATABASE_URL": database_url},
+                          log_path=folder / "orchestrator.log").wait_serving(120)
+    client = JobsClient(proc.address)
+    client.log_path, client.address = proc.log_path, proc.address
+    try:
+        yield client
+    finally:
+        client.close()
+        proc.stop()
+
+
+def log_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(errors="replace").splitlines() if line.startswith("{")]
+
+
+def retried(client, service: str) -> int:
+    """How many times the client's orchestrator logged a retry of a call to `service`."""
+    return sum(r.get("msg") == "retrying" and r.get("service") == service for r in log_records(client.log_path))
+
+
+@pytest.fixture(scope="session")
+def curate_baseline(rel_stack, rel_store, rel_demo):
+    """(manifest bytes, dataset listing) of an uninterrupted curate run of the demo set into
+    `faults/curate/`: what every faulted run must reproduce."""
+    from likeness.api.v1 import orchestrator_pb2 as o
+
+    uri, demo = rel_demo
+    client = JobsClient(rel_stack.address("orchestrator"))
+    try:
+        job = client.follow(client.submit(demo_curate_spec(uri, demo, "faults/curate/")).job_id, quiet=True)
+    finally:
+        client.close()
+    assert job.state == o.JOB_STATE_SUCCEEDED, job.error
+    return rel_store.get(job.manifest.uri), listing(rel_store, "faults/curate/")

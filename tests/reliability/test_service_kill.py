@@ -7,7 +7,6 @@ Killing the orchestrator itself is tests/e2e/test_takeover.py (another replica t
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -18,9 +17,8 @@ from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.jobs_client import JobsClient
 from likeness.local import health
 from tests.e2e.conftest import demo_curate_spec
-from tests.helpers import ServiceProcess
 from tests.photos import skimage_photo, tom_hanks
-from tests.reliability.conftest import kill, restart
+from tests.reliability.conftest import clear, fresh_orchestrator, kill, listing, restart, retried
 
 pytestmark = pytest.mark.slow
 
@@ -36,23 +34,8 @@ def client(rel_stack):
 def fresh(rel_stack, tmp_path):
     """An orchestrator with an empty job store (so no finished work of an earlier job is reused:
     every call of the faulted run really reaches the service), on the same services and store."""
-    env = {**rel_stack.env, "LIKENESS_ORCHESTRATOR_DATABASE_URL": f"sqlite:///{tmp_path}/jobs.db"}
-    proc = ServiceProcess("orchestrator", env, log_path=tmp_path / "orchestrator.log").wait_serving(120)
-    c = JobsClient(proc.address)
-    c.log_path = proc.log_path
-    yield c
-    c.close()
-    proc.stop()
-
-
-def listing(store, prefix: str) -> dict[str, str]:
-    """key -> sha256 of every object under prefix."""
-    return {k: store.stat(k).sha256 for k in store.list(prefix)}
-
-
-def clear(store, prefix: str) -> None:
-    for k in store.list(prefix):
-        store.delete(k)
+    with fresh_orchestrator(rel_stack.env, tmp_path, f"sqlite:///{tmp_path}/jobs.db") as client:
+        yield client
 
 
 def kill_when(client, job_id: str, trigger, stack, name: str, down_seconds: float = 1.0) -> threading.Thread:
@@ -67,24 +50,6 @@ def kill_when(client, job_id: str, trigger, stack, name: str, down_seconds: floa
     t = threading.Thread(target=restart, args=(stack, name), daemon=True)
     t.start()
     return t
-
-
-def retried(client, service: str) -> int:
-    """How many times the (fresh) orchestrator logged a retry of a call to `service`."""
-    n = 0
-    for line in client.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            n += rec.get("msg") == "retrying" and rec.get("service") == service
-    return n
-
-
-@pytest.fixture(scope="module")
-def curate_baseline(client, rel_store, rel_demo):
-    uri, demo = rel_demo
-    job = client.follow(client.submit(demo_curate_spec(uri, demo, "faults/curate/")).job_id, quiet=True)
-    assert job.state == o.JOB_STATE_SUCCEEDED, job.error
-    return rel_store.get(job.manifest.uri), listing(rel_store, "faults/curate/")
 
 
 @pytest.mark.parametrize("service, stage, after_items", [("detection", "validate", 16), ("embedding", "cluster", 0)])

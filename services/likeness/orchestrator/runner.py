@@ -10,6 +10,8 @@ import logging
 import os
 import socket
 
+import sqlalchemy.exc
+
 from likeness.api.v1 import orchestrator_pb2
 from likeness.core import errors, metrics
 from likeness.core.store import ArtifactStore
@@ -98,6 +100,12 @@ class Runner:
         except asyncio.CancelledError:
             # Shutdown or lost lease: leave the job RUNNING; its lease expires and it is resumed.
             log.info("job interrupted", extra={"job_id": job.job_id})
+        except sqlalchemy.exc.OperationalError:
+            # The job store is unreachable (database restart, failover): the job must not be
+            # marked FAILED for it (that write could even succeed a moment later). Left RUNNING
+            # without heartbeats, its lease expires and it is resumed, finished work reused.
+            log.warning("job store unreachable; the job resumes when its lease expires", extra={"job_id": job.job_id},
+                        exc_info=True)
         except Exception as exc:
             log.exception("job failed", extra={"job_id": job.job_id})
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "FAILED",
