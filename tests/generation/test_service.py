@@ -223,17 +223,22 @@ def _digest(data: bytes) -> str:
 
 
 def test_full_queue_answers_resource_exhausted_with_retry_hint(service):
-    """Capacity is 12 images: a long batch occupies the worker, 12 more wait, the next is refused."""
-    _, stub, _ = service
+    """Capacity is 12 images: a long batch occupies the worker, 12 more wait, the next is refused.
+    Waits on the batcher's depth, not on sleeps, so a loaded machine cannot reorder the steps."""
+    from tests.helpers import wait_for
+
+    thread, stub, _ = service
+    batcher = thread.runtime.service.servicers[0][1]._generator.batcher
     busy = stub.Generate.future(req(steps=60, count=4, seed=900, output_prefix="full/busy/"))
     waiting = []
     try:
+        wait_for(lambda: batcher.depth == 0 and not busy.done(), timeout=30, what="the busy batch to leave the queue")
         import time
 
-        time.sleep(0.5)  # the busy batch has left the queue and runs
+        time.sleep(0.2)  # the worker has taken the busy batch (max wait elapsed)
         waiting = [stub.Generate.future(req(steps=1, count=4, seed=910 + 10 * i, width=72, output_prefix="full/w/"))
                    for i in range(3)]
-        time.sleep(0.3)
+        wait_for(lambda: batcher.depth == 12, timeout=30, what="12 images waiting")
         with pytest.raises(grpc.RpcError) as err:
             stub.Generate(req(steps=1, seed=990, output_prefix="full/x/"))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
