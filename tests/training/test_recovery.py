@@ -20,8 +20,8 @@ from tests.training.conftest import write_dataset
 def test_shutdown_pauses_and_the_next_process_resumes(settings):
     store = LocalStore(settings.store_uri.removeprefix("file://"))
     write_dataset(store, "datasets/r", 3)
-    spec = pb.RunSpec(base_model="tiny-sdxl", dataset_uri="datasets/r", trigger_token="ohwx", rank=4, epochs=4,
-                      checkpoint_every_epochs=4, seed=5, sample_prompts=["a"], sample_seeds=[1], sample_steps=1)
+    spec = pb.RunSpec(base_model="tiny-sdxl", dataset_uri="datasets/r", trigger_token="ohwx", rank=4, epochs=20,
+                      checkpoint_every_epochs=20, seed=5, sample_prompts=["a"], sample_seeds=[1], sample_steps=1)
     with ServiceThread(create_service(settings), settings) as first, first.channel() as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
         run_id = stub.StartRun(pb.StartRunRequest(spec=spec)).run.run_id
@@ -30,7 +30,7 @@ def test_shutdown_pauses_and_the_next_process_resumes(settings):
     registry = RunRegistry(settings.training_database_url)
     paused = registry.get(run_id)
     assert paused.state == "running" and paused.owner == "" and paused.resume_state is not None
-    assert 2 <= paused.step < 12 and paused.resume_state[0] == paused.step
+    assert 2 <= paused.step < 60 and paused.resume_state[0] == paused.step
     assert any("paused at step" in n for n in paused.notes)
 
     with ServiceThread(create_service(settings), settings) as second, second.channel() as channel:
@@ -38,7 +38,7 @@ def test_shutdown_pauses_and_the_next_process_resumes(settings):
         events = list(stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=300))
     assert events[-1].state == pb.RUN_STATE_SUCCEEDED, events[-1].message
     done = registry.get(run_id)
-    assert [p.step for p in done.loss] == list(range(1, 13))  # no step lost, none trained twice
+    assert [p.step for p in done.loss] == list(range(1, 61))  # no step lost, none trained twice
     assert "resume" in done.timings and len(done.checkpoints) == 1
     registry.close()
 

@@ -23,8 +23,9 @@ from tests.training.conftest import write_dataset
 
 
 def spec(**changes) -> pb.RunSpec:
+    # 2 images x 20 epochs = 40 steps of ~20-50 ms: room for a CancelRun to land mid-run
     base = dict(base_model="tiny-sdxl", dataset_uri="datasets/faces", trigger_token="ohwx person", rank=4,
-                epochs=2, checkpoint_every_epochs=2, unet_lr=1e-2, seed=3, sample_prompts=["a portrait"],
+                epochs=20, checkpoint_every_epochs=20, unet_lr=1e-2, seed=3, sample_prompts=["a portrait"],
                 sample_seeds=[1], sample_steps=2)
     base.update(changes)
     return pb.RunSpec(**base)
@@ -82,20 +83,20 @@ def service(settings):
 def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, settings, model_root):
     svc, stub, store = service
     started = stub.StartRun(pb.StartRunRequest(spec=spec())).run
-    assert started.state in (pb.RUN_STATE_QUEUED, pb.RUN_STATE_RUNNING) and started.total_steps == 4
+    assert started.state in (pb.RUN_STATE_QUEUED, pb.RUN_STATE_RUNNING) and started.total_steps == 40
     events = watch(stub, started.run_id)
     assert events[-1].state == pb.RUN_STATE_SUCCEEDED, events[-1].message
     steps = [e.step for e in events]
-    assert steps == sorted(steps) and steps[-1] == 4
+    assert steps == sorted(steps) and steps[-1] == 40
     assert any(math.isfinite(e.eta_seconds) and e.eta_seconds >= 0 for e in events)
-    assert [e.checkpoint.epoch for e in events if e.HasField("checkpoint")] == [2]  # every 2 epochs
+    assert [e.checkpoint.epoch for e in events if e.HasField("checkpoint")] == [20]  # every 20 epochs
 
     run = stub.GetRun(pb.GetRunRequest(run_id=started.run_id)).run
-    assert [p.step for p in run.loss] == [1, 2, 3, 4] and all(math.isfinite(p.loss) for p in run.loss)
+    assert [p.step for p in run.loss] == list(range(1, 41)) and all(math.isfinite(p.loss) for p in run.loss)
     assert run.spec.alpha == 4 and run.spec.resolution == 64 and run.image_count == 2
     assert len(run.dataset_digest) == 64 and len(run.captions_digest) == 64
     (ckpt,) = run.checkpoints
-    assert ckpt.best and run.best_epoch == 2 and ckpt.step == 4 and math.isfinite(ckpt.loss)
+    assert ckpt.best and run.best_epoch == 20 and ckpt.step == 40 and math.isfinite(ckpt.loss)
     assert math.isnan(ckpt.clip_score) and math.isnan(ckpt.identity_similarity)  # no services configured
     for artifact in (ckpt.diffusers_weights, ckpt.kohya_weights, ckpt.state, ckpt.sample_grid):
         info = store.stat(artifact.uri)
@@ -130,17 +131,19 @@ def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, settings, m
     # cancel mid-run, then resume in a new run: same final weights as the uninterrupted run
     cut = stub.StartRun(pb.StartRunRequest(spec=spec())).run
 
+    sent = []
+
     def cancel_at_first_step(e):
-        if e.step == 1 and e.state == pb.RUN_STATE_RUNNING:
-            stub.CancelRun(pb.CancelRunRequest(run_id=cut.run_id))
+        if e.step >= 1 and e.state == pb.RUN_STATE_RUNNING and not sent:
+            sent.append(stub.CancelRun(pb.CancelRunRequest(run_id=cut.run_id)))
 
     assert watch(stub, cut.run_id, cancel_at_first_step)[-1].state == pb.RUN_STATE_CANCELLED
     cut_run = stub.GetRun(pb.GetRunRequest(run_id=cut.run_id)).run
-    assert 1 <= cut_run.step < 4 and not cut_run.checkpoints
+    assert 1 <= cut_run.step < 40 and not cut_run.checkpoints
     resumed = stub.StartRun(pb.StartRunRequest(spec=spec(), resume_from_run_id=cut.run_id)).run
     assert watch(stub, resumed.run_id)[-1].state == pb.RUN_STATE_SUCCEEDED
     final = stub.GetRun(pb.GetRunRequest(run_id=resumed.run_id)).run
-    assert [p.step for p in final.loss] == list(range(cut_run.step + 1, 5))
+    assert [p.step for p in final.loss] == list(range(cut_run.step + 1, 41))
     a = load_file(str(store.root / store.key_of(ckpt.diffusers_weights.uri)))
     b = load_file(str(store.root / store.key_of(final.checkpoints[0].diffusers_weights.uri)))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
