@@ -110,3 +110,36 @@ def test_diversity_survives_a_killed_generation(client, fresh, rel_stack, rel_st
     assert rel_store.get(done.manifest.uri) == rel_store.get(baseline.manifest.uri)
     assert listing(rel_store, "diversity/") == generated  # same 8 images, byte for byte, no duplicates
     assert health(rel_stack.address("generation")) == "SERVING"
+
+
+def test_generation_output_does_not_depend_on_request_history(rel_stack):
+    """A retried or resumed request must reproduce its artifact byte for byte, whatever ran on the
+    replica in between (found by the diversity kill test: "default" sampler once meant "whatever
+    the previous batch used")."""
+    import uuid
+
+    import grpc
+
+    from likeness.api.v1 import generation_pb2_grpc
+
+    stub = generation_pb2_grpc.GenerationServiceStub(grpc.insecure_channel(rel_stack.address("generation")))
+
+    def pixels(**kw) -> list[bytes]:
+        base = dict(model="tiny-sdxl", prompt="portrait", seed=7, count=2, steps=2, width=64, height=64,
+                    return_inline=True, output_prefix=f"history/{uuid.uuid4().hex}/")  # a new prefix: never cached
+        r = stub.Generate(generation_pb2.GenerateRequest(**{**base, **kw}), timeout=120)
+        return [decode(i.artifact.data) for i in r.images]
+
+    first = pixels()
+    pixels(sampler=generation_pb2.SAMPLER_EULER_ANCESTRAL, noise_injection=0.3, guidance_scale=9.0, seed=50)
+    pixels(sampler=generation_pb2.SAMPLER_DDIM, steps=3)
+    assert pixels() == first
+
+
+def decode(png: bytes) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).tobytes()

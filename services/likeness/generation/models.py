@@ -37,6 +37,13 @@ class LoadedModel:
     ip_adapter: str = ""  # IP-Adapter loaded into the UNet now ("" = none)
     _derived: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The model's own scheduler config, kept apart: each batch installs a fresh scheduler on the
+        # shared pipeline, and building "default" from the installed one's config would make it
+        # whatever sampler the previous batch used (outputs would depend on request history).
+        scheduler = getattr(self.pipe, "scheduler", None)  # engines without one never swap samplers
+        self.default_scheduler_config = dict(scheduler.config) if scheduler is not None else {}
+
     @property
     def kind(self) -> str:
         return self.spec.kind

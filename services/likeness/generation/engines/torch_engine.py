@@ -80,7 +80,7 @@ class TorchEngine:
 
         started = time.monotonic()
         pipe = model.pipeline(key.task)
-        pipe.scheduler = make_scheduler(key.sampler, model.pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(key.sampler, model.default_scheduler_config)
         model.adapters.activate(pipe, key.adapters, files)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
         cfg = key.guidance_scale > 1.0
@@ -160,7 +160,7 @@ class TorchEngine:
         """The refiner denoises the last `refiner_fraction` of the schedule (ensemble of experts)."""
         task = "inpaint" if key.task == "inpaint" else "image-to-image"
         pipe = refiner.pipeline(task)
-        pipe.scheduler = make_scheduler(key.sampler, refiner.pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(key.sampler, refiner.default_scheduler_config)
         t0 = time.monotonic()
         embeds = self.encode(pipe, "sdxl", items, cfg)
         encoding = time.monotonic() - t0
