@@ -86,3 +86,39 @@ def test_best_checkpoint_rule():
     assert choose_best([(10, nan, 0.3), (20, nan, 0.2)]) == 0
     assert choose_best([(10, nan, 0.9), (20, 0.1, nan)]) == 1  # measured identity beats none
     assert choose_best([(10, nan, nan), (20, nan, nan), (30, nan, nan)]) == 2  # nothing measured: last
+
+
+@pytest.mark.slow
+def test_a_run_scores_its_checkpoints_through_both_services(settings, embedding_address, detection_address):
+    """The services are reached from the training thread of a running service (its own event
+    loop); what they cannot measure is NaN with the reason recorded in the run."""
+    from likeness.api.v1 import training_pb2 as pb
+    from likeness.api.v1 import training_pb2_grpc
+    from likeness.core.store_local import LocalStore
+    from likeness.training.app import create_service
+    from tests.training.conftest import write_dataset
+
+    settings = settings.model_copy(update={"training_embedding_address": embedding_address,
+                                           "training_detection_address": detection_address})
+    write_dataset(LocalStore(settings.store_uri.removeprefix("file://")), "datasets/eval", 2)
+    spec = pb.RunSpec(base_model="tiny-sdxl", dataset_uri="datasets/eval", trigger_token="ohwx", rank=4, epochs=1,
+                      sample_prompts=["a portrait", "a landscape"], sample_seeds=[1, 2], sample_steps=1)
+    with ServiceThread(create_service(settings), settings) as svc, svc.channel() as channel:
+        stub = training_pb2_grpc.TrainingServiceStub(channel)
+        run_id = stub.StartRun(pb.StartRunRequest(spec=spec)).run.run_id
+        last = list(stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=300))[-1]
+        assert last.state == pb.RUN_STATE_SUCCEEDED, last.message
+        (ckpt,) = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run.checkpoints
+    assert 0.0 <= ckpt.clip_score <= 1.0  # measured by the embedding service (tiny-clip)
+    from likeness.training.registry import RunRegistry
+
+    registry = RunRegistry(settings.training_database_url)
+    notes = registry.get(run_id).notes
+    registry.close()
+    # identity: measured when the detector finds faces in both the thumbnails and the (noise)
+    # samples, which the real detector does here; otherwise NaN and the run says why
+    if math.isnan(ckpt.identity_similarity):
+        assert any("identity similarity not measured" in n for n in notes), notes
+    else:
+        assert -1.0 <= ckpt.identity_similarity <= 1.0
+        assert not any("identity" in n for n in notes), notes

@@ -28,7 +28,7 @@ def dataset(n=4) -> Dataset:
 _PRISTINE: dict = {}
 
 
-def trainer(model_root, kind="sdxl", **spec_changes) -> LoraTrainer:
+def trainer(model_root, kind="sdxl", checkpointing=False, **spec_changes) -> LoraTrainer:
     """A trainer on a fresh copy of the tiny pipeline (copied, not reloaded: faster, same weights)."""
     name = {"sdxl": "tiny-sdxl", "sd15": "tiny-sd15"}[kind]
     if kind not in _PRISTINE:
@@ -39,7 +39,7 @@ def trainer(model_root, kind="sdxl", **spec_changes) -> LoraTrainer:
                                                                                    "text_encoder_2")}
     pipe = type(pristine)(**{**pristine.components, **trained})  # VAE and tokenizers are only read
     pipe.set_progress_bar_config(disable=True)
-    return LoraTrainer(spec, pipe, kind, dataset())
+    return LoraTrainer(spec, pipe, kind, dataset(), gradient_checkpointing=checkpointing)
 
 
 # Every source of randomness and state at once: caption dropout + shuffle, aspect buckets,
@@ -119,3 +119,12 @@ def test_text_encoder_lora_saves_in_both_formats_and_loads(model_root, tmp_path)
         pipe = load_pipeline(model_root / "tiny-sdxl", "sdxl")
         load_into_pipeline(pipe, lora, "trained")
         assert set(pipe.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
+
+
+def test_gradient_checkpointing_gives_the_same_weights(model_root):
+    plain, saving = trainer(model_root, max_steps=2), trainer(model_root, checkpointing=True, max_steps=2)
+    plain.train(Hooks())
+    saving.train(Hooks())
+    assert saving.pipe.unet.is_gradient_checkpointing and not plain.pipe.unet.is_gradient_checkpointing
+    a, b = weights(plain), weights(saving)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -34,7 +34,8 @@ def create_context(settings: TrainingSettings) -> RunContext:
     store = open_store(settings)
     return RunContext(registry=RunRegistry(settings.training_database_url), store=store,
                       models=BaseModels(ModelRepository.from_settings(settings, store)),
-                      evaluator=Evaluator.from_settings(settings), limits=ImageLimits.from_settings(settings))
+                      evaluator=Evaluator.from_settings(settings), limits=ImageLimits.from_settings(settings),
+                      gradient_checkpointing=settings.training_gradient_checkpointing)
 
 
 def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=None) -> Service:

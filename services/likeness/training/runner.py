@@ -49,6 +49,7 @@ class RunContext:
     models: BaseModels
     evaluator: Evaluator
     limits: ImageLimits
+    gradient_checkpointing: str = "auto"  # on / off / auto (on for GPUs)
 
 
 class CheckpointWriter:
@@ -139,7 +140,9 @@ def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
                                      "(image or caption digests differ); start a new run")
         device = resolve_device()
         pipe = pipe or load_pipeline(model.path, model.kind, device=device)
-        trainer = LoraTrainer(spec, pipe, model.kind, dataset, device=device, run_id=run_id)
+        checkpointing = {"on": True, "off": False}.get(ctx.gradient_checkpointing, device != "cpu")
+        trainer = LoraTrainer(spec, pipe, model.kind, dataset, device=device, run_id=run_id,
+                              gradient_checkpointing=checkpointing)
         with tempfile.TemporaryDirectory(prefix=f"train-{run_id}-") as tmp:
             workdir = Path(tmp)
             source = _resume_source(ctx, run)

@@ -18,6 +18,9 @@ class TrainingSettings(CommonSettings):
     # torch intra-op threads on CPU; 0 keeps torch's default (one per core). Small models on a
     # shared CPU train several times faster on 1 thread (bench/training.py measures it).
     training_torch_threads: int = Field(0, ge=0, le=256)
+    # Recompute UNet activations during backward (~30% slower, far less memory): `auto` turns it
+    # on for GPUs, where SDXL LoRA at 1024 px otherwise needs more than 24 GB.
+    training_gradient_checkpointing: str = Field("auto", pattern="^(auto|on|off)$")
     # Evaluation clients; empty means that score is not measured and is recorded as NaN.
     training_embedding_address: str = ""
     training_detection_address: str = ""

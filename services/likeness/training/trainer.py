@@ -36,6 +36,7 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 STATE_FORMAT = 1
 MAX_GRAD_NORM = 1.0
+SAMPLE_BATCH = 4  # sample images per pipeline call
 
 
 def derived_seed(*parts) -> int:
@@ -98,11 +99,12 @@ def resolve_precision(requested: str, device: str) -> str:
 
 class LoraTrainer:
     def __init__(self, spec: RunSpec, pipe, kind: str, dataset: Dataset, *, device: str = "cpu",
-                 run_id: str = ""):
+                 run_id: str = "", gradient_checkpointing: bool = False):
         import torch
 
         self.spec, self.pipe, self.kind, self.dataset = spec, pipe, kind, dataset
         self.run_id = run_id
+        self.gradient_checkpointing = gradient_checkpointing
         self.device = device
         self.precision = resolve_precision(spec.precision, device)
         self.weight_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
@@ -136,6 +138,8 @@ class LoraTrainer:
         if self.weight_dtype != torch.float32:  # the VAE stays fp32: it overflows in fp16
             for module in (pipe.unet, *self._text_encoders()):
                 module.to(dtype=self.weight_dtype)
+        if self.gradient_checkpointing:  # recompute activations in backward: less memory, same result
+            pipe.unet.enable_gradient_checkpointing()
         torch.manual_seed(derived_seed(self.spec.seed, "lora-init"))  # peft draws lora_A from it
         pipe.unet.add_adapter(LoraConfig(r=self.spec.rank, lora_alpha=self.spec.alpha,
                                          init_lora_weights="gaussian", target_modules=UNET_TARGETS))
@@ -421,10 +425,14 @@ class LoraTrainer:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             for prompt in prompts:
                 text = ", ".join(p for p in (self.spec.trigger_token.strip(), prompt) if p)
-                gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-                out = self.pipe(prompt=[text] * len(seeds), generator=gens, num_inference_steps=steps,
-                                height=self.spec.resolution, width=self.spec.resolution, output_type="np")
-                rows.append([(np.clip(img, 0, 1) * 255).round().astype(np.uint8) for img in out.images])
+                row = []
+                for i in range(0, len(seeds), SAMPLE_BATCH):  # bounded batches: SDXL at 1024 px is big
+                    chunk = seeds[i:i + SAMPLE_BATCH]
+                    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in chunk]
+                    out = self.pipe(prompt=[text] * len(chunk), generator=gens, num_inference_steps=steps,
+                                    height=self.spec.resolution, width=self.spec.resolution, output_type="np")
+                    row += [(np.clip(img, 0, 1) * 255).round().astype(np.uint8) for img in out.images]
+                rows.append(row)
         self.pipe.unet.train()
         return rows
 
