@@ -98,6 +98,8 @@ def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, settings, m
     (ckpt,) = run.checkpoints
     assert ckpt.best and run.best_epoch == 20 and ckpt.step == 40 and math.isfinite(ckpt.loss)
     assert math.isnan(ckpt.clip_score) and math.isnan(ckpt.identity_similarity)  # no services configured
+    assert any("LIKENESS_TRAINING_EMBEDDING_ADDRESS is not set" in n for n in run.notes)  # ... and it says so
+    assert {"setup", "train", "checkpoint", "sampling"} <= set(run.timings) and run.timings["train"] > 0
     for artifact in (ckpt.diffusers_weights, ckpt.kohya_weights, ckpt.state, ckpt.sample_grid):
         info = store.stat(artifact.uri)
         assert (info.sha256, info.size) == (artifact.sha256, artifact.size_bytes)

@@ -126,7 +126,8 @@ def run_pb(r: RunRecord) -> training_pb2.Run:
         best_epoch=r.best_epoch, dataset_digest=r.dataset_digest, captions_digest=r.captions_digest,
         skipped=[training_pb2.SkippedItem(uri=s.uri, reason=s.reason) for s in r.skipped],
         error=r.error, created_at=_ts(r.created_at), started_at=_ts(r.started_at),
-        finished_at=_ts(r.finished_at), step=r.step, total_steps=r.total_steps, image_count=r.image_count)
+        finished_at=_ts(r.finished_at), step=r.step, total_steps=r.total_steps, image_count=r.image_count,
+        notes=r.notes, timings={k: float(v) for k, v in r.timings.items()})
 
 
 def watch_pb(e: WatchEvent) -> training_pb2.WatchRunResponse:

@@ -200,7 +200,14 @@ class SkippedItem(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "spec", "state", "checkpoints", "loss", "best_epoch", "dataset_digest", "captions_digest", "skipped", "error", "created_at", "started_at", "finished_at", "step", "total_steps", "image_count")
+    __slots__ = ("run_id", "spec", "state", "checkpoints", "loss", "best_epoch", "dataset_digest", "captions_digest", "skipped", "error", "created_at", "started_at", "finished_at", "step", "total_steps", "image_count", "notes", "timings")
+    class TimingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +224,8 @@ class Run(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     spec: RunSpec
     state: RunState
@@ -233,7 +242,9 @@ class Run(_message.Message):
     step: int
     total_steps: int
     image_count: int
-    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., loss: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., best_epoch: _Optional[int] = ..., dataset_digest: _Optional[str] = ..., captions_digest: _Optional[str] = ..., skipped: _Optional[_Iterable[_Union[SkippedItem, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., image_count: _Optional[int] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    timings: _containers.ScalarMap[str, float]
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., loss: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., best_epoch: _Optional[int] = ..., dataset_digest: _Optional[str] = ..., captions_digest: _Optional[str] = ..., skipped: _Optional[_Iterable[_Union[SkippedItem, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., image_count: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("spec", "resume_from_run_id")
