@@ -44,14 +44,13 @@ def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
         pass
 
 
-def _own_group_dying_with_parent() -> None:
-    """preexec_fn: a new process group (so teardown can kill it all), and SIGTERM when the test
-    process dies, even by SIGKILL, so a killed pytest leaves no server behind."""
-    import ctypes
-
-    os.setsid()
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def dying_with_parent(command: list[str]) -> list[str]:
+    """`command` wrapped so that it gets SIGTERM when the test process dies, even by SIGKILL, so a
+    killed pytest leaves no server behind. util-linux `setpriv` sets the parent-death signal in C
+    between fork and exec: Python code must not run there (a `preexec_fn` in a process with gRPC
+    threads can crash the child)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 def weed_binary() -> str:
@@ -109,17 +108,16 @@ class SeaweedServer:
     def start(self) -> None:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         with open(self.log_path, "ab") as log:
+            # The parent-death signal fires when the *thread* that started the server ends, so it
+            # is only armed from the main thread (a restart from a Timer thread must outlive it).
+            main = threading.current_thread() is threading.main_thread()
             self.proc = subprocess.Popen(
-                self.command(),
+                dying_with_parent(self.command()) if main else self.command(),
                 cwd=self.workdir,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                # The parent-death signal fires when the *thread* that started the server ends, so
-                # it is only armed from the main thread (a restart from a Timer thread must outlive it).
-                preexec_fn=_own_group_dying_with_parent
-                if threading.current_thread() is threading.main_thread()
-                else os.setsid,
+                start_new_session=True,  # its own process group: teardown kills it all
             )
         self._wait_ready()
 
