@@ -43,10 +43,20 @@ def test_job_pod_trains_a_run_the_service_started(settings, postgres_url, tmp_pa
         container = manifest["spec"]["template"]["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
-        # the pod: the manifest's command and env; the Secret supplies the registry URL
-        env = {e["name"]: e["value"] for e in container["env"]}
-        env.update(LIKENESS_TRAINING_DATABASE_URL=postgres_url, LIKENESS_TRAINING_TORCH_THREADS="1",
-                   PATH=os.environ["PATH"], PYTHONPATH=str(ROOT / "services"))
+        # the pod: the manifest's command and env, with secretKeyRefs resolved as the kubelet would
+        secrets = {(settings.training_job_database_secret, "url"): postgres_url}
+        env = {}
+        for e in container["env"]:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            else:
+                ref = e["valueFrom"]["secretKeyRef"]
+                if (ref["name"], ref["key"]) in secrets:
+                    env[e["name"]] = secrets[(ref["name"], ref["key"])]
+                else:
+                    assert ref.get("optional"), f"{e['name']} needs Secret {ref['name']}/{ref['key']}"
+        assert env["LIKENESS_TRAINING_DATABASE_URL"] == postgres_url
+        env.update(LIKENESS_TRAINING_TORCH_THREADS="1", PATH=os.environ["PATH"], PYTHONPATH=str(ROOT / "services"))
         command = [sys.executable if c == "python" else c for c in container["command"]]
 
         def pod():

@@ -29,8 +29,10 @@ class TrainingSettings(CommonSettings):
     training_namespace: str = "likeness"
     training_job_image: str = "ghcr.io/likeness/likeness:gpu"
     training_job_service_account: str = ""
-    # Secret holding LIKENESS_S3_ACCESS_KEY / LIKENESS_S3_SECRET_KEY / LIKENESS_TRAINING_DATABASE_URL.
+    # Secrets the Job pod reads (the chart's names and keys): the store keys (`accessKey`,
+    # `secretKey`) and the registry URL (`url`); the pod writes to the same registry as the service.
     training_job_secret: str = "likeness-store"
+    training_job_database_secret: str = "likeness-database"
     # PersistentVolumeClaim mounted as the model cache; empty uses an emptyDir.
     training_model_cache_claim: str = ""
     training_job_ttl_seconds: int = Field(86_400, ge=0)

@@ -9,8 +9,8 @@ in-process executor, writing progress, checkpoints and the final state to the sa
 - `reconcile` marks a run FAILED when its Job failed without the pod recording why.
 
 The manifest is built from the run spec (GPUs, node selector, tolerations, image, memory, CPU)
-and the service settings (store, model repository, the Secret with store and registry
-credentials, the model cache volume). Tests validate it against the Kubernetes schema.
+and the service settings (store, model repository, the Secrets holding the store keys and the
+registry URL, the model cache volume). Tests validate it against the Kubernetes schema.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from likeness.training.settings import TrainingSettings
 log = logging.getLogger("likeness.training.kubernetes")
 
 CONTAINER = "train"
+STORE_ACCESS_KEY, STORE_SECRET_KEY, DATABASE_URL_KEY = "accessKey", "secretKey", "url"  # the chart's keys
 RUN_LABEL = "likeness.dev/run-id"
-# Settings forwarded to the pod as plain env vars; secrets travel in the Secret (envFrom) instead.
+# Settings forwarded to the pod as plain env vars; credentials travel as secretKeyRefs instead.
 FORWARDED = ("store_uri", "s3_endpoint", "s3_secure", "s3_region", "allowed_buckets", "model_repository",
              "model_cache_dir", "training_embedding_address", "training_detection_address",
              "training_eval_timeout_seconds", "log_level", "tls_ca_file")
@@ -46,6 +47,11 @@ def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
            for name in FORWARDED if str(getattr(settings, name))]
     env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "LIKENESS_LOG_JSON", "value": "true"}]
+    # credentials only by reference, never as values in the manifest (same Secrets and keys as the
+    # chart gives the services); store keys are optional: a file:// store needs none
+    env += [_secret_env("LIKENESS_S3_ACCESS_KEY", settings.training_job_secret, STORE_ACCESS_KEY, optional=True),
+            _secret_env("LIKENESS_S3_SECRET_KEY", settings.training_job_secret, STORE_SECRET_KEY, optional=True),
+            _secret_env("LIKENESS_TRAINING_DATABASE_URL", settings.training_job_database_secret, DATABASE_URL_KEY)]
     requests = {"cpu": k8s.get("cpu") or ("4" if gpus else "2"), "memory": k8s.get("memory") or "16Gi"}
     limits = {"memory": k8s.get("memory") or "16Gi"}
     if gpus:
@@ -59,9 +65,6 @@ def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "likeness.training.job", "--run-id", run.run_id],
         "env": env,
-        # store keys and the registry URL (LIKENESS_S3_ACCESS_KEY, LIKENESS_S3_SECRET_KEY,
-        # LIKENESS_TRAINING_DATABASE_URL) come from the Secret, never from the manifest
-        "envFrom": [{"secretRef": {"name": settings.training_job_secret}}],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [
             {"name": "model-cache", "mountPath": settings.model_cache_dir},
@@ -100,6 +103,13 @@ def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
+
+
+def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict:
+    ref = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
 def _toleration(t: dict) -> dict:
@@ -144,6 +154,10 @@ class KubernetesJobExecutor:
     def submit(self, run: RunRecord) -> None:
         from kubernetes.client.exceptions import ApiException
 
+        if self.registry.backend == "sqlite" or not self.settings.training_job_database_secret:
+            raise FailedPrecondition("spec.executor", "KUBERNETES_JOB needs a registry the Job pod can reach: "
+                                     "LIKENESS_TRAINING_DATABASE_URL on PostgreSQL and "
+                                     "LIKENESS_TRAINING_JOB_DATABASE_SECRET naming a Secret with its `url`")
         manifest = job_manifest(run, self.settings)
         try:
             created = self._batch().create_namespaced_job(self.settings.training_namespace, manifest)
