@@ -151,6 +151,11 @@ def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, settings, m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [p.loss for p in final.loss] == [p.loss for p in run.loss][cut_run.step:]
 
+    code, details = _code(lambda: stub.StartRun(pb.StartRunRequest(spec=spec(), resume_from_run_id=started.run_id)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "nothing to resume" in details
+    code, details = _code(lambda: stub.StartRun(pb.StartRunRequest(spec=spec(rank=8), resume_from_run_id=cut.run_id)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "these differ: spec.rank, spec.alpha" in details
+
     listed = stub.ListRuns(pb.ListRunsRequest(limit=10)).runs
     assert [r.run_id for r in listed] == [resumed.run_id, cut.run_id, other.run_id, started.run_id]
     assert health_status(svc.port) == "SERVING"

@@ -75,11 +75,17 @@ class TrainingRuns:
             self._check_resume_source(resume_from, resolved)
         dataset = load_dataset(self.ctx.store, resolved.dataset_uri, policy=resolved.missing_caption_policy,
                                limits=self.ctx.limits)
+        total_steps = planned_steps(resolved, dataset)
+        if resume_from:
+            saved_step = self.registry.get(resume_from, with_loss=False).latest_state[0]
+            if saved_step >= total_steps:
+                raise FailedPrecondition("resume_from_run_id", f"run {resume_from} already trained all "
+                                         f"{total_steps} steps; there is nothing to resume")
         run = self.registry.create_run(
             run_id, resolved.to_dict(), executor=resolved.executor, base_model_digest=model.digest,
             resume_from=resume_from, skipped=list(dataset.skipped),
             dataset={"dataset_digest": dataset.dataset_digest, "captions_digest": dataset.captions_digest,
-                     "image_count": len(dataset.items), "total_steps": planned_steps(resolved, dataset),
+                     "image_count": len(dataset.items), "total_steps": total_steps,
                      "info": dataset.info()})
         executor = self.executors[resolved.executor]
         try:
