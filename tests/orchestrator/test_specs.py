@@ -2,7 +2,7 @@
 
 import pytest
 
-from likeness.api.v1 import common_pb2
+from likeness.api.v1 import common_pb2, training_pb2
 from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.core.errors import InvalidArgument
 from likeness.orchestrator.specs import validate
@@ -48,6 +48,8 @@ def test_valid_curate_passes():
     (o.JobSpec(diversity=o.DiversitySpec(model="m", reference_uri="s3://b/r", nearest_k=8,
                                          settings=[o.DiversitySetting(name="a", count=5)])), "spec.diversity.nearest_k", "below"),
     (o.JobSpec(train=o.TrainSpec()), "spec.train.run.base_model", "empty"),
+    (o.JobSpec(train=o.TrainSpec(run=training_pb2.RunSpec(base_model="tiny-sdxl", dataset_uri="s3://b/d/"))),
+     "spec.train.run.rank", "0 is outside [1, 256]"),
 ])
 def test_bad_specs_name_the_field(spec, field, words):
     with pytest.raises(InvalidArgument) as err:

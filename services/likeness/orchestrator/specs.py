@@ -83,7 +83,7 @@ def validate_train(t: orchestrator_pb2.TrainSpec) -> None:
     r = t.run
     require(bool(r.base_model), "spec.train.run.base_model", "is empty")
     require(bool(r.dataset_uri), "spec.train.run.dataset_uri", "is empty")
-    require(r.rank >= 0, "spec.train.run.rank", f"{r.rank} is negative")
+    _count(r.rank, "spec.train.run.rank", 1, 256)
     require(r.epochs >= 0 and r.max_steps >= 0, "spec.train.run", "epochs and max_steps must be >= 0")
 
 
