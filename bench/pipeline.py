@@ -4,8 +4,8 @@ second; and the share of work redone when the orchestrator running the job is ki
 
     python bench/pipeline.py [--quick]
 
-Each service-path repetition uses a fresh orchestrator job store, so nothing is answered from
-cached results. The in-process path does the same work: read each image from the store, decode,
+Each service-path repetition uses a fresh orchestrator job store and a fresh detection process
+(whose result cache would otherwise answer repeated images), so nothing is answered from cache. The in-process path does the same work: read each image from the store, decode,
 detect + validate + quality, embed the survivors, cluster, select under the same quotas.
 """
 
@@ -105,11 +105,13 @@ def main() -> None:
     try:
         stack.up(timeout=300, )
         for r in range(reps):
-            # fresh job store per repetition: no cached results
-            stack.stop("orchestrator")
+            # fresh job store and fresh detection process per repetition: no cached results
+            for name in ("orchestrator", "detection"):
+                stack.stop(name)
             stack.env["LIKENESS_ORCHESTRATOR_DATABASE_URL"] = f"sqlite:///{work}/jobs-{r}.db"
-            stack.start("orchestrator")
-            stack.wait_serving(["orchestrator"])
+            for name in ("detection", "orchestrator"):
+                stack.start(name)
+            stack.wait_serving(["detection", "orchestrator"])
             client = JobsClient(stack.address("orchestrator"))
             t = time.perf_counter()
             job = client.follow(client.submit(spec).job_id, quiet=True)
