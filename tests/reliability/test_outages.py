@@ -22,7 +22,7 @@ import pytest
 from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.core.store import open_store
 from likeness.local import LocalStack, health
-from tests.e2e.conftest import FAST_LEASES, _free_block, demo_curate_spec
+from tests.e2e.conftest import _free_block, demo_curate_spec
 from tests.reliability.conftest import (
     FAULT_ENV,
     clear,
@@ -43,7 +43,7 @@ def s3_stack(seaweed, tmp_path_factory):
     client = seaweed.client()
     if not client.bucket_exists(BUCKET):
         client.make_bucket(BUCKET)
-    env = {**FAULT_ENV, **FAST_LEASES, "LIKENESS_STORE_URI": f"s3://{BUCKET}", "LIKENESS_S3_ENDPOINT": seaweed.endpoint,
+    env = {**FAULT_ENV, "LIKENESS_STORE_URI": f"s3://{BUCKET}", "LIKENESS_S3_ENDPOINT": seaweed.endpoint,
            "LIKENESS_S3_ACCESS_KEY": seaweed.access_key, "LIKENESS_S3_SECRET_KEY": seaweed.secret_key,
            "LIKENESS_S3_SECURE": "false", "LIKENESS_LOG_CALLS": "all", "LIKENESS_LOG_LEVEL": "DEBUG"}
     stack = LocalStack(tmp_path_factory.mktemp("s3stack"), services=("detection", "embedding", "orchestrator"),
@@ -60,6 +60,7 @@ def s3_store(s3_stack, seaweed):
     return open_store(seaweed.settings(BUCKET))
 
 
+@pytest.mark.s3
 def test_s3_store_down_for_10_seconds(s3_stack, s3_store, seaweed, tmp_path_factory):
     uri, demo = upload_demo_set(s3_store, tmp_path_factory.mktemp("s3demo") / "set", "demo-candidates/")
     spec = demo_curate_spec(uri, demo, "outage/curate/")
@@ -103,6 +104,7 @@ def _iso(monotonic_at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
 
 
+@pytest.mark.s3
 def test_store_secret_never_logged(s3_stack, s3_store, seaweed, tmp_path):
     """After start-up, a job, an outage and failing calls (DEBUG logs, every call logged), the
     secret key appears in no service's log; the access key id (not a secret) may."""
@@ -125,6 +127,7 @@ def test_store_secret_never_logged(s3_stack, s3_store, seaweed, tmp_path):
     assert not leaked, f"secret key found in {leaked}"
 
 
+@pytest.mark.postgres
 def test_postgres_restart_mid_job(rel_stack, rel_store, rel_demo, curate_baseline, restartable_postgres, tmp_path):
     uri, demo = rel_demo
     manifest, files = curate_baseline
