@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from likeness.core import metrics
+from likeness.core.errors import LikenessError
 from likeness.core.interceptor import ObservabilityInterceptor
 from likeness.core.logging import configure as configure_logging
 from likeness.core.settings import CommonSettings
@@ -149,12 +151,21 @@ class ServiceRuntime:
         await self._stopped.wait()
 
 
-def run(service_factory: Callable[[], Service], settings: CommonSettings) -> None:
-    """Entry point of a service process: logging, build the service, serve until SIGTERM."""
-    configure_logging(service_factory.__module__.split(".")[1] if "." in service_factory.__module__ else "likeness",
-                      settings.log_level, settings.log_json)
+def run(service_factory: Callable[[], Service], settings: CommonSettings,
+        interceptors: list[grpc.aio.ServerInterceptor] | None = None) -> None:
+    """Entry point of a service process: logging, build the service, serve until SIGTERM.
+    A domain error while starting (ModelMissing: weights absent) ends the process with exit code 1
+    and one line naming the cause, instead of a traceback."""
+    module = service_factory.__module__
+    name = module.split(".")[1] if module.startswith("likeness.") else "likeness"
+    configure_logging(name, settings.log_level, settings.log_json)
 
     async def main() -> None:
-        await ServiceRuntime(service_factory(), settings).serve_forever()
+        await ServiceRuntime(service_factory(), settings, interceptors=interceptors).serve_forever()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except LikenessError as exc:
+        log.error("%s cannot start: %s", name, exc)
+        print(f"{name} cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

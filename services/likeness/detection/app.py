@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from likeness.api.v1 import detection_pb2, detection_pb2_grpc
-from likeness.core.errors import LikenessError
 from likeness.core.image_loader import ImageLoader
 from likeness.core.images import ImageLimits
 from likeness.core.server import Service, run
@@ -64,13 +62,7 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
 
 
 def main() -> None:
-    try:
-        run(create_service, DetectionSettings())
-    except LikenessError as exc:
-        # e.g. ModelMissing: one clear line naming the missing files instead of a traceback
-        log.error("detection cannot start: %s", exc)
-        print(f"detection cannot start: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+    run(create_service, DetectionSettings())
 
 
 if __name__ == "__main__":

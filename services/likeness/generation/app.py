@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 
 from likeness.api.v1 import generation_pb2, generation_pb2_grpc
-from likeness.core.errors import LikenessError
 from likeness.core.image_loader import ImageLoader
 from likeness.core.images import ImageLimits
 from likeness.core.modelrepo import ModelRepository
@@ -91,12 +89,7 @@ async def _unload_idle_forever(generator: ImageGenerator, manager: ModelManager)
 
 
 def main() -> None:
-    try:
-        run(create_service, GenerationSettings())
-    except LikenessError as exc:
-        log.error("generation cannot start: %s", exc)
-        print(f"generation cannot start: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+    run(create_service, GenerationSettings())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import asyncio
 
 from likeness.api.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from likeness.core.auth import BearerTokenInterceptor
-from likeness.core.server import Service, ServiceRuntime
+from likeness.core.server import Service, run
 from likeness.core.store import open_store
 from likeness.orchestrator.clients import ServiceClients
 from likeness.orchestrator.jobstore import JobStore
@@ -50,12 +50,5 @@ def interceptors(settings: OrchestratorSettings) -> list:
 
 
 def main() -> None:
-    from likeness.core.logging import configure
-
     settings = OrchestratorSettings()
-    configure("orchestrator", settings.log_level, settings.log_json)
-
-    async def serve() -> None:
-        await ServiceRuntime(create_service(settings), settings, interceptors=interceptors(settings)).serve_forever()
-
-    asyncio.run(serve())
+    run(lambda: create_service(settings), settings, interceptors=interceptors(settings))

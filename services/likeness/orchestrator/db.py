@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, LargeBinary, String, Text, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from likeness.core import database
 
 
 def utcnow() -> datetime:
@@ -66,35 +66,9 @@ class WorkResultRow(Base):
 
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _):  # WAL: readers do not block the writer
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            # WAL + NORMAL: a commit is not fsynced, but the database cannot be corrupted; a crash
-            # loses at most the last events, which a resumed job writes again
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+MIGRATION_LOCK = 7254001
 
 
 def migrate(engine: Engine) -> None:
     """Brings the schema to the newest revision (idempotent; safe with several replicas starting)."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # replicas starting together migrate one at a time
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7254001)")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    database.migrate(engine, MIGRATIONS, MIGRATION_LOCK)

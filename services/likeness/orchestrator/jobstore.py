@@ -16,8 +16,9 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from likeness.core.database import make_engine
 from likeness.core.errors import NotFound
-from likeness.orchestrator.db import EventRow, JobRow, WorkResultRow, make_engine, migrate, utcnow
+from likeness.orchestrator.db import EventRow, JobRow, WorkResultRow, migrate, utcnow
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 

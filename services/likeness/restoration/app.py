@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from likeness.api.v1 import restoration_pb2, restoration_pb2_grpc
-from likeness.core.errors import LikenessError
 from likeness.core.image_loader import ImageLoader
 from likeness.core.images import ImageLimits
 from likeness.core.server import Service, run
@@ -81,13 +79,7 @@ def create_service(settings: RestorationSettings | None = None, model_dir=None) 
 
 
 def main() -> None:
-    try:
-        run(create_service, RestorationSettings())
-    except LikenessError as exc:
-        # e.g. ModelMissing: one clear line naming the missing files instead of a traceback
-        log.error("restoration cannot start: %s", exc)
-        print(f"restoration cannot start: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+    run(create_service, RestorationSettings())
 
 
 if __name__ == "__main__":

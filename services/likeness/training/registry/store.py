@@ -12,12 +12,11 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import selectinload, sessionmaker
 
+from likeness.core import database
 from likeness.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from likeness.training.registry.models import CheckpointRow, LossRow, RunRow, SkippedRow
 from likeness.training.registry.records import (
@@ -58,40 +57,15 @@ def _null(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # WAL: readers never wait for the training thread
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
 def migrate(engine: Engine) -> None:
     """Upgrades the schema to the newest migration; safe to call from many replicas at once."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+    database.migrate(engine, MIGRATIONS, _MIGRATION_LOCK)
 
 
 class RunRegistry:
     def __init__(self, url: str, *, migrate_schema: bool = True):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = database.make_engine(url)
         if migrate_schema:
             migrate(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
