@@ -73,7 +73,7 @@ def test_curate_survives_a_killed_service(service, stage, after_items, fresh, re
     restarter.join(300)
     assert done.state == o.JOB_STATE_SUCCEEDED, done.error
     assert done.attempts == 1  # the job waited for the service; it was not restarted
-    assert retried(client, service) > 0  # the kill did hit a call of this job
+    assert retried(client, service) > 0, dict(done.summary)  # the kill did hit a call of this job
     assert rel_store.get(done.manifest.uri) == manifest
     assert listing(rel_store, "faults/curate/") == files  # nothing lost, nothing extra
     assert health(rel_stack.address(service)) == "SERVING"
@@ -84,8 +84,10 @@ def test_diversity_survives_a_killed_generation(client, fresh, rel_stack, rel_st
         from likeness.core.images import encode_png
 
         rel_store.put(f"faults/reference/r{i}.png", encode_png(img), "image/png")
+    # setting b takes 25 steps: its Generate call is still running when the kill lands, after
+    # setting a's images were stored (the job then needs both the finished and the redone ones)
     settings = [o.DiversitySetting(name="a", seed_start=0, count=4, steps=2),
-                o.DiversitySetting(name="b", seed_start=50, count=4, steps=2,
+                o.DiversitySetting(name="b", seed_start=50, count=4, steps=25,
                                    sampler=generation_pb2.SAMPLER_EULER_ANCESTRAL, noise_injection=0.3)]
     spec = o.JobSpec(diversity=o.DiversitySpec(model="tiny-sdxl", prompt="portrait", width=64, height=64,
                                                reference_uri=rel_store.uri("faults/reference/"), settings=settings,
@@ -99,14 +101,18 @@ def test_diversity_survives_a_killed_generation(client, fresh, rel_stack, rel_st
     clear(rel_store, "diversity/")
     client = fresh
     job = client.submit(spec)
-    restarter = kill_when(client, job.job_id,
-                          lambda ev: ev.type == o.EVENT_TYPE_STAGE_STARTED and ev.stage == "generate",
-                          rel_stack, "generation")
+    stages = {"generate": 0}
+
+    def second_generate(ev) -> bool:
+        stages["generate"] += ev.type == o.EVENT_TYPE_STAGE_STARTED and ev.stage == "generate"
+        return stages["generate"] == 2
+
+    restarter = kill_when(client, job.job_id, second_generate, rel_stack, "generation")
     done = client.follow(job.job_id, quiet=True)
     restarter.join(300)
     assert done.state == o.JOB_STATE_SUCCEEDED, done.error
     assert done.attempts == 1
-    assert retried(client, "generation") > 0
+    assert retried(client, "generation") > 0, dict(done.summary)  # the kill hit a call of this job
     assert rel_store.get(done.manifest.uri) == rel_store.get(baseline.manifest.uri)
     assert listing(rel_store, "diversity/") == generated  # same 8 images, byte for byte, no duplicates
     assert health(rel_stack.address("generation")) == "SERVING"
