@@ -1,6 +1,6 @@
 """Load and soak: N concurrent callers for a bounded time against a local stack.
 
-    python bench/load.py --quick                 # 10 s of load after start-up (~35 s in all)
+    python bench/load.py --quick                 # 10 s of load after start-up (~25 s in all)
     python bench/load.py --minutes 10            # the soak of docs/reliability.md
     python bench/load.py --seconds 45 --callers 4
 
@@ -270,11 +270,12 @@ def _free_base(n: int = len(SERVICES) + 3) -> int:
 
 
 def print_report(r: dict) -> None:
-    print(f"\nload: {r['seconds']:.0f} s, window {r['window_seconds']:.0f} s")
-    print(f"{'call':<24}{'calls':>7}{'ok/s':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'p95 1st':>9}{'p95 last':>9}")
+    print(f"\nload: {r['seconds']:.0f} s, window {r['window_seconds']:.1f} s")
+    print(f"{'call':<24}{'calls':>7}{'ok/s':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'p95 1st':>9}{'p95 last':>9}"
+          f"{'last/1st':>9}")
     for name, c in r["calls"].items():
         print(f"{name:<24}{c['calls']:>7}{c['per_second']:>7}{c['p50_ms']:>9}{c['p95_ms']:>9}{c['p99_ms']:>9}"
-              f"{c['p95_first_ms']:>9}{c['p95_last_ms']:>9}")
+              f"{c['p95_first_ms']:>9}{c['p95_last_ms']:>9}{c['p95_last_ms'] / c['p95_first_ms']:>9.2f}")
     print(f"errors by status: {r['errors'] or 'none'}")
     print(f"{'service':<12}{'RSS start MB':>14}{'end MB':>9}{'max MB':>9}{'growth':>9}")
     for name, m in r["rss"].items():
@@ -284,7 +285,7 @@ def print_report(r: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="10 s of load (about 35 s with the stack start-up)")
+    ap.add_argument("--quick", action="store_true", help="10 s of load (about 25 s with the stack start-up)")
     ap.add_argument("--minutes", type=float, default=0.0)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--callers", type=int, default=4)
