@@ -84,10 +84,11 @@ def test_diversity_survives_a_killed_generation(client, fresh, rel_stack, rel_st
         from likeness.core.images import encode_png
 
         rel_store.put(f"faults/reference/r{i}.png", encode_png(img), "image/png")
-    # setting b takes 25 steps: its Generate call is still running when the kill lands, after
-    # setting a's images were stored (the job then needs both the finished and the redone ones)
+    # setting b takes 150 steps (seconds, even on a quiet machine): its Generate call is still
+    # running when the kill lands, after setting a's images were stored (the job then needs both
+    # the finished and the redone ones)
     settings = [o.DiversitySetting(name="a", seed_start=0, count=4, steps=2),
-                o.DiversitySetting(name="b", seed_start=50, count=4, steps=25,
+                o.DiversitySetting(name="b", seed_start=50, count=4, steps=150,
                                    sampler=generation_pb2.SAMPLER_EULER_ANCESTRAL, noise_injection=0.3)]
     spec = o.JobSpec(diversity=o.DiversitySpec(model="tiny-sdxl", prompt="portrait", width=64, height=64,
                                                reference_uri=rel_store.uri("faults/reference/"), settings=settings,
