@@ -143,7 +143,9 @@ def main() -> None:
     # 3. service (URI) vs in-process. The server inherits this process's one-core affinity at
     # spawn; the client moves to the other core for each call.
     env = service_env(LIKENESS_STORE_URI=settings.store_uri, LIKENESS_LOG_LEVEL="WARNING",
-                      LIKENESS_DETECTION_THREADS="1", OMP_NUM_THREADS="1")
+                      LIKENESS_DETECTION_THREADS="1", OMP_NUM_THREADS="1",
+                      # the same images are sent every round: the result cache would answer them
+                      LIKENESS_DETECTION_RESULT_CACHE="0")
     server = ServiceProcess("detection", env, log_path=tmp / "server.log").wait_serving(120)
 
     def in_process(name):
