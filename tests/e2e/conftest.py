@@ -84,14 +84,19 @@ def demo_candidates(e2e_stack, tmp_path_factory):
     Returns (store URI of the set, DemoSet)."""
     from likeness.core.settings import CommonSettings
     from likeness.core.store import open_store
+
+    store = open_store(CommonSettings(store_uri=e2e_stack.env["LIKENESS_STORE_URI"]))
+    return upload_demo_set(store, tmp_path_factory.mktemp("demo") / "set", "demo-candidates/")
+
+
+def upload_demo_set(store, root: Path, prefix: str):
+    """Builds the demo set under `root` and uploads it under `prefix`: (URI of the set, DemoSet)."""
     from likeness.orchestrator.demo_set import build_demo_set
 
-    root = tmp_path_factory.mktemp("demo") / "set"
     demo = build_demo_set(root)
-    store = open_store(CommonSettings(store_uri=e2e_stack.env["LIKENESS_STORE_URI"]))
     for item in demo.items:
-        store.put_file(f"demo-candidates/{item.path}", root / item.path, "image/png")
-    return store.uri("demo-candidates/"), demo
+        store.put_file(f"{prefix}{item.path}", root / item.path, "image/png")
+    return store.uri(prefix), demo
 
 
 def demo_curate_spec(uri: str, demo, output_prefix: str):

@@ -17,7 +17,7 @@ from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
 from likeness.jobs_client import JobsClient
 from likeness.local import ORDER, LocalStack
-from tests.e2e.conftest import FAST_LEASES, _free_block, demo_curate_spec
+from tests.e2e.conftest import FAST_LEASES, _free_block, demo_curate_spec, upload_demo_set
 from tests.helpers import ServiceProcess
 from tests.servers import PostgresServer, postgres_bin
 
@@ -51,13 +51,6 @@ def rel_demo(rel_stack, rel_store, tmp_path_factory):
     return upload_demo_set(rel_store, tmp_path_factory.mktemp("demo") / "set", "demo-candidates/")
 
 
-def upload_demo_set(store, root: Path, prefix: str):
-    from likeness.orchestrator.demo_set import build_demo_set
-
-    demo = build_demo_set(root)
-    for item in demo.items:
-        store.put_file(f"{prefix}{item.path}", root / item.path, "image/png")
-    return store.uri(prefix), demo
 
 
 def kill(stack: LocalStack, name: str) -> int:
