@@ -141,3 +141,21 @@ class ServiceProcess:
 
 def spawn_service(name: str, env: dict[str, str], tmp_path: Path, timeout: float = 120.0) -> ServiceProcess:
     return ServiceProcess(name, env, log_path=tmp_path / f"{name}.log").wait_serving(timeout)
+
+
+def startup_failure(name: str, env: dict[str, str], tmp_path: Path, timeout: float = 60.0) -> str:
+    """Starts `likeness serve NAME`, which must exit non-zero before SERVING; returns its output
+    with all whitespace removed (long paths wrap in the log tail)."""
+    import pytest
+
+    proc = ServiceProcess(name, env, log_path=tmp_path / f"{name}.log")
+    with pytest.raises(RuntimeError) as exc:
+        proc.wait_serving(timeout=timeout)
+    assert proc.proc.returncode != 0
+    return "".join(str(exc.value).split())
+
+
+def model_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """Environment of a service whose store, model repository and cache are empty temp folders."""
+    return service_env(LIKENESS_STORE_URI=f"file://{tmp_path}/store", LIKENESS_MODEL_REPOSITORY=str(tmp_path / "models"),
+                       LIKENESS_MODEL_CACHE_DIR=str(tmp_path / "cache"), **overrides)

@@ -3,11 +3,9 @@ models; with the InsightFace backend and no pack it exits at start-up naming the
 
 from __future__ import annotations
 
-import pytest
-
 from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc
 from likeness.core.images import encode_png
-from tests.helpers import ServiceProcess, service_env, spawn_service
+from tests.helpers import model_env, service_env, spawn_service, startup_failure
 from tests.photos import skimage_photo
 
 
@@ -28,13 +26,6 @@ def test_serves_detect_after_warm_up(tmp_path):
 
 
 def test_insightface_without_pack_fails_start_up_naming_the_file(tmp_path):
-    env = service_env(LIKENESS_DETECTION_BACKEND="insightface", LIKENESS_STORE_URI=f"file://{tmp_path}/store",
-                      LIKENESS_MODEL_REPOSITORY=str(tmp_path / "models"),
-                      LIKENESS_MODEL_CACHE_DIR=str(tmp_path / "cache"))
-    proc = ServiceProcess("detection", env, log_path=tmp_path / "detection.log")
-    with pytest.raises(RuntimeError) as exc:
-        proc.wait_serving(timeout=60)
-    assert proc.proc.returncode != 0
-    output = "".join(str(exc.value).split())  # the log tail may wrap long paths
+    output = startup_failure("detection", model_env(tmp_path, LIKENESS_DETECTION_BACKEND="insightface"), tmp_path)
     assert "detectioncannotstart:model:model'buffalo_l'ismissing" in output
     assert str(tmp_path / "models" / "buffalo_l" / "model.yaml") in output

@@ -4,10 +4,9 @@ restorer; with CodeFormer as default and no weights it exits at start-up naming 
 from __future__ import annotations
 
 import grpc
-import pytest
 
 from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
-from tests.helpers import ServiceProcess, service_env, spawn_service
+from tests.helpers import model_env, service_env, spawn_service, startup_failure
 from tests.restoration import astronaut as A
 
 
@@ -31,13 +30,6 @@ def test_serves_region_mask_after_warm_up(tmp_path):
 
 
 def test_codeformer_default_without_weights_fails_start_up_naming_the_file(tmp_path):
-    env = service_env(LIKENESS_RESTORATION_BACKEND="codeformer", LIKENESS_STORE_URI=f"file://{tmp_path}/store",
-                      LIKENESS_MODEL_REPOSITORY=str(tmp_path / "models"),
-                      LIKENESS_MODEL_CACHE_DIR=str(tmp_path / "cache"))
-    proc = ServiceProcess("restoration", env, log_path=tmp_path / "restoration.log")
-    with pytest.raises(RuntimeError) as exc:
-        proc.wait_serving(timeout=60)
-    assert proc.proc.returncode != 0
-    output = "".join(str(exc.value).split())  # the log tail may wrap long paths
+    output = startup_failure("restoration", model_env(tmp_path, LIKENESS_RESTORATION_BACKEND="codeformer"), tmp_path)
     assert "restorationcannotstart:model:model'codeformer'ismissing" in output
     assert str(tmp_path / "models" / "codeformer" / "model.yaml") in output and "codeformer.pth" in output
