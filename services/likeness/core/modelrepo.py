@@ -20,6 +20,7 @@ raises FailedPrecondition naming it. Nothing is ever downloaded from a model hub
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -313,7 +314,16 @@ class ModelRepository:
             location=self._location(name),
         )
         if self._folder is not None:
-            self._register_folder(spec, folder)
+            self._folder.mkdir(parents=True, exist_ok=True)
+            # One registration of a name at a time, across threads and processes on this host (two
+            # services building the deterministic tiny model at once): the folder swap below is not
+            # safe against a concurrent swap of the same folder.
+            with open(self._folder / f".{spec.name}.lock", "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    self._register_folder(spec, folder)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
         else:
             self._register_store(spec, folder)
         return spec
