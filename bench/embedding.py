@@ -37,6 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
+
+from timing import interleaved, medians  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -56,15 +59,10 @@ MINIMA: dict[str, float] = {}  # best of the repetitions, per variant: the least
 
 
 def timed(variants: dict, reps: int) -> dict[str, float]:
-    """Median seconds per variant, variants interleaved round by round; minima go to MINIMA."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    """Median seconds per variant; minima go to MINIMA."""
+    times = interleaved(variants, reps)
     MINIMA.update({k: min(v) for k, v in times.items()})
-    return {k: statistics.median(v) for k, v in times.items()}
+    return medians(times)
 
 
 def bench_cluster_small(reps: int) -> dict:

@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
+
+from timing import interleaved, medians  # noqa: E402
 
 from likeness.core.images import decode_image, encode_jpeg, encode_png  # noqa: E402
 from likeness.core.pngmeta import add_png_metadata, format_parameters  # noqa: E402
@@ -41,19 +41,13 @@ def photo(side: int) -> np.ndarray:
     return np.asarray(img.resize((side, side), Image.Resampling.BICUBIC))
 
 
+def timed(variants: dict, reps: int) -> dict[str, float]:
+    """Median seconds per call of each variant."""
+    return medians(interleaved(variants, reps))
+
+
 def noise(side: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-
-
-def timed(variants: dict, reps: int) -> dict[str, float]:
-    """Median seconds per call of each variant, interleaved round by round."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bare_decode(data: bytes) -> np.ndarray:

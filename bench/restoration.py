@@ -26,30 +26,20 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 
+from timing import interleaved, medians  # noqa: E402
+
 SEED_MS = {"crop_and_mask": 1800.0, "composite": 1500.0, "metadata": 3200.0}
 # Issue 10's targets; the mask's PNG encoding has none (it is zlib over 1 MiB of mask, shown so the
 # service's full cost of RegionMask is visible).
 TARGET_MS = {"crop_and_mask": 10.0, "mask_png": None, "composite": 10.0, "metadata": 10.0, "restore": 50.0}
 SCALE = 2.0  # skimage astronaut (512) -> 1024
-
-
-def timed(variants: dict, reps: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def naive_mask(geo, iod_axes):
@@ -144,7 +134,7 @@ def main() -> None:
     }
     for fn in variants.values():  # warm caches and lazy imports
         fn()
-    ms = timed(variants, reps)
+    ms = medians(interleaved(variants, reps), scale=1e3)
 
     floor = ms["floor"]
     rows = [
