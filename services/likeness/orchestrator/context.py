@@ -37,7 +37,6 @@ class JobContext:
         self.cancel_requested = False
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
-        self.counts: dict[str, int] = {}
         self.reused = 0  # work items answered from the job store instead of a service call
         self.computed = 0
         self._last_progress = 0.0
@@ -73,9 +72,8 @@ class JobContext:
         await self.items_done(stage, [(outcome, message)])
 
     async def items_done(self, stage: str, items: list[tuple[str, str]]) -> None:
-        """(outcome, message) of finished items: counted, and one ITEM_DONE event each."""
+        """(outcome, message) of finished items: counted in the metrics, and one ITEM_DONE event each."""
         for outcome, _ in items:
-            self.counts[outcome] = self.counts.get(outcome, 0) + 1
             metrics.ITEMS.labels("orchestrator", stage, outcome).inc()
         await asyncio.to_thread(self.jobs.add_events, self.job_id, [("ITEM_DONE", stage, m) for _, m in items])
 

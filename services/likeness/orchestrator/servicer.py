@@ -8,7 +8,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from likeness.api.v1 import common_pb2, generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from likeness.core.errors import InvalidArgument, NotFound
+from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
 from likeness.orchestrator import specs
 from likeness.orchestrator.clients import ServiceClients
@@ -108,5 +108,3 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     return
                 await asyncio.sleep(self.poll_seconds)
 
-
-__all__ = ["OrchestratorServicer", "job_pb", "NotFound"]

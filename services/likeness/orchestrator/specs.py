@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from likeness.api.v1 import generation_pb2, orchestrator_pb2
-from likeness.core.errors import InvalidArgument, check_range, require
+from likeness.core.errors import check_range, require
 from likeness.core.uris import validate_key
 
 KINDS = ("curate", "train", "storyboard", "open_eyes", "diversity")
@@ -165,5 +165,3 @@ def dataset_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
         return "spec.curate.import_source.uri", spec.curate.import_source.uri
     return "", ""
 
-
-__all__ = ["validate", "job_kind", "model_of", "dataset_of", "InvalidArgument"]
