@@ -102,25 +102,33 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
 
         return await self._run(work)
 
+    async def _each_image(self, loaded, results, stage: str, fn, *args):
+        """Runs `fn(pixels, *args)` (cached) for every loaded image; yields (result message, output)
+        for the good ones, fills an ItemError into the result of a failed one."""
+        for item in loaded:
+            result = results.add(index=item.index)
+            try:
+                if not item.ok:
+                    raise item.error
+                out = await self._run_cached(stage, fn, item.pixels, *args)
+            except LikenessError as exc:
+                result.error.CopyFrom(item_error_pb(item.index, exc))
+                metrics.ITEMS.labels("detection", stage, "failed").inc()
+                continue
+            result.width, result.height = out.width, out.height
+            result.faces.extend(face_pb(f) for f in out.faces)
+            result.verdict.CopyFrom(verdict_pb(out.verdict))
+            metrics.ITEMS.labels("detection", stage, _outcome(out.verdict)).inc()
+            yield result, out
+
     async def Detect(self, request, context):
         policy = self._check_common(request)
         loaded = await self._images.load_all(request.images, "images")
         self._raise_single(loaded)
         response = detection_pb2.DetectResponse(backend=self._pipeline.detector.name)
-        for item in loaded:
-            result = response.results.add(index=item.index)
-            try:
-                if not item.ok:
-                    raise item.error
-                found = await self._run_cached("detect", self._pipeline.detect, item.pixels, policy, request.with_embeddings)
-            except LikenessError as exc:
-                result.error.CopyFrom(item_error_pb(item.index, exc))
-                metrics.ITEMS.labels("detection", "detect", "failed").inc()
-                continue
-            result.width, result.height = found.width, found.height
-            result.faces.extend(face_pb(f) for f in found.faces)
-            result.verdict.CopyFrom(verdict_pb(found.verdict))
-            metrics.ITEMS.labels("detection", "detect", _outcome(found.verdict)).inc()
+        async for _ in self._each_image(loaded, response.results, "detect", self._pipeline.detect, policy,
+                                        request.with_embeddings):
+            pass
         return response
 
     async def Assess(self, request, context):
@@ -132,20 +140,7 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
         loaded = await self._images.load_all(request.images, "images")
         self._raise_single(loaded)
         response = detection_pb2.AssessResponse(backend=self._pipeline.detector.name)
-        for item in loaded:
-            result = response.results.add(index=item.index)
-            try:
-                if not item.ok:
-                    raise item.error
-                a = await self._run_cached("assess", self._pipeline.assess, item.pixels, policy, weights,
-                                           request.with_embeddings, min_quality)
-            except LikenessError as exc:
-                result.error.CopyFrom(item_error_pb(item.index, exc))
-                metrics.ITEMS.labels("detection", "assess", "failed").inc()
-                continue
-            result.width, result.height = a.width, a.height
-            result.faces.extend(face_pb(f) for f in a.faces)
+        async for result, a in self._each_image(loaded, response.results, "assess", self._pipeline.assess, policy,
+                                                weights, request.with_embeddings, min_quality):
             result.quality.CopyFrom(quality_pb(a.quality, a.score))
-            result.verdict.CopyFrom(verdict_pb(a.verdict))
-            metrics.ITEMS.labels("detection", "assess", _outcome(a.verdict)).inc()
         return response
