@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from likeness.core import channels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,12 +26,7 @@ def free_port() -> int:
 
 def health_status(port: int, service: str = "", timeout: float = 2.0) -> str:
     """`SERVING`, `NOT_SERVING`, ... or the gRPC error code name when the call fails."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as exc:
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return channels.health_status(f"127.0.0.1:{port}", service, timeout)
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):

@@ -236,8 +236,7 @@ class Stack:
                                   "--storage.tsdb.retention.time=1d"])
 
     def wait_services(self, procs: dict[str, subprocess.Popen], ports: dict) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from likeness.core.channels import health_status
 
         pending = dict(procs)
         deadline = time.monotonic() + READY_SECONDS
@@ -245,12 +244,7 @@ class Stack:
             for name, proc in list(pending.items()):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
-                with grpc.insecure_channel(f"127.0.0.1:{ports[name]}") as ch:
-                    try:
-                        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    except grpc.RpcError:
-                        continue
-                if status == health_pb2.HealthCheckResponse.SERVING:
+                if health_status(f"127.0.0.1:{ports[name]}") == "SERVING":
                     log(f"{name} SERVING")
                     del pending[name]
             if time.monotonic() > deadline:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from likeness.core.channels import health_status as health
 from likeness.core.settings import PORTS
 
 ORDER = ("detection", "embedding", "restoration", "generation", "training", "orchestrator")
@@ -51,18 +52,6 @@ def stack_env(state: Path, base_port: int = 0, extra: dict[str, str] | None = No
     env["_LIKENESS_PORTS"] = json.dumps(ports)
     env.update(extra or {})
     return env
-
-
-def health(address: str, timeout: float = 1.0) -> str:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as ch:
-        try:
-            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
 
 
 class LocalStack:

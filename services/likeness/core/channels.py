@@ -76,3 +76,16 @@ def sync_channel(target: str, settings: CommonSettings | None = None, *, max_att
     if creds is not None:
         return grpc.secure_channel(target, creds, options=opts)
     return grpc.insecure_channel(target, options=opts)
+
+
+def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:
+    """`SERVING`, `NOT_SERVING`, ... from the gRPC health service at `address`, or the status code
+    name (`UNAVAILABLE`, ...) when the call fails: what probes, `likeness up` and the tests ask."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with sync_channel(address, max_attempts=1) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
