@@ -30,4 +30,6 @@ def test_lru_evicts_least_recently_used_and_is_thread_safe():
     for t in threads:
         t.join()
     assert len(big) == 1000
-    assert LruCache(0).put("x", 1) is None and len(LruCache(0)) == 0
+    disabled = LruCache(0)
+    disabled.put("x", 1)
+    assert disabled.get("x") is None and len(disabled) == 0  # size 0 keeps nothing

@@ -2,6 +2,7 @@
 its progress and summary, and the jobs list."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import likeness as likeness_pkg
 from tests.photos import skimage_photo, tom_hanks
 
 pytestmark = pytest.mark.slow
@@ -17,11 +19,11 @@ pytestmark = pytest.mark.slow
 def likeness(*args, state=None, timeout=300):
     cmd = [sys.executable, "-m", "likeness", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "COLUMNS": "200", "LIKENESS_STATE_DIR": str(state or "")})
+                          env={**os.environ, "COLUMNS": "200", "LIKENESS_STATE_DIR": str(state or "")})
 
 
 def test_version_and_health(e2e_stack):
-    assert likeness("version").stdout.strip() == __import__("likeness").__version__
+    assert likeness("version").stdout.strip() == likeness_pkg.__version__
     ok = likeness("health", e2e_stack.address("detection"))
     assert ok.returncode == 0 and "SERVING" in ok.stdout
     down = likeness("health", "127.0.0.1:1", "--timeout", "1")

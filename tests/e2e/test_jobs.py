@@ -15,6 +15,7 @@ from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.core.images import encode_png
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
+from likeness.core.workid import sha256_hex
 from tests.photos import group_photo, skimage_photo, tom_hanks
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def test_curate_rejects_what_it_must_and_meets_quotas(jobs_client, store, small_
     # the dataset holds the images and captions the manifest lists, byte for byte
     for d in m["dataset"]:
         data = store.get(f"e2e-datasets/small/{d['key']}")
-        assert __import__("hashlib").sha256(data).hexdigest() == d["sha256"]
+        assert sha256_hex(data) == d["sha256"]
         assert store.get(f"e2e-datasets/small/{d['caption_key']}").decode().startswith("ohwx person")
     html = store.get(job.report.uri).decode()
     assert "Selected set by cluster" in html and "no_face" in html and "data:image/jpeg;base64," in html
