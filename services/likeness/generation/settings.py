@@ -18,6 +18,9 @@ class GenerationSettings(CommonSettings):
     # ONNX Runtime execution providers in order of preference; on GPU nodes
     # `TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider`.
     generation_onnx_providers: str = "CPUExecutionProvider"
+    # `int8_weight_only`: the torch engine stores the UNet's linear weights as int8 (torchao), which
+    # halves their memory against bf16/fp16; `none` keeps them in the engine's dtype.
+    generation_unet_quantization: str = Field("none", pattern="^(none|int8_weight_only)$")
     # Exported ONNX graphs and TensorRT engine caches live here, one folder per model digest.
     generation_engine_cache_dir: str = "/tmp/likeness/engine-cache"
 

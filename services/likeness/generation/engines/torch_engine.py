@@ -46,13 +46,19 @@ class TorchEngine:
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.unet_quantization = getattr(settings, "generation_unet_quantization", "none")
 
     def describe(self) -> dict:
         return {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
-                "cpu_threads": self.cpu_threads}
+                "cpu_threads": self.cpu_threads, "unet_quantization": self.unet_quantization}
 
     def load(self, folder, spec):
-        return load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
+        pipe = load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
+        if self.unet_quantization == "int8_weight_only":
+            from likeness.diffusion.quantize import quantize_unet_int8
+
+            quantize_unet_int8(pipe.unet)
+        return pipe
 
     # -- one batch ------------------------------------------------------------------------------
 
