@@ -40,7 +40,7 @@ def shared_registry(postgres_url):
 
 def gpu_run(registry, run_id="Run_ABC123"):
     run_id = f"{run_id}-{uuid.uuid4().hex[:8]}"
-    spec = resolved_spec(run_id, executor="kubernetes_job", kubernetes=KubernetesSpec(
+    spec = resolved_spec(run_id, executor="kubernetes_job", batch_size=2, kubernetes=KubernetesSpec(
         gpus=2, node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         tolerations=({"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"},),
         memory="48Gi", cpu="8"))
