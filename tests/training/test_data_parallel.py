@@ -178,13 +178,6 @@ def test_the_in_process_executor_refuses_a_data_parallel_spec(ctx):
         executor.shutdown()
 
 
-@pytest.fixture
-def registry(tmp_path):
-    reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
-    yield reg
-    reg.close()
-
-
 def test_manifests_of_each_parallel_shape(registry):
     import kubernetes_validate
 

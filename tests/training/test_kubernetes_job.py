@@ -21,13 +21,6 @@ VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 
 
 @pytest.fixture
-def registry(tmp_path):
-    reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
-    yield reg
-    reg.close()
-
-
-@pytest.fixture
 def shared_registry(postgres_url):
     """Job pods write to the service's registry, so the executor insists on PostgreSQL."""
     reg = RunRegistry(postgres_url)
