@@ -137,6 +137,18 @@ class ServiceProcess:
         self.proc.wait()
 
 
+def served_calls(replica: ServiceProcess, method: str) -> int:
+    """Calls of `method` a service process answered, from its own /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://{replica.host}:{replica.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return int(sum(s.value for f in text_string_to_metric_families(text) if f.name == "likeness_rpc_duration_seconds"
+                   for s in f.samples if s.name.endswith("_count") and s.labels.get("method") == method))
+
+
 def spawn_service(name: str, env: dict[str, str], tmp_path: Path, timeout: float = 120.0) -> ServiceProcess:
     return ServiceProcess(name, env, log_path=tmp_path / f"{name}.log").wait_serving(timeout)
 

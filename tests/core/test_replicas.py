@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -19,19 +18,11 @@ from likeness.core import channels
 from likeness.core.images import encode_png
 from tests.cluster_dns import ClusterDns
 from tests.helpers import ServiceProcess, free_port, service_env, wait_for
+from tests.helpers import served_calls as served
 from tests.photos import skimage_photo
 
 NAME = "likeness-detection-headless.likeness.svc.cluster.local"
 AGE_SECONDS = 2.0  # the servers' maximum connection age: how soon a client re-resolves
-
-
-def served(replica: ServiceProcess, method: str = "Detect") -> int:
-    """Calls of `method` this replica answered, from its own /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://{replica.host}:{replica.metrics_port}/metrics", timeout=5).read().decode()
-    return int(sum(s.value for f in text_string_to_metric_families(text) if f.name == "likeness_rpc_duration_seconds"
-                   for s in f.samples if s.name.endswith("_count") and s.labels.get("method") == method))
 
 
 @pytest.fixture
