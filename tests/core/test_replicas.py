@@ -17,12 +17,15 @@ from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc
 from likeness.core import channels
 from likeness.core.images import encode_png
 from tests.cluster_dns import ClusterDns
-from tests.helpers import ServiceProcess, free_port, service_env, wait_for
-from tests.helpers import served_calls as served
+from tests.helpers import ServiceProcess, free_port, served_calls, service_env, wait_for
 from tests.photos import skimage_photo
 
 NAME = "likeness-detection-headless.likeness.svc.cluster.local"
-AGE_SECONDS = 2.0  # the servers' maximum connection age: how soon a client re-resolves
+AGE_SECONDS = 2.0
+
+
+def served(replica: ServiceProcess) -> int:
+    return served_calls(replica, "Detect")  # the servers' maximum connection age: how soon a client re-resolves
 
 
 @pytest.fixture
