@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "services")]
 
-from bench.machine import Machine  # noqa: E402
+from machine import Machine  # noqa: E402
 
 NAME = "likeness-{}-headless.likeness.svc.cluster.local"
 CONCURRENCY = 4

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 
 import numpy as np  # noqa: E402
+from machine import Machine  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from likeness.core.images import encode_png  # noqa: E402
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 images, fewer ranks (< 30 s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (LIKENESS_TRAINING_TORCH_THREADS)")
     args = parser.parse_args()
+    machine = Machine()
     import torch
 
     default_threads = torch.get_num_threads()
@@ -225,7 +227,7 @@ def main() -> None:
         data_parallel(Path(bench.settings.model_repository.removeprefix("file://")), 4 if args.quick else 12,
                       figures)
         reg.close()
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "machine": machine.done()}))
 
 
 if __name__ == "__main__":
