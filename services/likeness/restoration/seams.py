@@ -9,9 +9,9 @@ largest absolute difference over the three channels. Reported:
   result would show without feathering), so `boundary_gradient / hard_gradient` says how much of
   the seam the blend removed;
 - `max_step`: the largest step across the edge in the result;
-- `reference_step`: the largest step between neighbours of the BASE image itself within
-  `BAND_PX` of the edge. A seam is invisible when `max_step` is no larger: the photo already has
-  steps that large there.
+- `reference_step`: the largest step between neighbours within `BAND_PX` of the edge in the two
+  images that are blended (the base and the patch). A seam is invisible when `max_step` is no
+  larger: the step is one the images already have there, not a new edge made by the paste.
 
 Only the mask's bounding box grown by the band is read, so the cost is that of the face region.
 """
@@ -84,7 +84,7 @@ def seam_measure(base: np.ndarray, patch: np.ndarray, result: np.ndarray, mask: 
         ours.append(_steps(r, axis)[cross])
         theirs.append(_steps(hard, axis)[cross])
         both_near = _pair_mask(near, axis)
-        reference.append(_steps(b, axis)[both_near])
+        reference.append(np.maximum(_steps(b, axis), _steps(p, axis))[both_near])
     ours_all, theirs_all, ref_all = (np.concatenate(x) for x in (ours, theirs, reference))
     return Seam(float(ours_all.mean()) if ours_all.size else 0.0,
                 float(theirs_all.mean()) if theirs_all.size else 0.0,
