@@ -57,12 +57,14 @@ def run(args) -> None:
     import psutil
     import torch
 
+    from bench.machine import Machine
     from likeness.diffusion.sdxl_shaped import ensure_sdxl_shaped_model
     from likeness.generation.app import create_service
     from likeness.generation.request import GenerationRequest
     from likeness.generation.settings import GenerationSettings
     from tests.helpers import ServiceThread
 
+    machine = Machine()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     side, steps, rounds = 512, args.steps, args.rounds
     root = Path(args.models)
@@ -143,6 +145,7 @@ def run(args) -> None:
     print(f"{'what':<{width}}  {'measured':<40} ratio")
     for what, measured, ratio in rows:
         print(f"{what:<{width}}  {measured:<40} {'' if ratio is None else f'{ratio:.3f}'}")
+    figures["machine"] = machine.done()
     print(json.dumps({"sdxl_shaped": figures}))
 
 
