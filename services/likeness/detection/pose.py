@@ -2,8 +2,13 @@
 
 Method: `cv2.solvePnP` fits the rotation of a mean adult head model (millimetres, below) to
 whichever of its points the detector gave (BlazeFace: eyes, nose tip, mouth centre, ear tragions;
-SCRFD: eyes, nose tip, mouth corners), with a pinhole camera whose focal length is the image's
-longer side (a ~53 degree field of view) and whose principal point is the image centre.
+SCRFD: eyes, nose tip, mouth corners; the face mesh: all eight), with a pinhole camera built from
+the FACE, not the image: focal length `FOCAL_FACE_SIDES` times the face box's longer side and the
+principal point at the box centre. So the same face pixels give the same pose whatever canvas
+surrounds them and however large it is (a camera from the image's size made one face yaw -50
+degrees alone and -30 degrees pasted beside another photo). The focal length equals that of a
+portrait framed ~3 face sides wide seen through a ~53 degree lens, the framing the demo
+portraits use; it sets how much perspective the fit expects, not the angles' scale.
 
 Conventions (common.proto `Pose`), camera view, image x right and y down:
 - yaw   > 0: the subject turns to the image's right (their left);
@@ -25,7 +30,7 @@ import math
 import cv2
 import numpy as np
 
-from likeness.detection.faces import Landmark, Pose
+from likeness.detection.faces import Box, Landmark, Pose
 
 # Generic head in the camera's axes for a frontal face: x toward the image's right (the subject's
 # left), y down, z away from the camera; origin at the nose tip. Millimetres, from average adult
@@ -47,9 +52,14 @@ HEAD_MODEL_MM: dict[Landmark, tuple[float, float, float]] = {
 REQUIRED = (Landmark.LEFT_EYE, Landmark.RIGHT_EYE, Landmark.NOSE_TIP)
 
 
-def camera_matrix(width: int, height: int) -> np.ndarray:
-    f = float(max(width, height))
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+FOCAL_FACE_SIDES = 3.0
+
+
+def camera_matrix(box: Box) -> np.ndarray:
+    """Pinhole camera of a face: focal length from the face box's size, principal point at its centre."""
+    f = FOCAL_FACE_SIDES * max(box.width, box.height, 1.0)
+    cx, cy = (box.x_min + box.x_max) / 2.0, (box.y_min + box.y_max) / 2.0
+    return np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
 
 
 def rotation_from_angles(pose: Pose) -> np.ndarray:
@@ -71,15 +81,15 @@ def angles_from_rotation(rotation: np.ndarray) -> Pose:
     return Pose(yaw=yaw, pitch=pitch, roll=roll)
 
 
-def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], width: int, height: int) -> Pose | None:
-    """Pose of one face, or None when fewer than 4 model points (or not both eyes and the nose
+def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], box: Box) -> Pose | None:
+    """Pose of one face (`box`: its box, which sets the camera), or None when fewer than 4 model points (or not both eyes and the nose
     tip) are present."""
     kinds = [k for k in HEAD_MODEL_MM if k in landmarks]
     if len(kinds) < 4 or any(k not in landmarks for k in REQUIRED):
         return None
     model = np.array([HEAD_MODEL_MM[k] for k in kinds], dtype=np.float64)
     image = np.array([landmarks[k] for k in kinds], dtype=np.float64)
-    cam = camera_matrix(width, height)
+    cam = camera_matrix(box)
     # start from a frontal head at a distance that matches the eye spacing, then refine (LM);
     # a good start keeps the iterative solver out of the mirrored (behind-the-camera) solution
     eye_px = math.dist(landmarks[Landmark.LEFT_EYE], landmarks[Landmark.RIGHT_EYE])

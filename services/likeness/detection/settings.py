@@ -27,6 +27,9 @@ class DetectionSettings(CommonSettings):
     # Average each face with its sighting in the mirrored image (pipeline.py): mirror-consistent
     # pose and steadier landmarks for one more detector inference.
     detection_flip_tta: bool = True
+    # Faces (highest score first) re-measured by the face mesh + iris models (pipeline.py): mesh
+    # landmarks, eyelid contours, iris centres, eye openness; 0 turns the mesh off.
+    detection_mesh_faces: int = Field(1, ge=0, le=64)
 
     # InsightFace backend: model pack name in the model repository, SCRFD input side, ONNX Runtime
     # execution providers (`auto` = TensorRT, CUDA, then CPU, whichever this onnxruntime build has;
