@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from likeness.core.settings import CommonSettings
+from likeness.detection.validation import DEFAULT_MIN_SHARPNESS
 
 
 class DetectionSettings(CommonSettings):
@@ -43,6 +44,10 @@ class DetectionSettings(CommonSettings):
     detection_max_yaw: float = Field(45.0, ge=0.0, le=90.0)
     detection_max_pitch: float = Field(35.0, ge=0.0, le=90.0)
     detection_min_confidence: float = Field(0.6, ge=0.0, le=1.0)
+    # Blur gate of Assess (validation.py): face sharpness on the face normalised to 128x128; 0 = off.
+    detection_min_sharpness: float = Field(DEFAULT_MIN_SHARPNESS, ge=0.0)
+    # Eye gate: mean openness of both eyes in [0, 1]; 0 = off (the curate job turns it on per request).
+    detection_min_eye_openness: float = Field(0.0, ge=0.0, le=1.0)
 
     # Combined quality score (quality.py): default weights and half-saturation points.
     detection_weight_sharpness: float = Field(0.6, ge=0.0, le=1.0)

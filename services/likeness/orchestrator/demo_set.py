@@ -12,11 +12,18 @@ everything "generated" for it:
   a head turned away, a face too blurred to be confident, an underexposed or flat photo.
 
 Every expected outcome is the verdict of the detection service's defaults (BlazeFace full range,
-flip averaging, ValidationPolicy 0.08 / 45 / 35 / 0.6, detector floor 0.5) plus the curate job's
-`min_quality` gate at `DEMO_MIN_QUALITY`; tests/orchestrator/test_demo_set.py checks each file
+flip averaging, face mesh, ValidationPolicy 0.08 / 45 / 35 / 0.6 with the blur gate, detector
+floor 0.5) plus the curate job's `min_quality` gate at `DEMO_MIN_QUALITY`; tests/orchestrator/test_demo_set.py checks each file
 against the detection domain code. The per-identity numbers below (blur radius, paste size and
 place) were tuned against that detector: a face's confidence is not monotonic in blur or size,
 so a value chosen for one photo does not carry over to another.
+
+Near-duplicates: the portrait, its mirror image, the changed-light and the black-and-white versions
+of one seed are the same picture to the curate job's duplicate removal (perceptual hashes 0 bits
+apart, mirrors counted), so it keeps the best-scored of the four and rejects the other three as
+`duplicate`; their `expected` stays the detection verdict (`kept`) and `duplicate_group` names the
+group. The demo's curate spec turns the eye gate off: two of the six people (group_left,
+group_right) look down, and an eye-aspect-ratio cannot tell lowered lids from closed eyes.
 
 Deterministic: no randomness, Pillow resampling only, PNGs through `encode_png`; the same
 software gives the same bytes (the manifest records each sha256). Needs scikit-image and
@@ -292,6 +299,11 @@ class DemoItem:
     sha256: str
     width: int
     height: int
+    duplicate_group: str = ""  # items of one group: the curate job keeps one, rejects the rest as `duplicate`
+
+
+# the recipes whose files are the same picture (perceptual hash) within a seed
+DUPLICATE_GROUP = ("portrait", "portrait_mirrored", "bright_light", "evening_light", "black_and_white")
 
 
 @dataclass(frozen=True)
@@ -340,7 +352,8 @@ def build_demo_set(out_dir: Path, seeds: int = 6) -> DemoSet:
             target.write_bytes(png)
             target.with_suffix(".txt").write_text(r.caption + "\n", encoding="utf-8")
             items.append(DemoItem(seed, r.image_type, r.name, rel, r.source, r.augmentation, r.expected, r.caption,
-                                  hashlib.sha256(png).hexdigest(), pixels.shape[1], pixels.shape[0]))
+                                  hashlib.sha256(png).hexdigest(), pixels.shape[1], pixels.shape[0],
+                                  f"{seed}/portrait" if r.name in DUPLICATE_GROUP else ""))
     demo = DemoSet(root, items)
     (root / MANIFEST).write_text(json.dumps(demo.manifest(), indent=1) + "\n", encoding="utf-8")
     return demo

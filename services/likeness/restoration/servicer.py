@@ -52,6 +52,19 @@ def landmarks_of(pbs) -> dict[str, tuple[float, float]]:
     return out
 
 
+def lids_of(pbs, side: str) -> tuple[tuple[float, float], ...] | None:
+    """The closed lid contour of the subject's `side` eye (`left`/`right`): its lower lid then its
+    upper lid reversed, from the repeated LANDMARK_KIND_<SIDE>_LOWER_LID / _UPPER_LID points in the
+    order sent; None unless both lids have 2 or more points."""
+    lower_kind = common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{side.upper()}_LOWER_LID")
+    upper_kind = common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{side.upper()}_UPPER_LID")
+    lower = [(lm.point.x, lm.point.y) for lm in pbs if lm.kind == lower_kind]
+    upper = [(lm.point.x, lm.point.y) for lm in pbs if lm.kind == upper_kind]
+    if len(lower) < 2 or len(upper) < 2:
+        return None
+    return tuple(lower + upper[::-1])
+
+
 def box_of(msg, name: str) -> tuple[float, float, float, float] | None:
     if not msg.HasField(name):
         return None
@@ -153,7 +166,8 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         def build(i: int, item) -> restoration_pb2.RegionMaskResult:
             geo = FaceGeometry(item.width, item.height, *(landmarks_of(item.landmarks).get(k)
                                                          for k in ("left_eye", "right_eye")),
-                               face_box=box_of(item, "face_box"))
+                               face_box=box_of(item, "face_box"), left_eye_lids=lids_of(item.landmarks, "left"),
+                               right_eye_lids=lids_of(item.landmarks, "right"))
             built = region_mask(geo, region, opts, field=f"items[{i}]", max_pixels=self._max_mask_pixels)
             wid = work_id("region_mask", {"region": region.value, "geometry": asdict(geo), "options": asdict(opts)},
                           MASKS_VERSION)

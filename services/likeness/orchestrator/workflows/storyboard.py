@@ -38,12 +38,16 @@ class Attempt:
     fix: str = ""
 
 
-def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float) -> str:
-    """The first failed check, or '' when the frame passes."""
+def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float,
+           eyes: float | None = None, eyes_min: float = 0.0) -> str:
+    """The first failed check, or '' when the frame passes. `eyes`: the face's mean eye openness
+    (None when not measured: the check is skipped); `eyes_min` 0 turns the check off."""
     if faces == 0:
         return "no_face"
     if faces > 1:
         return "multiple_faces"
+    if eyes_min > 0 and eyes is not None and eyes < eyes_min:
+        return "eyes_closed"
     if clip is not None and clip < clip_min:
         return "low_clip_score"
     if identity is not None and identity < id_min:
@@ -81,7 +85,11 @@ async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str,
         clip = float(score.score[0])
     emb = vector(faces[0].embedding) if len(faces) == 1 and faces[0].embedding.values else None
     identity = cosine(emb, reference) if emb is not None and reference is not None else None
-    failure = decide(len(faces), clip, identity, clip_min, id_min)
+    eyes = None
+    if len(faces) == 1 and faces[0].HasField("left_eye_openness") and faces[0].HasField("right_eye_openness"):
+        eyes = (faces[0].left_eye_openness + faces[0].right_eye_openness) / 2
+    eyes_min = spec.min_eye_openness if spec.HasField("min_eye_openness") else 0.0
+    failure = decide(len(faces), clip, identity, clip_min, id_min, eyes, eyes_min)
     return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure), emb
 
 
