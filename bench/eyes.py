@@ -67,8 +67,9 @@ def main() -> None:
                "open": (face.left_eye.openness + face.right_eye.openness) / 2,
                "shut": (shut.left_eye.openness + shut.right_eye.openness) / 2}
         rows.append(row)
-        print(f"{p.name:<20}{split:<10}{'%.3f / %.3f' % tuple(row['ear_open']):>18}"
-              f"{'%.3f / %.3f' % tuple(row['ear_shut']):>18}{row['open']:>16.2f}{row['shut']:>12.2f}")
+        pair = lambda v: f"{v[0]:.3f} / {v[1]:.3f}"  # noqa: E731
+        print(f"{p.name:<20}{split:<10}{pair(row['ear_open']):>18}{pair(row['ear_shut']):>18}"
+              f"{row['open']:>16.2f}{row['shut']:>12.2f}")
     print(json.dumps({"bench": "eyes", "rows": rows}))
 
 

@@ -15,7 +15,6 @@ from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.core.workid import sha256_hex
 from likeness.orchestrator.context import JobContext, Outcome
-from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
 from likeness.orchestrator.workflows.common import (
     IMAGE_SUFFIXES,
     REASONS,
@@ -25,6 +24,7 @@ from likeness.orchestrator.workflows.common import (
     safe_name,
     uri_input,
 )
+from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
 
 ASSESS_BATCH = 8
 EMBED_BATCH = 32
