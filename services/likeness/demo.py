@@ -24,14 +24,15 @@ TRIGGER = "ohwx person"
 
 
 def curate_spec(candidates_uri: str, seeds: int, min_quality: float) -> orchestrator_pb2.JobSpec:
-    """24 of the candidates, exactly 4 per seed (person) and at least 6 originals (seed doc 000's
-    balance rules at demo size); clusters chosen by silhouette."""
+    """4 candidates per seed (person), exactly, and at least one original per seed on average (the
+    balance rules at demo size: duplicate removal leaves each seed its close-up and possibly one of
+    its portrait's copies as originals); clusters chosen by silhouette."""
     return orchestrator_pb2.JobSpec(curate=orchestrator_pb2.CurateSpec(
         import_source=orchestrator_pb2.ImportSource(uri=candidates_uri), target_count=4 * seeds, clusters=0,
         quotas=[common_pb2.Quota(dimension="seed", group="*", min=4, max=4),
-                common_pb2.Quota(dimension="image_type", group="original", min=6)],
+                common_pb2.Quota(dimension="image_type", group="original", min=seeds)],
         min_quality=min_quality, trigger_token=TRIGGER, output_prefix="datasets/demo/", seed=0,
-        # eye gate off: two of the demo's six people look down, and an eye-aspect-ratio cannot tell
+        # eye gate off: two of the demo's five people look down, and an eye-aspect-ratio cannot tell
         # lowered lids from closed eyes (likeness.orchestrator.demo_set)
         policy=detection_pb2.ValidationPolicy(min_eye_openness=0.0)))
 
