@@ -10,7 +10,13 @@ import pytest
 from bench.face_set import FACES, portrait
 from likeness.detection.faces import Box, Eye, Face, Pose
 from likeness.detection.quality import QualityWeights
-from likeness.detection.validation import DEFAULT_MIN_SHARPNESS, Rejection, ValidationPolicy, limit_text, validate
+from likeness.detection.validation import (
+    DEFAULT_MIN_SHARPNESS,
+    Rejection,
+    ValidationPolicy,
+    limit_text,
+    validate,
+)
 from likeness.orchestrator.demo_set import blurred, contrast
 
 WEIGHTS = QualityWeights()

@@ -93,7 +93,7 @@ def test_same_bytes_on_every_build_and_seeds_are_a_prefix(demo, tmp_path):
 
 @pytest.mark.slow
 def test_balanced_selection_is_feasible(demo, verdicts):
-    """The demo's selection: 20 of the kept files, exactly 4 per seed, at least 6 originals, at
+    """The demo's selection: 20 of the kept files, exactly 4 per seed, at least one original per seed, at
     most 8 per cluster label (here: one cluster per seed, a tighter case than any clustering)."""
     from likeness.embedding.selection import Candidate, Quota, select
 
