@@ -83,7 +83,10 @@ def test_blur_gate_depends_on_blur_relative_to_the_face_not_its_size(mesh_pipeli
                 assert blurry.verdict.detail == f"face sharpness {values[3]:.1f} < 9"
             sharpness[side] = values
         # the same relative blur measures alike at both sizes (within 2.5x), unlike in face pixels
-        for small, large in zip(sharpness[90], sharpness[230], strict=True):
+        # (steps where a face is still found at both sizes)
+        pairs = [(a, b) for a, b in zip(sharpness[90], sharpness[230], strict=True) if a > 0 and b > 0]
+        assert len(pairs) >= 4
+        for small, large in pairs:
             assert 1 / 2.5 < small / large < 2.5, (p.name, sharpness)
 
 

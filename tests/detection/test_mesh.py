@@ -3,6 +3,8 @@ how they travel in Detect's protobuf."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -85,6 +87,7 @@ def test_a_detection_the_mesh_does_not_see_as_a_face_is_dropped(mesh_pipeline):
     from bench.face_set import build
 
     stars = next(i for i in build("held_out") if i.name == "scene/hubble_deep_field").render()
-    bare = mesh_pipeline.detector.detect(stars)  # BlazeFace alone "finds" a face in the star field
-    assert bare and max(f.score for f in bare) >= 0.5
+    without_mesh = dataclasses.replace(mesh_pipeline, mesh=None)
+    # BlazeFace (with flip averaging) "finds" a face in the star field; the mesh does not see one
+    assert [f.score >= 0.6 for f in without_mesh.find_faces(stars)] == [True]
     assert mesh_pipeline.find_faces(stars) == []
