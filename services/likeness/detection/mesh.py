@@ -16,8 +16,9 @@ measures built from them are canvas independent.
 
 Eye openness: eye aspect ratio EAR = mean of three lid-to-lid distances (the iris model's contour
 points over 160/144, 159/145, 158/153 of the mesh) / the corner-to-corner distance, mapped
-linearly to [0, 1] between `EAR_CLOSED` and `EAR_OPEN` (calibration: bench/eyes.py and
-docs/architecture/detection.md).
+linearly to [0, 1] between `EAR_CLOSED` and `EAR_OPEN`, times the iris's visibility (a dark iris
+on a brighter sclera between the lids; `iris_visibility`). Calibration: bench/eyes.py and
+docs/architecture/detection.md.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ EAR_PAIRS = ((11, 3), (12, 4), (13, 5))  # upper/lower lid points facing each ot
 # Lowered lids (a person looking down) measure like closed eyes: an aspect ratio cannot tell them apart.
 EAR_CLOSED = 0.12
 EAR_OPEN = 0.28
+# Sclera-to-iris luminance ratio (iris_visibility): open eyes of the package photos measure
+# 1.36-2.02, the same eyes painted shut 0.62-1.07 and noise painted over them 0.86-1.06; a
+# laughing squint measures ~1.02 (little sclera shows) and so reads as closed.
+SCLERA_RATIO_NONE = 1.1
+SCLERA_RATIO_FULL = 1.35
 
 
 def data_file(name: str) -> Path:
@@ -86,6 +92,30 @@ class MeshResult:
 
 def openness_from_ear(ear: float) -> float:
     return float(min(1.0, max(0.0, (ear - EAR_CLOSED) / (EAR_OPEN - EAR_CLOSED))))
+
+
+def iris_visibility(grey: np.ndarray, lower: np.ndarray, upper: np.ndarray, centre: np.ndarray,
+                    radius: float) -> float:
+    """How visibly an iris sits on a brighter sclera, in [0, 1]: the mean luminance between the
+    lids outside the iris over the mean inside it, mapped linearly from SCLERA_RATIO_NONE (0) to
+    SCLERA_RATIO_FULL (1). The lid contours alone are not enough: the iris model draws lids on
+    anything in an eye's place (noise painted over the eyes measured wide open), while an open eye
+    shows a dark iris on white."""
+    poly = np.round(np.concatenate([lower, upper[::-1]])).astype(np.int32)
+    x0, y0 = np.maximum(poly.min(0) - 1, 0)
+    x1, y1 = poly.max(0) + 2
+    window = grey[y0:y1, x0:x1]
+    if window.size == 0:
+        return 0.0
+    lids = np.zeros(window.shape, np.uint8)
+    cv2.fillPoly(lids, [poly - [x0, y0]], 1)
+    disk = np.zeros(window.shape, np.uint8)
+    cv2.circle(disk, (int(round(centre[0] - x0)), int(round(centre[1] - y0))), max(1, int(round(radius))), 1, -1)
+    iris, sclera = window[(lids & disk) > 0], window[(lids & (1 - disk)) > 0]
+    if iris.size == 0 or sclera.size == 0:
+        return 0.0
+    ratio = float(sclera.mean()) / max(float(iris.mean()), 1.0)
+    return float(min(1.0, max(0.0, (ratio - SCLERA_RATIO_NONE) / (SCLERA_RATIO_FULL - SCLERA_RATIO_NONE))))
 
 
 def eye_aspect_ratio(upper: np.ndarray, lower: np.ndarray) -> float:
@@ -227,14 +257,17 @@ class FaceMesh:
         self._iris.invoke()
         contours = self._iris.get_tensor(self._iris_contour).reshape(2, 71, 3)
         irises = self._iris.get_tensor(self._iris_points).reshape(2, 5, 3)
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
         eyes = []
         for m, contour, iris in zip(transforms, contours, irises, strict=True):
             contour = _back(m, contour[:, :2].astype(np.float64))
-            centre = _back(m, iris[:1, :2].astype(np.float64))[0]
+            ring = _back(m, iris[:, :2].astype(np.float64))
+            centre, radius = ring[0], float(np.linalg.norm(ring[1:] - ring[0], axis=1).mean())
             lower, upper = contour[LOWER_LID], contour[UPPER_LID]
             ear = eye_aspect_ratio(upper, lower)
+            shown = iris_visibility(grey, lower, upper, centre, radius)
             eyes.append(Eye(tuple(map(tuple, upper.tolist())), tuple(map(tuple, lower.tolist())),
-                            (float(centre[0]), float(centre[1])), ear, openness_from_ear(ear)))
+                            (float(centre[0]), float(centre[1])), ear, openness_from_ear(ear) * shown))
         return eyes[0], eyes[1]
 
 

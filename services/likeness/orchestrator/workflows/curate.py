@@ -29,7 +29,7 @@ from likeness.orchestrator.workflows.duplicates import find_duplicates, image_ha
 ASSESS_BATCH = 8
 EMBED_BATCH = 32
 # Eye gate of curation when the spec's policy leaves min_eye_openness unset (mean openness of both
-# eyes; synthetic shut eyes measure <= 0.25 on the tuning faces, open ones >= 0.9; bench/eyes.py).
+# eyes; synthetic shut eyes measure <= 0.03, open ones >= 0.95; bench/eyes.py).
 CURATE_MIN_EYE_OPENNESS = 0.35
 
 
