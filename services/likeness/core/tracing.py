@@ -1,0 +1,319 @@
+"""OpenTelemetry tracing: one tracer provider per process, exporting over OTLP/gRPC.
+
+Off unless `LIKENESS_TRACING_ENABLED=true`; then every call a service serves gets a server span
+(opentelemetry-instrumentation-grpc, context extracted from the `traceparent` metadata), every
+call made through core.channels carries the caller's context, and the code adds child spans for
+the work that matters (`span(...)`: image load and decode, store get/put, model wait and run, job
+stages and units of work). When off, no interceptor is installed and `span` is the API's no-op.
+
+Sampling is decided when a trace starts (parent-based, `tracing_sample_ratio` of new traces). The
+SDK cannot sample after the fact: a span it drops records nothing. So to keep errors and slow calls
+(`tracing_keep_errors`, `tracing_keep_slower_than_seconds`) the sampler records the spans it would
+drop (RECORD_ONLY: full cost of recording, no export) and `KeepSlowAndFailed` exports the spans of
+one local root (the server span of a call, or a job) when that root ends failed or slow. The decision
+is per process: a slow orchestrator job keeps its own spans, while a model service keeps its spans
+of that trace only if its own call was slow or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessor
+from opentelemetry.trace import Status, StatusCode, format_trace_id
+
+from likeness.core.settings import CommonSettings
+
+log = logging.getLogger("likeness.tracing")
+
+_tracer = trace.get_tracer("likeness")  # a proxy: real once `configure` has set the provider
+_provider = None  # the process's SDK TracerProvider, or None while tracing is off
+_keep = None  # the KeepSlowAndFailed of the provider, when keeping is on
+_lock = threading.Lock()
+# Infrastructure calls that would drown the traces of the real API.
+UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def enabled() -> bool:
+    return _provider is not None
+
+
+def configure(service: str, settings: CommonSettings, exporter=None):
+    """The process's tracer provider for `settings` (created once, set as the global one), or None
+    when tracing is off. `exporter` replaces the OTLP exporter (benchmarks)."""
+    global _provider, _keep
+    if not settings.tracing_enabled:
+        return None
+    with _lock:
+        if _provider is not None:
+            return _provider
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        if exporter is None:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=settings.tracing_endpoint, insecure=settings.tracing_insecure)
+        resource = Resource.create({"service.name": f"likeness-{service}", "service.namespace": "likeness",
+                                    "service.instance.id": f"{socket.gethostname()}-{os.getpid()}"})
+        keeping = settings.tracing_keep_errors or settings.tracing_keep_slower_than_seconds > 0
+        sampler = sampler_for(settings.tracing_sample_ratio, record_unsampled=keeping)
+        provider = TracerProvider(resource=resource, sampler=sampler)
+        batch = BatchSpanProcessor(exporter)
+        if keeping and settings.tracing_sample_ratio < 1.0:
+            _keep = KeepSlowAndFailed(batch, settings.tracing_keep_errors, settings.tracing_keep_slower_than_seconds)
+            provider.add_span_processor(_keep)
+        else:
+            provider.add_span_processor(batch)
+        trace.set_tracer_provider(provider)
+        _provider = provider
+        log.info("tracing on", extra={"tracing_endpoint": settings.tracing_endpoint,
+                                      "tracing_sampler": sampler.get_description()})
+        return provider
+
+
+def flush(timeout_ms: int = 5000) -> None:
+    """Exports what is buffered (called when a service stops, so its last spans are not lost)."""
+    if _provider is not None:
+        _provider.force_flush(timeout_ms)
+
+
+def sampler_for(ratio: float, record_unsampled: bool = False):
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    base = ParentBased(root=TraceIdRatioBased(ratio))
+    return RecordUnsampled(base) if record_unsampled and ratio < 1.0 else base
+
+
+def _sampling():
+    from opentelemetry.sdk.trace import sampling
+
+    return sampling
+
+
+class RecordUnsampled:
+    """A sampler that turns the DROP decisions of `inner` into RECORD_ONLY, so that a span which is
+    not sampled still records what KeepSlowAndFailed needs to export it after all."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                      trace_state=None):
+        sampling = _sampling()
+        result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        if result.decision is sampling.Decision.DROP:
+            return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, result.attributes, result.trace_state)
+        return result
+
+    def get_description(self) -> str:
+        return f"RecordUnsampled{{{self.inner.get_description()}}}"
+
+
+class KeepSlowAndFailed(_SpanProcessor):
+    """Span processor: sampled spans go to `export` as usual; spans recorded but not sampled are held
+    per local root and exported (marked sampled) when that root ends with an error or after
+    `slower_than` seconds, else dropped. Bounded: at most `max_roots` roots of `max_spans` spans."""
+
+    def __init__(self, export, keep_errors: bool, slower_than: float, max_roots: int = 512, max_spans: int = 2000):
+        self.export, self.keep_errors, self.slower_than_ns = export, keep_errors, int(slower_than * 1e9)
+        self.max_roots, self.max_spans = max_roots, max_spans
+        self._root_of: dict[int, int] = {}  # span id -> local root span id, for open unsampled spans
+        self._held: OrderedDict[int, list] = OrderedDict()  # local root span id -> ended spans
+        self._lock = threading.Lock()
+
+    def keeps(self, failed: bool, seconds: float) -> bool:
+        return (self.keep_errors and failed) or (0 < self.slower_than_ns <= seconds * 1e9)
+
+    def on_start(self, span, parent_context=None) -> None:
+        if span.context.trace_flags.sampled:
+            return
+        parent = span.parent
+        with self._lock:
+            root = span.context.span_id if parent is None or parent.is_remote else \
+                self._root_of.get(parent.span_id, parent.span_id)
+            self._root_of[span.context.span_id] = root
+
+    def on_end(self, span) -> None:
+        if span.context.trace_flags.sampled:
+            self.export.on_end(span)
+            return
+        span_id = span.context.span_id
+        with self._lock:
+            root = self._root_of.pop(span_id, span_id)
+            if root != span_id:
+                held = self._held.get(root)
+                if held is None:
+                    if len(self._held) >= self.max_roots:
+                        self._held.popitem(last=False)
+                    held = self._held[root] = []
+                if len(held) < self.max_spans:
+                    held.append(span)
+                return
+            held = self._held.pop(root, [])
+        failed = span.status.status_code is StatusCode.ERROR
+        if self.keeps(failed, (span.end_time - span.start_time) / 1e9):
+            for s in (*held, span):
+                self.export.on_end(_as_sampled(s))
+
+    def shutdown(self) -> None:
+        self.export.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.export.force_flush(timeout_millis)
+
+
+def _as_sampled(span):
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    c = span.context
+    ctx = SpanContext(c.trace_id, c.span_id, c.is_remote, TraceFlags(TraceFlags.SAMPLED), c.trace_state)
+    return ReadableSpan(name=span.name, context=ctx, parent=span.parent, resource=span.resource,
+                        attributes=span.attributes, events=span.events, links=span.links, kind=span.kind,
+                        instrumentation_scope=span.instrumentation_scope, status=span.status,
+                        start_time=span.start_time, end_time=span.end_time)
+
+
+# --- what the code calls ------------------------------------------------------------------------
+
+def span(name: str, attributes: dict | None = None):
+    """A child span of the current one, as a context manager (`with span("store.get"): ...`)."""
+    return _tracer.start_as_current_span(name, attributes=attributes)
+
+
+def current_trace_id() -> str:
+    """32 hex digits of the current trace, or "" when there is none (tracing off)."""
+    ctx = trace.get_current_span().get_span_context()
+    return format_trace_id(ctx.trace_id) if ctx.is_valid else ""
+
+
+def exemplar(failed: bool = False, seconds: float = 0.0) -> dict | None:
+    """Exemplar labels for a histogram observation made inside the current span: its trace id, when
+    that span will be exported (sampled, or kept for being failed or slow), else None."""
+    if _provider is None:
+        return None
+    current = trace.get_current_span()
+    ctx = current.get_span_context()
+    if not ctx.is_valid:
+        return None
+    if ctx.trace_flags.sampled or (_keep is not None and current.is_recording() and _keep.keeps(failed, seconds)):
+        return {"trace_id": format_trace_id(ctx.trace_id)}
+    return None
+
+
+def mark_failed(message: str) -> None:
+    trace.get_current_span().set_status(Status(StatusCode.ERROR, message[:500]))
+
+
+def traceparent() -> str:
+    """The W3C `traceparent` of the current span ("" when none): stored with a job, or passed to a
+    training Job as its TRACEPARENT environment variable."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def span_under(name: str, parent_traceparent: str, attributes: dict | None = None):
+    """A span whose parent is the (remote) span named by a stored `traceparent`; a new trace when
+    it is empty or invalid."""
+    ctx = propagate.extract({"traceparent": parent_traceparent}) if parent_traceparent else otel_context.Context()
+    return _tracer.start_as_current_span(name, context=ctx, attributes=attributes)
+
+
+def bind(fn):
+    """`fn` to run in another thread (run_in_executor does not carry contextvars): inside the
+    current trace context."""
+    return _Bound(contextvars.copy_context(), fn)
+
+
+class _Bound:
+    __slots__ = ("ctx", "fn")
+
+    def __init__(self, ctx, fn):
+        self.ctx, self.fn = ctx, fn
+
+    def __call__(self, *args):
+        return self.ctx.run(self.fn, *args)
+
+
+async def run_on_worker(executor, fn, *args):
+    """`fn(*args)` on a model worker (a one-thread executor): span `model.wait` while it queues
+    behind other calls, `model.run` while it runs, both inside the current trace."""
+    if not enabled():
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    wait = _tracer.start_span("model.wait")
+
+    def work():
+        wait.end()
+        with _tracer.start_as_current_span("model.run"):
+            return fn(*args)
+
+    return await asyncio.get_running_loop().run_in_executor(executor, bind(work))
+
+
+def record_interval(name: str, start: float, end: float, attributes: dict | None = None) -> None:
+    """A finished child span from two `time.monotonic()` readings (work timed by other code, such
+    as the wait of a request in a batching queue)."""
+    if _provider is None:
+        return
+    now_ns, now = time.time_ns(), time.monotonic()
+    started = _tracer.start_span(name, start_time=now_ns - int((now - start) * 1e9), attributes=attributes)
+    started.end(end_time=now_ns - int((now - end) * 1e9))
+
+
+def server_interceptors() -> list:
+    """The server-span interceptor of opentelemetry-instrumentation-grpc (empty when off)."""
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor(_provider, filter_=_traced_call)]
+
+
+def aio_client_interceptors() -> list:
+    """Client interceptors that start a client span and send `traceparent` (empty when off)."""
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors as make
+
+    return make(_provider, filter_=_traced_call)
+
+
+def sync_client_interceptor():
+    if _provider is None:
+        return None
+    from opentelemetry.instrumentation.grpc import client_interceptor
+
+    return client_interceptor(_provider, filter_=_traced_call)
+
+
+def _traced_call(details) -> bool:
+    method = details.method if isinstance(details.method, str) else details.method.decode()
+    return not method.startswith(UNTRACED_PREFIXES)
+
+
+def start_from_environment(name: str, attributes: dict | None = None):
+    """For a process started by another one (a training Job): a span under the TRACEPARENT variable."""
+    return span_under(name, os.environ.get("TRACEPARENT", ""), attributes)
+
+
+def reset_for_tests() -> None:
+    """Forgets the process's provider (tests that configure tracing more than once in a process)."""
+    global _provider, _keep
+    with _lock:
+        if _provider is not None:
+            _provider.shutdown()
+        _provider = _keep = None
+        trace._TRACER_PROVIDER_SET_ONCE = trace.Once()  # noqa: SLF001 - the API sets it only once
+        trace._TRACER_PROVIDER = None  # noqa: SLF001
