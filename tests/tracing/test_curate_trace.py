@@ -6,6 +6,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import subprocess
+import time
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -18,6 +22,7 @@ from likeness.core.store import open_store
 from likeness.jobs_client import JobsClient
 from likeness.local import LocalStack
 from tests.e2e.conftest import FAST_LEASES, _free_block
+from tests.helpers import free_port
 from tests.photos import skimage_photo, tom_hanks
 from tests.tracing.otlp_receiver import OtlpReceiver
 
@@ -109,8 +114,9 @@ def test_a_curate_job_is_one_trace_across_the_services(receiver, curate_job):
     assert {service_of_parent(s) for s in assess + embed} == {"likeness-orchestrator"}
     # store reads, decoding and the model worker inside the model services' calls
     for service in ("likeness-detection", "likeness-embedding"):
-        for child in ("image.load", "store.get", "image.decode", "model.wait", "model.run"):
+        for child in ("image.load", "store.get", "image.decode", "model.run"):
             assert (service, child) in names, (service, child)
+    assert all(s.attributes["model.wait_ms"] >= 0 for s in spans if s.name == "model.run")
     store_gets = [s for s in spans if s.service == "likeness-detection" and s.name == "store.get"]
     assert all(by_id[s.parent_id].name == "image.load" for s in store_gets)
     assert any(s.attributes.get("store.key", "").endswith("astronaut.png") for s in store_gets)
@@ -139,3 +145,37 @@ def test_openmetrics_scrape_shows_an_exemplar_of_the_trace(traced_stack, curate_
     traced = {s.trace_id for s in receiver.spans()}
     assert {m["trace"] for m in exemplars} == {job.trace_id}
     assert job.trace_id in traced
+
+
+def test_prometheus_with_exemplar_storage_keeps_the_trace_id(traced_stack, curate_job, tmp_path):
+    """A real Prometheus, scraping as the chart's ServiceMonitor does (honor_labels) with the
+    exemplar-storage feature the docs ask for, answers the job's trace id from its exemplar API."""
+    job, _ = curate_job
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (tools/install_sysdeps.sh installs it)")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": [{
+        "job_name": "likeness", "honor_labels": True,
+        "static_configs": [{"targets": [f"127.0.0.1:{traced_stack.ports['detection'] + 1000}"]}]}]}))
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    query = urllib.parse.urlencode({"query": 'likeness_rpc_duration_seconds_bucket{method="Assess"}',
+                                    "start": time.time() - 3600, "end": time.time() + 3600})
+    found: set[str] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not found and time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query_exemplars?{query}", timeout=5) as r:
+                    series = json.load(r)["data"]
+            except OSError:
+                continue  # not listening yet
+            found = {e["labels"]["trace_id"] for s in series for e in s["exemplars"]}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert found == {job.trace_id}

@@ -1,10 +1,10 @@
 """OpenTelemetry tracing: one tracer provider per process, exporting over OTLP/gRPC.
 
 Off unless `LIKENESS_TRACING_ENABLED=true`; then every call a service serves gets a server span
-(opentelemetry-instrumentation-grpc, context extracted from the `traceparent` metadata), every
-call made through core.channels carries the caller's context, and the code adds child spans for
-the work that matters (`span(...)`: image load and decode, store get/put, model wait and run, job
-stages and units of work). When off, no interceptor is installed and `span` is the API's no-op.
+(core.tracing_grpc, context extracted from the `traceparent` metadata), every call made through
+core.channels gets a client span and carries the caller's context, and the code adds child spans for
+the work that matters (`span(...)`: image load and decode, store get/put, model run with its wait,
+job stages and units of work). When off, no interceptor is installed and `span` returns a shared no-op context.
 
 Sampling is decided when a trace starts (parent-based, `tracing_sample_ratio` of new traces). The
 SDK cannot sample after the fact: a span it drops records nothing. So to keep errors and slow calls
@@ -18,6 +18,7 @@ of that trace only if its own call was slow or failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -29,6 +30,7 @@ from collections import OrderedDict
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessor
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import Status, StatusCode, format_trace_id
 
 from likeness.core.settings import CommonSettings
@@ -39,8 +41,6 @@ _tracer = trace.get_tracer("likeness")  # a proxy: real once `configure` has set
 _provider = None  # the process's SDK TracerProvider, or None while tracing is off
 _keep = None  # the KeepSlowAndFailed of the provider, when keeping is on
 _lock = threading.Lock()
-# Infrastructure calls that would drown the traces of the real API.
-UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def enabled() -> bool:
@@ -64,8 +64,9 @@ def configure(service: str, settings: CommonSettings, exporter=None):
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=settings.tracing_endpoint, insecure=settings.tracing_insecure)
-        resource = Resource.create({"service.name": f"likeness-{service}", "service.namespace": "likeness",
-                                    "service.instance.id": f"{socket.gethostname()}-{os.getpid()}"})
+        resource = _FixedResource(Resource.create({
+            "service.name": f"likeness-{service}", "service.namespace": "likeness",
+            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}"}))
         keeping = settings.tracing_keep_errors or settings.tracing_keep_slower_than_seconds > 0
         sampler = sampler_for(settings.tracing_sample_ratio, record_unsampled=keeping)
         provider = TracerProvider(resource=resource, sampler=sampler)
@@ -82,6 +83,23 @@ def configure(service: str, settings: CommonSettings, exporter=None):
         return provider
 
 
+def _FixedResource(resource):
+    """The resource with its hash computed once: the OTLP encoder hashes the resource of every span
+    it exports (to group spans by resource), and Resource.__hash__ serialises all attributes to
+    JSON each time."""
+    from opentelemetry.sdk.resources import Resource
+
+    class FixedResource(Resource):
+        def __init__(self, attributes, schema_url):
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    return FixedResource(resource.attributes, resource.schema_url)
+
+
 def flush(timeout_ms: int = 5000) -> None:
     """Exports what is buffered (called when a service stops, so its last spans are not lost)."""
     if _provider is not None:
@@ -95,12 +113,6 @@ def sampler_for(ratio: float, record_unsampled: bool = False):
     return RecordUnsampled(base) if record_unsampled and ratio < 1.0 else base
 
 
-def _sampling():
-    from opentelemetry.sdk.trace import sampling
-
-    return sampling
-
-
 class RecordUnsampled:
     """A sampler that turns the DROP decisions of `inner` into RECORD_ONLY, so that a span which is
     not sampled still records what KeepSlowAndFailed needs to export it after all."""
@@ -110,7 +122,6 @@ class RecordUnsampled:
 
     def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
                       trace_state=None):
-        sampling = _sampling()
         result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
         if result.decision is sampling.Decision.DROP:
             return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, result.attributes, result.trace_state)
@@ -187,8 +198,19 @@ def _as_sampled(span):
 
 # --- what the code calls ------------------------------------------------------------------------
 
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
+def _in_trace() -> bool:
+    return _provider is not None and trace.get_current_span().is_recording()
+
+
 def span(name: str, attributes: dict | None = None):
-    """A child span of the current one, as a context manager (`with span("store.get"): ...`)."""
+    """A child span of the current one, as a context manager (`with span("store.get"): ...`).
+    Outside a recorded span (tracing off, an unsampled call, start-up work) it is a no-op: work
+    done outside any call never starts a trace of its own."""
+    if not _in_trace():
+        return _NO_SPAN
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 
@@ -248,15 +270,16 @@ class _Bound:
 
 
 async def run_on_worker(executor, fn, *args):
-    """`fn(*args)` on a model worker (a one-thread executor): span `model.wait` while it queues
-    behind other calls, `model.run` while it runs, both inside the current trace."""
-    if not enabled():
+    """`fn(*args)` on a model worker (a one-thread executor) inside span `model.run`, whose
+    `model.wait_ms` says how long the call queued behind others for the worker (an attribute, not
+    a span of its own: one span less per model call, see docs/benchmarks.md)."""
+    if not _in_trace():
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-    wait = _tracer.start_span("model.wait")
+    queued = time.perf_counter()
 
     def work():
-        wait.end()
-        with _tracer.start_as_current_span("model.run"):
+        waited = round((time.perf_counter() - queued) * 1000, 3)
+        with _tracer.start_as_current_span("model.run", attributes={"model.wait_ms": waited}):
             return fn(*args)
 
     return await asyncio.get_running_loop().run_in_executor(executor, bind(work))
@@ -265,7 +288,7 @@ async def run_on_worker(executor, fn, *args):
 def record_interval(name: str, start: float, end: float, attributes: dict | None = None) -> None:
     """A finished child span from two `time.monotonic()` readings (work timed by other code, such
     as the wait of a request in a batching queue)."""
-    if _provider is None:
+    if not _in_trace():
         return
     now_ns, now = time.time_ns(), time.monotonic()
     started = _tracer.start_span(name, start_time=now_ns - int((now - start) * 1e9), attributes=attributes)
@@ -273,34 +296,33 @@ def record_interval(name: str, start: float, end: float, attributes: dict | None
 
 
 def server_interceptors() -> list:
-    """The server-span interceptor of opentelemetry-instrumentation-grpc (empty when off)."""
+    """The SERVER-span interceptor (empty when off); it must come before the other interceptors."""
     if _provider is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from likeness.core import tracing_grpc
 
-    return [aio_server_interceptor(_provider, filter_=_traced_call)]
+    if os.environ.get("_LIKENESS_OTEL_SERVER") == "1":  # temporary: compare with the instrumentation's
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        return [aio_server_interceptor(_provider, filter_=tracing_grpc.traced_call)]
+    return tracing_grpc.server_interceptors(_provider)
 
 
 def aio_client_interceptors() -> list:
-    """Client interceptors that start a client span and send `traceparent` (empty when off)."""
+    """Client interceptors that start a CLIENT span and send `traceparent` (empty when off)."""
     if _provider is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors as make
+    from likeness.core import tracing_grpc
 
-    return make(_provider, filter_=_traced_call)
+    return tracing_grpc.aio_client_interceptors(_provider)
 
 
 def sync_client_interceptor():
     if _provider is None:
         return None
-    from opentelemetry.instrumentation.grpc import client_interceptor
+    from likeness.core import tracing_grpc
 
-    return client_interceptor(_provider, filter_=_traced_call)
-
-
-def _traced_call(details) -> bool:
-    method = details.method if isinstance(details.method, str) else details.method.decode()
-    return not method.startswith(UNTRACED_PREFIXES)
+    return tracing_grpc.sync_client_interceptor(_provider)
 
 
 def start_from_environment(name: str, attributes: dict | None = None):
