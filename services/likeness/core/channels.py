@@ -77,8 +77,7 @@ def sync_channel(target: str, settings: CommonSettings | None = None, *, max_att
     target = normalise_target(target)
     channel = grpc.secure_channel(target, creds, options=opts) if creds is not None else \
         grpc.insecure_channel(target, options=opts)
-    traced = tracing.sync_client_interceptor()
-    return grpc.intercept_channel(channel, traced) if traced is not None else channel
+    return tracing.traced_sync_channel(channel)
 
 
 def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:

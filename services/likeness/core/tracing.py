@@ -37,10 +37,11 @@ from likeness.core.settings import CommonSettings
 
 log = logging.getLogger("likeness.tracing")
 
-_tracer = trace.get_tracer("likeness")  # a proxy: real once `configure` has set the provider
+_tracer = trace.NoOpTracer()  # the provider's tracer once `configure` has made one
 _provider = None  # the process's SDK TracerProvider, or None while tracing is off
 _keep = None  # the KeepSlowAndFailed of the provider, when keeping is on
 _lock = threading.Lock()
+_global_set = threading.Event()
 
 
 def enabled() -> bool:
@@ -50,7 +51,7 @@ def enabled() -> bool:
 def configure(service: str, settings: CommonSettings, exporter=None):
     """The process's tracer provider for `settings` (created once, set as the global one), or None
     when tracing is off. `exporter` replaces the OTLP exporter (benchmarks)."""
-    global _provider, _keep
+    global _provider, _keep, _tracer
     if not settings.tracing_enabled:
         return None
     with _lock:
@@ -76,8 +77,10 @@ def configure(service: str, settings: CommonSettings, exporter=None):
             provider.add_span_processor(_keep)
         else:
             provider.add_span_processor(batch)
-        trace.set_tracer_provider(provider)
-        _provider = provider
+        if not _global_set.is_set():  # the API allows one global provider per process
+            _global_set.set()
+            trace.set_tracer_provider(provider)
+        _provider, _tracer = provider, provider.get_tracer("likeness")
         log.info("tracing on", extra={"tracing_endpoint": settings.tracing_endpoint,
                                       "tracing_sampler": sampler.get_description()})
         return provider
@@ -317,12 +320,13 @@ def aio_client_interceptors() -> list:
     return tracing_grpc.aio_client_interceptors(_provider)
 
 
-def sync_client_interceptor():
+def traced_sync_channel(channel):
+    """`channel` with client spans and context propagation (unchanged when off)."""
     if _provider is None:
-        return None
+        return channel
     from likeness.core import tracing_grpc
 
-    return tracing_grpc.sync_client_interceptor(_provider)
+    return tracing_grpc.traced_sync_channel(channel, _provider)
 
 
 def start_from_environment(name: str, attributes: dict | None = None):
@@ -330,12 +334,11 @@ def start_from_environment(name: str, attributes: dict | None = None):
     return span_under(name, os.environ.get("TRACEPARENT", ""), attributes)
 
 
-def reset_for_tests() -> None:
-    """Forgets the process's provider (tests that configure tracing more than once in a process)."""
-    global _provider, _keep
+def shutdown() -> None:
+    """Exports what is buffered and forgets the provider: tracing is off again in this process
+    (tests configure it more than once in one process; our code uses only this module's provider)."""
+    global _provider, _keep, _tracer
     with _lock:
         if _provider is not None:
             _provider.shutdown()
-        _provider = _keep = None
-        trace._TRACER_PROVIDER_SET_ONCE = trace.Once()  # noqa: SLF001 - the API sets it only once
-        trace._TRACER_PROVIDER = None  # noqa: SLF001
+        _provider, _keep, _tracer = None, None, trace.NoOpTracer()

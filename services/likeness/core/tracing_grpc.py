@@ -24,7 +24,9 @@ _PROPAGATED = ("traceparent", "tracestate", "baggage")
 
 
 def traced_call(details) -> bool:
-    method = details.method if isinstance(details.method, str) else details.method.decode()
+    """Filter of the instrumentation's client interceptors (which hand over `method` or `full_method`)."""
+    method = getattr(details, "full_method", None) or details.method
+    method = method if isinstance(method, str) else method.decode()
     return not method.startswith(UNTRACED_PREFIXES)
 
 
@@ -111,7 +113,8 @@ def aio_client_interceptors(provider) -> list:
     return make(provider, filter_=traced_call)
 
 
-def sync_client_interceptor(provider):
+def traced_sync_channel(channel, provider):
     from opentelemetry.instrumentation.grpc import client_interceptor
+    from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
-    return client_interceptor(provider, filter_=traced_call)
+    return intercept_channel(channel, client_interceptor(provider, filter_=traced_call))
