@@ -6,7 +6,8 @@ all measured side by side in one run.
     python bench/runtime.py [--quick]
 
 Calls: an empty unary call (ListModels) and a call carrying a 1 MB image (Detect with inline bytes;
-the servicer only counts bytes) on three servers; and a real `Detect` (the embedded detection
+the servicer only counts bytes) on three servers (the empty call also on two with sampling ratio 0:
+spans not recorded, and recorded for the keep-failed-and-slow rules); and a real `Detect` (the embedded detection
 service: BlazeFace + pose on a 512x512 photo, result cache off) with tracing off and on. Calls
 rotate between the servers one by one so drift hits all of them. What tracing costs when it is off
 (one call per RPC that returns at once) is timed on its own before tracing is configured.
@@ -75,6 +76,27 @@ async def start_ours(settings: CommonSettings):
     names = [generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
              detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name]
     runtime = ServiceRuntime(Service("bench", servicers(), names), settings, drain_seconds=0)
+    port = await runtime.start()
+    await runtime.warm()
+    return runtime, port
+
+
+async def start_sampled_out(settings: CommonSettings, keep_rules: bool, endpoint: str):
+    """Our runtime with server spans from a provider of its own at sampling ratio 0: spans are not
+    recorded, or (with the keep rules for failed and slow calls) recorded and then dropped."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from likeness.core.tracing_grpc import ServerSpanInterceptor
+    from likeness.core.tracing_sampling import KeepSlowAndFailed, sampler_for
+
+    provider = TracerProvider(sampler=sampler_for(0.0, record_unsampled=keep_rules))
+    batch = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
+    provider.add_span_processor(KeepSlowAndFailed(batch, True, 5.0) if keep_rules else batch)
+    names = [generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name]
+    runtime = ServiceRuntime(Service("bench", servicers(), names), settings, drain_seconds=0,
+                             interceptors=[ServerSpanInterceptor(provider.get_tracer("bench"))])
     port = await runtime.start()
     await runtime.warm()
     return runtime, port
@@ -156,6 +178,8 @@ def main() -> None:
     servers = {"bare": loop.run(start_bare(CommonSettings(**common))),
                "ours": loop.run(start_ours(CommonSettings(**common))),
                "traced": loop.run(start_ours(CommonSettings(**common, **tracing_on))),
+               "r0": loop.run(start_sampled_out(CommonSettings(**common), False, tracing_on["tracing_endpoint"])),
+               "r0_keep": loop.run(start_sampled_out(CommonSettings(**common), True, tracing_on["tracing_endpoint"])),
                "det_ours": loop.run(start_detection(DetectionSettings(**detection))),
                "det_traced": loop.run(start_detection(DetectionSettings(**detection, **tracing_on)))}
     opts = [("grpc.max_send_message_length", 64 << 20)]
@@ -165,12 +189,12 @@ def main() -> None:
     empty_req = generation_pb2.ListModelsRequest()
     big_req = detection_pb2.DetectRequest(images=[common_pb2.ImageInput(data=os.urandom(1 << 20))])
     photo_req = detection_pb2.DetectRequest(images=[common_pb2.ImageInput(data=photo_png())])
-    for name in ("bare", "ours", "traced"):  # warm every connection
+    for name in ("bare", "ours", "traced", "r0", "r0_keep"):  # warm every connection
         gen[name].ListModels(empty_req)
     for name in ("det_ours", "det_traced"):
         assert det[name].Detect(photo_req).results[0].faces, "the bench photo must have a face"
     calls = {
-        "empty": {n: (lambda n=n: gen[n].ListModels(empty_req)) for n in ("bare", "ours", "traced")},
+        "empty": {n: (lambda n=n: gen[n].ListModels(empty_req)) for n in ("bare", "ours", "traced", "r0", "r0_keep")},
         "1mb": {n: (lambda n=n: det[n].Detect(big_req)) for n in ("bare", "ours", "traced")},
         "detect": {n: (lambda n=n: det["det_" + n].Detect(photo_req)) for n in ("ours", "traced")},
     }
@@ -192,6 +216,11 @@ def main() -> None:
         figures[f"{call}_traced_vs_ours"] = round(ratio, 3)
         target = {"empty": "<= 1.10", "detect": "<= 1.03"}.get(call, "no target")
         print(f"{call:<8}{'ratio':<8}{ratio:>11.3f}   (tracing on, ratio 1.0 / tracing off, target {target})")
+        for name, what in (("r0", "ratio 0"), ("r0_keep", "ratio 0 + keep failed/slow")):
+            if name in by_server:
+                ratio = figures[f"{call}_{name}_median_ms"] / figures[f"{call}_ours_median_ms"]
+                figures[f"{call}_{name}_vs_ours"] = round(ratio, 3)
+                print(f"{call:<8}{'ratio':<8}{ratio:>11.3f}   (tracing on, {what}, nothing exported / tracing off)")
     empty_ms = figures["empty_ours_median_ms"]
     print(f"tracing off: {off_us:.3f} us per call, {off_us / (empty_ms * 1000):.2%} of an empty call")
     for ch in channels.values():

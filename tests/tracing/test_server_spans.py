@@ -120,3 +120,27 @@ def test_log_lines_and_exemplars_name_the_call(traced_server):
     buckets = [b for b in exposition.splitlines() if b.startswith("likeness_rpc_duration_seconds_bucket{")
                and 'method="ListModels"' in b and "# {" in b]
     assert any(f'trace_id="{trace_id}"' in b for b in buckets)
+
+
+def test_bearer_auth_still_decides_every_call_with_tracing_on():
+    """The span interceptor sits before auth and reuses wrapped handlers: a rejected call must not
+    be cached as the method's handler, nor an accepted one let the next call through."""
+    from likeness.core.auth import BearerTokenInterceptor
+
+    settings = CommonSettings(port=0, metrics_port=0, tracing_enabled=True, tracing_sample_ratio=1.0)
+    tracing.configure("test", settings, exporter=InMemorySpanExporter())
+    service = Service("test", [(generation_pb2_grpc.add_GenerationServiceServicer_to_server, Generation())],
+                      [generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name])
+    try:
+        with ServiceThread(service, settings, interceptors=[BearerTokenInterceptor("s3cret")]) as server, \
+                server.channel() as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            for token, ok in (("", False), ("s3cret", True), ("", False), ("wrong", False), ("s3cret", True)):
+                metadata = (("authorization", f"Bearer {token}"),) if token else ()
+                try:
+                    stub.ListModels(generation_pb2.ListModelsRequest(), metadata=metadata)
+                    assert ok, f"token {token!r} was let through"
+                except grpc.RpcError as exc:
+                    assert not ok and exc.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        tracing.shutdown()

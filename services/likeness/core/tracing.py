@@ -4,15 +4,11 @@ Off unless `LIKENESS_TRACING_ENABLED=true`; then every call a service serves get
 (core.tracing_grpc, context extracted from the `traceparent` metadata), every call made through
 core.channels gets a client span and carries the caller's context, and the code adds child spans for
 the work that matters (`span(...)`: image load and decode, store get/put, model run with its wait,
-job stages and units of work). When off, no interceptor is installed and `span` returns a shared no-op context.
+job stages and units of work). When off, no interceptor is installed and `span` is a shared no-op.
 
-Sampling is decided when a trace starts (parent-based, `tracing_sample_ratio` of new traces). The
-SDK cannot sample after the fact: a span it drops records nothing. So to keep errors and slow calls
-(`tracing_keep_errors`, `tracing_keep_slower_than_seconds`) the sampler records the spans it would
-drop (RECORD_ONLY: full cost of recording, no export) and `KeepSlowAndFailed` exports the spans of
-one local root (the server span of a call, or a job) when that root ends failed or slow. The decision
-is per process: a slow orchestrator job keeps its own spans, while a model service keeps its spans
-of that trace only if its own call was slow or failed.
+Sampling (core/tracing_sampling.py): parent-based with `tracing_sample_ratio` of new traces, plus,
+when `tracing_keep_errors` or `tracing_keep_slower_than_seconds` is set, the failed and slow calls
+among those the ratio left out.
 """
 
 from __future__ import annotations
@@ -25,15 +21,16 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessor
-from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode, format_trace_id
 
 from likeness.core.settings import CommonSettings
+from likeness.core.tracing_sampling import KeepSlowAndFailed, sampler_for
 
 log = logging.getLogger("likeness.tracing")
 
@@ -57,17 +54,13 @@ def configure(service: str, settings: CommonSettings, exporter=None):
     with _lock:
         if _provider is not None:
             return _provider
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=settings.tracing_endpoint, insecure=settings.tracing_insecure)
-        resource = _FixedResource(Resource.create({
-            "service.name": f"likeness-{service}", "service.namespace": "likeness",
-            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}"}))
+        created = Resource.create({"service.name": f"likeness-{service}", "service.namespace": "likeness",
+                                   "service.instance.id": f"{socket.gethostname()}-{os.getpid()}"})
+        resource = FixedHashResource(created.attributes, created.schema_url)
         keeping = settings.tracing_keep_errors or settings.tracing_keep_slower_than_seconds > 0
         sampler = sampler_for(settings.tracing_sample_ratio, record_unsampled=keeping)
         provider = TracerProvider(resource=resource, sampler=sampler)
@@ -86,117 +79,22 @@ def configure(service: str, settings: CommonSettings, exporter=None):
         return provider
 
 
-def _FixedResource(resource):
-    """The resource with its hash computed once: the OTLP encoder hashes the resource of every span
-    it exports (to group spans by resource), and Resource.__hash__ serialises all attributes to
-    JSON each time."""
-    from opentelemetry.sdk.resources import Resource
+class FixedHashResource(Resource):
+    """A resource whose hash is computed once: the OTLP encoder hashes the resource of every span it
+    exports (to group spans by resource), and Resource.__hash__ serialises every attribute to JSON."""
 
-    class FixedResource(Resource):
-        def __init__(self, attributes, schema_url):
-            super().__init__(attributes, schema_url)
-            self._hash = super().__hash__()
+    def __init__(self, attributes, schema_url=None):
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
 
-        def __hash__(self) -> int:
-            return self._hash
-
-    return FixedResource(resource.attributes, resource.schema_url)
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def flush(timeout_ms: int = 5000) -> None:
     """Exports what is buffered (called when a service stops, so its last spans are not lost)."""
     if _provider is not None:
         _provider.force_flush(timeout_ms)
-
-
-def sampler_for(ratio: float, record_unsampled: bool = False):
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
-    base = ParentBased(root=TraceIdRatioBased(ratio))
-    return RecordUnsampled(base) if record_unsampled and ratio < 1.0 else base
-
-
-class RecordUnsampled:
-    """A sampler that turns the DROP decisions of `inner` into RECORD_ONLY, so that a span which is
-    not sampled still records what KeepSlowAndFailed needs to export it after all."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
-                      trace_state=None):
-        result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-        if result.decision is sampling.Decision.DROP:
-            return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, result.attributes, result.trace_state)
-        return result
-
-    def get_description(self) -> str:
-        return f"RecordUnsampled{{{self.inner.get_description()}}}"
-
-
-class KeepSlowAndFailed(_SpanProcessor):
-    """Span processor: sampled spans go to `export` as usual; spans recorded but not sampled are held
-    per local root and exported (marked sampled) when that root ends with an error or after
-    `slower_than` seconds, else dropped. Bounded: at most `max_roots` roots of `max_spans` spans."""
-
-    def __init__(self, export, keep_errors: bool, slower_than: float, max_roots: int = 512, max_spans: int = 2000):
-        self.export, self.keep_errors, self.slower_than_ns = export, keep_errors, int(slower_than * 1e9)
-        self.max_roots, self.max_spans = max_roots, max_spans
-        self._root_of: dict[int, int] = {}  # span id -> local root span id, for open unsampled spans
-        self._held: OrderedDict[int, list] = OrderedDict()  # local root span id -> ended spans
-        self._lock = threading.Lock()
-
-    def keeps(self, failed: bool, seconds: float) -> bool:
-        return (self.keep_errors and failed) or (0 < self.slower_than_ns <= seconds * 1e9)
-
-    def on_start(self, span, parent_context=None) -> None:
-        if span.context.trace_flags.sampled:
-            return
-        parent = span.parent
-        with self._lock:
-            root = span.context.span_id if parent is None or parent.is_remote else \
-                self._root_of.get(parent.span_id, parent.span_id)
-            self._root_of[span.context.span_id] = root
-
-    def on_end(self, span) -> None:
-        if span.context.trace_flags.sampled:
-            self.export.on_end(span)
-            return
-        span_id = span.context.span_id
-        with self._lock:
-            root = self._root_of.pop(span_id, span_id)
-            if root != span_id:
-                held = self._held.get(root)
-                if held is None:
-                    if len(self._held) >= self.max_roots:
-                        self._held.popitem(last=False)
-                    held = self._held[root] = []
-                if len(held) < self.max_spans:
-                    held.append(span)
-                return
-            held = self._held.pop(root, [])
-        failed = span.status.status_code is StatusCode.ERROR
-        if self.keeps(failed, (span.end_time - span.start_time) / 1e9):
-            for s in (*held, span):
-                self.export.on_end(_as_sampled(s))
-
-    def shutdown(self) -> None:
-        self.export.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.export.force_flush(timeout_millis)
-
-
-def _as_sampled(span):
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.trace import SpanContext, TraceFlags
-
-    c = span.context
-    ctx = SpanContext(c.trace_id, c.span_id, c.is_remote, TraceFlags(TraceFlags.SAMPLED), c.trace_state)
-    return ReadableSpan(name=span.name, context=ctx, parent=span.parent, resource=span.resource,
-                        attributes=span.attributes, events=span.events, links=span.links, kind=span.kind,
-                        instrumentation_scope=span.instrumentation_scope, status=span.status,
-                        start_time=span.start_time, end_time=span.end_time)
 
 
 # --- what the code calls ------------------------------------------------------------------------
@@ -302,13 +200,9 @@ def server_interceptors() -> list:
     """The SERVER-span interceptor (empty when off); it must come before the other interceptors."""
     if _provider is None:
         return []
-    from likeness.core import tracing_grpc
+    from likeness.core.tracing_grpc import ServerSpanInterceptor
 
-    if os.environ.get("_LIKENESS_OTEL_SERVER") == "1":  # temporary: compare with the instrumentation's
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-        return [aio_server_interceptor(_provider, filter_=tracing_grpc.traced_call)]
-    return tracing_grpc.server_interceptors(_provider)
+    return [ServerSpanInterceptor(_provider.get_tracer("likeness.grpc"))]
 
 
 def aio_client_interceptors() -> list:
