@@ -17,7 +17,8 @@ def config(*args) -> dict[str, str]:
 
 
 def test_the_chart_turns_tracing_on_with_settings_the_services_read(monkeypatch):
-    data = config("--set", "tracing.endpoint=http://jaeger-collector.tracing:4317", "--set-json", "tracing.sampleRatio=0.25")
+    data = config("--set", "tracing.endpoint=http://jaeger-collector.tracing:4317",
+                  "--set-json", "tracing.sampleRatio=0.25")
     for key, value in data.items():
         monkeypatch.setenv(key, value)
     settings = CommonSettings()
@@ -44,7 +45,8 @@ def test_p95_panels_show_exemplars():
 
 @pytest.mark.parametrize("kind", ["tempo", "jaeger"])
 def test_grafana_data_sources_link_exemplars_to_the_trace_store(kind):
-    objects = render("--set", "dashboard.datasources.enabled=true", "--set", f"dashboard.datasources.traces.type={kind}",
+    objects = render("--set", "dashboard.datasources.enabled=true",
+                     "--set", f"dashboard.datasources.traces.type={kind}",
                      "--set", "dashboard.datasources.traces.uid=traces-1")
     cm = by_kind(objects, "ConfigMap")["likeness-grafana-datasources"]
     assert cm["metadata"]["labels"]["grafana_datasource"] == "1"

@@ -27,8 +27,8 @@ from tests.photos import skimage_photo, tom_hanks
 from tests.tracing.otlp_receiver import OtlpReceiver
 
 SERVICES = ("detection", "embedding", "orchestrator")
-EXEMPLAR = re.compile(r'^likeness_rpc_duration_seconds_bucket\{(?P<labels>[^}]*)\} \S+ # \{trace_id="(?P<trace>[0-9a-f]{32})"\}',
-                      re.M)
+EXEMPLAR = re.compile(r'^likeness_rpc_duration_seconds_bucket\{(?P<labels>[^}]*)\} \S+ '
+                      r'# \{trace_id="(?P<trace>[0-9a-f]{32})"\}', re.M)
 
 pytestmark = pytest.mark.slow
 

@@ -78,7 +78,8 @@ def test_a_sampled_caller_decides_for_the_callee_and_an_unsampled_one_leaves_the
     sampled = propagate.extract({"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
     with tracer.start_as_current_span("server", context=sampled):
         pass
-    assert [(s.name, format_trace_id(s.context.trace_id)) for s in exported.get_finished_spans()] == [("server", trace_id)]
+    got = [(s.name, format_trace_id(s.context.trace_id)) for s in exported.get_finished_spans()]
+    assert got == [("server", trace_id)]
     exported.clear()
     unsampled = propagate.extract({"traceparent": f"00-{trace_id}-b7ad6b7169203331-00"})
     with tracer.start_as_current_span("server", context=unsampled):

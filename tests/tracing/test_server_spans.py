@@ -55,7 +55,8 @@ def traced_server():
 
 def spans_of(exported, trace_id: str):
     tracing.flush()
-    return {(s.name, s.kind): s for s in exported.get_finished_spans() if format_trace_id(s.context.trace_id) == trace_id}
+    return {(s.name, s.kind): s for s in exported.get_finished_spans()
+            if format_trace_id(s.context.trace_id) == trace_id}
 
 
 def test_a_call_is_a_server_span_under_the_callers_span(traced_server):
