@@ -33,6 +33,8 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
 
+from machine import Machine  # noqa: E402
+
 from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc, generation_pb2, generation_pb2_grpc  # noqa: E402
 from likeness.core.logging import configure  # noqa: E402
 from likeness.core.server import Service, ServiceRuntime  # noqa: E402
@@ -160,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    machine = Machine()
     counts = {"empty": 2000, "1mb": 300, "detect": 60} if args.quick else {"empty": 10000, "1mb": 1500, "detect": 400}
     # Logs go where a pod's logs go (stdout) in production; here to /dev/null so the table stays readable,
     # but the JSON formatting work is still done for every call.
@@ -231,7 +234,7 @@ def main() -> None:
     exported = int(receiver.communicate(timeout=30)[0].split()[-1])
     figures["spans_exported"] = exported
     print(f"spans received by the OTLP receiver: {exported}")
-    print(json.dumps({"bench": "runtime", "quick": args.quick, **figures}))
+    print(json.dumps({"bench": "runtime", "quick": args.quick, **figures, "machine": machine.done()}))
 
 
 if __name__ == "__main__":
