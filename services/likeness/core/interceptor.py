@@ -90,7 +90,7 @@ class _Call:
             code = grpc.StatusCode.INTERNAL if code is None else code
         name = "OK" if code is None else code.name
         metrics.RPC_DURATION.labels(self.service, self.method, name).observe(
-            elapsed, tracing.exemplar(name not in ("OK", "CANCELLED"), elapsed))
+            elapsed, tracing.exemplar(name in tracing.SERVER_FAULTS, elapsed))
         if name in ("OK", "CANCELLED"):
             if not self.log_ok:
                 return

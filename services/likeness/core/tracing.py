@@ -121,6 +121,10 @@ def current_trace_id() -> str:
     return format_trace_id(ctx.trace_id) if ctx.is_valid else ""
 
 
+# Status codes (names) that are the server's fault: a span ending with one has status ERROR.
+SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
+
+
 def exemplar(failed: bool = False, seconds: float = 0.0) -> dict | None:
     """Exemplar labels for a histogram observation made inside the current span: its trace id, when
     that span will be exported (sampled, or kept for being failed or slow), else None."""

@@ -20,13 +20,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from likeness.core import tracing
 from likeness.core.errors import LikenessError
 
 UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # What the RPC conventions count as the server's fault; other codes (INVALID_ARGUMENT, NOT_FOUND,
 # ...) are the caller's and leave the span's status unset.
-SERVER_FAULTS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
-                           grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
+SERVER_FAULTS = frozenset(getattr(grpc.StatusCode, name) for name in tracing.SERVER_FAULTS)
 _PROPAGATED = ("traceparent", "tracestate", "baggage")
 
 
