@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import socket
@@ -161,17 +162,7 @@ def span_under(name: str, parent_traceparent: str, attributes: dict | None = Non
 def bind(fn):
     """`fn` to run in another thread (run_in_executor does not carry contextvars): inside the
     current trace context."""
-    return _Bound(contextvars.copy_context(), fn)
-
-
-class _Bound:
-    __slots__ = ("ctx", "fn")
-
-    def __init__(self, ctx, fn):
-        self.ctx, self.fn = ctx, fn
-
-    def __call__(self, *args):
-        return self.ctx.run(self.fn, *args)
+    return functools.partial(contextvars.copy_context().run, fn)
 
 
 async def run_on_worker(executor, fn, *args):
