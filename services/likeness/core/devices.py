@@ -46,12 +46,3 @@ def require_device(device: str, setting: str) -> str:
                                               f"({torch.cuda.device_count()} CUDA devices)")
     return device
 
-
-def ort_providers_for(device: str, requested: list[str]) -> list[str]:
-    """ONNX Runtime providers for a model on `device`: on the CPU, GPU-only providers are dropped
-    (a CPU pod must not pick a GPU it was not given); `CPUExecutionProvider` is always last."""
-    gpu_only = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-    providers = [p for p in requested if device.startswith("cuda") or p not in gpu_only]
-    if "CPUExecutionProvider" not in providers:
-        providers.append("CPUExecutionProvider")
-    return providers
