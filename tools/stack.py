@@ -151,7 +151,7 @@ class Stack:
             if before_services is not None:
                 before_services(state, envs)
             procs = {name: self.spawn(name, [sys.executable, "-m", "likeness", "serve", name],
-                                      env={**os.environ, **envs[name]}) for name in services}
+                                      env={**os.environ, **absolute_pythonpath(), **envs[name]}) for name in services}
             self.start_prometheus(services, ports)
             self.wait_services(procs, ports)
             self.wait_targets(state["prometheus"], len(services))
@@ -359,10 +359,20 @@ def wait_gone(info: dict, seconds: float) -> bool:
     return False
 
 
+def absolute_pythonpath() -> dict[str, str]:
+    """PYTHONPATH with relative entries made absolute: services run in the state folder, and a
+    `PYTHONPATH=services:.` meant for this checkout would silently load another copy of the code."""
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return {"PYTHONPATH": os.pathsep.join(str(Path(e).resolve()) for e in entries)} if entries else {}
+
+
 def helm_objects(values: list[str]) -> list[dict]:
     out = subprocess.run([venv_tool("helm"), "template", "likeness", str(CHART), *values],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     return [d for d in yaml.safe_load_all(out) if d]
+
+
+POD_CACHE_MOUNT = "/var/cache/likeness/models"  # modelCache.mountPath in values.yaml and values-gpu.yaml
 
 
 def service_environments(services: list[str], ports: dict, database_url: str, state_dir: Path,
@@ -401,6 +411,8 @@ def service_environments(services: list[str], ports: dict, database_url: str, st
         # a pod binds every interface and reaches peers by headless Service name; here: loopback
         env["LIKENESS_HOST"] = "127.0.0.1"
         env = {k: re.sub(r"likeness-\w+-headless", "127.0.0.1", v) for k, v in env.items()}
+        # paths a values file pins under the pod's model-cache mount (the TensorRT engine cache) move with it
+        env = {k: v.replace(POD_CACHE_MOUNT, str(state_dir / "model-cache")) for k, v in env.items()}
         env["HOME"] = os.environ.get("HOME", "/tmp")
         env["PYTHONUNBUFFERED"] = "1"
         envs[name] = env

@@ -72,7 +72,8 @@ def seed_stand_in_models(env: dict[str, str]) -> None:
         repo.register("codeformer", root / "codeformer", kind="restorer", backend="codeformer",
                       config={"random_weights": True, "stand_in": "CodeFormer architecture, random weights"})
         det_size = int(env.get("LIKENESS_DETECTION_DET_SIZE", "640"))
-        synthetic_pack.write_pack(root / "buffalo_l", det_size=det_size)
+        middle = det_size // synthetic_pack.PLANTED_STRIDE // 2
+        synthetic_pack.write_pack(root / "buffalo_l", det_size=det_size, cell=(middle, middle))
         repo.register("buffalo_l", root / "buffalo_l", kind="face-pack", backend="insightface",
                       config={"stand_in": "synthetic graphs with a planted face"})
 

@@ -7,6 +7,7 @@ InsightFace + ArcFace) and keeps its promises on mechanics, not on image content
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import numpy as np
 import pytest
@@ -60,20 +61,22 @@ def candidates(production_store):
     return store.uri("prod-candidates/")
 
 
-def test_curate(production_client, production_store, candidates):
-    job = run(production_client, o.JobSpec(curate=o.CurateSpec(
+@pytest.fixture(scope="module")
+def curated(production_client, candidates) -> o.Job:
+    return run(production_client, o.JobSpec(curate=o.CurateSpec(
         import_source=o.ImportSource(uri=candidates), target_count=3, trigger_token="ohwx person",
         output_prefix="prod-datasets/curate/")))
+
+
+def test_curate(production_store, curated):
+    job = curated
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     m = manifest(production_store, job)
     assert len(m["candidates"]) == 7 and all(c["decision"] in ("kept", "rejected") for c in m["candidates"])
     assert len(m["dataset"]) == 3
 
 
-def test_train(production_client, production_store, candidates):
-    curated = run(production_client, o.JobSpec(curate=o.CurateSpec(
-        import_source=o.ImportSource(uri=candidates), target_count=3, trigger_token="ohwx person",
-        output_prefix="prod-datasets/train/")))
+def test_train(production_client, curated):
     assert curated.state == o.JOB_STATE_SUCCEEDED, curated.error
     run_spec = training_pb2.RunSpec(name="prod", base_model=MODEL, dataset_uri=curated.summary["dataset_uri"],
                                     trigger_token="ohwx person", rank=4, epochs=1, resolution=64, seed=1,
@@ -98,7 +101,17 @@ def test_storyboard(production_client, production_store):
     assert 1 <= len(attempts) <= 2 and all(a["frame"] == 0 for a in attempts)
 
 
-def test_open_eyes_with_codeformer(production_client, production_store):
+def rpc_count(production_stack, service: str, method: str) -> float:
+    """Calls of `method` the service's /metrics has counted (all status codes)."""
+    state, _ = production_stack
+    with urllib.request.urlopen(f"http://127.0.0.1:{state['ports'][service] + 1000}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("likeness_rpc_duration_seconds_count") and f'method="{method}"' in line)
+
+
+def test_open_eyes_with_codeformer(production_stack, production_client, production_store):
+    restores = rpc_count(production_stack, "restoration", "Restore")
     photo = skimage_photo("astronaut")
     src = put_png(production_store, "prod-inputs/astronaut.png", photo)
     job = run(production_client, o.JobSpec(open_eyes=o.OpenEyesSpec(
@@ -106,6 +119,7 @@ def test_open_eyes_with_codeformer(production_client, production_store):
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     m = manifest(production_store, job)
     assert len(m["results"]) == 1
+    assert rpc_count(production_stack, "restoration", "Restore") == restores + 1  # CodeFormer ran
 
 
 def test_diversity(production_client, production_store):
