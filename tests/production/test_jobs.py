@@ -118,7 +118,7 @@ def test_open_eyes_with_codeformer(production_stack, production_client, producti
         image=common_pb2.ImageInput(uri=src), model=MODEL, variations=1, steps=2, seed=5, restore=True)))
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     m = manifest(production_store, job)
-    assert len(m["results"]) == 1
+    assert len(m["variations"]) == 1 and len(m["faces"]) == 1  # the stand-in pack plants one face
     assert rpc_count(production_stack, "restoration", "Restore") == restores + 1  # CodeFormer ran
 
 
