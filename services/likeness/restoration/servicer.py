@@ -16,7 +16,7 @@ from dataclasses import asdict
 import numpy as np
 
 from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 from likeness.core.convert import artifact_pb, item_error_pb
 from likeness.core.errors import InvalidArgument, LikenessError, NotFound, check_range
 from likeness.core.images import encode_mask_png, encode_png
@@ -149,7 +149,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
     async def _model_run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
+        return await tracing.run_on_worker(self._models, fn, *args)
 
     async def RegionMask(self, request, context):
         _batch(len(request.items), MAX_MASKS)

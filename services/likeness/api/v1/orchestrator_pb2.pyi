@@ -239,7 +239,7 @@ class JobSpec(_message.Message):
     def __init__(self, curate: _Optional[_Union[CurateSpec, _Mapping]] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., storyboard: _Optional[_Union[StoryboardSpec, _Mapping]] = ..., open_eyes: _Optional[_Union[OpenEyesSpec, _Mapping]] = ..., diversity: _Optional[_Union[DiversitySpec, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "spec", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at")
+    __slots__ = ("job_id", "kind", "state", "spec", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at", "trace_id")
     class SummaryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,7 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: JobState
@@ -271,7 +272,8 @@ class Job(_message.Message):
     attempts: int
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key")
@@ -296,7 +298,7 @@ class WatchRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "type", "stage", "message", "progress", "state")
+    __slots__ = ("job_id", "seq", "time", "type", "stage", "message", "progress", "state", "trace_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +307,7 @@ class WatchResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -313,7 +316,8 @@ class WatchResponse(_message.Message):
     message: str
     progress: _common_pb2.Progress
     state: JobState
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., stage: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., stage: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("job_id",)
