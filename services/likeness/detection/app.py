@@ -58,7 +58,8 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
         warmup=warmup,
         shutdown=shutdown,
         description={"backend": settings.detection_backend, "identity": identity_model(settings),
-                     "max_batch": settings.detection_max_batch},
+                     "max_batch": settings.detection_max_batch, "device": settings.detection_device,
+                     "providers": settings.detection_providers},
     )
 
 
