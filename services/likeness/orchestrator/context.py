@@ -81,6 +81,12 @@ class JobContext:
         if self.cancel_requested:
             raise Cancelled("job_id", f"job {self.job_id} was cancelled")
 
+    async def call(self, kind: str, client, method: str, request, response_type):
+        """A service call as a unit of work: its id is the request's bytes (inputs travel as
+        content-addressed URIs), so a resumed job reuses the answer instead of calling again."""
+        return await self.cached(kind, {"request": request.SerializeToString().hex()},
+                                 lambda: client.call(method, request), response_type)
+
     async def cached(self, kind: str, inputs: dict, call, response_type):
         """Result of one unit of work: from the job store when a previous attempt finished it,
         else `await call()`, stored by content id before it is used."""
