@@ -55,6 +55,16 @@ def _draw_face(canvas: np.ndarray, box, landmarks: dict, field: str) -> None:
             cv2.polylines(canvas, [np.array([_pt(p) for p in points], np.int32)], True, GREEN, width)
 
 
+def scale_faces(faces: list[tuple[tuple, dict]], sx: float, sy: float) -> list[tuple[tuple, dict]]:
+    """The faces' boxes and landmarks in an image resized by (sx, sy)."""
+    def point(p):
+        return (p[0] * sx, p[1] * sy)
+
+    return [((box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy),
+             {k: [point(q) for q in v] if isinstance(v, list) else point(v) for k, v in landmarks.items()})
+            for box, landmarks in faces]
+
+
 def face_landmark_map(width: int, height: int, faces: list[tuple[tuple, dict]], field: str = "items[0]") -> np.ndarray:
     """`faces`: (box (x0, y0, x1, y1), landmarks {kind: (x, y) or [(x, y), ...]}) per face."""
     if not faces:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
+import cv2
 import numpy as np
 
 from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
@@ -23,7 +24,7 @@ from likeness.core.images import encode_mask_png, encode_png
 from likeness.core.uris import validate_key
 from likeness.core.workid import sha256_hex, work_id
 from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA, feathered_blend
-from likeness.restoration.control_images import canny_map, face_landmark_map
+from likeness.restoration.control_images import canny_map, face_landmark_map, scale_faces
 from likeness.restoration.face_restore import FaceToRestore, restore_face
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region, region_mask
 from likeness.restoration.restorers.base import FaceRestorer
@@ -294,10 +295,20 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         high = request.canny_high if request.HasField("canny_high") else 200.0
         prefix = self._outputs.prefix(request.output_prefix)
 
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value and not 64 <= value <= 4096:
+                raise InvalidArgument(name, f"{value} is outside [64, 4096] px (0 keeps the photo's size)")
+
         def render(image, faces, field: str) -> common_pb2.Artifact:
             h, w = image.shape[:2]
-            out = face_landmark_map(w, h, faces, field) if kind == "face_landmarks" else canny_map(image, low, high)
-            params = {"kind": kind, "faces": faces, "canny": [low, high] if kind == "canny" else None}
+            size = (request.width or w, request.height or h)
+            if kind == "face_landmarks":
+                out = face_landmark_map(size[0], size[1], scale_faces(faces, size[0] / w, size[1] / h), field)
+            else:
+                out = canny_map(cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (w, h) else image,
+                                low, high)
+            params = {"kind": kind, "faces": faces, "size": size, "canny": [low, high] if kind == "canny" else None}
             wid = work_id("control_image", {"image": pixels_id(image), **params}, CONTROL_VERSION)
             return (self._outputs.find(prefix, "controls", wid, request.return_inline)
                     or self._outputs.put(prefix, "controls", wid, encode_png(out), request.return_inline))

@@ -198,20 +198,24 @@ class ControlImageItem(_message.Message):
     def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., faces: _Optional[_Iterable[_Union[ControlFace, _Mapping]]] = ...) -> None: ...
 
 class ControlImageRequest(_message.Message):
-    __slots__ = ("items", "kind", "canny_low", "canny_high", "return_inline", "output_prefix")
+    __slots__ = ("items", "kind", "canny_low", "canny_high", "return_inline", "output_prefix", "width", "height")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CANNY_LOW_FIELD_NUMBER: _ClassVar[int]
     CANNY_HIGH_FIELD_NUMBER: _ClassVar[int]
     RETURN_INLINE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ControlImageItem]
     kind: ControlKind
     canny_low: float
     canny_high: float
     return_inline: bool
     output_prefix: str
-    def __init__(self, items: _Optional[_Iterable[_Union[ControlImageItem, _Mapping]]] = ..., kind: _Optional[_Union[ControlKind, str]] = ..., canny_low: _Optional[float] = ..., canny_high: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ...) -> None: ...
+    width: int
+    height: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ControlImageItem, _Mapping]]] = ..., kind: _Optional[_Union[ControlKind, str]] = ..., canny_low: _Optional[float] = ..., canny_high: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class ControlImageResult(_message.Message):
     __slots__ = ("index", "image", "error")
