@@ -107,6 +107,13 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
     require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
     if s.HasField("guidance_scale"):
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
+    if s.HasField("control_scale"):
+        check_range(s.control_scale, "spec.storyboard.control_scale", 0.0, 2.0)
+    require(len(s.control_model) <= 200, "spec.storyboard.control_model",
+            f"has {len(s.control_model)} characters, over the limit of 200")
+    if s.HasField("control_reference") or s.HasField("control_scale"):
+        require(bool(s.control_model), "spec.storyboard.control_model",
+                "is empty; control_reference and control_scale need a ControlNet model")
 
 
 # open_eyes defaults: the inpainting prompt, the face-restoration fidelity, how far the eye

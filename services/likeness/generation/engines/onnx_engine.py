@@ -126,13 +126,15 @@ class OnnxEngine:
             return "torch:adapters"
         if key.reference_scale is not None:
             return "torch:reference_image"
+        if key.controls:
+            return "torch:controlnet"
         if self.enforce_profiles:
             for m in (model, refiner):
                 if m is not None and not m.pipe._likeness_graphs["profile"].covers(key.width, key.height, images):
                     return "torch:outside_profile"
         return "onnx"
 
-    def run(self, model, refiner, key, items, files):
+    def run(self, model, refiner, key, items, files, controlnets=None):
         path = self.route(model, refiner, key, len(items))
         self.batches[path] += 1
         metrics.GENERATION_ENGINE_BATCHES.labels(key.model, path).inc()
@@ -141,7 +143,7 @@ class OnnxEngine:
                 log.warning("batch outside the graphs' shape profile: torch engine", extra={
                     "model": key.model, "width": key.width, "height": key.height, "images": len(items),
                     "profile": model.pipe._likeness_graphs["profile"].describe()})
-            return self.torch.run(model, refiner, key, items, files)
+            return self.torch.run(model, refiner, key, items, files, controlnets)
         with _graphs_installed(model.pipe), _graphs_installed(refiner.pipe if refiner else None):
             return self.torch.run(model, refiner, key, items, files)
 

@@ -74,14 +74,18 @@ class TorchEngine:
             model.ip_adapter = name
         model.forget_derived()
 
-    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict) -> list[ImageResult]:
+    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict,
+            controlnets: list | None = None) -> list[ImageResult]:
         """Runs `items` as one pipeline call; `refiner` is the loaded refiner model or None;
         `files` maps adapter ids to parsed LoRA files not yet loaded. The IP-Adapter state must
         match `key` (see set_ip_adapter)."""
         import torch
 
         started = time.monotonic()
-        pipe = model.pipeline(key.task)
+        if key.controls:
+            pipe = model.control_pipeline(key.task, tuple(c[0] for c in key.controls), controlnets)
+        else:
+            pipe = model.pipeline(key.task)
         pipe.scheduler = make_scheduler(key.sampler, model.default_scheduler_config)
         model.adapters.activate(pipe, key.adapters, files)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
@@ -100,6 +104,11 @@ class TorchEngine:
                 kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
                 if key.task == "inpaint":
                     kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+            if key.controls:
+                from likeness.diffusion.controlnet import control_kwargs
+
+                images = [[item.control_images[c] for item in items] for c in range(len(key.controls))]
+                kwargs.update(control_kwargs(key.task, images, *([c[n] for c in key.controls] for n in (1, 2, 3))))
             if key.reference_scale is not None:
                 pipe.set_ip_adapter_scale(key.reference_scale)
                 kwargs["ip_adapter_image"] = [[_pil(i.reference_image) for i in items]]
