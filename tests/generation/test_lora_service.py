@@ -26,7 +26,7 @@ def _make_lora(folder, path, fmt: str, seed: int):
     for name, param in pipe.unet.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.5)
-    return save_lora(path, peft_state_dict(pipe.unet), fmt=fmt)
+    return save_lora(path, peft_state_dict(pipe.unet), fmt=fmt, unet_config=dict(pipe.unet.config))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_sd15_lora_runs_on_sd15_and_fails_alone_on_sdxl(service, tmp_path):
     for name, param in pipe.unet.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.5)
-    path = save_lora(tmp_path / "sd15.safetensors", peft_state_dict(pipe.unet), fmt="kohya")
+    path = save_lora(tmp_path / "sd15.safetensors", peft_state_dict(pipe.unet), fmt="kohya", family="sd15")
     uri = store.put("adapters/sd15.safetensors", path.read_bytes(), "application/octet-stream").uri
 
     def sd15(prefix, adapters=()):
