@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from likeness.core.errors import InvalidArgument
+from likeness.core.pngmeta import addnet_hash
 
 FORMATS = ("diffusers", "kohya")
 FAMILIES = ("sdxl", "sd15")
@@ -52,6 +53,7 @@ class LoraFile:
     nbytes: int  # bytes of tensor data (what the adapter costs in memory, in its dtype)
     metadata: dict = field(default_factory=dict)
     components: tuple[str, ...] = ()  # unet / text_encoder / text_encoder_2
+    addnet_hash: str = ""  # sha256 of the tensor payload, as A1111 hashes LoRA files (core.pngmeta)
 
 
 def peft_state_dict(model, adapter_name: str = "default") -> dict:
@@ -200,7 +202,7 @@ def read_lora(source: str | Path | bytes, field: str = "adapter") -> LoraFile:
     _check_pairs(state, fmt, field)
     components = tuple(sorted({_component_of(k, fmt) for k in state}))
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    return LoraFile(state, fmt, max(ranks) if ranks else 0, nbytes, metadata, components)
+    return LoraFile(state, fmt, max(ranks) if ranks else 0, nbytes, metadata, components, addnet_hash(data))
 
 
 def detect_format(keys) -> str | None:
