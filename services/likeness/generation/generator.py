@@ -170,7 +170,8 @@ class ImageGenerator:
                                control_images=self._control_images(req, geometry),
                                adapter_files=adapter_files) for i in todo]
             results = await self.batcher.submit(key, items)
-            parameters_extra = self._parameters_extra(req, adapter_files, refiner_name)
+            # the request's own adapters (the LCM-LoRA is named on its own line)
+            parameters_extra = self._parameters_extra(req, {aid: adapter_files[aid] for aid in adapters}, refiner_name)
             def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
                 rgb = self._finish(req, geometry, result.rgb)
                 return encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
