@@ -55,9 +55,12 @@ def small_candidates(store):
 
 
 def test_curate_rejects_what_it_must_and_meets_quotas(jobs_client, store, small_candidates):
+    # the candidates are rescaled and mirrored copies of one photo per person: duplicate removal
+    # (tests/orchestrator/test_duplicates.py) would keep one of each, so it is off here
     spec = o.JobSpec(curate=o.CurateSpec(import_source=o.ImportSource(uri=small_candidates), target_count=4,
                                          quotas=[common_pb2.Quota(dimension="seed", group="*", min=2, max=2)],
-                                         trigger_token="ohwx person", output_prefix="e2e-datasets/small/"))
+                                         trigger_token="ohwx person", output_prefix="e2e-datasets/small/",
+                                         keep_duplicates=True))
     job = run(jobs_client, spec)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     m = manifest(store, job)
@@ -79,7 +82,7 @@ def test_curate_rejects_what_it_must_and_meets_quotas(jobs_client, store, small_
 def test_train_on_a_curated_set(jobs_client, store, small_candidates):
     curated = run(jobs_client, o.JobSpec(curate=o.CurateSpec(
         import_source=o.ImportSource(uri=small_candidates), target_count=4, trigger_token="ohwx person",
-        output_prefix="e2e-datasets/train/")))
+        output_prefix="e2e-datasets/train/", keep_duplicates=True)))
     assert curated.state == o.JOB_STATE_SUCCEEDED, curated.error
     run_spec = training_pb2.RunSpec(name="e2e", base_model="tiny-sdxl", dataset_uri=curated.summary["dataset_uri"],
                                     trigger_token="ohwx person", rank=4, epochs=2, resolution=64, seed=1,
