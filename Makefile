@@ -43,7 +43,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: venv sysdeps
-	$(BIN)/python -m likeness.demo
+	$(BIN)/python -m likeness.client.demo
 
 up: venv sysdeps
 	$(BIN)/python tools/stack.py up

@@ -28,13 +28,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from likeness.api.v1 import orchestrator_pb2 as o  # noqa: E402
+from likeness.client.demo import curate_spec  # noqa: E402
+from likeness.client.demo_set import build_demo_set  # noqa: E402
+from likeness.client.jobs_client import JobsClient  # noqa: E402
+from likeness.client.local import LocalStack  # noqa: E402
 from likeness.core.images import ImageLimits, decode_image  # noqa: E402
 from likeness.core.settings import CommonSettings  # noqa: E402
 from likeness.core.store import open_store  # noqa: E402
-from likeness.demo import curate_spec  # noqa: E402
-from likeness.jobs_client import JobsClient  # noqa: E402
-from likeness.local import LocalStack  # noqa: E402
-from likeness.orchestrator.demo_set import build_demo_set  # noqa: E402
 
 
 def in_process(store, keys: list[str], groups: dict[str, tuple[str, str]], spec) -> tuple[float, int]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from likeness.jobs_client import JobsClient
-from likeness.local import LocalStack
+from likeness.client.jobs_client import JobsClient
+from likeness.client.local import LocalStack
 from tests.helpers import ServiceProcess
 
 
@@ -91,7 +91,7 @@ def demo_candidates(e2e_stack, tmp_path_factory):
 
 def upload_demo_set(store, root: Path, prefix: str):
     """Builds the demo set under `root` and uploads it under `prefix`: (URI of the set, DemoSet)."""
-    from likeness.orchestrator.demo_set import build_demo_set
+    from likeness.client.demo_set import build_demo_set
 
     demo = build_demo_set(root)
     for item in demo.items:
@@ -100,7 +100,7 @@ def upload_demo_set(store, root: Path, prefix: str):
 
 
 def demo_curate_spec(uri: str, demo, output_prefix: str):
-    from likeness.demo import curate_spec
+    from likeness.client.demo import curate_spec
 
     spec = curate_spec(uri, len({i.seed for i in demo.items}), demo.min_quality)
     spec.curate.output_prefix = output_prefix

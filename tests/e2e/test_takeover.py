@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from likeness.api.v1 import orchestrator_pb2 as o
+from likeness.client.jobs_client import JobsClient
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
-from likeness.jobs_client import JobsClient
 from tests.e2e.conftest import demo_curate_spec
 from tests.helpers import ServiceProcess
 

@@ -20,7 +20,7 @@ from likeness.api.v1 import generation_pb2 as g
 from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.api.v1 import restoration_pb2 as r
 from likeness.api.v1 import training_pb2 as t
-from likeness.local import health
+from likeness.client.local import health
 from tests.reliability import corpus
 
 pytestmark = pytest.mark.slow

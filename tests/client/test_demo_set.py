@@ -9,9 +9,9 @@ import re
 
 import pytest
 
+from likeness.client.demo_set import DEMO_MIN_QUALITY, KEPT, MANIFEST, OUTCOMES, build_demo_set
 from likeness.core.errors import InvalidArgument
 from likeness.core.images import decode_image
-from likeness.orchestrator.demo_set import DEMO_MIN_QUALITY, KEPT, MANIFEST, OUTCOMES, build_demo_set
 
 SEEDS = 6
 LAYOUT = re.compile(r"^(\d+)/(original|scenario)/([a-z_]+)\.png$")

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
 def up(state: Path = state_opt, detach: bool = typer.Option(False, help="return once SERVING; `likeness down` stops"),
        base_port: int = typer.Option(0, help="first of six consecutive ports (0 = the default ports)")) -> None:
     """Start every service on loopback with embedded defaults and show their health."""
-    from likeness.local import ORDER, LocalStack, health
+    from likeness.client.local import ORDER, LocalStack, health
 
     stack = LocalStack(state, base_port=base_port)
     (stack.state / "env.json").write_text(json.dumps(stack.env))
@@ -71,7 +71,7 @@ def up(state: Path = state_opt, detach: bool = typer.Option(False, help="return 
 
 def down(state: Path = state_opt) -> None:
     """Stop a detached local stack."""
-    from likeness.local import down_from_pidfile
+    from likeness.client.local import down_from_pidfile
 
     stopped = down_from_pidfile(state)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -80,7 +80,7 @@ def down(state: Path = state_opt) -> None:
 def _run(spec: orchestrator_pb2.JobSpec, state: Path, address: str, token: str, wait: bool) -> None:
     import grpc
 
-    from likeness.jobs_client import JobsClient
+    from likeness.client.jobs_client import JobsClient
 
     client = JobsClient(_address(state, address), token)
     try:
@@ -217,7 +217,7 @@ def diversity(reference: str = typer.Argument(..., help="local folder or store p
 def jobs(action: str = typer.Argument("list", help="list | show | cancel"), job_id: str = typer.Argument(""),
          state: Path = state_opt, address: str = address_opt, token: str = token_opt) -> None:
     """List jobs, show one, or cancel one."""
-    from likeness.jobs_client import JobsClient
+    from likeness.client.jobs_client import JobsClient
 
     client = JobsClient(_address(state, address), token)
     if action == "list":

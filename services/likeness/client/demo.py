@@ -61,11 +61,11 @@ def train_spec(dataset_uri: str) -> orchestrator_pb2.JobSpec:
 
 
 def main() -> None:
+    from likeness.client.demo_set import build_demo_set
+    from likeness.client.jobs_client import JobsClient
+    from likeness.client.local import LocalStack
     from likeness.core.settings import CommonSettings
     from likeness.core.store import open_store
-    from likeness.jobs_client import JobsClient
-    from likeness.local import LocalStack
-    from likeness.orchestrator.demo_set import build_demo_set
 
     started = time.monotonic()
     for sub in ("store", "logs", "candidates"):
