@@ -123,7 +123,7 @@ def main() -> None:
     engines = {}
     for cls in (TorchEngine, OnnxEngine):
         engine = cls(settings)
-        engines[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load(folder, spec), 0, AdapterCache(1)))
+        engines[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load_model(folder, spec), 0, AdapterCache(1)))
     for batch in (1, 4):
         per_step = {name: [] for name in engines}
         key = BatchKey("tiny-sdxl", "text-to-image", side, side, steps, "default", 5.0, None, "", 0.2, (), None)

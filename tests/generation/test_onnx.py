@@ -31,7 +31,7 @@ def engines(service, tmp_path_factory):
     out = {}
     for cls in (TorchEngine, OnnxEngine):
         engine = cls(settings)
-        out[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load(folder, spec), 0, AdapterCache(1)))
+        out[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load_model(folder, spec), 0, AdapterCache(1)))
     return out
 
 

@@ -51,7 +51,7 @@ def create_service(settings: GenerationSettings | None = None) -> Service:
             for name in TINY_MODELS:
                 await asyncio.to_thread(ensure_tiny_model, repo, name)
         for name in keep_warm:
-            await generator.run_on_worker(manager.get, name)
+            await generator.worker.run(manager.get, name)
         if keep_warm:
             # one real generation: first-call allocations and kernel selection happen before SERVING
             warm = GenerationRequest(model=keep_warm[0], prompt="warm-up", steps=1, width=64, height=64,
@@ -85,7 +85,7 @@ async def _unload_idle_forever(generator: ImageGenerator, manager: ModelManager)
     while True:
         await asyncio.sleep(period)
         if manager.idle_unload_seconds:
-            await generator.run_on_worker(manager.unload_idle)
+            await generator.worker.run(manager.unload_idle)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from likeness.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from likeness.core.images import encode_png
 from likeness.core.pngmeta import format_parameters
 from likeness.core.store import StoredObject
+from likeness.core.worker import ModelWorker
 from likeness.core.workid import sha256_hex, work_id
 from likeness.diffusion.lora import LoraFile, read_lora
 from likeness.generation import presets, region
@@ -93,9 +94,10 @@ class ImageGenerator:
     def _on_batch(self, key: BatchKey, size: int) -> None:
         metrics.BATCH_SIZE.labels(key.model).observe(size)
 
-    async def run_on_worker(self, fn, *args):
-        """Runs `fn` on the batch worker thread (model loads and unloads never race a batch)."""
-        return await asyncio.get_running_loop().run_in_executor(self.batcher._executor, fn, *args)
+    @property
+    def worker(self) -> ModelWorker:
+        """The batch worker thread: model loads and unloads run there, so they never race a batch."""
+        return self.batcher.worker
 
     # -- the request side -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from likeness.core.errors import ModelMissing
+from likeness.detection.backends.base import FaceDetector, probe_image
 from likeness.detection.faces import Box, Face, Landmark
 
 MODEL_FILE = "face_detection_full_range.tflite"
@@ -79,7 +80,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
     return kept
 
 
-class BlazeFaceDetector:
+class BlazeFaceDetector(FaceDetector):
     name = "blazeface"
     input_side = INPUT_SIZE
 
@@ -106,6 +107,9 @@ class BlazeFaceDetector:
     def describe(self) -> dict:
         return {"detector": self.name, "detector_model": str(self._path or MODEL_FILE),
                 "detector_threads": self.threads, "min_score": self.min_score}
+
+    def warmup(self) -> None:
+        self.detect(probe_image())
 
     def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
         if self._interpreter is None:

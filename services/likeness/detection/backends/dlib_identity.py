@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from likeness.core.errors import ModelMissing
+from likeness.detection.backends.base import IdentityEncoder, probe_face, probe_image
 from likeness.detection.faces import Face, l2_normalise
 
 SHAPE_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
@@ -29,7 +30,7 @@ def model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-class DlibIdentityEncoder:
+class DlibIdentityEncoder(IdentityEncoder):
     name = "dlib-resnet-128"
     dim = 128
 
@@ -47,6 +48,12 @@ class DlibIdentityEncoder:
             raise ModelMissing(self.name, missing)
         self._shape = dlib.shape_predictor(str(folder / SHAPE_PREDICTOR))
         self._net = dlib.face_recognition_model_v1(str(folder / DESCRIPTOR_MODEL))
+
+    def warmup(self) -> None:
+        self.embed(probe_image(), [probe_face()])
+
+    def describe(self) -> dict:
+        return {"identity_model": self.name, "dimension": self.dim}
 
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         import dlib

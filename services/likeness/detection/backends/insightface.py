@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from likeness.core.errors import FailedPrecondition, ModelMissing
+from likeness.detection.backends.base import FaceDetector, IdentityEncoder, probe_face, probe_image
 from likeness.detection.faces import Box, Face, Landmark, l2_normalise
 
 DETECTOR_FILE = "det_10g.onnx"
@@ -137,7 +138,7 @@ def decode_scrfd(outputs: list[np.ndarray], input_hw: tuple[int, int], threshold
     return boxes[keep], scores[keep], kps[keep]
 
 
-class ScrfdDetector:
+class ScrfdDetector(FaceDetector):
     name = "insightface"
 
     def __init__(self, pack_dir: Path, pack: str = "buffalo_l", providers: str = "auto",
@@ -160,6 +161,9 @@ class ScrfdDetector:
     def describe(self) -> dict:
         return {"detector": self.name, "detector_model": str(self.pack_dir / DETECTOR_FILE),
                 "providers": ",".join(self.providers), "det_size": self.det_size, "min_score": self.min_score}
+
+    def warmup(self) -> None:
+        self.detect(probe_image())
 
     def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
         if self._session is None:
@@ -210,7 +214,7 @@ def align_face(rgb: np.ndarray, face: Face, size: int = 112) -> np.ndarray:
     return cv2.warpAffine(rgb, matrix, (size, size), borderValue=0.0)
 
 
-class ArcFaceEncoder:
+class ArcFaceEncoder(IdentityEncoder):
     name = "arcface-w600k-r50"
     dim = 512
 
@@ -225,6 +229,12 @@ class ArcFaceEncoder:
         providers = select_providers(self.requested, ort.get_available_providers())
         self._session = _session(paths.recognition, providers, self.threads)
         self._input = self._session.get_inputs()[0].name
+
+    def warmup(self) -> None:
+        self.embed(probe_image(), [probe_face()])
+
+    def describe(self) -> dict:
+        return {"identity_model": self.name, "dimension": self.dim}
 
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         if self._session is None:

@@ -5,8 +5,8 @@ opset 17, dynamic batch and spatial axes; text encoders with dynamic batch) into
 loads reuse the files (a new model digest gets new files). Sessions use the providers from
 `LIKENESS_GENERATION_ONNX_PROVIDERS`: the CPU provider here, CUDA or TensorRT on GPU nodes (the
 TensorRT provider keeps its engine cache in the same folder). Everything else (schedulers, prompt
-encoding, the per-image generators) is the torch engine's, so the two engines differ only in the
-arithmetic of those two networks; the parity test bounds that difference.
+encoding, the per-image generators) is done by a torch engine this engine holds, so the two engines
+differ only in the arithmetic of those two networks; the parity test bounds that difference.
 
 LoRA adapters change UNet weights that are baked into the graph, so they need the torch engine.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from likeness.core.errors import FailedPrecondition
+from likeness.generation.engines.base import BatchKey, Engine, ImageItem, ImageResult
 from likeness.generation.engines.torch_engine import TorchEngine
 
 log = logging.getLogger("likeness.generation.onnx")
@@ -28,21 +29,32 @@ OPSET = 17
 _export_lock = threading.Lock()
 
 
-class OnnxEngine(TorchEngine):
+class OnnxEngine(Engine):
     name = "onnxruntime"
     supports_adapters = False
     supports_reference = False  # IP-Adapter adds attention processors the exported graph lacks
 
     def __init__(self, settings):
-        super().__init__(settings)
+        self.torch = TorchEngine(settings, vae_decode=_ort_vae_decode)
+        self.cpu_threads = self.torch.cpu_threads
         self.providers = [p.strip() for p in settings.generation_onnx_providers.split(",") if p.strip()]
         self.cache_dir = Path(settings.generation_engine_cache_dir)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "onnx_providers": self.providers, "engine_cache": str(self.cache_dir)}
+    def load(self) -> None:
+        self.torch.load()
 
-    def load(self, folder, spec):
-        pipe = super().load(folder, spec)
+    def warmup(self) -> None:
+        """Graphs are exported and their sessions opened per model, in `load_model`."""
+
+    def describe(self) -> dict:
+        return {**self.torch.describe(), "engine": self.name, "onnx_providers": self.providers,
+                "engine_cache": str(self.cache_dir)}
+
+    def set_ip_adapter(self, model, name: str, folder=None, config: dict | None = None) -> None:
+        self.torch.set_ip_adapter(model, name, folder, config)
+
+    def load_model(self, folder, spec):
+        pipe = self.torch.load_model(folder, spec)
         target = self.cache_dir / f"{spec.name}-{spec.digest[:16]}"
         unet_path, vae_path = target / "unet.onnx", target / "vae_decoder.onnx"
         with _export_lock:
@@ -64,18 +76,11 @@ class OnnxEngine(TorchEngine):
         log.info("onnx graphs ready", extra={"model": spec.name, "folder": str(target), "providers": self.providers})
         return pipe
 
-    def run(self, model, refiner, key, items, files):
+    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict) -> list[ImageResult]:
         if key.adapters:
             raise FailedPrecondition("adapters", "LoRA adapters need LIKENESS_GENERATION_ENGINE=torch; the ONNX "
                                                  "graphs hold the base weights only")
-        return super().run(model, refiner, key, items, files)
-
-    def vae_decode(self, vae, latents):
-        import torch
-
-        session = vae._likeness_ort_decoder
-        out = session.run(None, {"latents": latents.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out).to(latents.device, latents.dtype)
+        return self.torch.run(model, refiner, key, items, files)
 
     def _session(self, path: Path, cache: Path):
         import onnxruntime as ort
@@ -100,6 +105,15 @@ class OnnxEngine(TorchEngine):
 
 
 # -- export ------------------------------------------------------------------------------------
+
+def _ort_vae_decode(vae, latents):
+    """The VAE decoder as its ONNX session (set on the VAE by `OnnxEngine.load_model`)."""
+    import torch
+
+    session = vae._likeness_ort_decoder
+    out = session.run(None, {"latents": latents.detach().cpu().float().numpy()})[0]
+    return torch.from_numpy(out).to(latents.device, latents.dtype)
+
 
 def _unet_wrapper(unet):
     import torch

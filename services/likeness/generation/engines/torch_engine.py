@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from likeness.diffusion.pipelines import load_pipeline
 from likeness.diffusion.samplers import make_scheduler
-from likeness.generation.engines.base import BatchKey, ImageItem, ImageResult
+from likeness.generation.engines.base import BatchKey, Engine, ImageItem, ImageResult
 
 
 def noise_seed(seed: int) -> int:
@@ -29,29 +30,39 @@ def main_task(kind: str) -> str:
     return "inpaint" if kind.endswith("inpaint") else "text-to-image"
 
 
-class TorchEngine:
+class TorchEngine(Engine):
     name = "torch"
     supports_adapters = True
     supports_reference = True
 
-    def __init__(self, settings):
+    def __init__(self, settings, vae_decode: Callable | None = None):
+        """`vae_decode(vae, latents)` replaces the VAE decoder call (the ONNX engine runs a graph)."""
+        import torch
+
+        self.device = settings.generation_device
+        self.cpu_threads = settings.generation_cpu_threads
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.vae_decode = vae_decode or _torch_vae_decode
+        self.load()
+
+    def load(self) -> None:
         import torch
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()  # progress goes to metrics and GenerateStream, not stderr
         transformers_logging.disable_progress_bar()
-        self.device = settings.generation_device
-        self.cpu_threads = settings.generation_cpu_threads
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
-        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+
+    def warmup(self) -> None:
+        """Nothing model-independent to warm: the service warms its keep-warm models by generating."""
 
     def describe(self) -> dict:
         return {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
                 "cpu_threads": self.cpu_threads}
 
-    def load(self, folder, spec):
+    def load_model(self, folder, spec):
         return load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
 
     # -- one batch ------------------------------------------------------------------------------
@@ -188,8 +199,9 @@ class TorchEngine:
         array = pipe.image_processor.postprocess(image, output_type="np")[0]
         return (array * 255).round().astype(np.uint8)
 
-    def vae_decode(self, vae, latents):
-        return vae.decode(latents, return_dict=False)[0]
+
+def _torch_vae_decode(vae, latents):
+    return vae.decode(latents, return_dict=False)[0]
 
 
 def _progress_callback(items: list[ImageItem], stage: str):
