@@ -183,7 +183,8 @@ def summarise(rec: Recorder, seconds: float) -> dict:
             "per_second": round(len(ok) / seconds, 2),
             "p50_ms": round(quantile(lat, 0.50) * 1000, 1), "p95_ms": round(quantile(lat, 0.95) * 1000, 1),
             "p99_ms": round(quantile(lat, 0.99) * 1000, 1),
-            "p95_first_ms": round(quantile(first, 0.95) * 1000, 1), "p95_last_ms": round(quantile(last, 0.95) * 1000, 1),
+            "p95_first_ms": round(quantile(first, 0.95) * 1000, 1),
+            "p95_last_ms": round(quantile(last, 0.95) * 1000, 1),
         }
     errors = Counter(s.code for s in rec.samples if s.code != "OK")
     rss = {}

@@ -146,7 +146,8 @@ def main() -> None:
     ]
     print(f"1024x1024 astronaut, one core, median of {reps} interleaved rounds; floor = copy of the "
           f"image's bytes ({image.nbytes / 2**20:.1f} MiB) = {floor:.3f} ms")
-    head = f"{'stage':26} {'ms':>8} {'x floor':>8} {'seed ms':>8} {'seed/ours':>10} {'target':>7} {'naive ms':>9} {'naive/ours':>10}"
+    head = (f"{'stage':26} {'ms':>8} {'x floor':>8} {'seed ms':>8} {'seed/ours':>10} {'target':>7} "
+            f"{'naive ms':>9} {'naive/ours':>10}")
     print(head)
     print("-" * len(head))
     figures = {"floor_ms": round(floor, 4), "reps": reps}

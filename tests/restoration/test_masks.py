@@ -128,7 +128,8 @@ def test_bad_geometry_is_rejected_naming_the_field(geo, region, field):
 
 @pytest.mark.parametrize("opts, field", [
     (MaskOptions(padding_iod=2.5), "padding_iod"), (MaskOptions(padding_px=-1), "padding_px"),
-    (MaskOptions(align=6), "align"), (MaskOptions(align=128), "align"), (MaskOptions(crop_padding=2000), "crop_padding"),
+    (MaskOptions(align=6), "align"), (MaskOptions(align=128), "align"),
+    (MaskOptions(crop_padding=2000), "crop_padding"),
 ])
 def test_bad_options_are_rejected(opts, field):
     with pytest.raises(InvalidArgument) as err:

@@ -1,6 +1,6 @@
 """TrainingService over gRPC on tiny-sdxl: StartRun -> WatchRun -> GetRun, checkpoints in both
-formats that load in the generation pipeline and the generation service and change their output, CompareRuns naming rank,
-cancel + resume equal to an uninterrupted run, and bad input rejected while staying SERVING."""
+formats that load in the generation pipeline and the generation service and change their output,
+CompareRuns naming rank, cancel + resume equal to an uninterrupted run, and bad input rejected while staying SERVING."""
 
 from __future__ import annotations
 

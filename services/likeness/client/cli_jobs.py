@@ -130,7 +130,8 @@ def _upload_folder(state: Path, folder: Path) -> str:
     return store.uri(prefix)
 
 
-def curate(source: str = typer.Argument(..., help="local folder or store prefix of candidates (<seed>/<type>/<name>.png)"),
+def curate(source: str = typer.Argument(..., help="local folder or store prefix of candidates "
+                                                   "(<seed>/<type>/<name>.png)"),
            target: int = typer.Option(24, help="images in the final set"),
            per_seed_max: int = typer.Option(0, help="at most this many per seed (0 = no bound)"),
            per_seed_min: int = typer.Option(0, help="at least this many per seed"),
@@ -158,10 +159,12 @@ def train(dataset: str = typer.Argument(..., help="store prefix of a curated dat
           model: str = typer.Option("tiny-sdxl"), rank: int = typer.Option(4), alpha: float = typer.Option(0.0),
           epochs: int = typer.Option(2), resolution: int = typer.Option(0), lr: float = typer.Option(1e-4),
           trigger: str = typer.Option("ohwx person"), seed: int = typer.Option(0), name: str = typer.Option(""),
-          state: Path = state_opt, address: str = address_opt, token: str = token_opt, wait: bool = typer.Option(True)) -> None:
+          state: Path = state_opt, address: str = address_opt, token: str = token_opt,
+          wait: bool = typer.Option(True)) -> None:
     """Train a LoRA adapter on a curated dataset."""
-    run = training_pb2.RunSpec(name=name or f"cli-rank{rank}", base_model=model, dataset_uri=dataset, trigger_token=trigger,
-                               rank=rank, alpha=alpha or float(rank), unet_lr=lr, epochs=epochs, resolution=resolution, seed=seed)
+    run = training_pb2.RunSpec(name=name or f"cli-rank{rank}", base_model=model, dataset_uri=dataset,
+                               trigger_token=trigger, rank=rank, alpha=alpha or float(rank), unet_lr=lr, epochs=epochs,
+                               resolution=resolution, seed=seed)
     _run(orchestrator_pb2.JobSpec(train=orchestrator_pb2.TrainSpec(run=run)), state, address, token, wait)
 
 
@@ -170,30 +173,32 @@ def storyboard(frames: list[str] = typer.Option(..., "--frame", help="a frame pr
                model: str = typer.Option("tiny-sdxl"), seed: int = typer.Option(0), retries: int = typer.Option(3),
                clip_threshold: float = typer.Option(0.70), skip_clip: bool = typer.Option(False),
                size: int = typer.Option(0, help="width = height in pixels (0 = the model's preset)"),
-               steps: int = typer.Option(0), state: Path = state_opt, address: str = address_opt, token: str = token_opt,
-               wait: bool = typer.Option(True)) -> None:
+               steps: int = typer.Option(0), state: Path = state_opt, address: str = address_opt,
+               token: str = token_opt, wait: bool = typer.Option(True)) -> None:
     """Generate a validated storyboard of one character."""
     spec = orchestrator_pb2.StoryboardSpec(model=model, character=character, frame_prompts=frames, seed=seed,
-                                           retry_budget=retries, clip_threshold=clip_threshold, skip_clip_check=skip_clip,
-                                           width=size, height=size, steps=steps)
+                                           retry_budget=retries, clip_threshold=clip_threshold,
+                                           skip_clip_check=skip_clip, width=size, height=size, steps=steps)
     _run(orchestrator_pb2.JobSpec(storyboard=spec), state, address, token, wait)
 
 
 def open_eyes(image: str = typer.Argument(..., help="a local image file or a store URI"),
-              model: str = typer.Option("tiny-sdxl"), variations: int = typer.Option(2), restore: bool = typer.Option(True),
-              fidelity: float = typer.Option(0.7), seed: int = typer.Option(0), steps: int = typer.Option(0),
-              state: Path = state_opt, address: str = address_opt, token: str = token_opt, wait: bool = typer.Option(True)) -> None:
+              model: str = typer.Option("tiny-sdxl"), variations: int = typer.Option(2),
+              restore: bool = typer.Option(True), fidelity: float = typer.Option(0.7), seed: int = typer.Option(0),
+              steps: int = typer.Option(0), state: Path = state_opt, address: str = address_opt, token: str = token_opt,
+              wait: bool = typer.Option(True)) -> None:
     """Repair the eyes of a face: mask, inpaint variations, composite, restore."""
-    img = common_pb2.ImageInput(data=Path(image).read_bytes()) if Path(image).is_file() else common_pb2.ImageInput(uri=image)
-    spec = orchestrator_pb2.OpenEyesSpec(image=img, model=model, variations=variations, restore=restore, fidelity=fidelity,
-                                         seed=seed, steps=steps)
+    img = (common_pb2.ImageInput(data=Path(image).read_bytes()) if Path(image).is_file()
+           else common_pb2.ImageInput(uri=image))
+    spec = orchestrator_pb2.OpenEyesSpec(image=img, model=model, variations=variations, restore=restore,
+                                         fidelity=fidelity, seed=seed, steps=steps)
     _run(orchestrator_pb2.JobSpec(open_eyes=spec), state, address, token, wait)
 
 
 def diversity(reference: str = typer.Argument(..., help="local folder or store prefix of reference images"),
               model: str = typer.Option("tiny-sdxl"), prompt: str = typer.Option("portrait photo of a person"),
-              setting: list[str] = typer.Option(..., help="name:seed_start:count[:guidance[:sampler[:noise]]] (repeat); "
-                                                          "sampler one of ddim, pndm, dpm, euler, euler_a"),
+              setting: list[str] = typer.Option(..., help="name:seed_start:count[:guidance[:sampler[:noise]]] "
+                                                          "(repeat); sampler one of ddim, pndm, dpm, euler, euler_a"),
               size: int = typer.Option(0), nearest_k: int = typer.Option(3), state: Path = state_opt,
               address: str = address_opt, token: str = token_opt, wait: bool = typer.Option(True)) -> None:
     """Measure diversity of generated faces over settings against a reference set."""

@@ -60,34 +60,43 @@ def train_spec(dataset_uri: str) -> orchestrator_pb2.JobSpec:
         sample_seeds=[1, 2], sample_steps=2)))
 
 
-def main() -> None:
+def _fresh_demo_set():
+    """Clears the demo folder and builds the candidate set in it."""
     from likeness.client.demo_set import build_demo_set
+
+    for sub in ("store", "logs", "candidates"):
+        shutil.rmtree(ROOT / sub, ignore_errors=True)
+    for db in ROOT.glob("*.db*"):
+        db.unlink()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    with console.status("building the demo candidate set from real photos..."):
+        demo = build_demo_set(ROOT / "candidates")
+    console.print(f"candidates: {len(demo.items)} images over {len({i.seed for i in demo.items})} seeds in "
+                  f"{ROOT / 'candidates'}; made to be: {demo.counts()}")
+    return demo
+
+
+def _upload_candidates(store) -> None:
+    for p in sorted((ROOT / "candidates").rglob("*")):
+        if p.is_file() and p.suffix in (".png", ".txt"):
+            store.put_file(f"candidates/{p.relative_to(ROOT / 'candidates')}", p,
+                           "image/png" if p.suffix == ".png" else "text/plain")
+
+
+def main() -> None:
     from likeness.client.jobs_client import JobsClient
     from likeness.client.local import LocalStack
     from likeness.core.settings import CommonSettings
     from likeness.core.store import open_store
 
     started = time.monotonic()
-    for sub in ("store", "logs", "candidates"):
-        shutil.rmtree(ROOT / sub, ignore_errors=True)
-    for db in ROOT.glob("*.db*"):
-        db.unlink()
-    ROOT.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]Likeness demo")
     console.print("tiny-sdxl has random weights: its images are noise, used only to exercise training end to end.")
-
-    with console.status("building the demo candidate set from real photos..."):
-        demo = build_demo_set(ROOT / "candidates")
+    demo = _fresh_demo_set()
     seeds = len({i.seed for i in demo.items})
-    console.print(f"candidates: {len(demo.items)} images over {seeds} seeds in {ROOT / 'candidates'}; "
-                  f"made to be: {demo.counts()}")
-
     stack = LocalStack(ROOT)
     store = open_store(CommonSettings(store_uri=stack.env["LIKENESS_STORE_URI"]))
-    for p in sorted((ROOT / "candidates").rglob("*")):
-        if p.is_file() and p.suffix in (".png", ".txt"):
-            store.put_file(f"candidates/{p.relative_to(ROOT / 'candidates')}", p,
-                           "image/png" if p.suffix == ".png" else "text/plain")
+    _upload_candidates(store)
     try:
         with console.status("starting services (models warm up before they report SERVING)...") as status:
             stack.up(timeout=600, on_tick=lambda ready: status.update(f"SERVING: {', '.join(ready) or 'none yet'}"))

@@ -69,7 +69,8 @@ class _Bound:
 
     def describe(self) -> str:
         cap = f" max {self.hi}" if self.hi < len(self.members) else ""
-        return f"quotas[{self.source}] {self.dimension}={self.group} (min {self.lo}{cap}, {len(self.members)} candidates)"
+        return (f"quotas[{self.source}] {self.dimension}={self.group} "
+                f"(min {self.lo}{cap}, {len(self.members)} candidates)")
 
 
 def select(candidates: list[Candidate], count: int, quotas: list[Quota], method: str = "exact") -> Selection:

@@ -25,21 +25,29 @@ log = logging.getLogger("likeness.generation")
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
 
+def create_generator(settings: GenerationSettings, store, repo: ModelRepository, engine,
+                     keep_warm: list[str]) -> ImageGenerator:
+    mb = 1024 * 1024
+    manager = ModelManager(repo, engine, keep_warm=keep_warm,
+                           idle_unload_seconds=settings.generation_idle_unload_seconds,
+                           lora_budget_bytes=int(settings.generation_lora_budget_mb * mb),
+                           device=settings.generation_device)
+    return ImageGenerator(
+        manager, store, limits=Limits(settings.generation_max_size, settings.generation_max_count,
+                                      settings.generation_max_steps),
+        max_batch=settings.generation_max_batch, max_wait=settings.generation_max_wait_ms / 1000,
+        queue_capacity=settings.generation_queue_capacity, max_lora_bytes=int(settings.generation_max_lora_mb * mb),
+        lora_budget_bytes=int(settings.generation_lora_budget_mb * mb))
+
+
 def create_service(settings: GenerationSettings | None = None) -> Service:
     settings = settings or GenerationSettings()
     store = open_store(settings)
     repo = ModelRepository.from_settings(settings, store)
     engine = create_engine(settings)
     keep_warm = [n.strip() for n in settings.generation_keep_warm.split(",") if n.strip()]
-    mb = 1024 * 1024
-    manager = ModelManager(repo, engine, keep_warm=keep_warm, idle_unload_seconds=settings.generation_idle_unload_seconds,
-                           lora_budget_bytes=int(settings.generation_lora_budget_mb * mb), device=settings.generation_device)
-    generator = ImageGenerator(
-        manager, store, limits=Limits(settings.generation_max_size, settings.generation_max_count,
-                                      settings.generation_max_steps),
-        max_batch=settings.generation_max_batch, max_wait=settings.generation_max_wait_ms / 1000,
-        queue_capacity=settings.generation_queue_capacity, max_lora_bytes=int(settings.generation_max_lora_mb * mb),
-        lora_budget_bytes=int(settings.generation_lora_budget_mb * mb))
+    generator = create_generator(settings, store, repo, engine, keep_warm)
+    manager = generator.manager
     images = ImageLoader(store, ImageLimits.from_settings(settings))
     servicer = GenerationServicer(generator, images, engine.name)
     reaper: list[asyncio.Task] = []
@@ -75,7 +83,8 @@ def create_service(settings: GenerationSettings | None = None) -> Service:
         warmup=warmup,
         shutdown=shutdown,
         description={**engine.describe(), "keep_warm": keep_warm, "max_batch": settings.generation_max_batch,
-                     "max_wait_ms": settings.generation_max_wait_ms, "queue_capacity": settings.generation_queue_capacity,
+                     "max_wait_ms": settings.generation_max_wait_ms,
+                     "queue_capacity": settings.generation_queue_capacity,
                      "model_repository": repo.root},
     )
 

@@ -38,7 +38,8 @@ RunBatch = Callable[[Hashable, list], Sequence]
 
 class DynamicBatcher:
     def __init__(self, run_batch: RunBatch, *, max_batch: int, max_wait: float, capacity: int,
-                 on_depth: Callable[[int], None] | None = None, on_batch: Callable[[Hashable, int], None] | None = None):
+                 on_depth: Callable[[int], None] | None = None,
+                 on_batch: Callable[[Hashable, int], None] | None = None):
         self._run_batch = run_batch
         self.max_batch, self.max_wait, self.capacity = max_batch, max_wait, capacity
         self._queues: OrderedDict[Hashable, list[Entry]] = OrderedDict()

@@ -12,7 +12,7 @@ from likeness.core import metrics
 from likeness.core.errors import Cancelled
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import work_id
-from likeness.orchestrator.clients import ServiceClients
+from likeness.orchestrator.clients import ServiceClient, ServiceClients
 from likeness.orchestrator.jobstore import JobRecord, JobStore
 
 
@@ -80,6 +80,13 @@ class JobContext:
     def check_cancel(self) -> None:
         if self.cancel_requested:
             raise Cancelled("job_id", f"job {self.job_id} was cancelled")
+
+    async def call(self, client: ServiceClient, method: str, request, *, work: str, inputs: dict | None = None):
+        """`client.call(method, request)` as one unit of work `work` (see `cached`); `inputs` identify
+        it, by default the serialised request."""
+        if inputs is None:
+            inputs = {"request": request.SerializeToString().hex()}
+        return await self.cached(work, inputs, lambda: client.call(method, request), client.response_type(method))
 
     async def cached(self, kind: str, inputs: dict, call, response_type):
         """Result of one unit of work: from the job store when a previous attempt finished it,

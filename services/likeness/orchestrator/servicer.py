@@ -36,15 +36,18 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 return  # generation unreachable now: the job retries it when it runs
             names = sorted(m.name for m in listed.models)
             if model not in names:
-                raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: {', '.join(names) or 'none'}")
+                raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: "
+                                               f"{', '.join(names) or 'none'}")
 
     async def Submit(self, request: orchestrator_pb2.SubmitRequest,
                      context: ServicerContext) -> orchestrator_pb2.SubmitResponse:
         if len(request.idempotency_key) > 128:
-            raise InvalidArgument("idempotency_key", f"{len(request.idempotency_key)} characters is over the limit of 128")
+            raise InvalidArgument("idempotency_key",
+                                  f"{len(request.idempotency_key)} characters is over the limit of 128")
         kind = specs.validate(request.spec)
         await self._check_references(request.spec)
-        job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(), request.idempotency_key)
+        job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(),
+                                         request.idempotency_key)
         return orchestrator_pb2.SubmitResponse(job=job_pb(job))
 
     async def Get(self, request: orchestrator_pb2.GetRequest, context: ServicerContext) -> orchestrator_pb2.GetResponse:
@@ -62,7 +65,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def Cancel(self, request: orchestrator_pb2.CancelRequest,
                      context: ServicerContext) -> orchestrator_pb2.CancelResponse:
-        return orchestrator_pb2.CancelResponse(job=job_pb(await asyncio.to_thread(self.jobs.request_cancel, request.job_id)))
+        job = await asyncio.to_thread(self.jobs.request_cancel, request.job_id)
+        return orchestrator_pb2.CancelResponse(job=job_pb(job))
 
     async def Watch(self, request: orchestrator_pb2.WatchRequest,
                     context: ServicerContext) -> AsyncIterator[orchestrator_pb2.WatchResponse]:

@@ -1,10 +1,14 @@
 """Validation of job specs at Submit: every field checked before a job is queued, with messages that
 name the field and the limit. Checks that need the store (dataset exists) or a service (model
-known) are made here too, so a job that cannot run is refused instead of failing later."""
+known) are made here too, so a job that cannot run is refused instead of failing later.
+
+The defaults of optional fields live here too, beside the checks of the values a caller gives
+(`open_eyes_plan`, `storyboard_plan`, `diversity_nearest_k`, `curate_output_prefix`)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from likeness.api.v1 import generation_pb2, orchestrator_pb2
 from likeness.core.errors import check_range, require
@@ -37,27 +41,34 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
             f"{c.top_k} keeps fewer candidates than target_count {c.target_count}")
     require(0 <= c.clusters <= 100, "spec.curate.clusters", f"{c.clusters} is outside [0, 100]")
     check_range(c.min_quality, "spec.curate.min_quality", 0.0, 1.0)
-    candidates = None
     if source == "generate":
-        g = c.generate
-        require(bool(g.model), "spec.curate.generate.model", "is empty")
-        _count(len(g.seeds), "spec.curate.generate.seeds", 1, 1000)
-        require(len(set(g.seeds)) == len(g.seeds), "spec.curate.generate.seeds", "contains duplicates")
-        require(all(s >= 0 for s in g.seeds), "spec.curate.generate.seeds", "seeds must be >= 0")
-        _count(len(g.scenarios), "spec.curate.generate.scenarios", 1, 100)
-        names = [s.name for s in g.scenarios]
-        require(all(names) and len(set(names)) == len(names), "spec.curate.generate.scenarios",
-                "every scenario needs a unique, non-empty name")
-        _count(g.variants or 1, "spec.curate.generate.variants", 1, 100)
-        require(g.steps >= 0, "spec.curate.generate.steps", f"{g.steps} is negative")
-        _finite(g.guidance_scale, "spec.curate.generate.guidance_scale")
-        candidates = len(g.seeds) * len(g.scenarios) * (g.variants or 1)
-        require(candidates <= 100_000, "spec.curate.generate", f"{candidates} candidates is over the limit of 100000")
-        require(candidates >= c.target_count, "spec.curate.target_count",
-                f"{c.target_count} is more than the {candidates} candidates the source generates")
+        _validate_generate_source(c)
     else:
         require(bool(c.import_source.uri), "spec.curate.import_source.uri", "is empty")
     validate_key(c.output_prefix, "spec.curate.output_prefix", prefix=True)  # no '..', no absolute path
+    _validate_quotas(c, source)
+
+
+def _validate_generate_source(c: orchestrator_pb2.CurateSpec) -> None:
+    g = c.generate
+    require(bool(g.model), "spec.curate.generate.model", "is empty")
+    _count(len(g.seeds), "spec.curate.generate.seeds", 1, 1000)
+    require(len(set(g.seeds)) == len(g.seeds), "spec.curate.generate.seeds", "contains duplicates")
+    require(all(s >= 0 for s in g.seeds), "spec.curate.generate.seeds", "seeds must be >= 0")
+    _count(len(g.scenarios), "spec.curate.generate.scenarios", 1, 100)
+    names = [s.name for s in g.scenarios]
+    require(all(names) and len(set(names)) == len(names), "spec.curate.generate.scenarios",
+            "every scenario needs a unique, non-empty name")
+    _count(g.variants or 1, "spec.curate.generate.variants", 1, 100)
+    require(g.steps >= 0, "spec.curate.generate.steps", f"{g.steps} is negative")
+    _finite(g.guidance_scale, "spec.curate.generate.guidance_scale")
+    candidates = len(g.seeds) * len(g.scenarios) * (g.variants or 1)
+    require(candidates <= 100_000, "spec.curate.generate", f"{candidates} candidates is over the limit of 100000")
+    require(candidates >= c.target_count, "spec.curate.target_count",
+            f"{c.target_count} is more than the {candidates} candidates the source generates")
+
+
+def _validate_quotas(c: orchestrator_pb2.CurateSpec, source: str | None) -> None:
     mins = 0
     for i, q in enumerate(c.quotas):
         f = f"spec.curate.quotas[{i}]"
@@ -71,12 +82,14 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
         if source == "generate" and q.dimension == "seed" and q.group == "*" and q.max:
             cap = q.max * len(c.generate.seeds)
             require(cap >= c.target_count, f + ".max",
-                    f"{q.max} per seed x {len(c.generate.seeds)} seeds = {cap} cannot reach target_count {c.target_count}")
+                    f"{q.max} per seed x {len(c.generate.seeds)} seeds = {cap} cannot reach target_count "
+                    f"{c.target_count}")
         if source == "generate" and q.dimension == "seed" and q.group == "*" and q.min:
             need = q.min * len(c.generate.seeds)
             require(need <= c.target_count, f + ".min",
                     f"{q.min} per seed x {len(c.generate.seeds)} seeds = {need} is above target_count {c.target_count}")
-    require(mins <= c.target_count, "spec.curate.quotas", f"minimums sum to {mins}, above target_count {c.target_count}")
+    require(mins <= c.target_count, "spec.curate.quotas",
+            f"minimums sum to {mins}, above target_count {c.target_count}")
 
 
 def validate_train(t: orchestrator_pb2.TrainSpec) -> None:
@@ -118,7 +131,8 @@ def validate_diversity(d: orchestrator_pb2.DiversitySpec) -> None:
     require(bool(d.reference_uri), "spec.diversity.reference_uri", "is empty")
     _count(len(d.settings), "spec.diversity.settings", 1, 50)
     names = [s.name for s in d.settings]
-    require(all(names) and len(set(names)) == len(names), "spec.diversity.settings", "every setting needs a unique name")
+    require(all(names) and len(set(names)) == len(names), "spec.diversity.settings",
+            "every setting needs a unique name")
     for i, s in enumerate(d.settings):
         _count(s.count, f"spec.diversity.settings[{i}].count", 2, 1000)
         require(s.seed_start >= 0, f"spec.diversity.settings[{i}].seed_start", f"{s.seed_start} is negative")
@@ -165,3 +179,61 @@ def dataset_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
         return "spec.curate.import_source.uri", spec.curate.import_source.uri
     return "", ""
 
+
+
+# -- defaults of optional fields -------------------------------------------------------------------
+
+OPEN_EYES_PROMPT = "open eyes, detailed iris, natural eyelids"
+EYE_MASK_PADDING_IOD = 0.25  # the eye mask reaches this fraction of the inter-ocular distance past the eyes
+INPAINT_CONTEXT_FRACTION = 0.25  # inpainting sees this fraction of the mask's crop side around the mask
+MIN_INPAINT_CONTEXT_PX = 8
+OPEN_EYES_FIDELITY = 0.7  # restoration keeps most of the inpainted eyes (1 keeps them as they are)
+STORYBOARD_CLIP_THRESHOLD = 0.70
+STORYBOARD_IDENTITY_THRESHOLD = 0.5
+STORYBOARD_RETRY_BUDGET = 3
+STORYBOARD_GUIDANCE = 5.0
+DIVERSITY_NEAREST_K = 5
+
+
+@dataclass(frozen=True)
+class OpenEyesPlan:
+    prompt: str
+    variations: int
+    fidelity: float
+    output_prefix: str
+
+
+def open_eyes_plan(o: orchestrator_pb2.OpenEyesSpec, job_id: str) -> OpenEyesPlan:
+    return OpenEyesPlan(prompt=o.prompt or OPEN_EYES_PROMPT, variations=o.variations or 1,
+                        fidelity=o.fidelity if o.HasField("fidelity") else OPEN_EYES_FIDELITY,
+                        output_prefix=f"jobs/{job_id}/open_eyes/")
+
+
+def inpaint_context_px(crop_width: float, crop_height: float) -> int:
+    """The crop padding of the inpainting call for an eye mask of the given crop size."""
+    return max(int(max(crop_width, crop_height) * INPAINT_CONTEXT_FRACTION), MIN_INPAINT_CONTEXT_PX)
+
+
+@dataclass(frozen=True)
+class StoryboardPlan:
+    clip_min: float
+    identity_min: float
+    retry_budget: int
+    guidance: float
+
+
+def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
+    return StoryboardPlan(
+        clip_min=s.clip_threshold if s.HasField("clip_threshold") else STORYBOARD_CLIP_THRESHOLD,
+        identity_min=s.identity_threshold if s.HasField("identity_threshold") else STORYBOARD_IDENTITY_THRESHOLD,
+        retry_budget=s.retry_budget if s.HasField("retry_budget") else STORYBOARD_RETRY_BUDGET,
+        guidance=s.guidance_scale if s.HasField("guidance_scale") else STORYBOARD_GUIDANCE)
+
+
+def diversity_nearest_k(d: orchestrator_pb2.DiversitySpec) -> int:
+    return d.nearest_k or DIVERSITY_NEAREST_K
+
+
+def curate_output_prefix(c: orchestrator_pb2.CurateSpec, job_id: str) -> str:
+    prefix = c.output_prefix or f"datasets/{job_id}/"
+    return prefix if prefix.endswith("/") else prefix + "/"

@@ -116,14 +116,56 @@ def _resume_source(ctx: RunContext, run: RunRecord) -> tuple[str, ArtifactRef] |
     return None
 
 
+def _trainer(ctx: RunContext, run, spec: RunSpec, dataset: Dataset | None, pipe) -> tuple[LoraTrainer, Dataset]:
+    """The trainer of `run` on its dataset, which must not have changed since the run started."""
+    from likeness.diffusion.pipelines import load_pipeline
+
+    model = ctx.models.resolve(spec.base_model)
+    if dataset is None:
+        dataset = load_dataset(ctx.store, spec.dataset_uri, policy=spec.missing_caption_policy, limits=ctx.limits)
+    if (dataset.dataset_digest, dataset.captions_digest) != (run.dataset_digest, run.captions_digest):
+        raise FailedPrecondition("spec.dataset_uri", "the dataset changed since the run was started "
+                                 "(image or caption digests differ); start a new run")
+    device = resolve_device()
+    pipe = pipe or load_pipeline(model.path, model.kind, device=device)
+    checkpointing = {"on": True, "off": False}.get(ctx.gradient_checkpointing, device != "cpu")
+    trainer = LoraTrainer(spec, pipe, model.kind, dataset, device=device, run_id=run.run_id,
+                          gradient_checkpointing=checkpointing)
+    return trainer, dataset
+
+
+def _resume(ctx: RunContext, run, trainer: LoraTrainer, workdir: Path) -> None:
+    """Loads the saved state the run resumes from, if any."""
+    source = _resume_source(ctx, run)
+    if source is not None:
+        t0 = time.perf_counter()
+        path = workdir / "resume-state.pt"
+        ctx.store.get_to_file(source[1].uri, path)
+        trainer.load_state(path)
+        ctx.registry.add_timings(run.run_id, resume=time.perf_counter() - t0)
+        log.info("resumed", extra={"run_id": run.run_id, "from_run": source[0], "step": trainer.step})
+
+
+def _stopped(ctx: RunContext, run_id: str, spec: RunSpec, trainer: LoraTrainer, workdir: Path) -> str:
+    """Saves the state of a stopped run: "cancelled" after CancelRun, else "running" (paused by a
+    shutting-down process and released for the next one to adopt)."""
+    path = trainer.save_state(workdir / "stop-state.pt")
+    key = f"{spec.output_prefix}/state/step-{trainer.step:08d}.pt"
+    ctx.registry.set_resume_state(run_id, trainer.step, ArtifactRef.of(ctx.store.put_file(key, path)))
+    if ctx.registry.cancel_requested(run_id):
+        return "cancelled"
+    ctx.registry.release(run_id)
+    ctx.registry.add_note(run_id, f"paused at step {trainer.step} by a shutdown; resumed when "
+                                  "a training service adopts it")
+    return "running"
+
+
 def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
             cancel: threading.Event | None = None, pipe=None) -> str:
     """Runs `run_id` to its end; returns the final state. Never raises for a run's own failure:
     the reason is recorded in the registry (FAILED), so watchers see it. A stop without CancelRun
     (`cancel` set by a shutting-down process) saves the state and leaves the run RUNNING without
     an owner, for the next process to adopt ("running" is returned)."""
-    from likeness.diffusion.pipelines import load_pipeline
-
     registry = ctx.registry
     run = registry.get(run_id, with_loss=False)
     if run.finished:
@@ -132,27 +174,10 @@ def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
     cancel = cancel or threading.Event()
     try:
         t_setup = time.perf_counter()
-        model = ctx.models.resolve(spec.base_model)
-        if dataset is None:
-            dataset = load_dataset(ctx.store, spec.dataset_uri, policy=spec.missing_caption_policy, limits=ctx.limits)
-        if (dataset.dataset_digest, dataset.captions_digest) != (run.dataset_digest, run.captions_digest):
-            raise FailedPrecondition("spec.dataset_uri", "the dataset changed since the run was started "
-                                     "(image or caption digests differ); start a new run")
-        device = resolve_device()
-        pipe = pipe or load_pipeline(model.path, model.kind, device=device)
-        checkpointing = {"on": True, "off": False}.get(ctx.gradient_checkpointing, device != "cpu")
-        trainer = LoraTrainer(spec, pipe, model.kind, dataset, device=device, run_id=run_id,
-                              gradient_checkpointing=checkpointing)
+        trainer, dataset = _trainer(ctx, run, spec, dataset, pipe)
         with tempfile.TemporaryDirectory(prefix=f"train-{run_id}-") as tmp:
             workdir = Path(tmp)
-            source = _resume_source(ctx, run)
-            if source is not None:
-                t0 = time.perf_counter()
-                path = workdir / "resume-state.pt"
-                ctx.store.get_to_file(source[1].uri, path)
-                trainer.load_state(path)
-                registry.add_timings(run_id, resume=time.perf_counter() - t0)
-                log.info("resumed", extra={"run_id": run_id, "from_run": source[0], "step": trainer.step})
+            _resume(ctx, run, trainer, workdir)
             if not registry.mark_running(run_id, total_steps=trainer.total_steps, step=trainer.step):
                 now = registry.get(run_id, with_loss=False)  # cancelled while it was set up
                 if not now.finished:
@@ -163,15 +188,8 @@ def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
                 registry.add_note(run_id, note)
             registry.add_timings(run_id, setup=time.perf_counter() - t_setup)
             outcome = _train(ctx, run, spec, trainer, workdir, cancel)
-            if outcome == CANCELLED:  # stopped: by CancelRun, or paused by a shutting-down process
-                path = trainer.save_state(workdir / "stop-state.pt")
-                key = f"{spec.output_prefix}/state/step-{trainer.step:08d}.pt"
-                registry.set_resume_state(run_id, trainer.step, ArtifactRef.of(ctx.store.put_file(key, path)))
-                if not registry.cancel_requested(run_id):
-                    registry.release(run_id)
-                    registry.add_note(run_id, f"paused at step {trainer.step} by a shutdown; resumed when "
-                                              "a training service adopts it")
-                    return "running"
+            if outcome == CANCELLED and _stopped(ctx, run_id, spec, trainer, workdir) == "running":
+                return "running"
         registry.finish(run_id, outcome)
         return outcome
     except LikenessError as exc:

@@ -147,6 +147,10 @@ def validate_static(spec: RunSpec) -> None:
     require(spec.executor in EXECUTORS, "spec.executor", f"{spec.executor!r} is not one of {EXECUTORS}")
     require(spec.missing_caption_policy in CAPTION_POLICIES, "spec.missing_caption_policy",
             f"{spec.missing_caption_policy!r} is not one of {CAPTION_POLICIES}")
+    _validate_kubernetes(spec)
+
+
+def _validate_kubernetes(spec: RunSpec) -> None:
     _int_range(spec.kubernetes.gpus, "spec.kubernetes.gpus", 0, 8)
     for i, t in enumerate(spec.kubernetes.tolerations):
         op = t.get("operator") or "Equal"

@@ -1,7 +1,8 @@
 """The ONNX Runtime engine: the UNet, the VAE decoder and the text encoders run as ONNX graphs.
 
 On first load of a model the two are exported from the torch modules (`torch.onnx.export`,
-opset 17, dynamic batch and spatial axes; text encoders with dynamic batch) into `<engine cache>/<model>-<digest[:16]>/`; later
+opset 17, dynamic batch and spatial axes; text encoders with dynamic batch) into
+`<engine cache>/<model>-<digest[:16]>/`; later
 loads reuse the files (a new model digest gets new files). Sessions use the providers from
 `LIKENESS_GENERATION_ONNX_PROVIDERS`: the CPU provider here, CUDA or TensorRT on GPU nodes (the
 TensorRT provider keeps its engine cache in the same folder). Everything else (schedulers, prompt
@@ -147,7 +148,8 @@ def export_unet(unet, path: Path, vae_scale_factor: int) -> Path:
     if sdxl:
         text_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
         n_ids = 6
-        if text_dim <= 0 or unet.add_embedding.linear_1.in_features != text_dim + n_ids * unet.config.addition_time_embed_dim:
+        expected = text_dim + n_ids * unet.config.addition_time_embed_dim
+        if text_dim <= 0 or unet.add_embedding.linear_1.in_features != expected:
             n_ids = 5  # refiner: aesthetic score instead of target size
             text_dim = unet.config.projection_class_embeddings_input_dim - 5 * unet.config.addition_time_embed_dim
         args += [torch.randn(2, text_dim), torch.ones(2, n_ids)]

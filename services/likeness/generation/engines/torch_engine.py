@@ -78,7 +78,8 @@ class TorchEngine(Engine):
             model.ip_adapter = ""
         if name:
             config = config or {}
-            model.pipe.load_ip_adapter(str(folder), subfolder="", weight_name=config.get("weight_name", "ip-adapter.safetensors"),
+            model.pipe.load_ip_adapter(str(folder), subfolder="",
+                                       weight_name=config.get("weight_name", "ip-adapter.safetensors"),
                                        image_encoder_folder=config.get("image_encoder", "image_encoder"))
             model.ip_adapter = name
         model.forget_derived()

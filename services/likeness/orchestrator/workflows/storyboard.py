@@ -1,4 +1,4 @@
-"""Storyboard (seed 001): one character over N frames. Frame 1 establishes identity; every frame is
+"""Storyboard: one character over N frames. Frame 1 establishes identity; every frame is
 validated (CLIP score >= threshold, exactly one face, identity similarity to frame 1 >= threshold)
 and a failure is retried with the documented fix, within a retry budget:
 
@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2
+from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, orchestrator_pb2
+from likeness.orchestrator import report
 from likeness.orchestrator.context import JobContext, Outcome
+from likeness.orchestrator.specs import StoryboardPlan, storyboard_plan
 from likeness.orchestrator.workflows.common import cosine, uri_input, vector
 
 GUIDANCE_STEP = 1.5
-DEFAULT_GUIDANCE = 5.0
+MAX_GUIDANCE, MIN_GUIDANCE = 30.0, 1.0
 SEED_STRIDE = 7919
 
 
@@ -54,90 +56,106 @@ def decide(faces: int, clip: float | None, identity: float | None, clip_min: flo
 def next_try(failure: str, seed: int, guidance: float, attempt: int) -> tuple[int, float, str]:
     seed = seed + SEED_STRIDE * attempt
     if failure == "multiple_faces":
-        return seed, min(guidance + GUIDANCE_STEP, 30.0), f"guidance -> {min(guidance + GUIDANCE_STEP, 30.0):.1f}, new seed"
-    if failure == "no_face":
-        return seed, max(guidance - GUIDANCE_STEP, 1.0), f"guidance -> {max(guidance - GUIDANCE_STEP, 1.0):.1f}, new seed"
-    return seed, guidance, "new seed"
+        guidance = min(guidance + GUIDANCE_STEP, MAX_GUIDANCE)
+    elif failure == "no_face":
+        guidance = max(guidance - GUIDANCE_STEP, MIN_GUIDANCE)
+    else:
+        return seed, guidance, "new seed"
+    return seed, guidance, f"guidance -> {guidance:.1f}, new seed"
 
 
-async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str, seed: int, guidance: float,
-                   reference: np.ndarray | None, clip_min: float, id_min: float) -> tuple[Attempt, np.ndarray | None]:
+async def _attempt(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, frame: Attempt,
+                   prompt: str, reference: np.ndarray | None) -> tuple[Attempt, np.ndarray | None]:
+    """Generates `frame` (its frame, attempt, seed and guidance set), checks it; returns it filled in
+    and the face's identity embedding (None unless exactly one face)."""
     req = generation_pb2.GenerateRequest(model=spec.model, prompt=prompt, negative_prompt=spec.negative_prompt,
-                                         seed=seed, count=1, steps=spec.steps, guidance_scale=guidance,
+                                         seed=frame.seed, count=1, steps=spec.steps, guidance_scale=frame.guidance,
                                          width=spec.width, height=spec.height, adapters=spec.adapters,
                                          output_prefix="storyboard/")
-    gen = await ctx.cached("generate", {"request": req.SerializeToString().hex()},
-                           lambda: ctx.clients.generation.call("Generate", req), generation_pb2.GenerateResponse)
-    art = gen.images[0].artifact
-    det_req = detection_pb2.DetectRequest(images=[uri_input(art.uri)], with_embeddings=True)
-    det = await ctx.cached("detect", {"image": art.sha256, "emb": True},
-                           lambda: ctx.clients.detection.call("Detect", det_req), detection_pb2.DetectResponse)
+    art = (await ctx.call(ctx.clients.generation, "Generate", req, work="generate")).images[0].artifact
+    det = await ctx.call(ctx.clients.detection, "Detect",
+                         detection_pb2.DetectRequest(images=[uri_input(art.uri)], with_embeddings=True),
+                         work="detect", inputs={"image": art.sha256, "emb": True})
     faces = list(det.results[0].faces)
     clip = None
     if not spec.skip_clip_check:
-        score_req = embedding_pb2.ScoreRequest(images=[uri_input(art.uri)], texts=[prompt])
-        score = await ctx.cached("score", {"image": art.sha256, "text": prompt},
-                                 lambda: ctx.clients.embedding.call("Score", score_req), embedding_pb2.ScoreResponse)
+        score = await ctx.call(ctx.clients.embedding, "Score",
+                               embedding_pb2.ScoreRequest(images=[uri_input(art.uri)], texts=[prompt]),
+                               work="score", inputs={"image": art.sha256, "text": prompt})
         clip = float(score.score[0])
     emb = vector(faces[0].embedding) if len(faces) == 1 and faces[0].embedding.values else None
     identity = cosine(emb, reference) if emb is not None and reference is not None else None
-    failure = decide(len(faces), clip, identity, clip_min, id_min)
-    return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure), emb
+    failure = decide(len(faces), clip, identity, plan.clip_min, plan.identity_min)
+    frame.uri, frame.faces, frame.clip, frame.identity = art.uri, len(faces), clip, identity
+    frame.passed, frame.failure = not failure, failure
+    return frame, emb
 
 
-async def run(ctx: JobContext, spec) -> Outcome:
-    clip_min = spec.clip_threshold if spec.HasField("clip_threshold") else 0.70
-    id_min = spec.identity_threshold if spec.HasField("identity_threshold") else 0.5
-    budget = spec.retry_budget if spec.HasField("retry_budget") else 3
-    base_guidance = spec.guidance_scale if spec.HasField("guidance_scale") else DEFAULT_GUIDANCE
+async def _frame(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, i: int,
+                 reference: np.ndarray | None, attempts: list[Attempt]) -> tuple[Attempt | None, np.ndarray | None]:
+    """Frame `i` within the retry budget: the passing attempt and its embedding, or (None, None)."""
+    prompt = f"{spec.character}, {spec.frame_prompts[i]}" if spec.character else spec.frame_prompts[i]
+    seed, guidance = spec.seed + i, plan.guidance
+    for a in range(plan.retry_budget + 1):
+        ctx.check_cancel()
+        tried = Attempt(i, a, seed, guidance, uri="", faces=0, clip=None, identity=None, passed=False, failure="")
+        tried, emb = await _attempt(ctx, spec, plan, tried, prompt, reference)
+        attempts.append(tried)
+        if tried.passed:
+            await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {a + 1}")
+            return tried, emb
+        if a < plan.retry_budget:
+            seed, guidance, tried.fix = next_try(tried.failure, seed, guidance, a + 1)
+            await ctx.event("ITEM_DONE", f"frame {i + 1} attempt {a + 1} failed ({tried.failure}); retry: {tried.fix}",
+                            "frame")
+    await ctx.item_done("frame", "failed", f"frame {i + 1} failed after {plan.retry_budget + 1} attempts")
+    await ctx.warn(f"frame {i + 1}: no attempt passed ({attempts[-1].failure})", "frame")
+    return None, None
+
+
+async def run(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec) -> Outcome:
+    plan = storyboard_plan(spec)
     if spec.skip_clip_check:
         await ctx.warn("CLIP check skipped by the spec (skip_clip_check)", "validate")
     attempts: list[Attempt] = []
     frames: list[Attempt | None] = []
     reference = None
-    for i, frame_prompt in enumerate(spec.frame_prompts):
-        prompt = f"{spec.character}, {frame_prompt}" if spec.character else frame_prompt
-        seed, guidance = spec.seed + i, base_guidance
-        chosen = None
+    for i in range(len(spec.frame_prompts)):
         async with ctx.stage("frame"):
-            for a in range(budget + 1):
-                ctx.check_cancel()
-                att, emb = await _attempt(ctx, spec, i, a, prompt, seed, guidance, reference, clip_min, id_min)
-                attempts.append(att)
-                if att.passed:
-                    chosen = att
-                    if i == 0:
-                        reference = emb  # frame 1 establishes identity
-                    await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {a + 1}")
-                    break
-                if a < budget:
-                    seed, guidance, att.fix = next_try(att.failure, seed, guidance, a + 1)
-                    await ctx.event("ITEM_DONE", f"frame {i + 1} attempt {a + 1} failed ({att.failure}); retry: {att.fix}", "frame")
-            if chosen is None:
-                await ctx.item_done("frame", "failed", f"frame {i + 1} failed after {budget + 1} attempts")
-                await ctx.warn(f"frame {i + 1}: no attempt passed ({attempts[-1].failure})", "frame")
+            chosen, emb = await _frame(ctx, spec, plan, i, reference, attempts)
+        if i == 0 and chosen is not None:
+            reference = emb  # frame 1 establishes identity
         frames.append(chosen)
         await ctx.progress("frames", i + 1, len(spec.frame_prompts))
     if reference is None and spec.frame_prompts:
         await ctx.warn("frame 1 never passed, so identity could not be established", "frame")
-    passed = sum(1 for f in frames if f is not None)
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    summary = {"frames": len(frames), "frames_passed": passed, "attempts": len(attempts),
-               "retries": len(attempts) - len(frames)}
-    manifest = {"frames": [{"frame": i, "uri": f.uri if f else "", "seed": f.seed if f else None} for i, f in enumerate(frames)],
-                "attempts": [{"frame": a.frame, "attempt": a.attempt, "seed": a.seed, "guidance": a.guidance, "uri": a.uri,
-                              "failure": a.failure} for a in attempts]}
+    return _outcome(spec, plan, frames, attempts)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _outcome(spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, frames: list[Attempt | None],
+             attempts: list[Attempt]) -> Outcome:
+    summary = {"frames": len(frames), "frames_passed": sum(1 for f in frames if f is not None),
+               "attempts": len(attempts), "retries": len(attempts) - len(frames)}
+    manifest = {"frames": [{"frame": i, "uri": f.uri if f else "", "seed": f.seed if f else None}
+                           for i, f in enumerate(frames)],
+                "attempts": [{"frame": a.frame, "attempt": a.attempt, "seed": a.seed, "guidance": a.guidance,
+                              "uri": a.uri, "failure": a.failure} for a in attempts]}
+    skipped = " (skipped)" if spec.skip_clip_check else ""
     sections = [
-        {"type": "gallery", "title": "Frames",
-         "groups": [{"name": f"frame {a.frame + 1}",
-                     "items": [{"uri": x.uri, "caption": f"try {x.attempt + 1}: {'pass' if x.passed else x.failure}"}
-                               for x in attempts if x.frame == a.frame]} for a in attempts if a.attempt == 0]},
-        {"type": "table", "title": "Attempts",
-         "columns": ["frame", "attempt", "seed", "guidance", "faces", "CLIP score", "identity", "result", "fix applied next"],
-         "rows": [[a.frame + 1, a.attempt + 1, a.seed, f"{a.guidance:.1f}", a.faces, fmt(a.clip), fmt(a.identity),
-                   "pass" if a.passed else a.failure, a.fix] for a in attempts]},
-        {"type": "text", "title": "Thresholds",
-         "body": f"CLIP score >= {clip_min:.2f}{' (skipped)' if spec.skip_clip_check else ''}; exactly one face; "
-                 f"identity similarity to frame 1 >= {id_min:.2f}; retry budget {budget} per frame."},
+        report.gallery("Frames", [
+            report.group(f"frame {a.frame + 1}", [
+                report.image(x.uri, f"try {x.attempt + 1}: {'pass' if x.passed else x.failure}")
+                for x in attempts if x.frame == a.frame]) for a in attempts if a.attempt == 0]),
+        report.table("Attempts", ["frame", "attempt", "seed", "guidance", "faces", "CLIP score", "identity", "result",
+                                  "fix applied next"],
+                     [[a.frame + 1, a.attempt + 1, a.seed, f"{a.guidance:.1f}", a.faces, _fmt(a.clip), _fmt(a.identity),
+                       "pass" if a.passed else a.failure, a.fix] for a in attempts]),
+        report.text("Thresholds", f"CLIP score >= {plan.clip_min:.2f}{skipped}; exactly one face; identity "
+                                  f"similarity to frame 1 >= {plan.identity_min:.2f}; retry budget "
+                                  f"{plan.retry_budget} per frame."),
     ]
     return Outcome(summary, manifest, {"sections": sections})
