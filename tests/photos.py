@@ -1,4 +1,4 @@
-"""Real photos that ship inside installed packages (FACTS.md), as HxWx3 uint8 RGB arrays.
+"""Real photos that ship inside installed packages (skimage, insightface), as HxWx3 uint8 RGB arrays.
 
 One loader for tests and the demo set: `likeness.client.demo_set.photo`.
 """

@@ -24,8 +24,8 @@ TRIGGER = "ohwx person"
 
 
 def curate_spec(candidates_uri: str, seeds: int, min_quality: float) -> orchestrator_pb2.JobSpec:
-    """24 of the candidates, exactly 4 per seed (person) and at least 6 originals (seed doc 000's
-    balance rules at demo size); clusters chosen by silhouette."""
+    """24 of the candidates, exactly 4 per seed (person) and at least 6 originals (the
+    curation balance rules at demo size); clusters chosen by silhouette."""
     return orchestrator_pb2.JobSpec(curate=orchestrator_pb2.CurateSpec(
         import_source=orchestrator_pb2.ImportSource(uri=candidates_uri), target_count=4 * seeds, clusters=0,
         quotas=[common_pb2.Quota(dimension="seed", group="*", min=4, max=4),

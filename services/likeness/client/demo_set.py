@@ -2,7 +2,7 @@
 so that the curate job meets every rejection reason, written in the import layout
 `<out_dir>/<seed>/<image_type>/<name>.png` (+ a same-name `.txt` caption) with a `manifest.json`.
 
-A "seed" here stands for one generation seed of seed doc 000: one identity (a portrait cropped
+A "seed" here stands for one generation seed of a curation run: one identity (a portrait cropped
 from skimage's astronaut or of one of the people of insightface's t1.jpg group photo) and
 everything "generated" for it:
 - `original` (3 per seed): the portrait, its mirror image, a close-up;

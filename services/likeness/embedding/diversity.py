@@ -1,4 +1,4 @@
-"""Diversity of a generated set against a reference set (seed doc 002).
+"""Diversity of a generated set against a reference set.
 
 - precision, recall, density, coverage: Naeem et al. 2020, "Reliable Fidelity and Diversity
   Metrics for Generative Models", k-nearest-neighbour manifolds in Euclidean distance, computed as

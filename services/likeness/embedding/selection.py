@@ -1,4 +1,4 @@
-"""Balanced selection (seed doc 000, stage 5): choose `count` candidates maximising total quality
+"""Balanced selection (the last stage of curation): choose `count` candidates maximising total quality
 subject to per-group minimum and maximum counts (per seed, per cluster, per image type, ...).
 
 EXACT solves the 0-1 integer program with HiGHS (`scipy.optimize`):

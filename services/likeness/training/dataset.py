@@ -14,7 +14,7 @@ caption). Everything downstream is a pure function of the items and the seed:
   from nothing but its step counter.
 
 Digests are taken over names relative to the prefix, so the same images and captions give the
-same digests wherever they are stored (seed doc 004: three folders held identical captions).
+same digests wherever they are stored (copies of one dataset in different folders compare equal).
 """
 
 from __future__ import annotations

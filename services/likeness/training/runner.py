@@ -61,7 +61,7 @@ class CheckpointWriter:
             "likeness_run_id": run.run_id, "base_model": spec.base_model, "base_model_digest": run.base_model_digest,
             "trigger_token": spec.trigger_token, "dataset_digest": run.dataset_digest,
             "captions_digest": run.captions_digest, "resolution": str(spec.resolution),
-            # the keys kohya-ss writes, so A1111/ComfyUI show rank and alpha (seed doc 004)
+            # the keys kohya-ss writes, so A1111/ComfyUI show rank and alpha
             "ss_network_dim": str(spec.rank), "ss_network_alpha": str(spec.alpha),
             "ss_base_model_version": "sdxl_base_v1-0" if trainer.sdxl else "sd_v1",
         }

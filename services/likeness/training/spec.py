@@ -43,7 +43,7 @@ class RunSpec:
     caption_dropout: float = 0.0
     shuffle_captions: bool = False
     aspect_buckets: bool = False
-    rank: int = 0  # required: an implicit rank is how seed doc 004's runs went wrong
+    rank: int = 0  # required: an implicit rank makes runs differ in ways nobody chose or recorded
     alpha: float = 0.0  # 0 -> rank
     unet_lr: float = 1e-4
     text_encoder_lr: float = 5e-5
