@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 
+from machine import Machine  # noqa: E402
 from timing import interleaved, medians  # noqa: E402
 
 SEED_MS = {"crop_and_mask": 1800.0, "composite": 1500.0, "metadata": 3200.0}
@@ -76,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 30 s)")
     args = parser.parse_args()
+    machine = Machine()
     reps = 7 if args.quick else 41
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
@@ -168,7 +170,7 @@ def main() -> None:
         if target is not None:
             figures[f"{key}_within_target"] = ms[key] <= target
     print("naive: " + "; ".join(f"{label}: {naive_label}" for label, _, n, naive_label in rows if n))
-    print(json.dumps(figures, sort_keys=True))
+    print(json.dumps({**figures, "machine": machine.done()}, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -50,11 +50,15 @@ class Service:
 
 
 def server_options(settings: CommonSettings) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.max_connection_age_seconds > 0:  # clients reconnect and re-resolve: new replicas get calls
+        options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000))]
+    return options
 
 
 def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:

@@ -34,6 +34,13 @@ class CommonSettings(BaseSettings):
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     grace_seconds: float = Field(20.0, ge=0, description="in-flight calls may finish this long after SIGTERM")
     drain_seconds: float = Field(2.0, ge=0, description="NOT_SERVING this long before the port closes")
+    # gRPC clients resolve DNS when they connect and again only when a connection breaks, so a
+    # replica added behind a headless Service gets no traffic from existing channels until
+    # something closes them. A maximum connection age makes every client reconnect (and so
+    # re-resolve) at least this often; calls in flight get the grace period to finish first.
+    # 0 = connections live forever (the embedded stack has one replica of each service).
+    max_connection_age_seconds: float = Field(0.0, ge=0, le=86_400)
+    max_connection_age_grace_seconds: float = Field(600.0, ge=0, le=86_400)
     log_level: str = "INFO"
     log_json: bool = True
     log_calls: Literal["errors", "all"] = Field("errors", description="access-log every call, or failed ones only")

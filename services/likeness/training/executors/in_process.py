@@ -20,10 +20,12 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
+from likeness.core.errors import FailedPrecondition
 from likeness.training.dataset import Dataset
 from likeness.training.registry import RunRecord
 from likeness.training.registry.store import now
 from likeness.training.runner import RunContext, execute
+from likeness.training.spec import RunSpec
 
 log = logging.getLogger("likeness.training.in_process")
 
@@ -44,6 +46,14 @@ class InProcessExecutor:
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat_loop, name="training-heartbeat", daemon=True)
         self._beat.start()
+
+    def check(self, spec: RunSpec) -> None:
+        """One process trains here: a data-parallel spec would leave its extra devices idle."""
+        k = spec.kubernetes
+        if k.world_size > 1:
+            raise FailedPrecondition("spec.kubernetes.gpus", f"{k.gpus} GPUs x {k.nodes} nodes needs "
+                                     f"{k.world_size} training processes; the in_process executor trains in one: "
+                                     "use executor KUBERNETES_JOB, or gpus <= 1 and nodes 1")
 
     def submit(self, run: RunRecord, dataset: Dataset | None = None) -> Future | None:
         if not self.ctx.registry.claim(run.run_id, self.owner):
