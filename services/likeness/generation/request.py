@@ -92,7 +92,10 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
     reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
     check_range(reference_scale, "reference_scale", 0.0, 1.0)
     if req.output_prefix:
-        validate_key(req.output_prefix, "output_prefix", prefix=True)
+        try:
+            validate_key(req.output_prefix, "output_prefix", prefix=True)
+        except InvalidArgument as exc:
+            raise InvalidArgument("output_prefix", f"must be a relative store prefix: {exc.detail}") from None
     resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
                        strength=strength, refiner=refiner, refiner_fraction=fraction,
                        reference_scale=reference_scale, output_prefix=req.output_prefix or "generated/")

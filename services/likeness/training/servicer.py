@@ -16,6 +16,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def __init__(self, runs: TrainingRuns):
         self._runs = runs
 
+    @staticmethod
+    async def _run_pb(fn, run_id: str) -> training_pb2.Run:
+        return convert.run_pb(await asyncio.to_thread(fn, run_id))
+
     async def StartRun(self, request: training_pb2.StartRunRequest,
                        context: ServicerContext) -> training_pb2.StartRunResponse:
         spec = convert.spec_from_pb(request.spec)
@@ -29,8 +33,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     async def GetRun(self, request: training_pb2.GetRunRequest,
                      context: ServicerContext) -> training_pb2.GetRunResponse:
-        run = await asyncio.to_thread(self._runs.get, request.run_id)
-        return training_pb2.GetRunResponse(run=convert.run_pb(run))
+        return training_pb2.GetRunResponse(run=await self._run_pb(self._runs.get, request.run_id))
 
     async def ListRuns(self, request: training_pb2.ListRunsRequest,
                        context: ServicerContext) -> training_pb2.ListRunsResponse:
@@ -39,8 +42,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     async def CancelRun(self, request: training_pb2.CancelRunRequest,
                         context: ServicerContext) -> training_pb2.CancelRunResponse:
-        run = await asyncio.to_thread(self._runs.cancel, request.run_id)
-        return training_pb2.CancelRunResponse(run=convert.run_pb(run))
+        return training_pb2.CancelRunResponse(run=await self._run_pb(self._runs.cancel, request.run_id))
 
     async def CompareRuns(self, request: training_pb2.CompareRunsRequest,
                           context: ServicerContext) -> training_pb2.CompareRunsResponse:

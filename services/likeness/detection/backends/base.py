@@ -40,6 +40,9 @@ class FaceDetector(ModelBackend, Protocol):
         """HxWx3 uint8 RGB -> faces scoring >= min_score, in pixel coordinates, any order."""
         ...
 
+    def warmup(self) -> None:
+        self.detect(probe_image())
+
 
 class IdentityEncoder(ModelBackend, Protocol):
     name: str  # sent as Face.embedding_model, e.g. `dlib-resnet-128`
@@ -48,3 +51,9 @@ class IdentityEncoder(ModelBackend, Protocol):
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         """One L2-normalised float32 vector per face, in the order given."""
         ...
+
+    def warmup(self) -> None:
+        self.embed(probe_image(), [probe_face()])
+
+    def describe(self) -> dict:
+        return {"identity_model": self.name, "dimension": self.dim}

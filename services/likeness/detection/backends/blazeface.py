@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from likeness.core.errors import ModelMissing
-from likeness.detection.backends.base import FaceDetector, probe_image
+from likeness.detection.backends.base import FaceDetector
 from likeness.detection.faces import Box, Face, Landmark
 
 MODEL_FILE = "face_detection_full_range.tflite"
@@ -107,9 +107,6 @@ class BlazeFaceDetector(FaceDetector):
     def describe(self) -> dict:
         return {"detector": self.name, "detector_model": str(self._path or MODEL_FILE),
                 "detector_threads": self.threads, "min_score": self.min_score}
-
-    def warmup(self) -> None:
-        self.detect(probe_image())
 
     def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
         if self._interpreter is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from likeness.core.errors import ModelMissing
-from likeness.detection.backends.base import IdentityEncoder, probe_face, probe_image
+from likeness.detection.backends.base import IdentityEncoder
 from likeness.detection.faces import Face, l2_normalise
 
 SHAPE_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
@@ -48,12 +48,6 @@ class DlibIdentityEncoder(IdentityEncoder):
             raise ModelMissing(self.name, missing)
         self._shape = dlib.shape_predictor(str(folder / SHAPE_PREDICTOR))
         self._net = dlib.face_recognition_model_v1(str(folder / DESCRIPTOR_MODEL))
-
-    def warmup(self) -> None:
-        self.embed(probe_image(), [probe_face()])
-
-    def describe(self) -> dict:
-        return {"identity_model": self.name, "dimension": self.dim}
 
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         import dlib

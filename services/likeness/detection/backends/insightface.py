@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from likeness.core.errors import FailedPrecondition, ModelMissing
-from likeness.detection.backends.base import FaceDetector, IdentityEncoder, probe_face, probe_image
+from likeness.detection.backends.base import FaceDetector, IdentityEncoder
 from likeness.detection.faces import Box, Face, Landmark, l2_normalise
 
 DETECTOR_FILE = "det_10g.onnx"
@@ -162,9 +162,6 @@ class ScrfdDetector(FaceDetector):
         return {"detector": self.name, "detector_model": str(self.pack_dir / DETECTOR_FILE),
                 "providers": ",".join(self.providers), "det_size": self.det_size, "min_score": self.min_score}
 
-    def warmup(self) -> None:
-        self.detect(probe_image())
-
     def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
         if self._session is None:
             self.load()
@@ -229,12 +226,6 @@ class ArcFaceEncoder(IdentityEncoder):
         providers = select_providers(self.requested, ort.get_available_providers())
         self._session = _session(paths.recognition, providers, self.threads)
         self._input = self._session.get_inputs()[0].name
-
-    def warmup(self) -> None:
-        self.embed(probe_image(), [probe_face()])
-
-    def describe(self) -> dict:
-        return {"identity_model": self.name, "dimension": self.dim}
 
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         if self._session is None:
