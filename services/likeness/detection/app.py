@@ -47,19 +47,10 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
         await asyncio.to_thread(pipeline.warmup)
         log.info("detection models warm", extra=pipeline.describe())
 
-    async def shutdown() -> None:
-        servicer.close()
-        images.close()
-
-    return Service(
-        name="detection",
-        servicers=[(detection_pb2_grpc.add_DetectionServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
-        warmup=warmup,
-        shutdown=shutdown,
-        description={"backend": settings.detection_backend, "identity": identity_model(settings),
-                     "max_batch": settings.detection_max_batch},
-    )
+    return Service.single("detection", detection_pb2_grpc.add_DetectionServiceServicer_to_server, servicer,
+                          SERVICE_NAME, warmup=warmup, closers=(servicer.close, images.close),
+                          description={"backend": settings.detection_backend, "identity": identity_model(settings),
+                                       "max_batch": settings.detection_max_batch})
 
 
 def main() -> None:

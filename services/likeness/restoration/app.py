@@ -62,18 +62,10 @@ def create_service(settings: RestorationSettings | None = None, model_dir=None) 
         restorer = await asyncio.to_thread(restorers, settings.restoration_backend)
         await asyncio.to_thread(restorer.warmup)  # first inference before SERVING
 
-    async def shutdown() -> None:
-        servicer.close()
-        images.close()
-
-    return Service(
-        name="restoration",
-        servicers=[(restoration_pb2_grpc.add_RestorationServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
-        warmup=warmup,
-        shutdown=shutdown,
-        description={"restorer": settings.restoration_backend, "scratch_prefix": settings.restoration_scratch_prefix},
-    )
+    return Service.single("restoration", restoration_pb2_grpc.add_RestorationServiceServicer_to_server, servicer,
+                          SERVICE_NAME, warmup=warmup, closers=(servicer.close, images.close),
+                          description={"restorer": settings.restoration_backend,
+                                       "scratch_prefix": settings.restoration_scratch_prefix})
 
 
 def main() -> None:
