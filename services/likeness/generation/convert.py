@@ -17,6 +17,7 @@ SAMPLERS = {pb.SAMPLER_UNSPECIFIED: "default", pb.SAMPLER_DDIM: "ddim", pb.SAMPL
             pb.SAMPLER_EULER_ANCESTRAL: "euler_ancestral"}
 QUALITY = {pb.QUALITY_MODE_UNSPECIFIED: "standard", pb.QUALITY_MODE_FAST: "fast",
            pb.QUALITY_MODE_STANDARD: "standard", pb.QUALITY_MODE_QUALITY: "quality", pb.QUALITY_MODE_ULTRA: "ultra"}
+PASTES = {pb.PASTE_MODE_UNSPECIFIED: "mask", pb.PASTE_MODE_MASK: "mask", pb.PASTE_MODE_REGION: "region"}
 
 
 def _enum(table: dict, value: int, field: str) -> str:
@@ -42,7 +43,8 @@ async def generation_request(request: pb.GenerateRequest, images: ImageLoader) -
         quality_mode=_enum(QUALITY, request.quality_mode, "quality_mode"),
         adapters=[AdapterRef(a.uri, a.scale) for a in request.adapters], init_image=await image("init_image"),
         strength=opt("strength"), mask=None if mask is None else mask_from_rgb(mask),
-        crop_padding=request.crop_padding, refiner=request.refiner, refiner_fraction=opt("refiner_fraction"),
+        crop_padding=request.crop_padding, paste=_enum(PASTES, request.paste, "paste"), refiner=request.refiner,
+        refiner_fraction=opt("refiner_fraction"),
         reference_image=await image("reference_image"), reference_scale=opt("reference_scale"),
         noise_injection=request.noise_injection, return_inline=request.return_inline,
         output_prefix=request.output_prefix)

@@ -17,6 +17,7 @@ from likeness.diffusion.samplers import SAMPLERS
 from likeness.generation import presets
 
 TASKS = ("text-to-image", "image-to-image", "inpaint")
+PASTES = ("mask", "region")
 MAX_ADAPTERS = 8
 MAX_SEED = 2**63 - 1
 
@@ -48,6 +49,7 @@ class GenerationRequest:
     strength: float | None = None
     mask: np.ndarray | None = None  # HxW bool, True = repaint
     crop_padding: int = 0
+    paste: str = "mask"  # inpaint: through the hard mask, or the whole region for the caller to blend
     refiner: bool = False
     refiner_fraction: float | None = None
     reference_image: np.ndarray | None = None
@@ -122,6 +124,8 @@ def _check_images(req: GenerationRequest, limits: Limits) -> float | None:
             require(req.mask is None, "mask", "is only used by INPAINT")
     check_range(req.crop_padding, "crop_padding", 0, limits.max_size)
     require(req.crop_padding == 0 or req.task == "inpaint", "crop_padding", "only applies to INPAINT")
+    require(req.paste in PASTES, "paste", f"unknown paste mode {req.paste!r}")
+    require(req.paste == "mask" or req.task == "inpaint", "paste", "PASTE_MODE_REGION only applies to INPAINT")
     return strength
 
 

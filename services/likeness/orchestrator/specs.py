@@ -3,7 +3,8 @@ name the field and the limit. Checks that need the store (dataset exists) or a s
 known) are made here too, so a job that cannot run is refused instead of failing later.
 
 The defaults of optional fields live here too, beside the checks of the values a caller gives
-(`open_eyes_plan`, `storyboard_plan`, `diversity_nearest_k`, `curate_output_prefix`)."""
+(the `OPEN_EYES_*` constants, `inpaint_context_px`, `storyboard_plan`, `diversity_nearest_k`,
+`curate_output_prefix`)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,14 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
 
 
+# open_eyes defaults: the inpainting prompt, the face-restoration fidelity, how far the eye
+# mask reaches beyond the eyes (x the inter-ocular distance), and the most faces one job repairs.
+OPEN_EYES_PROMPT = "open eyes, detailed iris, natural eyelids"
+OPEN_EYES_FIDELITY = 0.7
+OPEN_EYES_MASK_PADDING_IOD = 0.25
+OPEN_EYES_MAX_FACES = 16
+
+
 def validate_open_eyes(o: orchestrator_pb2.OpenEyesSpec) -> None:
     require(o.image.WhichOneof("source") is not None, "spec.open_eyes.image", "set `data` or `uri`")
     require(bool(o.model), "spec.open_eyes.model", "is empty")
@@ -124,6 +133,12 @@ def validate_open_eyes(o: orchestrator_pb2.OpenEyesSpec) -> None:
     if o.HasField("fidelity"):
         check_range(o.fidelity, "spec.open_eyes.fidelity", 0.0, 1.0)
     require(o.seed >= 0, "spec.open_eyes.seed", f"{o.seed} is negative")
+    require(len(o.prompt) <= 1000, "spec.open_eyes.prompt", f"has {len(o.prompt)} characters, over the limit of 1000")
+    require(len(o.negative_prompt) <= 1000, "spec.open_eyes.negative_prompt",
+            f"has {len(o.negative_prompt)} characters, over the limit of 1000")
+    if o.HasField("face_index"):
+        _count(o.face_index, "spec.open_eyes.face_index", 0, OPEN_EYES_MAX_FACES - 1)
+    _count(o.steps, "spec.open_eyes.steps", 0, 200)
 
 
 def validate_diversity(d: orchestrator_pb2.DiversitySpec) -> None:
@@ -180,14 +195,9 @@ def dataset_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
     return "", ""
 
 
-
 # -- defaults of optional fields -------------------------------------------------------------------
 
-OPEN_EYES_PROMPT = "open eyes, detailed iris, natural eyelids"
-EYE_MASK_PADDING_IOD = 0.25  # the eye mask reaches this fraction of the inter-ocular distance past the eyes
-INPAINT_CONTEXT_FRACTION = 0.25  # inpainting sees this fraction of the mask's crop side around the mask
-MIN_INPAINT_CONTEXT_PX = 8
-OPEN_EYES_FIDELITY = 0.7  # restoration keeps most of the inpainted eyes (1 keeps them as they are)
+INPAINT_CONTEXT_FRACTION = 0.25  # open_eyes inpainting sees this fraction of the mask's crop side around it
 STORYBOARD_CLIP_THRESHOLD = 0.70
 STORYBOARD_IDENTITY_THRESHOLD = 0.5
 STORYBOARD_RETRY_BUDGET = 3
@@ -195,23 +205,9 @@ STORYBOARD_GUIDANCE = 5.0
 DIVERSITY_NEAREST_K = 5
 
 
-@dataclass(frozen=True)
-class OpenEyesPlan:
-    prompt: str
-    variations: int
-    fidelity: float
-    output_prefix: str
-
-
-def open_eyes_plan(o: orchestrator_pb2.OpenEyesSpec, job_id: str) -> OpenEyesPlan:
-    return OpenEyesPlan(prompt=o.prompt or OPEN_EYES_PROMPT, variations=o.variations or 1,
-                        fidelity=o.fidelity if o.HasField("fidelity") else OPEN_EYES_FIDELITY,
-                        output_prefix=f"jobs/{job_id}/open_eyes/")
-
-
-def inpaint_context_px(crop_width: float, crop_height: float) -> int:
-    """The crop padding of the inpainting call for an eye mask of the given crop size."""
-    return max(int(max(crop_width, crop_height) * INPAINT_CONTEXT_FRACTION), MIN_INPAINT_CONTEXT_PX)
+def inpaint_context_px(crop_width: float, crop_height: float, minimum: int) -> int:
+    """The crop padding of open_eyes' inpainting call for an eye mask of the given crop size."""
+    return max(int(max(crop_width, crop_height) * INPAINT_CONTEXT_FRACTION), minimum)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from likeness.api.v1 import common_pb2, restoration_pb2
 from likeness.core.errors import InvalidArgument
 from likeness.restoration.face_restore import FaceToRestore
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region
+from likeness.restoration.seams import seam_measure
 
 DEFAULT_ALIGN = 8
 DEFAULT_CROP_PADDING = 32
@@ -49,6 +52,18 @@ def pixel_rect(box: tuple[float, float, float, float] | None, field: str) -> Rec
     if not all(math.isfinite(v) and abs(v - round(v)) < 1e-3 for v in box):
         raise InvalidArgument(field, f"{box} must have whole-pixel coordinates")
     return Rect(*(round(v) for v in box))
+
+
+def seam_pb(base: np.ndarray, patch: np.ndarray, out: np.ndarray, mask: np.ndarray,
+            box: Rect | None) -> restoration_pb2.Seam:
+    """The composite's seam, with a crop patch placed in the base's frame first."""
+    if box is not None:
+        full = base.copy()
+        full[box.slices] = patch
+        patch = full
+    s = seam_measure(base, patch, out, mask)
+    return restoration_pb2.Seam(boundary_gradient=s.boundary_gradient, hard_gradient=s.hard_gradient,
+                                max_step=s.max_step, reference_step=s.reference_step)
 
 
 def region_of(value: int) -> Region:

@@ -12,13 +12,14 @@ from dataclasses import asdict
 
 import numpy as np
 
-from likeness.api.v1 import common_pb2
+from likeness.api.v1 import common_pb2, restoration_pb2
 from likeness.core.convert import artifact_pb
 from likeness.core.errors import NotFound
 from likeness.core.images import encode_png
 from likeness.core.uris import validate_key
 from likeness.core.workid import sha256_hex, work_id
 from likeness.restoration.compositing import feathered_blend
+from likeness.restoration.convert import seam_pb
 from likeness.restoration.face_restore import FaceToRestore
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region
 
@@ -86,12 +87,15 @@ class Outputs:
 
 def composite_output(outputs: Outputs, prefix: str, images: tuple[np.ndarray, np.ndarray, np.ndarray],
                      box: Rect | None, sigma: float, dilation: float, field: str,
-                     inline: bool) -> common_pb2.Artifact:
+                     inline: bool) -> tuple[common_pb2.Artifact, restoration_pb2.Seam]:
     """Blends `patch` into `base` through `mask` (the first channel of its decoded image) and
-    stores the result, or finds it stored by an earlier run. Validates the three images."""
+    stores the result, or finds it stored by an earlier run; returns it with its measured seam.
+    Validates the three images."""
     base, patch, mask = images
     mask = np.ascontiguousarray(mask[..., 0])
     out = feathered_blend(base, patch, mask, box, sigma, dilation, field=field)
+    seam = seam_pb(base, patch, out, mask, box)
     params = composite_params(sigma, dilation, box)
-    return outputs.find_or_put(prefix, "composites", composite_work_id(base, patch, mask, params),
-                               lambda: encode_png(out, request={"restoration": "composite", **params}), inline)
+    artifact = outputs.find_or_put(prefix, "composites", composite_work_id(base, patch, mask, params),
+                                   lambda: encode_png(out, request={"restoration": "composite", **params}), inline)
+    return artifact, seam

@@ -85,7 +85,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
 
         outcomes = await self._each("composite", request.items, one)
         return pb.CompositeResponse(results=item_results_pb(
-            outcomes, pb.CompositeResult, lambda i, artifact: pb.CompositeResult(index=i, image=artifact)))
+            outcomes, pb.CompositeResult, lambda i, done: pb.CompositeResult(index=i, image=done[0], seam=done[1])))
 
     async def _restore_item(self, image, face, restorer: FaceRestorer, fidelity: float, prefix: str,
                             inline: bool, field: str):

@@ -161,7 +161,7 @@ class StoryboardSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ...) -> None: ...
 
 class OpenEyesSpec(_message.Message):
-    __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps")
+    __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps", "negative_prompt", "face_index")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,8 @@ class OpenEyesSpec(_message.Message):
     QUALITY_MODE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageInput
     model: str
     prompt: str
@@ -182,7 +184,9 @@ class OpenEyesSpec(_message.Message):
     quality_mode: _generation_pb2.QualityMode
     seed: int
     steps: int
-    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., variations: _Optional[int] = ..., strength: _Optional[float] = ..., restore: _Optional[bool] = ..., fidelity: _Optional[float] = ..., quality_mode: _Optional[_Union[_generation_pb2.QualityMode, str]] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+    negative_prompt: str
+    face_index: int
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., variations: _Optional[int] = ..., strength: _Optional[float] = ..., restore: _Optional[bool] = ..., fidelity: _Optional[float] = ..., quality_mode: _Optional[_Union[_generation_pb2.QualityMode, str]] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., face_index: _Optional[int] = ...) -> None: ...
 
 class DiversitySetting(_message.Message):
     __slots__ = ("name", "seed_start", "count", "guidance_scale", "sampler", "noise_injection", "steps")
