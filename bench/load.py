@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
+sys.path.insert(0, str(ROOT / "bench"))  # its helpers, also when imported as `bench.load` by tests
 
 from machine import Machine  # noqa: E402
 
