@@ -66,6 +66,15 @@ class CommonSettings(BaseSettings):
     model_repository: str = "file:///tmp/likeness/models"
     model_cache_dir: str = "/tmp/likeness/model-cache"
 
+    # tracing (OpenTelemetry, OTLP/gRPC): off by default; the chart turns it on
+    tracing_enabled: bool = False
+    tracing_endpoint: str = Field("http://127.0.0.1:4317", description="OTLP/gRPC collector (Tempo, Jaeger, ...)")
+    tracing_insecure: bool = Field(True, description="plaintext to the collector; false = TLS")
+    tracing_sample_ratio: float = Field(0.1, ge=0.0, le=1.0, description="share of new traces sampled")
+    tracing_keep_errors: bool = Field(True, description="also export unsampled calls that failed")
+    tracing_keep_slower_than_seconds: float = Field(
+        0.0, ge=0.0, description="also export unsampled calls slower than this; 0 = off")
+
     # TLS between services (optional): mounted PEM files
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 
 
 class ModelWorker:
@@ -22,8 +22,11 @@ class ModelWorker:
     def __init__(self, service: str, *, threads: int = 1, name: str = "model"):
         self.service = service
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{service}-{name}")
+        self._model = name == "model"  # model inference gets a `model.run` trace span; CPU pools do not
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._model:
+            return await tracing.run_on_worker(self.executor, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def count(self, stage: str, outcome: str, n: int = 1) -> None:

@@ -7,7 +7,7 @@ from likeness.detection.faces import Face
 from likeness.detection.quality import QualityMeasures
 from likeness.detection.validation import Verdict
 
-POLICY_FIELDS = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence")
+POLICY_FIELDS = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence", "min_sharpness", "min_eye_openness")
 WEIGHT_FIELDS = ("sharpness", "contrast", "exposure", "face_confidence")
 
 
@@ -23,11 +23,25 @@ def face_pb(face: Face) -> common_pb2.Face:
     for kind, (x, y) in face.landmarks.items():
         pb.landmarks.add(kind=common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{kind.value}"),
                          point=common_pb2.Point(x=x, y=y))
+    _add_eyes(pb, face)
     if face.pose is not None:
         pb.pose.CopyFrom(common_pb2.Pose(yaw=face.pose.yaw, pitch=face.pose.pitch, roll=face.pose.roll))
     if face.embedding is not None:
         pb.embedding.values.extend(face.embedding.tolist())
     return pb
+
+
+def _add_eyes(pb: common_pb2.Face, face: Face) -> None:
+    """Iris and lid landmarks and the openness of each eye the face mesh measured."""
+    for side, eye in (("LEFT", face.left_eye), ("RIGHT", face.right_eye)):
+        if eye is None:
+            continue
+        kind = common_pb2.LandmarkKind.Value
+        pb.landmarks.add(kind=kind(f"LANDMARK_KIND_{side}_IRIS"), point=common_pb2.Point(x=eye.iris[0], y=eye.iris[1]))
+        for name, contour in (("UPPER_LID", eye.upper_lid), ("LOWER_LID", eye.lower_lid)):
+            for x, y in contour:
+                pb.landmarks.add(kind=kind(f"LANDMARK_KIND_{side}_{name}"), point=common_pb2.Point(x=x, y=y))
+        setattr(pb, f"{side.lower()}_eye_openness", eye.openness)
 
 
 def verdict_pb(v: Verdict) -> detection_pb2.Verdict:

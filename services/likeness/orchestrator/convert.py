@@ -31,12 +31,13 @@ def job_pb(job: JobRecord) -> orchestrator_pb2.Job:
         progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0),
                                      message=p.get("message", "")),
         report=_artifact(job.report), manifest=_artifact(job.manifest), summary=job.summary, error=job.error,
-        attempts=job.attempts, created_at=_ts(job.created_at), updated_at=_ts(job.updated_at))
+        attempts=job.attempts, created_at=_ts(job.created_at), updated_at=_ts(job.updated_at), trace_id=job.trace_id)
 
 
-def event_pb(e: EventRecord) -> orchestrator_pb2.WatchResponse:
+def event_pb(e: EventRecord, trace_id: str = "") -> orchestrator_pb2.WatchResponse:
     p = e.progress or {}
     return orchestrator_pb2.WatchResponse(
         job_id=e.job_id, seq=e.seq, time=_ts(e.time), type=orchestrator_pb2.EventType.Value(f"EVENT_TYPE_{e.type}"),
         stage=e.stage, message=e.message, state=orchestrator_pb2.JobState.Value(f"JOB_STATE_{e.state}"),
-        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0)))
+        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0)),
+        trace_id=trace_id)

@@ -9,6 +9,7 @@ import grpc
 from grpc.aio import ServicerContext
 
 from likeness.api.v1 import generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from likeness.core import tracing
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
 from likeness.orchestrator import specs
@@ -47,7 +48,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         kind = specs.validate(request.spec)
         await self._check_references(request.spec)
         job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(),
-                                         request.idempotency_key)
+                                         request.idempotency_key, tracing.traceparent())
         return orchestrator_pb2.SubmitResponse(job=job_pb(job))
 
     async def Get(self, request: orchestrator_pb2.GetRequest, context: ServicerContext) -> orchestrator_pb2.GetResponse:
@@ -70,13 +71,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def Watch(self, request: orchestrator_pb2.WatchRequest,
                     context: ServicerContext) -> AsyncIterator[orchestrator_pb2.WatchResponse]:
-        await asyncio.to_thread(self.jobs.get, request.job_id)  # NOT_FOUND before streaming
+        trace_id = (await asyncio.to_thread(self.jobs.get, request.job_id)).trace_id  # NOT_FOUND before streaming
         after = request.after_seq
         while True:
             events = await asyncio.to_thread(self.jobs.events_after, request.job_id, after)
             for e in events:
                 after = e.seq
-                yield event_pb(e)
+                yield event_pb(e, trace_id)
                 if e.type == "FINISHED":
                     return
             if not events:

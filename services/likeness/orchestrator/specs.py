@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from likeness.api.v1 import generation_pb2, orchestrator_pb2
+from likeness.api.v1 import detection_pb2, generation_pb2, orchestrator_pb2
 from likeness.core.errors import check_range, require
 from likeness.core.uris import validate_key
 
@@ -42,6 +42,11 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
             f"{c.top_k} keeps fewer candidates than target_count {c.target_count}")
     require(0 <= c.clusters <= 100, "spec.curate.clusters", f"{c.clusters} is outside [0, 100]")
     check_range(c.min_quality, "spec.curate.min_quality", 0.0, 1.0)
+    if c.policy.HasField("min_eye_openness"):
+        check_range(c.policy.min_eye_openness, "spec.curate.policy.min_eye_openness", 0.0, 1.0)
+    if c.policy.HasField("min_sharpness"):
+        require(c.policy.min_sharpness >= 0, "spec.curate.policy.min_sharpness",
+                f"{c.policy.min_sharpness} is negative")
     if source == "generate":
         _validate_generate_source(c)
     else:
@@ -111,6 +116,8 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
         check_range(s.identity_threshold, "spec.storyboard.identity_threshold", -1.0, 1.0)
     if s.HasField("retry_budget"):
         _count(s.retry_budget, "spec.storyboard.retry_budget", 0, 20)
+    if s.HasField("min_eye_openness"):
+        check_range(s.min_eye_openness, "spec.storyboard.min_eye_openness", 0.0, 1.0)
     require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
     if s.HasField("guidance_scale"):
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
@@ -216,6 +223,7 @@ class StoryboardPlan:
     identity_min: float
     retry_budget: int
     guidance: float
+    eyes_min: float  # 0: the eye-openness check is off
 
 
 def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
@@ -223,11 +231,26 @@ def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
         clip_min=s.clip_threshold if s.HasField("clip_threshold") else STORYBOARD_CLIP_THRESHOLD,
         identity_min=s.identity_threshold if s.HasField("identity_threshold") else STORYBOARD_IDENTITY_THRESHOLD,
         retry_budget=s.retry_budget if s.HasField("retry_budget") else STORYBOARD_RETRY_BUDGET,
-        guidance=s.guidance_scale if s.HasField("guidance_scale") else STORYBOARD_GUIDANCE)
+        guidance=s.guidance_scale if s.HasField("guidance_scale") else STORYBOARD_GUIDANCE,
+        eyes_min=s.min_eye_openness if s.HasField("min_eye_openness") else 0.0)
 
 
 def diversity_nearest_k(d: orchestrator_pb2.DiversitySpec) -> int:
     return d.nearest_k or DIVERSITY_NEAREST_K
+
+
+# Eye gate of curation when the spec's policy leaves min_eye_openness unset (mean openness of both
+# eyes; synthetic shut eyes measure <= 0.03, open ones >= 0.95; bench/eyes.py).
+CURATE_MIN_EYE_OPENNESS = 0.35
+
+
+def curate_policy(c: orchestrator_pb2.CurateSpec) -> detection_pb2.ValidationPolicy:
+    """The spec's policy with curation's defaults filled in (the eye gate on)."""
+    policy = detection_pb2.ValidationPolicy()
+    policy.CopyFrom(c.policy)
+    if not policy.HasField("min_eye_openness"):
+        policy.min_eye_openness = CURATE_MIN_EYE_OPENNESS
+    return policy
 
 
 def curate_output_prefix(c: orchestrator_pb2.CurateSpec, job_id: str) -> str:

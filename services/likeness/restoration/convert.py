@@ -34,6 +34,19 @@ def landmarks_of(pbs) -> dict[str, tuple[float, float]]:
     return out
 
 
+def lids_of(pbs, side: str) -> tuple[tuple[float, float], ...] | None:
+    """The closed lid contour of the subject's `side` eye (`left`/`right`): its lower lid then its
+    upper lid reversed, from the repeated LANDMARK_KIND_<SIDE>_LOWER_LID / _UPPER_LID points in the
+    order sent; None unless both lids have 2 or more points."""
+    lower_kind = common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{side.upper()}_LOWER_LID")
+    upper_kind = common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{side.upper()}_UPPER_LID")
+    lower = [(lm.point.x, lm.point.y) for lm in pbs if lm.kind == lower_kind]
+    upper = [(lm.point.x, lm.point.y) for lm in pbs if lm.kind == upper_kind]
+    if len(lower) < 2 or len(upper) < 2:
+        return None
+    return tuple(lower + upper[::-1])
+
+
 def box_of(msg, name: str) -> tuple[float, float, float, float] | None:
     if not msg.HasField(name):
         return None
@@ -81,7 +94,8 @@ def mask_options(request: restoration_pb2.RegionMaskRequest) -> MaskOptions:
 def geometry_of(item) -> FaceGeometry:
     eyes = landmarks_of(item.landmarks)
     return FaceGeometry(item.width, item.height, eyes.get("left_eye"), eyes.get("right_eye"),
-                        face_box=box_of(item, "face_box"))
+                        face_box=box_of(item, "face_box"), left_eye_lids=lids_of(item.landmarks, "left"),
+                        right_eye_lids=lids_of(item.landmarks, "right"))
 
 
 def face_of(item) -> FaceToRestore:

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 
+from likeness.core import tracing
 from likeness.core.logging import configure
 from likeness.training.app import apply_torch_threads, create_context
 from likeness.training.distributed import join, leave
@@ -30,16 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = TrainingSettings()
     configure("training-job", settings.log_level, settings.log_json)
+    tracing.configure("training-job", settings)
     apply_torch_threads(settings)
     ranks = join(settings.training_distributed_backend)  # one process per device under torchrun
     ctx = create_context(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        state = execute(ctx, args.run_id, cancel=stop, ranks=ranks)
+        # under the TRACEPARENT the training service put into the Job: one trace from StartRun to here
+        with tracing.start_from_environment("training run", {"run.id": args.run_id}):
+            state = execute(ctx, args.run_id, cancel=stop, ranks=ranks)
     finally:
         ctx.registry.close()
         leave(ranks)
+        tracing.flush()
     print(f"run {args.run_id}: {state}", file=sys.stderr)
     return 143 if state == "running" else 0  # paused by SIGTERM: let the Job retry and resume
 

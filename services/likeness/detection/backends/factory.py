@@ -53,7 +53,12 @@ def create_pipeline(settings: DetectionSettings, pack_folder: Path | None = None
 
         encoder = ArcFaceEncoder(folder, pack, settings.detection_providers, threads)
 
+    mesh = None
+    if settings.detection_mesh_faces:
+        from likeness.detection.mesh import FaceMesh
+
+        mesh = FaceMesh(threads)
     scales = QualityScales(settings.detection_sharpness_half, settings.detection_contrast_half)
     return FacePipeline(detector, encoder, large_face_fraction=settings.detection_large_face_fraction,
                         pad_fraction=settings.detection_pad_fraction, flip_tta=settings.detection_flip_tta,
-                        scales=scales)
+                        scales=scales, mesh=mesh, mesh_faces=settings.detection_mesh_faces)

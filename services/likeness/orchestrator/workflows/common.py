@@ -19,6 +19,8 @@ REASONS = {
     detection_pb2.REJECTION_REASON_TURNED_AWAY: "turned_away",
     detection_pb2.REJECTION_REASON_LOW_CONFIDENCE: "low_confidence",
     detection_pb2.REJECTION_REASON_LOW_QUALITY: "low_quality",
+    detection_pb2.REJECTION_REASON_BLURRY: "blurry",
+    detection_pb2.REJECTION_REASON_EYES_CLOSED: "eyes_closed",
 }
 
 

@@ -1,5 +1,6 @@
-"""Curate a LoRA training set: candidates -> exactly one usable face -> quality ->
-top K -> embed, cluster, drop outliers -> balanced selection under quotas -> dataset + manifest.
+"""Curate a LoRA training set: candidates -> exactly one usable face (eyes open: the eye gate is
+on by default here) -> quality -> top K -> embed -> remove near-duplicates -> cluster, drop
+outliers -> balanced selection under quotas -> dataset + manifest.
 
 Every candidate ends with a decision and a reason in the manifest. Service calls go through
 `ctx.call`, keyed by content (image sha256s, policy, model), so a resumed job redoes nothing.
@@ -16,7 +17,7 @@ from likeness.core.errors import FailedPrecondition
 from likeness.core.workid import sha256_hex
 from likeness.orchestrator import report
 from likeness.orchestrator.context import JobContext, Outcome
-from likeness.orchestrator.specs import curate_output_prefix
+from likeness.orchestrator.specs import curate_output_prefix, curate_policy
 from likeness.orchestrator.workflows.common import (
     IMAGE_SUFFIXES,
     REASONS,
@@ -26,6 +27,7 @@ from likeness.orchestrator.workflows.common import (
     safe_name,
     uri_input,
 )
+from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
 
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 ASSESS_BATCH = 8
@@ -111,11 +113,12 @@ def imported_candidates(ctx: JobContext, spec) -> list[Candidate]:
 async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
     batches = batched(cands, ASSESS_BATCH)
     done = 0
+    policy = curate_policy(spec)
 
     async def one(batch) -> None:
         nonlocal done
-        req = detection_pb2.AssessRequest(images=[uri_input(c.uri) for c in batch], policy=spec.policy)
-        key = {"images": [c.sha256 for c in batch], "policy": spec.policy.SerializeToString().hex()}
+        req = detection_pb2.AssessRequest(images=[uri_input(c.uri) for c in batch], policy=policy)
+        key = {"images": [c.sha256 for c in batch], "policy": policy.SerializeToString().hex()}
         resp = await ctx.call(ctx.clients.detection, "Assess", req, work="assess", inputs=key)
         finished = []
         for c, r in zip(batch, resp.results, strict=True):
@@ -126,7 +129,7 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
             elif not r.verdict.accepted:
                 c.reject(REASONS.get(r.verdict.reason, "rejected"), r.verdict.detail)
             elif c.quality < spec.min_quality:
-                c.reject("low_quality", f"quality {c.quality:.3f} < min_quality {spec.min_quality:.3f}")
+                c.reject("low_quality", f"quality {c.quality:.3f} < min_quality {spec.min_quality:.6g}")
             finished.append((c.reason or "accepted", f"{c.id}: {c.reason or 'accepted'} {c.detail}".strip()))
         await ctx.items_done("validate", finished)
         done += len(batch)
@@ -150,6 +153,8 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
     for c, v in pairs:
         if not len(v.values):
             c.reject("unreadable", "embedding failed")
+    if not spec.keep_duplicates:
+        usable = await remove_duplicates(ctx, spec, usable)
     if len(usable) < 3:
         for c, _ in usable:
             c.cluster = 0
@@ -167,6 +172,23 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
             c.reject("outlier", a.outlier_reason)
             await ctx.item_done("cluster", "outlier", f"{c.id}: outlier {a.outlier_reason}")
     return resp.k
+
+
+async def remove_duplicates(ctx: JobContext, spec, usable: list) -> list:
+    """Rejects near-duplicates (duplicates.py) as `duplicate`, naming the kept image; returns the rest."""
+    def hashes():
+        return [image_hashes(ctx.store.get(c.uri)) for c, _ in usable]
+
+    found = find_duplicates([c.id for c, _ in usable], [c.quality for c, _ in usable], await asyncio.to_thread(hashes),
+                            [list(v.values) for _, v in usable], mirrors_count=not spec.mirrors_distinct)
+    by_id = {c.id: c for c, _ in usable}
+    for d in found:
+        c = by_id[d.id]
+        c.reject("duplicate", d.detail())
+        c.extra["duplicate_of"] = d.of
+        await ctx.item_done("dedupe", "duplicate", f"{c.id}: {d.detail()}")
+    gone = {d.id for d in found}
+    return [(c, v) for c, v in usable if c.id not in gone]
 
 
 async def select(ctx: JobContext, spec, pool: list[Candidate]) -> list[Candidate]:
@@ -238,7 +260,8 @@ async def run(ctx: JobContext, spec: orchestrator_pb2.CurateSpec) -> Outcome:
         "dataset": dataset,
         "candidates": [{"id": c.id, "source": c.uri, "sha256": c.sha256, "seed": c.seed, "image_type": c.image_type,
                         "decision": c.decision, "reason": c.reason, "detail": c.detail,
-                        "quality": round(c.quality, 6), "cluster": c.cluster}
+                        "quality": round(c.quality, 6), "cluster": c.cluster,
+                        **({"duplicate_of": c.extra["duplicate_of"]} if "duplicate_of" in c.extra else {})}
                        for c in sorted(cands, key=lambda c: c.id)],
         "selection_digest": sha256_hex("\n".join(d["sha256"] for d in dataset).encode()),
     }
@@ -261,6 +284,9 @@ def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: 
             report.group(f"cluster {k}", [report.image(c.uri, f"{c.id} q={c.quality:.2f}") for c in v])
             for k, v in sorted(clusters.items())]),
         report.table("Rejections", ["reason", "count"], [[k, v] for k, v in sorted(reasons.items())]),
+        report.table("Duplicates removed", ["removed", "duplicate of", "detail"],
+                     [[c.id, c.extra["duplicate_of"], c.detail] for c in sorted(cands, key=lambda c: c.id)
+                      if "duplicate_of" in c.extra]),
         report.bars("Selected per seed", sorted(seeds.items()), "images"),
         report.gallery("Rejected candidates by reason", [
             report.group(k, [report.image(c.uri, f"{c.id}: {c.detail or k}") for c in v[:24]])

@@ -73,10 +73,7 @@ class Variation:
 
 
 def openness(face) -> float | None:
-    """Mean eye openness of a detected face, when its backend measures it (eyelid landmarks)."""
-    names = face.DESCRIPTOR.fields_by_name
-    if "left_eye_openness" not in names:
-        return None
+    """Mean eye openness of a detected face, when its backend measures it (the face mesh's lids)."""
     values = [getattr(face, n) for n in ("left_eye_openness", "right_eye_openness") if face.HasField(n)]
     return float(np.mean(values)) if values else None
 

@@ -40,12 +40,16 @@ class Attempt:
     fix: str = ""
 
 
-def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float) -> str:
-    """The first failed check, or '' when the frame passes."""
+def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float,
+           eyes: float | None = None, eyes_min: float = 0.0) -> str:
+    """The first failed check, or '' when the frame passes. `eyes`: the face's mean eye openness
+    (None when not measured: the check is skipped); `eyes_min` 0 turns the check off."""
     if faces == 0:
         return "no_face"
     if faces > 1:
         return "multiple_faces"
+    if eyes_min > 0 and eyes is not None and eyes < eyes_min:
+        return "eyes_closed"
     if clip is not None and clip < clip_min:
         return "low_clip_score"
     if identity is not None and identity < id_min:
@@ -85,10 +89,18 @@ async def _attempt(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan:
         clip = float(score.score[0])
     emb = vector(faces[0].embedding) if len(faces) == 1 and faces[0].embedding.values else None
     identity = cosine(emb, reference) if emb is not None and reference is not None else None
-    failure = decide(len(faces), clip, identity, plan.clip_min, plan.identity_min)
+    failure = decide(len(faces), clip, identity, plan.clip_min, plan.identity_min, _eye_openness(faces),
+                     plan.eyes_min)
     frame.uri, frame.faces, frame.clip, frame.identity = art.uri, len(faces), clip, identity
     frame.passed, frame.failure = not failure, failure
     return frame, emb
+
+
+def _eye_openness(faces: list) -> float | None:
+    """Mean openness of the single face's eyes; None when not measured (or not one face)."""
+    if len(faces) == 1 and faces[0].HasField("left_eye_openness") and faces[0].HasField("right_eye_openness"):
+        return (faces[0].left_eye_openness + faces[0].right_eye_openness) / 2
+    return None
 
 
 async def _frame(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, i: int,

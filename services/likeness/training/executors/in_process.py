@@ -20,6 +20,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
+from likeness.core import tracing
 from likeness.core.errors import FailedPrecondition
 from likeness.training.dataset import Dataset
 from likeness.training.registry import RunRecord
@@ -61,7 +62,8 @@ class InProcessExecutor:
         event = threading.Event()
         with self._lock:
             self._cancel[run.run_id] = event
-            future = self._pool.submit(self._run, run.run_id, dataset, event)
+            # bound to the StartRun call's context: the run's span joins its trace
+            future = self._pool.submit(tracing.bind(self._run), run.run_id, dataset, event)
             self._futures[run.run_id] = future
         return future
 
@@ -69,7 +71,8 @@ class InProcessExecutor:
         try:
             if event.is_set():  # cancelled while queued; the registry already says CANCELLED
                 return "cancelled"
-            return execute(self.ctx, run_id, dataset=dataset, cancel=event)
+            with tracing.span("training run", {"run.id": run_id}):
+                return execute(self.ctx, run_id, dataset=dataset, cancel=event)
         finally:
             with self._lock:
                 self._cancel.pop(run_id, None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 
+from likeness.core import tracing
 from likeness.core.errors import FailedPrecondition, Unavailable
 from likeness.training.executors import parallel
 from likeness.training.registry import FAILED, RunRecord, RunRegistry
@@ -32,7 +33,8 @@ RUN_LABEL = "likeness.dev/run-id"
 # Settings forwarded to the pod as plain env vars; credentials travel as secretKeyRefs instead.
 FORWARDED = ("store_uri", "s3_endpoint", "s3_secure", "s3_region", "allowed_buckets", "model_repository",
              "model_cache_dir", "training_embedding_address", "training_detection_address",
-             "training_eval_timeout_seconds", "log_level", "tls_ca_file")
+             "training_eval_timeout_seconds", "log_level", "tls_ca_file", "tracing_enabled", "tracing_endpoint",
+             "tracing_insecure", "tracing_sample_ratio", "tracing_keep_errors", "tracing_keep_slower_than_seconds")
 
 
 def job_name(run_id: str) -> str:
@@ -57,6 +59,9 @@ def _env(settings: TrainingSettings) -> list[dict]:
            for name in FORWARDED if str(getattr(settings, name))]
     env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "LIKENESS_LOG_JSON", "value": "true"}]
+    parent = tracing.traceparent()
+    if parent:  # the pod's spans join the trace of the call that started the run
+        env.append({"name": "TRACEPARENT", "value": parent})
     # credentials only by reference, never as values in the manifest (same Secrets and keys as the
     # chart gives the services); store keys are optional: a file:// store needs none
     env += [_secret_env("LIKENESS_S3_ACCESS_KEY", settings.training_job_secret, STORE_ACCESS_KEY, optional=True),
