@@ -12,8 +12,8 @@ import pytest
 from bench.eyes import close_eyes
 from likeness.api.v1 import common_pb2
 from likeness.client.demo_set import TURNED, Portrait, background, pasted
+from likeness.detection.convert import face_pb
 from likeness.detection.faces import Landmark, mirror_face
-from likeness.detection.servicer import face_pb
 from likeness.detection.validation import Rejection, ValidationPolicy
 from tests.photos import skimage_photo
 
