@@ -21,8 +21,12 @@ def item_error_pb(index: int, error: LikenessError) -> common_pb2.ItemError:
     return common_pb2.ItemError(index=index, code=error.code, message=error.message, field=error.field)
 
 
-def item_results_pb(outcomes: Sequence, result_type: type, ok: Callable | None = None) -> list:
-    """One `result_type` message per `core.batch.Outcome`: `ok(index, value)` (or the value itself,
-    when it already is the message) for a good item, `result_type(index, error=ItemError)` otherwise."""
+def item_results_pb(outcomes: Sequence, result_type: type, ok: Callable | str | None = None) -> list:
+    """One `result_type` message per `core.batch.Outcome`: for a good item `ok(index, value)`, or
+    `result_type(index=index, <ok>=value)` when `ok` names a field, or the value itself (already the
+    message) when `ok` is None; `result_type(index, error=ItemError)` for a failed one."""
+    if isinstance(ok, str):
+        field = ok
+        ok = lambda i, value: result_type(index=i, **{field: value})  # noqa: E731
     return [result_type(index=o.index, error=item_error_pb(o.index, o.error)) if o.error is not None
             else (ok(o.index, o.value) if ok else o.value) for o in outcomes]

@@ -51,7 +51,8 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
     return Service.single("detection", detection_pb2_grpc.add_DetectionServiceServicer_to_server, servicer,
                           SERVICE_NAME, warmup=warmup, closers=(servicer.close, images.close),
                           description={"backend": settings.detection_backend, "identity": identity_model(settings),
-                                       "max_batch": settings.detection_max_batch})
+                                       "max_batch": settings.detection_max_batch, "device": settings.detection_device,
+                                       "providers": settings.detection_providers})
 
 
 def main() -> None:

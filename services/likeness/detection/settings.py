@@ -38,6 +38,10 @@ class DetectionSettings(CommonSettings):
     detection_insightface_pack: str = "buffalo_l"
     detection_det_size: int = Field(640, ge=128, le=2048, multiple_of=32)
     detection_providers: str = "auto"
+    # Where the InsightFace graphs run: `auto` (whatever the providers give), `cpu` (GPU providers
+    # dropped) or `cuda[:N]` (a GPU provider required, on device N). The pack's graphs are float32:
+    # there is no dtype setting (BlazeFace and dlib always run on the CPU).
+    detection_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
     # Default validation policy (a request's ValidationPolicy overrides field by field).
     detection_min_face_fraction: float = Field(0.08, gt=0.0, le=1.0)

@@ -8,7 +8,7 @@ from likeness.core.errors import InvalidArgument
 from likeness.core.image_loader import ImageLoader
 from likeness.generation.generator import GenerationResult
 from likeness.generation.region import mask_from_rgb
-from likeness.generation.request import AdapterRef, GenerationRequest
+from likeness.generation.request import AdapterRef, ControlRef, GenerationRequest
 
 TASKS = {pb.TASK_UNSPECIFIED: "text-to-image", pb.TASK_TEXT_TO_IMAGE: "text-to-image",
          pb.TASK_IMAGE_TO_IMAGE: "image-to-image", pb.TASK_INPAINT: "inpaint"}
@@ -35,6 +35,9 @@ async def generation_request(request: pb.GenerateRequest, images: ImageLoader) -
         return await images.load_one(getattr(request, name), name) if request.HasField(name) else None
 
     mask = await image("mask")
+    controls = [ControlRef(await images.load_one(c.image, f"controls[{i}].image"), c.model,
+                           c.scale if c.HasField("scale") else None, c.start if c.HasField("start") else None,
+                           c.end if c.HasField("end") else None) for i, c in enumerate(request.controls)]
     return GenerationRequest(
         model=request.model, task=_enum(TASKS, request.task, "task"), prompt=request.prompt,
         negative_prompt=request.negative_prompt, seed=request.seed, count=request.count or 1, steps=request.steps,
@@ -43,7 +46,8 @@ async def generation_request(request: pb.GenerateRequest, images: ImageLoader) -
         quality_mode=_enum(QUALITY, request.quality_mode, "quality_mode"),
         adapters=[AdapterRef(a.uri, a.scale) for a in request.adapters], init_image=await image("init_image"),
         strength=opt("strength"), mask=None if mask is None else mask_from_rgb(mask),
-        crop_padding=request.crop_padding, paste=_enum(PASTES, request.paste, "paste"), refiner=request.refiner,
+        crop_padding=request.crop_padding, paste=_enum(PASTES, request.paste, "paste"), controls=controls,
+        refiner=request.refiner,
         refiner_fraction=opt("refiner_fraction"),
         reference_image=await image("reference_image"), reference_scale=opt("reference_scale"),
         noise_injection=request.noise_injection, return_inline=request.return_inline,

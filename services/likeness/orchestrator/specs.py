@@ -121,6 +121,13 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
     require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
     if s.HasField("guidance_scale"):
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
+    if s.HasField("control_scale"):
+        check_range(s.control_scale, "spec.storyboard.control_scale", 0.0, 2.0)
+    require(len(s.control_model) <= 200, "spec.storyboard.control_model",
+            f"has {len(s.control_model)} characters, over the limit of 200")
+    if s.HasField("control_reference") or s.HasField("control_scale"):
+        require(bool(s.control_model), "spec.storyboard.control_model",
+                "is empty; control_reference and control_scale need a ControlNet model")
 
 
 # open_eyes defaults: the inpainting prompt, the face-restoration fidelity, how far the eye
@@ -209,6 +216,7 @@ STORYBOARD_CLIP_THRESHOLD = 0.70
 STORYBOARD_IDENTITY_THRESHOLD = 0.5
 STORYBOARD_RETRY_BUDGET = 3
 STORYBOARD_GUIDANCE = 5.0
+STORYBOARD_CONTROL_SCALE = 0.8
 DIVERSITY_NEAREST_K = 5
 
 
@@ -224,6 +232,7 @@ class StoryboardPlan:
     retry_budget: int
     guidance: float
     eyes_min: float  # 0: the eye-openness check is off
+    control_scale: float  # ControlNet conditioning of frames on the face-landmark map
 
 
 def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
@@ -232,7 +241,8 @@ def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
         identity_min=s.identity_threshold if s.HasField("identity_threshold") else STORYBOARD_IDENTITY_THRESHOLD,
         retry_budget=s.retry_budget if s.HasField("retry_budget") else STORYBOARD_RETRY_BUDGET,
         guidance=s.guidance_scale if s.HasField("guidance_scale") else STORYBOARD_GUIDANCE,
-        eyes_min=s.min_eye_openness if s.HasField("min_eye_openness") else 0.0)
+        eyes_min=s.min_eye_openness if s.HasField("min_eye_openness") else 0.0,
+        control_scale=s.control_scale if s.HasField("control_scale") else STORYBOARD_CONTROL_SCALE)
 
 
 def diversity_nearest_k(d: orchestrator_pb2.DiversitySpec) -> int:

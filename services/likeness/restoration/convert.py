@@ -104,3 +104,29 @@ def face_of(item) -> FaceToRestore:
 
 def fidelity_of(request: restoration_pb2.RestoreRequest) -> float:
     return request.fidelity if request.HasField("fidelity") else DEFAULT_FIDELITY
+
+
+CONTROL_KINDS = {restoration_pb2.CONTROL_KIND_FACE_LANDMARKS: "face_landmarks",
+                 restoration_pb2.CONTROL_KIND_CANNY: "canny"}
+MAX_CONTROL_FACES = 32
+
+
+def control_options(request: restoration_pb2.ControlImageRequest) -> dict:
+    """kind, output size (0 keeps the photo's) and Canny thresholds of a ControlImage call, checked."""
+    if request.kind not in CONTROL_KINDS:
+        raise InvalidArgument("kind", f"{request.kind} is not set or unknown; CONTROL_KIND_FACE_LANDMARKS or "
+                                      "CONTROL_KIND_CANNY")
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value and not 64 <= value <= 4096:
+            raise InvalidArgument(name, f"{value} is outside [64, 4096] px (0 keeps the photo's size)")
+    return {"kind": CONTROL_KINDS[request.kind], "width": request.width, "height": request.height,
+            "low": request.canny_low if request.HasField("canny_low") else 100.0,
+            "high": request.canny_high if request.HasField("canny_high") else 200.0}
+
+
+def control_faces(item, field: str) -> list:
+    """(box, landmarks) of each face of a ControlImage item."""
+    if len(item.faces) > MAX_CONTROL_FACES:
+        raise InvalidArgument(f"{field}.faces", f"{len(item.faces)} faces, over the limit of {MAX_CONTROL_FACES}")
+    return [(box_of(f, "box"), landmarks_of(f.landmarks)) for f in item.faces]

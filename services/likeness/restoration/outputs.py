@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 
+import cv2
 import numpy as np
 
 from likeness.api.v1 import common_pb2, restoration_pb2
@@ -19,13 +20,15 @@ from likeness.core.images import encode_png
 from likeness.core.uris import validate_key
 from likeness.core.workid import sha256_hex, work_id
 from likeness.restoration.compositing import feathered_blend
+from likeness.restoration.control_images import canny_map, face_landmark_map, scale_faces
 from likeness.restoration.convert import seam_pb
-from likeness.restoration.face_restore import FaceToRestore
+from likeness.restoration.face_restore import FaceToRestore, restore_face
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region
 
 # Algorithm versions in the work ids of masks and composites: bump when their output changes.
 MASKS_VERSION = "masks/1"
 COMPOSITE_VERSION = "composite/1"
+CONTROL_VERSION = "control/1"
 
 
 def pixels_id(rgb: np.ndarray) -> str:
@@ -99,3 +102,34 @@ def composite_output(outputs: Outputs, prefix: str, images: tuple[np.ndarray, np
     artifact = outputs.find_or_put(prefix, "composites", composite_work_id(base, patch, mask, params),
                                    lambda: encode_png(out, request={"restoration": "composite", **params}), inline)
     return artifact, seam
+
+
+def control_output(outputs: Outputs, prefix: str, image: np.ndarray, faces: list, options: dict, field: str,
+                   inline: bool) -> common_pb2.Artifact:
+    """The control image (a face-landmark map or a Canny edge map) of `image` at the requested size,
+    stored under its work id, or found stored by an earlier run."""
+    h, w = image.shape[:2]
+    kind, low, high = options["kind"], options["low"], options["high"]
+    size = (options["width"] or w, options["height"] or h)
+    if kind == "face_landmarks":
+        out = face_landmark_map(size[0], size[1], scale_faces(faces, size[0] / w, size[1] / h), field)
+    else:
+        out = canny_map(cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (w, h) else image, low, high)
+    params = {"kind": kind, "faces": faces, "size": size, "canny": [low, high] if kind == "canny" else None}
+    wid = work_id("control_image", {"image": pixels_id(image), **params}, CONTROL_VERSION)
+    return outputs.find_or_put(prefix, "controls", wid, lambda: encode_png(out), inline)
+
+
+async def restored_output(outputs: Outputs, workers: tuple, prefix: str, image: np.ndarray, face: FaceToRestore,
+                          restorer, fidelity: float, field: str, inline: bool) -> common_pb2.Artifact:
+    """Finished work is found by its id; otherwise the face is restored on the model worker and
+    stored. `workers`: (CPU worker, model worker)."""
+    cpu, model = workers
+    wid = await cpu.run(restore_work_id, image, face, fidelity, restorer.identity)
+    artifact = await cpu.run(outputs.find, prefix, "restored", wid, inline)
+    if artifact is None:
+        out = await model.run(restore_face, image, face, restorer, fidelity, field)
+        png = await cpu.run(encode_png, out, None, {"restoration": "restore", "model": restorer.identity,
+                                                    "fidelity": fidelity})
+        artifact = await cpu.run(outputs.put, prefix, "restored", wid, png, inline)
+    return artifact

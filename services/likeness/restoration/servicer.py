@@ -14,18 +14,18 @@ from likeness.core.batch import Outcome, check_batch, each_item
 from likeness.core.convert import item_results_pb
 from likeness.core.errors import check_range
 from likeness.core.image_loader import ImageLoader
-from likeness.core.images import encode_mask_png, encode_png
+from likeness.core.images import encode_mask_png
 from likeness.core.worker import ModelWorker
 from likeness.restoration import convert
 from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA
-from likeness.restoration.face_restore import restore_face
 from likeness.restoration.masks import region_mask
-from likeness.restoration.outputs import Outputs, composite_output, mask_work_id, restore_work_id
+from likeness.restoration.outputs import Outputs, composite_output, control_output, mask_work_id, restored_output
 from likeness.restoration.restorers.base import FaceRestorer
 
 MAX_MASKS = 64
 MAX_COMPOSITES = 64
 MAX_RESTORES = 32
+MAX_CONTROL_IMAGES = 16
 
 
 class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
@@ -87,18 +87,6 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         return pb.CompositeResponse(results=item_results_pb(
             outcomes, pb.CompositeResult, lambda i, done: pb.CompositeResult(index=i, image=done[0], seam=done[1])))
 
-    async def _restore_item(self, image, face, restorer: FaceRestorer, fidelity: float, prefix: str,
-                            inline: bool, field: str):
-        """Finished work is found by its id; otherwise restore on the model worker and store."""
-        wid = await self._cpu.run(restore_work_id, image, face, fidelity, restorer.identity)
-        artifact = await self._cpu.run(self._outputs.find, prefix, "restored", wid, inline)
-        if artifact is None:
-            out = await self._model.run(restore_face, image, face, restorer, fidelity, field)
-            png = await self._cpu.run(encode_png, out, None, {"restoration": "restore", "model": restorer.identity,
-                                                              "fidelity": fidelity})
-            artifact = await self._cpu.run(self._outputs.put, prefix, "restored", wid, png, inline)
-        return artifact
-
     async def Restore(self, request: pb.RestoreRequest, context: ServicerContext) -> pb.RestoreResponse:
         check_batch(len(request.items), MAX_RESTORES, "items")
         fidelity = convert.fidelity_of(request)
@@ -109,10 +97,23 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
 
         async def one(i: int, item):
             image = await self._images.load_one(item.image, f"items[{i}].image")
-            return await self._restore_item(image, convert.face_of(item), restorer, fidelity, prefix,
-                                            request.return_inline, f"items[{i}]")
+            return await restored_output(self._outputs, (self._cpu, self._model), prefix, image,
+                                         convert.face_of(item), restorer, fidelity, f"items[{i}]",
+                                         request.return_inline)
 
         # one at a time: the model worker is serial anyway
         outcomes = await self._each("restore", request.items, one, sequential=True)
-        return pb.RestoreResponse(model=restorer.name, results=item_results_pb(
-            outcomes, pb.RestoreResult, lambda i, artifact: pb.RestoreResult(index=i, image=artifact)))
+        return pb.RestoreResponse(model=restorer.name, results=item_results_pb(outcomes, pb.RestoreResult, "image"))
+
+    async def ControlImage(self, request: pb.ControlImageRequest, context: ServicerContext) -> pb.ControlImageResponse:
+        check_batch(len(request.items), MAX_CONTROL_IMAGES, "items")
+        options, prefix = convert.control_options(request), self._outputs.prefix(request.output_prefix)
+
+        async def one(i: int, item):
+            faces = convert.control_faces(item, f"items[{i}]")
+            image = await self._images.load_one(item.image, f"items[{i}].image")
+            return await self._cpu.run(control_output, self._outputs, prefix, image, faces, options, f"items[{i}]",
+                                       request.return_inline)
+
+        outcomes = await self._each("control_image", request.items, one)
+        return pb.ControlImageResponse(results=item_results_pb(outcomes, pb.ControlImageResult, "image"))

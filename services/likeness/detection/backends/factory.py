@@ -37,7 +37,8 @@ def create_pipeline(settings: DetectionSettings, pack_folder: Path | None = None
         from likeness.detection.backends.insightface import ScrfdDetector
 
         detector = ScrfdDetector(folder, pack, settings.detection_providers, settings.detection_det_size,
-                                 settings.detection_min_score, threads, need_recognition=identity == "arcface")
+                                 settings.detection_min_score, threads, need_recognition=identity == "arcface",
+                                 device=settings.detection_device)
     else:
         from likeness.detection.backends.blazeface import BlazeFaceDetector
 
@@ -51,7 +52,7 @@ def create_pipeline(settings: DetectionSettings, pack_folder: Path | None = None
     elif identity == "arcface":
         from likeness.detection.backends.insightface import ArcFaceEncoder
 
-        encoder = ArcFaceEncoder(folder, pack, settings.detection_providers, threads)
+        encoder = ArcFaceEncoder(folder, pack, settings.detection_providers, threads, device=settings.detection_device)
 
     mesh = None
     if settings.detection_mesh_faces:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 
+from likeness.core.devices import dtype_name, require_device, torch_dtype
 from likeness.diffusion.pipelines import load_pipeline
 from likeness.diffusion.samplers import make_scheduler
 from likeness.generation.engines.base import BatchKey, Engine, ImageItem, ImageResult
@@ -35,32 +36,28 @@ class TorchEngine(Engine):
     supports_adapters = True
     supports_reference = True
 
-    def __init__(self, settings, vae_decode: Callable | None = None):
-        """`vae_decode(vae, latents)` replaces the VAE decoder call (the ONNX engine runs a graph)."""
-        import torch
-
-        self.device = settings.generation_device
-        self.cpu_threads = settings.generation_cpu_threads
-        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        self.vae_decode = vae_decode or _torch_vae_decode
-        self.load()
-
-    def load(self) -> None:
+    def __init__(self, settings):
         import torch
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()  # progress goes to metrics and GenerateStream, not stderr
         transformers_logging.disable_progress_bar()
+        self.device = require_device(settings.generation_device, "LIKENESS_GENERATION_DEVICE")
+        self.cpu_threads = settings.generation_cpu_threads
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
+        self.dtype = torch_dtype(getattr(settings, "generation_dtype", "auto"), self.device)
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "device": self.device, "dtype": dtype_name(self.dtype),
+                "cpu_threads": self.cpu_threads}
+
+    def load(self) -> None:
+        """The runtime is set up in __init__ (logging, threads, dtype); models load in `load_model`."""
 
     def warmup(self) -> None:
         """Nothing model-independent to warm: the service warms its keep-warm models by generating."""
-
-    def describe(self) -> dict:
-        return {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
-                "cpu_threads": self.cpu_threads}
 
     def load_model(self, folder, spec):
         return load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
@@ -84,14 +81,18 @@ class TorchEngine(Engine):
             model.ip_adapter = name
         model.forget_derived()
 
-    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict) -> list[ImageResult]:
+    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict,
+            controlnets: list | None = None) -> list[ImageResult]:
         """Runs `items` as one pipeline call; `refiner` is the loaded refiner model or None;
         `files` maps adapter ids to parsed LoRA files not yet loaded. The IP-Adapter state must
         match `key` (see set_ip_adapter)."""
         import torch
 
         started = time.monotonic()
-        pipe = model.pipeline(key.task)
+        if key.controls:
+            pipe = model.control_pipeline(key.task, tuple(c[0] for c in key.controls), controlnets)
+        else:
+            pipe = model.pipeline(key.task)
         pipe.scheduler = make_scheduler(key.sampler, model.default_scheduler_config)
         model.adapters.activate(pipe, key.adapters, files)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
@@ -101,18 +102,7 @@ class TorchEngine(Engine):
             t0 = time.monotonic()
             embeds = self.encode(pipe, model.family, items, cfg)
             t1 = time.monotonic()
-            kwargs = dict(num_inference_steps=key.steps, guidance_scale=key.guidance_scale, width=key.width,
-                          height=key.height, generator=generators, output_type="latent",
-                          callback_on_step_end=_progress_callback(items, "denoise"), **embeds)
-            if key.task == "text-to-image":
-                kwargs["latents"] = self.initial_latents(pipe, key, items, generators)
-            else:
-                kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
-                if key.task == "inpaint":
-                    kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
-            if key.reference_scale is not None:
-                pipe.set_ip_adapter_scale(key.reference_scale)
-                kwargs["ip_adapter_image"] = [[_pil(i.reference_image) for i in items]]
+            kwargs = self._call_kwargs(pipe, key, items, generators, embeds)
             if refiner is not None:
                 kwargs["denoising_end"] = 1.0 - key.refiner_fraction
             latents = pipe(**kwargs).images
@@ -120,13 +110,35 @@ class TorchEngine(Engine):
             if refiner is not None:
                 latents, refine_encoding = self.refine(refiner, key, items, latents, generators, cfg)
             t2 = time.monotonic()
-            images = [self.decode(pipe, latents[i : i + 1]) for i in range(len(items))]
+            with upcast_vae(pipe.vae):  # once per batch, not per image
+                images = [self.decode(pipe, latents[i : i + 1]) for i in range(len(items))]
             t3 = time.monotonic()
 
         timings = {"text_encoding": t1 - t0 + refine_encoding, "denoising": t2 - t1 - refine_encoding,
                    "decoding": t3 - t2}
         return [ImageResult(rgb, len(items), {**timings, "queue": max(0.0, started - item.queued_at)})
                 for rgb, item in zip(images, items, strict=True)]
+
+    def _call_kwargs(self, pipe, key: BatchKey, items: list[ImageItem], generators, embeds: dict) -> dict:
+        """The pipeline call's arguments for the key's task, controls and reference image."""
+        kwargs = dict(num_inference_steps=key.steps, guidance_scale=key.guidance_scale, width=key.width,
+                      height=key.height, generator=generators, output_type="latent",
+                      callback_on_step_end=_progress_callback(items, "denoise"), **embeds)
+        if key.task == "text-to-image":
+            kwargs["latents"] = self.initial_latents(pipe, key, items, generators)
+        else:
+            kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
+            if key.task == "inpaint":
+                kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+        if key.controls:
+            from likeness.diffusion.controlnet import control_kwargs
+
+            images = [[item.control_images[c] for item in items] for c in range(len(key.controls))]
+            kwargs.update(control_kwargs(key.task, images, *([c[n] for c in key.controls] for n in (1, 2, 3))))
+        if key.reference_scale is not None:
+            pipe.set_ip_adapter_scale(key.reference_scale)
+            kwargs["ip_adapter_image"] = [[_pil(i.reference_image) for i in items]]
+        return kwargs
 
     def encode(self, pipe, family: str, items: list[ImageItem], cfg: bool) -> dict:
         """Prompt embeddings of the batch. An empty negative prompt gives zero embeddings where the
@@ -180,12 +192,21 @@ class TorchEngine(Engine):
                       guidance_scale=key.guidance_scale, generator=generators, output_type="latent",
                       callback_on_step_end=_progress_callback(items, "refine"), **embeds)
         if task == "inpaint":
-            kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+            # the inpaint pipeline sizes the mask from height/width (default: the model's size),
+            # not from the latents it is given
+            kwargs.update(mask_image=[_pil_mask(i.mask) for i in items], height=key.height, width=key.width)
         return pipe(**kwargs).images, encoding
 
     def decode(self, pipe, latents) -> np.ndarray:
-        """Latents of one image -> HxWx3 uint8 (diffusers' own rounding: round(x * 255))."""
+        """Latents of one image -> HxWx3 uint8 (diffusers' own rounding: round(x * 255)).
+
+        A float16 VAE whose config sets `force_upcast` (the stock SDXL VAE overflows in float16 and
+        decodes to NaN, i.e. black images) decodes in float32, as diffusers' pipelines do."""
         vae = pipe.vae
+        with upcast_vae(vae):
+            return self._decode(pipe, vae, latents)
+
+    def _decode(self, pipe, vae, latents) -> np.ndarray:
         latents = latents.to(vae.dtype)
         mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
         if mean is not None and std is not None:
@@ -200,9 +221,24 @@ class TorchEngine(Engine):
         array = pipe.image_processor.postprocess(image, output_type="np")[0]
         return (array * 255).round().astype(np.uint8)
 
+    def vae_decode(self, vae, latents):
+        return vae.decode(latents, return_dict=False)[0]
 
-def _torch_vae_decode(vae, latents):
-    return vae.decode(latents, return_dict=False)[0]
+
+@contextmanager
+def upcast_vae(vae):
+    """float32 for the duration of a decode when diffusers would upcast (float16 + force_upcast);
+    the VAE goes back to float16 afterwards, so img2img encoding and memory stay as loaded."""
+    import torch
+
+    if vae.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+        yield
+        return
+    vae.to(dtype=torch.float32)
+    try:
+        yield
+    finally:
+        vae.to(dtype=torch.float16)
 
 
 def _progress_callback(items: list[ImageItem], stage: str):

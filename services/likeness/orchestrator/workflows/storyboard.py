@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, orchestrator_pb2
+from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, orchestrator_pb2, restoration_pb2
 from likeness.orchestrator import report
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.specs import StoryboardPlan, storyboard_plan
-from likeness.orchestrator.workflows.common import cosine, uri_input, vector
+from likeness.orchestrator.workflows.common import cosine, stored_uri, uri_input, vector
 
 GUIDANCE_STEP = 1.5
 MAX_GUIDANCE, MIN_GUIDANCE = 30.0, 1.0
@@ -38,6 +38,7 @@ class Attempt:
     passed: bool
     failure: str
     fix: str = ""
+    control: str = ""  # the face-landmark map this attempt was conditioned on, if any
 
 
 def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float,
@@ -68,14 +69,33 @@ def next_try(failure: str, seed: int, guidance: float, attempt: int) -> tuple[in
     return seed, guidance, f"guidance -> {guidance:.1f}, new seed"
 
 
+async def landmark_control(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, image_uri: str) -> str:
+    """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face."""
+    det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
+    det = await ctx.call(ctx.clients.detection, "Detect", det_req, work="control-detect")
+    faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in det.results[0].faces]
+    if not faces:
+        await ctx.warn(f"no face in {image_uri}: frames are not conditioned on a face-landmark map", "control")
+        return ""
+    req = restoration_pb2.ControlImageRequest(
+        kind=restoration_pb2.CONTROL_KIND_FACE_LANDMARKS, width=spec.width, height=spec.height,
+        items=[restoration_pb2.ControlImageItem(image=uri_input(image_uri), faces=faces[:1])],
+        output_prefix="storyboard/")
+    resp = await ctx.call(ctx.clients.restoration, "ControlImage", req, work="control-image")
+    return resp.results[0].image.uri
+
+
 async def _attempt(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, frame: Attempt,
                    prompt: str, reference: np.ndarray | None) -> tuple[Attempt, np.ndarray | None]:
-    """Generates `frame` (its frame, attempt, seed and guidance set), checks it; returns it filled in
-    and the face's identity embedding (None unless exactly one face)."""
+    """Generates `frame` (its frame, attempt, seed, guidance and control set), checks it; returns it
+    filled in and the face's identity embedding (None unless exactly one face)."""
     req = generation_pb2.GenerateRequest(model=spec.model, prompt=prompt, negative_prompt=spec.negative_prompt,
                                          seed=frame.seed, count=1, steps=spec.steps, guidance_scale=frame.guidance,
                                          width=spec.width, height=spec.height, adapters=spec.adapters,
                                          output_prefix="storyboard/")
+    if frame.control:
+        req.controls.append(generation_pb2.ControlInput(image=uri_input(frame.control), model=spec.control_model,
+                                                         scale=plan.control_scale))
     art = (await ctx.call(ctx.clients.generation, "Generate", req, work="generate")).images[0].artifact
     det = await ctx.call(ctx.clients.detection, "Detect",
                          detection_pb2.DetectRequest(images=[uri_input(art.uri)], with_embeddings=True),
@@ -104,13 +124,16 @@ def _eye_openness(faces: list) -> float | None:
 
 
 async def _frame(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, i: int,
-                 reference: np.ndarray | None, attempts: list[Attempt]) -> tuple[Attempt | None, np.ndarray | None]:
-    """Frame `i` within the retry budget: the passing attempt and its embedding, or (None, None)."""
+                 reference: np.ndarray | None, attempts: list[Attempt],
+                 control: str) -> tuple[Attempt | None, np.ndarray | None]:
+    """Frame `i` within the retry budget: the passing attempt and its embedding, or (None, None).
+    `control`: the face-landmark map the frame is conditioned on ("" for none)."""
     prompt = f"{spec.character}, {spec.frame_prompts[i]}" if spec.character else spec.frame_prompts[i]
     seed, guidance = spec.seed + i, plan.guidance
     for a in range(plan.retry_budget + 1):
         ctx.check_cancel()
-        tried = Attempt(i, a, seed, guidance, uri="", faces=0, clip=None, identity=None, passed=False, failure="")
+        tried = Attempt(i, a, seed, guidance, uri="", faces=0, clip=None, identity=None, passed=False, failure="",
+                        control=control)
         tried, emb = await _attempt(ctx, spec, plan, tried, prompt, reference)
         attempts.append(tried)
         if tried.passed:
@@ -132,11 +155,17 @@ async def run(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec) -> Outcome
     attempts: list[Attempt] = []
     frames: list[Attempt | None] = []
     reference = None
+    control = ""  # the face-landmark map frames are conditioned on (from control_reference or frame 1)
+    if spec.control_model and spec.HasField("control_reference"):
+        async with ctx.stage("control"):
+            control = await landmark_control(ctx, spec, await stored_uri(ctx, spec.control_reference))
     for i in range(len(spec.frame_prompts)):
         async with ctx.stage("frame"):
-            chosen, emb = await _frame(ctx, spec, plan, i, reference, attempts)
-        if i == 0 and chosen is not None:
-            reference = emb  # frame 1 establishes identity
+            chosen, emb = await _frame(ctx, spec, plan, i, reference, attempts, control)
+            if i == 0 and chosen is not None:
+                reference = emb  # frame 1 establishes identity
+                if spec.control_model and not control:  # and, with a ControlNet, face geometry
+                    control = await landmark_control(ctx, spec, chosen.uri)
         frames.append(chosen)
         await ctx.progress("frames", i + 1, len(spec.frame_prompts))
     if reference is None and spec.frame_prompts:
@@ -152,16 +181,18 @@ def _outcome(spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, frames
              attempts: list[Attempt]) -> Outcome:
     summary = {"frames": len(frames), "frames_passed": sum(1 for f in frames if f is not None),
                "attempts": len(attempts), "retries": len(attempts) - len(frames)}
-    manifest = {"frames": [{"frame": i, "uri": f.uri if f else "", "seed": f.seed if f else None}
-                           for i, f in enumerate(frames)],
+    manifest = {"frames": [{"frame": i, "uri": f.uri if f else "", "seed": f.seed if f else None,
+                            "control": f.control if f else ""} for i, f in enumerate(frames)],
                 "attempts": [{"frame": a.frame, "attempt": a.attempt, "seed": a.seed, "guidance": a.guidance,
-                              "uri": a.uri, "failure": a.failure} for a in attempts]}
+                              "uri": a.uri, "failure": a.failure, "control": a.control} for a in attempts]}
     skipped = " (skipped)" if spec.skip_clip_check else ""
     sections = [
         report.gallery("Frames", [
             report.group(f"frame {a.frame + 1}", [
                 report.image(x.uri, f"try {x.attempt + 1}: {'pass' if x.passed else x.failure}")
-                for x in attempts if x.frame == a.frame]) for a in attempts if a.attempt == 0]),
+                for x in attempts if x.frame == a.frame]
+                + ([report.image(a.control, "control: face-landmark map")] if a.control else []))
+            for a in attempts if a.attempt == 0]),
         report.table("Attempts", ["frame", "attempt", "seed", "guidance", "faces", "CLIP score", "identity", "result",
                                   "fix applied next"],
                      [[a.frame + 1, a.attempt + 1, a.seed, f"{a.guidance:.1f}", a.faces, _fmt(a.clip), _fmt(a.identity),
