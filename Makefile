@@ -15,7 +15,7 @@ all: test
 $(STAMP): pyproject.toml Makefile tools/install_extras.sh
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@rm -f $(VENV)/.installed-*
-	# torch first: pip takes 2.14.1 + torchvision 0.29.1 from the machine's wheel cache (FACTS.md).
+	# torch first: pip takes 2.14.1 + torchvision 0.29.1 from the machine's local wheel cache.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[all,dev]"
 	bash tools/install_extras.sh $(VENV)
@@ -43,7 +43,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: venv sysdeps
-	$(BIN)/python -m likeness.demo
+	$(BIN)/python -m likeness.client.demo
 
 up: venv sysdeps
 	$(BIN)/python tools/stack.py up

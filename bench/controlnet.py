@@ -69,7 +69,8 @@ def service(tmp: Path, dtype: str):
 
 def row(label: str, per_step: dict[str, list]) -> dict:
     none, cn = statistics.median(per_step["none"]), statistics.median(per_step["controlnet"])
-    print(f"{label:<28}{none:>10.4f}{cn:>12.4f}{cn / none:>8.2f}{max(per_step['controlnet']) / min(per_step['controlnet']):>9.2f}")
+    spread = max(per_step['controlnet']) / min(per_step['controlnet'])
+    print(f"{label:<28}{none:>10.4f}{cn:>12.4f}{cn / none:>8.2f}{spread:>9.2f}")
     return {"none_step_s": round(none, 5), "controlnet_step_s": round(cn, 5), "ratio": round(cn / none, 3)}
 
 

@@ -82,7 +82,8 @@ def bench_cluster_small(reps: int) -> dict:
     ours()  # warm (imports, thread pools)
     t = timed({"ours": ours, "sklearn10": sklearn_defaults,
                "auto": lambda: cluster(x, ClusterParams(k=0, seed=0))}, reps)
-    return {"cluster_250_s": t["ours"], "cluster_250_best_s": MINIMA["ours"], "cluster_250_sklearn_n_init10_s": t["sklearn10"],
+    return {"cluster_250_s": t["ours"], "cluster_250_best_s": MINIMA["ours"],
+            "cluster_250_sklearn_n_init10_s": t["sklearn10"],
             "cluster_250_auto_k_2_12_s": t["auto"]}
 
 
@@ -123,7 +124,8 @@ def bench_cluster_rpc() -> dict:
 
     x = blobs(100_000, seed=1)
     request = embedding_pb2.ClusterRequest(k=8, seed=0, items=[
-        embedding_pb2.LabeledVector(id=f"i{i}", vector=common_pb2.Vector(values=row.tolist())) for i, row in enumerate(x)])
+        embedding_pb2.LabeledVector(id=f"i{i}",
+                                    vector=common_pb2.Vector(values=row.tolist())) for i, row in enumerate(x)])
     limit = 256 << 20
     settings = EmbeddingSettings(port=free_port(), metrics_enabled=False, max_message_bytes=limit,
                                  store_uri="file:///tmp/likeness-bench/store")
@@ -176,7 +178,8 @@ def bench_select(reps: int, instances: int) -> dict:
         t0 = time.perf_counter()
         select(large, 5000, large_quotas)
         big["select_5000_of_100k_s"] = time.perf_counter() - t0
-    return {**big, "select_70_of_220_s": t["exact"], "select_70_of_220_best_s": MINIMA["exact"], "select_greedy_s": statistics.median(greedy_times),
+    return {**big, "select_70_of_220_s": t["exact"], "select_70_of_220_best_s": MINIMA["exact"],
+            "select_greedy_s": statistics.median(greedy_times),
             "select_instances": instances, "select_greedy_stuck": stuck,
             "select_exact_over_greedy_quality": statistics.median(ratios) if ratios else None}
 
@@ -244,7 +247,8 @@ def main() -> None:
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
     rows = [
         ("cluster 250x512 K=8 (ours: 4 restarts, silhouettes, outliers)", ms(r["cluster_250_s"]),
-         f"best of {reps} {ms(r['cluster_250_best_s'])}; vs sklearn n_init=10 + silhouettes {ms(r['cluster_250_sklearn_n_init10_s'])}: "
+         f"best of {reps} {ms(r['cluster_250_best_s'])}; vs sklearn n_init=10 + silhouettes "
+         f"{ms(r['cluster_250_sklearn_n_init10_s'])}: "
          f"{r['cluster_250_s'] / r['cluster_250_sklearn_n_init10_s']:.2f}x"),
         ("cluster 250x512 automatic K over 2..12", ms(r["cluster_250_auto_k_2_12_s"]),
          f"{r['cluster_250_auto_k_2_12_s'] / r['cluster_250_s']:.1f}x of fixed K"),
@@ -263,8 +267,10 @@ def main() -> None:
              "plain branch and bound found no solution in 60 s before pruning + LP-first")]
           if "select_5000_of_100k_s" in r else []),
         ("diversity 5,000x5,000x512 (PRDC+novelty+pairwise)", f"{r['diversity_5k_s']:.2f} s",
-         f"prdc.compute_prdc alone {r['diversity_5k_prdc_s']:.2f} s ({r['diversity_5k_s'] / r['diversity_5k_prdc_s']:.2f}x)"
-         + (f"; with 100 bootstraps {r['diversity_5k_bootstrap100_s']:.2f} s" if r["diversity_5k_bootstrap100_s"] else "")),
+         f"prdc.compute_prdc alone {r['diversity_5k_prdc_s']:.2f} s "
+         f"({r['diversity_5k_s'] / r['diversity_5k_prdc_s']:.2f}x)"
+         + (f"; with 100 bootstraps {r['diversity_5k_bootstrap100_s']:.2f} s"
+            if r["diversity_5k_bootstrap100_s"] else "")),
         ("classical-v1 embedding per image (demo photos)", ms(r["classical_embed_per_image_s"]), ""),
         ("demo ARI, 8 photos x 7 augmentations", f"{r['demo_ari_classical']:.3f}",
          f"raw 16x16 pixels {r['demo_ari_raw_pixels']:.3f}"),

@@ -46,10 +46,10 @@ def close_eyes(rgb: np.ndarray, face) -> np.ndarray:
 
 def main() -> None:
     from bench.face_set import FACES, portrait
+    from likeness.client.demo_set import PARTNER
     from likeness.detection.backends.factory import create_pipeline
     from likeness.detection.mesh import EAR_CLOSED, EAR_OPEN
     from likeness.detection.settings import DetectionSettings
-    from likeness.orchestrator.demo_set import PARTNER
 
     pipeline = create_pipeline(DetectionSettings(detection_identity="none"))
     pipeline.load()

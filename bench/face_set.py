@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from likeness.orchestrator.demo_set import (
+from likeness.client.demo_set import (
     GROUP,
     PARTNER,
     Portrait,

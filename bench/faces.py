@@ -44,7 +44,8 @@ def run(items, pipeline, policy, weights) -> list[dict]:
         cpu = time.thread_time() - t0
         out = outcome(a)
         rows.append({"name": item.name, "kind": item.kind, "split": item.split, "label": item.label,
-                     "expected": item.expected, "outcome": out, "right": None if item.ambiguous else out in item.expected,
+                     "expected": item.expected, "outcome": out,
+                     "right": None if item.ambiguous else out in item.expected,
                      "sharpness": a.quality.sharpness_face, "detail": a.verdict.detail, "cpu_s": cpu,
                      "pixels": image.shape[0] * image.shape[1]})
     return rows

@@ -138,7 +138,8 @@ def main() -> None:
     engines = {}
     for cls in (TorchEngine, OnnxEngine):
         engine = cls(settings)
-        engines[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load(folder, spec), 0, AdapterCache(1)))
+        engines[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load_model(folder, spec), 0,
+                                                 AdapterCache(1)))
     for batch in (1, 4):
         per_step = {name: [] for name in engines}
         key = BatchKey("tiny-sdxl", "text-to-image", side, side, steps, "default", 5.0, None, "", 0.2, (), None)
@@ -147,7 +148,8 @@ def main() -> None:
                 items = [ImageItem(seed=i, prompt="a", negative_prompt="") for i in range(batch)]
                 per_step[name].append(engine.run(model, None, key, items, {})[0].timings["denoising"] / steps)
         t, o = statistics.median(per_step["torch"][1:]), statistics.median(per_step["onnxruntime"][1:])
-        rows.append((f"denoising step, batch {batch}: torch vs onnxruntime", f"{t * 1000:.1f} ms vs {o * 1000:.1f} ms", t / o))
+        rows.append((f"denoising step, batch {batch}: torch vs onnxruntime", f"{t * 1000:.1f} ms vs {o * 1000:.1f} ms",
+                     t / o))
         figures[f"torch_step_ms_b{batch}"] = t * 1000
         figures[f"onnx_step_ms_b{batch}"] = o * 1000
         figures[f"onnx_speedup_b{batch}"] = t / o

@@ -74,7 +74,7 @@ def tiny_parity(device: str, side: int, steps: int) -> dict:
         images = {}
         for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
             engine = _engine(device, dtype)
-            model = LoadedModel("tiny-sdxl", spec, engine.load(folder, spec), 0, AdapterCache(1))
+            model = LoadedModel("tiny-sdxl", spec, engine.load_model(folder, spec), 0, AdapterCache(1))
             images[name] = np.stack([r.rgb for r in _run(engine, model, side, steps, 2)]).astype(np.float64)
     diff = np.abs(images["fp16"] - images["fp32"])
     mse = float((diff**2).mean())
@@ -156,7 +156,8 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     figures.update(tiny_parity(args.device, 64, 4))
     figures.update(sdxl_shaped_latency(args.device, args.side, args.steps, batches, args.compile, args.tiny))
-    print(f"\n{figures['model']} {args.side}x{args.side}, {args.steps} Euler steps, CFG 5, on {figures.get('gpu', args.device)}")
+    print(f"\n{figures['model']} {args.side}x{args.side}, {args.steps} Euler steps, CFG 5, "
+          f"on {figures.get('gpu', args.device)}")
     for key, value in figures.items():
         print(f"  {key:<34} {value}")
     print(json.dumps({"gpu_check": figures}))

@@ -4,7 +4,7 @@
     python bench/load.py --minutes 10            # the soak of docs/reliability.md
     python bench/load.py --seconds 45 --callers 4
 
-Starts detection, embedding and generation as real processes on loopback (`likeness.local.LocalStack`,
+Starts detection, embedding and generation as real processes on loopback (`likeness.client.local.LocalStack`,
 tiny-sdxl for generation), then N caller threads each loop over three calls: detection `Assess`
 (one 256x256 photo, inline), embedding `EmbedImages` (same photo) and generation `Generate`
 (tiny-sdxl, 64x64, 2 steps, a new seed each call so every call is real work). It reports p50, p95 and
@@ -183,7 +183,8 @@ def summarise(rec: Recorder, seconds: float) -> dict:
             "per_second": round(len(ok) / seconds, 2),
             "p50_ms": round(quantile(lat, 0.50) * 1000, 1), "p95_ms": round(quantile(lat, 0.95) * 1000, 1),
             "p99_ms": round(quantile(lat, 0.99) * 1000, 1),
-            "p95_first_ms": round(quantile(first, 0.95) * 1000, 1), "p95_last_ms": round(quantile(last, 0.95) * 1000, 1),
+            "p95_first_ms": round(quantile(first, 0.95) * 1000, 1),
+            "p95_last_ms": round(quantile(last, 0.95) * 1000, 1),
         }
     errors = Counter(s.code for s in rec.samples if s.code != "OK")
     rss = {}
@@ -238,7 +239,7 @@ def run_load(addresses: dict[str, str], pids: dict[str, int], seconds: float, ca
 
 
 def start_stack(state: Path):
-    from likeness.local import LocalStack
+    from likeness.client.local import LocalStack
 
     # One torch thread per service: three services share two cores, oversubscription only adds noise.
     env = {"LIKENESS_DRAIN_SECONDS": "0", "LIKENESS_GENERATION_CPU_THREADS": "1", "OMP_NUM_THREADS": "1"}

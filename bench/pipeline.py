@@ -5,7 +5,8 @@ second; and the share of work redone when the orchestrator running the job is ki
     python bench/pipeline.py [--quick]
 
 Each service-path repetition uses a fresh orchestrator job store and a fresh detection process
-(whose result cache would otherwise answer repeated images), so nothing is answered from cache. The in-process path does the same work: read each image from the store, decode,
+(whose result cache would otherwise answer repeated images), so nothing is answered from cache.
+The in-process path does the same work: read each image from the store, decode,
 detect + validate + quality, embed the survivors, cluster, select under the same quotas.
 """
 
@@ -29,13 +30,13 @@ import numpy as np  # noqa: E402
 from machine import Machine  # noqa: E402
 
 from likeness.api.v1 import orchestrator_pb2 as o  # noqa: E402
+from likeness.client.demo import curate_spec  # noqa: E402
+from likeness.client.demo_set import build_demo_set  # noqa: E402
+from likeness.client.jobs_client import JobsClient  # noqa: E402
+from likeness.client.local import LocalStack  # noqa: E402
 from likeness.core.images import ImageLimits, decode_image  # noqa: E402
 from likeness.core.settings import CommonSettings  # noqa: E402
 from likeness.core.store import open_store  # noqa: E402
-from likeness.demo import curate_spec  # noqa: E402
-from likeness.jobs_client import JobsClient  # noqa: E402
-from likeness.local import LocalStack  # noqa: E402
-from likeness.orchestrator.demo_set import build_demo_set  # noqa: E402
 
 
 def in_process(store, keys: list[str], groups: dict[str, tuple[str, str]], spec) -> tuple[float, int]:
@@ -92,7 +93,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     demo = build_demo_set(work / "set", seeds=seeds)
     stack = LocalStack(work / "stack", services=("detection", "embedding", "orchestrator"), base_port=43100,
-                       extra_env={"LIKENESS_ORCHESTRATOR_LEASE_SECONDS": "2", "LIKENESS_ORCHESTRATOR_HEARTBEAT_SECONDS": "0.5",
+                       extra_env={"LIKENESS_ORCHESTRATOR_LEASE_SECONDS": "2",
+                                  "LIKENESS_ORCHESTRATOR_HEARTBEAT_SECONDS": "0.5",
                                   "LIKENESS_ORCHESTRATOR_POLL_SECONDS": "0.1", "LIKENESS_DRAIN_SECONDS": "0"})
     store = open_store(CommonSettings(store_uri=stack.env["LIKENESS_STORE_URI"]))
     keys, groups = [], {}
@@ -158,7 +160,8 @@ def main() -> None:
     redone = (computed - n) / n  # model runs beyond one per candidate
     figures = {"candidates": n, "service_s": round(svc, 3), "in_process_s": round(inp, 3), "ratio": round(svc / inp, 3),
                "items_per_s_service": round(n / svc, 2), "items_per_s_in_process": round(n / inp, 2),
-               "assessed_with_kill": computed, "answered_from_cache": cached, "redone_share": round(redone, 4), "attempts": done.attempts, "stages_s": stages}
+               "assessed_with_kill": computed, "answered_from_cache": cached, "redone_share": round(redone, 4),
+               "attempts": done.attempts, "stages_s": stages}
     print(f"{'path':<14}{'seconds':>9}{'items/s':>9}")
     print(f"{'services':<14}{svc:>9.2f}{n / svc:>9.1f}")
     print(f"{'in-process':<14}{inp:>9.2f}{n / inp:>9.1f}")

@@ -2,7 +2,7 @@
 
     python bench/restoration.py [--quick]
 
-Stages of the seed document's eye fix (003: crop and mask 1.8 s, blend 1.5 s, metadata 3.2 s) and
+Stages of the eye fix against a slow reference pipeline's timings (crop and mask 1.8 s, blend 1.5 s, metadata 3.2 s) and
 face restoration, each next to the floor (copying the image's bytes once in memory, what any
 stage that returns a new image must pay) and next to a naive way of doing the same thing:
 1. eye crop and mask: `region_mask(BOTH_EYES)` (full-size mask + aligned crop box) and the crop's
@@ -154,7 +154,8 @@ def main() -> None:
     ]
     print(f"1024x1024 astronaut, one core, median of {reps} interleaved rounds; floor = copy of the "
           f"image's bytes ({image.nbytes / 2**20:.1f} MiB) = {floor:.3f} ms")
-    head = f"{'stage':26} {'ms':>8} {'x floor':>8} {'seed ms':>8} {'seed/ours':>10} {'target':>7} {'naive ms':>9} {'naive/ours':>10}"
+    head = (f"{'stage':26} {'ms':>8} {'x floor':>8} {'seed ms':>8} {'seed/ours':>10} {'target':>7} "
+            f"{'naive ms':>9} {'naive/ours':>10}")
     print(head)
     print("-" * len(head))
     figures = {"floor_ms": round(floor, 4), "reps": reps}

@@ -197,7 +197,8 @@ def bench_service(service: str, tmp: Path, seconds: float, reps: int) -> dict:
         "spread_1": round(max(tput[1]) / min(tput[1]), 3), "spread_2": round(max(tput[2]) / min(tput[2]), 3),
         "p95_1": round(statistics.median(r["p95"] for r in runs[1]), 4),
         "p95_2": round(statistics.median(r["p95"] for r in runs[2]), 4),
-        "shares_2": [round(s, 3) for s in shares], "failures": sum(len(r["failures"]) for rs in runs.values() for r in rs),
+        "shares_2": [round(s, 3) for s in shares],
+        "failures": sum(len(r["failures"]) for rs in runs.values() for r in rs),
         "kill_lost": killed["lost"], "kill_takeover_seconds": round(killed["takeover_seconds"], 2),
         "kill_errors": killed["errors"],
     }

@@ -92,7 +92,8 @@ def run(args) -> None:
     with ServiceThread(service, settings) as thread:
         with PeakRss() as load_mem:
             t = time.perf_counter()
-            first = thread.call(generator.generate(request(0)), timeout=CALL_TIMEOUT_S)  # loads the model; warms every path
+            # loads the model; warms every path
+            first = thread.call(generator.generate(request(0)), timeout=CALL_TIMEOUT_S)
             figures["load_and_first_image_s"] = round(time.perf_counter() - t, 1)
         pipe = generator.manager.get("sdxl-shaped").pipe
 
@@ -159,7 +160,7 @@ def _onnx_rows(settings, folder, generator, dtype, steps, side, figures) -> list
     engine = OnnxEngine(settings)
     engine.dtype = dtype
     with PeakRss() as mem:
-        model = LoadedModel("sdxl-shaped", spec, engine.load(folder, spec), 0, AdapterCache(1))
+        model = LoadedModel("sdxl-shaped", spec, engine.load_model(folder, spec), 0, AdapterCache(1))
         key = BatchKey("sdxl-shaped", "text-to-image", side, side, steps, "euler", 5.0, None, "", 0.2, (), None)
         times = [engine.run(model, None, key, [ImageItem(seed=i, prompt="a", negative_prompt="")], {})[0]
                  .timings["denoising"] / steps for i in range(2)]
@@ -185,7 +186,7 @@ def _int8_rows(pipe, bare, plain, rounds, steps, rows, figures) -> None:
     p, q = statistics.median(plain), statistics.median(quantised)
     figures.update(int8_unet_weights_gib=round(after / 2**30, 2), unet_weights_gib=round(before / 2**30, 2),
                    int8_image_s=round(q, 2), plain_image_s=round(p, 2), int8_peak_rss_gib=round(mem.peak, 2))
-    rows.append(("UNet weights: int8 weight-only vs unquantised", f"{after / 2**30:.2f} GiB vs {before / 2**30:.2f} GiB",
-                 after / before))
+    rows.append(("UNet weights: int8 weight-only vs unquantised",
+                 f"{after / 2**30:.2f} GiB vs {before / 2**30:.2f} GiB", after / before))
     rows.append((f"1 image ({steps} steps): int8 UNet vs unquantised", f"{q:.2f} s vs {p:.2f} s", q / p))
 

@@ -5,7 +5,7 @@
 1. Throughput: optimizer steps per second with default settings (batch 1, rank 16, 64 px).
 2. Checkpoint + sampling overhead per epoch as a share of the epoch, with default settings
    (a checkpoint every epoch: LoRA in diffusers and kohya format, full state, a 2 x 2 sample grid
-   of 4 steps). The dataset is seed doc 000's 70 images (full) or 12 (quick): the overhead is
+   of 4 steps). The dataset is 70 images (full, a typical curated set) or 12 (quick): the overhead is
    per epoch and an epoch grows with the dataset, so the share depends on the dataset size.
 3. Resume: a run cancelled mid-epoch and continued from its saved state in a new run; the cost of
    restoring (download + load) in steps, and whether the final weights equal the uninterrupted

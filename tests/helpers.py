@@ -167,5 +167,6 @@ def startup_failure(name: str, env: dict[str, str], tmp_path: Path, timeout: flo
 
 def model_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     """Environment of a service whose store, model repository and cache are empty temp folders."""
-    return service_env(LIKENESS_STORE_URI=f"file://{tmp_path}/store", LIKENESS_MODEL_REPOSITORY=str(tmp_path / "models"),
+    return service_env(LIKENESS_STORE_URI=f"file://{tmp_path}/store",
+                       LIKENESS_MODEL_REPOSITORY=str(tmp_path / "models"),
                        LIKENESS_MODEL_CACHE_DIR=str(tmp_path / "cache"), **overrides)

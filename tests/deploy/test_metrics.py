@@ -82,7 +82,8 @@ def recorded_names() -> dict[str, set[str]]:
     for g in yaml.safe_load(RULES.read_text())["groups"]:
         for r in g["rules"]:
             if "record" in r:
-                by = set().union(*(set(re.split(r"\s*,\s*", m.strip())) for m in re.findall(r"by \(([^)]*)\)", r["expr"])))
+                by = set().union(*(set(re.split(r"\s*,\s*",
+                                                m.strip())) for m in re.findall(r"by \(([^)]*)\)", r["expr"])))
                 out.setdefault(r["record"], set()).update(by | set(r.get("labels", {})))
     return out
 

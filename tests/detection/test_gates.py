@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bench.face_set import FACES, portrait
+from likeness.client.demo_set import blurred, contrast
 from likeness.detection.faces import Box, Eye, Face, Pose
 from likeness.detection.quality import QualityWeights
 from likeness.detection.validation import (
@@ -17,7 +18,6 @@ from likeness.detection.validation import (
     limit_text,
     validate,
 )
-from likeness.orchestrator.demo_set import blurred, contrast
 
 WEIGHTS = QualityWeights()
 f32 = lambda v: float(np.float32(v))  # noqa: E731 - what a protobuf `float` field hands over

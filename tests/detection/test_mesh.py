@@ -11,10 +11,10 @@ import pytest
 
 from bench.eyes import close_eyes
 from likeness.api.v1 import common_pb2
+from likeness.client.demo_set import TURNED, Portrait, background, pasted
+from likeness.detection.convert import face_pb
 from likeness.detection.faces import Landmark, mirror_face
-from likeness.detection.servicer import face_pb
 from likeness.detection.validation import Rejection, ValidationPolicy
-from likeness.orchestrator.demo_set import TURNED, Portrait, background, pasted
 from tests.photos import skimage_photo
 
 ASTRONAUT = Portrait("astronaut", "skimage:astronaut", (174, 69, 106))

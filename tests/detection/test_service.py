@@ -155,6 +155,7 @@ def test_repeated_assessment_is_answered_from_the_result_cache(server):
     second = stub.Assess(detection_pb2.AssessRequest(images=[img]))
     assert count("computed") == computed + 1 and count("cached") == cached + 1
     assert first.results[0] == second.results[0]
-    other_policy = stub.Assess(detection_pb2.AssessRequest(images=[img], policy=detection_pb2.ValidationPolicy(max_yaw=10)))
+    other_policy = stub.Assess(detection_pb2.AssessRequest(images=[img],
+                                                           policy=detection_pb2.ValidationPolicy(max_yaw=10)))
     assert count("computed") == computed + 2  # different parameters: a different result, computed
     assert other_policy.results[0].quality == first.results[0].quality

@@ -56,7 +56,8 @@ def test_refiner_and_sd15_load(tiny_folders):
     refiner = load_pipeline(tiny_folders["sdxl-refiner"], "sdxl-refiner", "image-to-image")
     assert refiner.config.requires_aesthetics_score
     image = np.full((1, 64, 64, 3), 0.5, np.float32)
-    assert refiner("x", image=image, strength=0.5, num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
+    assert refiner("x", image=image, strength=0.5, num_inference_steps=2,
+                   output_type="np").images.shape == (1, 64, 64, 3)
     sd15 = load_pipeline(tiny_folders["sd15"], "sd15")
     assert sd15("x", num_inference_steps=1, height=64, width=64, output_type="np").images.shape == (1, 64, 64, 3)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from likeness.jobs_client import JobsClient
-from likeness.local import LocalStack
+from likeness.client.jobs_client import JobsClient
+from likeness.client.local import LocalStack
 from tests.helpers import ServiceProcess
 
 
@@ -63,7 +63,8 @@ def clip_jobs_client(e2e_stack, tmp_path_factory):
     """A second orchestrator whose embedding service has a text tower (open_clip `tiny-clip`, random
     weights), so the storyboard's CLIP validator runs; everything else is the shared stack."""
     state: Path = e2e_stack.state
-    env = {**e2e_stack.env, "LIKENESS_EMBEDDING_ENCODER": "open_clip", "LIKENESS_EMBEDDING_OPEN_CLIP_MODEL": "tiny-clip",
+    env = {**e2e_stack.env, "LIKENESS_EMBEDDING_ENCODER": "open_clip",
+           "LIKENESS_EMBEDDING_OPEN_CLIP_MODEL": "tiny-clip",
            "LIKENESS_EMBEDDING_BUILD_TINY": "true"}
     log_dir = tmp_path_factory.mktemp("clip")
     embedding = ServiceProcess("embedding", env, log_path=log_dir / "embedding.log").wait_serving(300)
@@ -91,7 +92,7 @@ def demo_candidates(e2e_stack, tmp_path_factory):
 
 def upload_demo_set(store, root: Path, prefix: str):
     """Builds the demo set under `root` and uploads it under `prefix`: (URI of the set, DemoSet)."""
-    from likeness.orchestrator.demo_set import build_demo_set
+    from likeness.client.demo_set import build_demo_set
 
     demo = build_demo_set(root)
     for item in demo.items:
@@ -100,7 +101,7 @@ def upload_demo_set(store, root: Path, prefix: str):
 
 
 def demo_curate_spec(uri: str, demo, output_prefix: str):
-    from likeness.demo import curate_spec
+    from likeness.client.demo import curate_spec
 
     spec = curate_spec(uri, len({i.seed for i in demo.items}), demo.min_quality)
     spec.curate.output_prefix = output_prefix

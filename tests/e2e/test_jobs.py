@@ -142,12 +142,14 @@ def test_storyboard_conditions_frames_on_a_face_landmark_map(jobs_client, store)
 
 
 def test_diversity_tabulates_settings(jobs_client, store):
-    for i, img in enumerate((skimage_photo("astronaut"), tom_hanks(), skimage_photo("camera"), skimage_photo("coffee"))):
+    for i, img in enumerate((skimage_photo("astronaut"), tom_hanks(), skimage_photo("camera"),
+                             skimage_photo("coffee"))):
         put_png(store, f"e2e-reference/r{i}.png", img)
     settings = [o.DiversitySetting(name="base", seed_start=0, count=4, steps=2),
                 o.DiversitySetting(name="euler-a-noise", seed_start=100, count=4, steps=2, guidance_scale=9.0,
                                    sampler=generation_pb2.SAMPLER_EULER_ANCESTRAL, noise_injection=0.3)]
-    job = run(jobs_client, o.JobSpec(diversity=o.DiversitySpec(model="tiny-sdxl", prompt="portrait", width=64, height=64,
+    job = run(jobs_client,
+              o.JobSpec(diversity=o.DiversitySpec(model="tiny-sdxl", prompt="portrait", width=64, height=64,
                                                                reference_uri=store.uri("e2e-reference/"),
                                                                settings=settings, nearest_k=2)))
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error

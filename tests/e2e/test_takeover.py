@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from likeness.api.v1 import orchestrator_pb2 as o
+from likeness.client.jobs_client import JobsClient
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
-from likeness.jobs_client import JobsClient
 from tests.e2e.conftest import demo_curate_spec
 from tests.helpers import ServiceProcess
 
@@ -39,7 +39,8 @@ def test_killed_replica_job_finishes_on_the_other(e2e_stack, postgres_url, demo_
     db = fresh_database(postgres_url, "takeover")
     env = {**e2e_stack.env, "LIKENESS_ORCHESTRATOR_DATABASE_URL": db, "LIKENESS_ORCHESTRATOR_SERVICE_CONCURRENCY": "1"}
     replicas = {name: ServiceProcess("orchestrator", {**env, "LIKENESS_ORCHESTRATOR_REPLICA_ID": name},
-                                     log_path=tmp_path / f"{name}.log").wait_serving(120) for name in ("replica-a", "replica-b")}
+                                     log_path=tmp_path / f"{name}.log").wait_serving(120)
+                for name in ("replica-a", "replica-b")}
     client = JobsClient(replicas["replica-a"].address)
     try:
         job = client.submit(demo_curate_spec(uri, demo, "e2e-takeover/"))

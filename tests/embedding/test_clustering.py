@@ -65,7 +65,8 @@ def test_negative_silhouette_flagged():
     result = cluster(x2, ClusterParams(k=2, seed=0, outlier_z=0))
     if result.silhouettes[-1] < 0:
         assert result.outliers[-1] and "negative silhouette" in result.outlier_reasons[-1]
-    assert all(("negative silhouette" in r) == bool(s < 0) for r, s in zip(result.outlier_reasons, result.silhouettes, strict=True))
+    assert all(("negative silhouette" in r) == bool(s < 0) for r,
+               s in zip(result.outlier_reasons, result.silhouettes, strict=True))
 
 
 def test_sampled_silhouette_equals_exact_when_the_sample_is_everything():

@@ -13,8 +13,8 @@ from likeness.core.errors import FailedPrecondition, InvalidArgument
 from likeness.embedding.selection import Candidate, Quota, select
 
 
-def seed_doc_pool(n: int = 220, seeds: int = 10, clusters: int = 8, rng_seed: int = 0) -> list[Candidate]:
-    """The seed doc's stage-5 shape: 220 candidates over 10 seeds and 8 clusters, two image types."""
+def curation_pool(n: int = 220, seeds: int = 10, clusters: int = 8, rng_seed: int = 0) -> list[Candidate]:
+    """A realistic curation shape: 220 candidates over 10 seeds and 8 clusters, two image types."""
     rng = np.random.default_rng(rng_seed)
     return [Candidate(f"img-{i:03d}", round(float(rng.beta(5, 2)), 4),
                       {"seed": str(i % seeds), "cluster": str(int(rng.integers(0, clusters))),
@@ -33,7 +33,7 @@ def counts_of(pool, ids, dim):
 
 @pytest.mark.parametrize("rng_seed", [0, 1, 2, 3])
 def test_seed_doc_selection_meets_every_quota_and_beats_greedy(rng_seed):
-    pool = seed_doc_pool(rng_seed=rng_seed)
+    pool = curation_pool(rng_seed=rng_seed)
     exact = select(pool, 70, SEED_DOC_QUOTAS, "exact")
     assert len(exact.selected_ids) == 70 == len(set(exact.selected_ids))
     assert set(counts_of(pool, exact.selected_ids, "seed").values()) == {7}
@@ -82,7 +82,7 @@ def test_greedy_gets_stuck_where_exact_succeeds():
 
 
 def test_named_group_overrides_the_wildcard():
-    pool = seed_doc_pool(60, seeds=3, clusters=2)
+    pool = curation_pool(60, seeds=3, clusters=2)
     result = select(pool, 12, [Quota("seed", "*", 4, 4), Quota("seed", "0", 2, 2), Quota("seed", "1", 6, 6)])
     assert counts_of(pool, result.selected_ids, "seed") == {"0": 2, "1": 6, "2": 4}
 
@@ -100,7 +100,7 @@ def test_named_group_overrides_the_wildcard():
 ])
 def test_infeasible_or_invalid_requests_are_named(count, quotas, field, words):
     with pytest.raises(InvalidArgument) as err:
-        select(seed_doc_pool(), count, quotas)
+        select(curation_pool(), count, quotas)
     assert err.value.field == field and words in err.value.message
 
 
@@ -133,7 +133,7 @@ def test_bad_candidates():
 
 def test_repeated_quota_is_named():
     with pytest.raises(InvalidArgument, match=r"quotas\[1\]: repeats quotas\[0\] \(seed=\*\)"):
-        select(seed_doc_pool(), 70, [Quota("seed", "*", 7, 7), Quota("seed", "*", 0, 8)])
+        select(curation_pool(), 70, [Quota("seed", "*", 7, 7), Quota("seed", "*", 0, 8)])
 
 
 def test_pruning_and_lp_first_agree_with_plain_branch_and_bound():

@@ -65,7 +65,8 @@ def test_embed_images_from_store_uris(classical):
     server, stub = classical
     uri = f"file://{server.store_root}/inputs/coffee.png"
     by_uri = stub.EmbedImages(embedding_pb2.EmbedImagesRequest(images=[common_pb2.ImageInput(uri=uri)]), timeout=30)
-    inline = stub.EmbedImages(embedding_pb2.EmbedImagesRequest(images=[png(photos.skimage_photo("coffee"))]), timeout=30)
+    inline = stub.EmbedImages(embedding_pb2.EmbedImagesRequest(images=[png(photos.skimage_photo("coffee"))]),
+                              timeout=30)
     assert list(by_uri.embeddings[0].values) == list(inline.embeddings[0].values)
     missing = error_of(stub.EmbedImages, embedding_pb2.EmbedImagesRequest(
         images=[common_pb2.ImageInput(uri=f"file://{server.store_root}/inputs/nope.png")]))

@@ -27,7 +27,7 @@ def folder(service):
                                                 ("bfloat16", torch.bfloat16)])
 def test_dtype_setting_reaches_every_module(folder, name, expected):
     engine = _engine(name)
-    pipe = engine.load(folder, SimpleNamespace(kind="sdxl"))
+    pipe = engine.load_model(folder, SimpleNamespace(kind="sdxl"))
     assert engine.describe()["dtype"] == str(expected).removeprefix("torch.")
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         assert getattr(pipe, part).dtype == expected, part
@@ -44,7 +44,7 @@ def test_float16_vae_decode_upcasts_like_diffusers(folder):
     """A float16 VAE whose first decoder layer overflows float16 (as the stock SDXL VAE does deep
     inside) decodes to NaN without the upcast; with `force_upcast` it decodes as in float32."""
     engine = _engine("float16")
-    pipe = engine.load(folder, SimpleNamespace(kind="sdxl"))
+    pipe = engine.load_model(folder, SimpleNamespace(kind="sdxl"))
     vae = pipe.vae
     assert vae.config.force_upcast
     with torch.no_grad():

@@ -144,7 +144,8 @@ def test_sd15_lora_runs_on_sd15_and_fails_alone_on_sdxl(service, tmp_path):
         except grpc.RpcError as exc:
             outcome[name] = exc
 
-    calls = [threading.Thread(target=call, args=("good", ())), threading.Thread(target=call, args=("bad", [(uri, 1.0)]))]
+    calls = [threading.Thread(target=call, args=("good", ())),
+             threading.Thread(target=call, args=("bad", [(uri, 1.0)]))]
     for t in calls:
         t.start()
     for t in calls:

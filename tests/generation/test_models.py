@@ -23,7 +23,7 @@ class FakeRepo:
 class FakeEngine:
     name = "torch"
 
-    def load(self, folder, spec):
+    def load_model(self, folder, spec):
         return SimpleNamespace(components={"unet": torch.nn.Linear(10, 10)})  # 110 float32 = 440 bytes
 
 

@@ -33,7 +33,7 @@ def load_engines(repo, cache, **overrides):
     out = {}
     for cls in (TorchEngine, OnnxEngine):
         engine = cls(engine_settings(cache, **overrides))
-        out[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load(folder, spec), 0, AdapterCache(1)))
+        out[cls.name] = (engine, LoadedModel("tiny-sdxl", spec, engine.load_model(folder, spec), 0, AdapterCache(1)))
     return out
 
 
@@ -178,7 +178,7 @@ def test_shape_profile_and_trt_options(tmp_path):
 def test_batch_outside_profile_is_served_by_torch(repo, engine_cache, engines):
     engine = OnnxEngine(engine_settings(engine_cache, generation_profile_routing="always", generation_max_batch=2))
     spec = repo.spec("tiny-sdxl")
-    model = LoadedModel("tiny-sdxl", spec, engine.load(repo.fetch("tiny-sdxl"), spec), 0, AdapterCache(1))
+    model = LoadedModel("tiny-sdxl", spec, engine.load_model(repo.fetch("tiny-sdxl"), spec), 0, AdapterCache(1))
     assert engine.enforce_profiles and model.pipe._likeness_graphs["profile"].max_side == 80
     inside = BatchKey("tiny-sdxl", "text-to-image", 64, 64, 2, "euler", 5.0, None, "", 0.2, (), None)
     outside = BatchKey("tiny-sdxl", "text-to-image", 96, 64, 2, "euler", 5.0, None, "", 0.2, (), None)

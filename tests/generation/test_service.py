@@ -237,7 +237,8 @@ def test_bad_requests_get_clear_errors_and_service_stays_serving(service, fields
 
 def test_corrupt_adapter_is_invalid_argument(service):
     thread, stub, store = service
-    stored = store.put("adapters/corrupt.safetensors", b"\x20\x00\x00\x00\x00\x00\x00\x00{broken", "application/octet-stream")
+    stored = store.put("adapters/corrupt.safetensors", b"\x20\x00\x00\x00\x00\x00\x00\x00{broken",
+                       "application/octet-stream")
     got, details = _code(lambda: stub.Generate(req(adapters=[G.LoraAdapter(uri=stored.uri, scale=1.0)])))
     assert got == grpc.StatusCode.INVALID_ARGUMENT and "adapters[0].uri: not a readable" in details
     assert health_status(thread.port) == "SERVING"

@@ -49,12 +49,14 @@ def test_submit_validates_and_watch_streams(api, tmp_path):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as err:  # a dataset that does not exist is refused at Submit
         s.Submit(o.SubmitRequest(spec=o.JobSpec(curate=o.CurateSpec(
-            import_source=o.ImportSource(uri=f"file://{tmp_path}/store/nothing-here/"), target_count=2))), metadata=AUTH)
+            import_source=o.ImportSource(uri=f"file://{tmp_path}/store/nothing-here/"), target_count=2))),
+            metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "holds no objects" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         s.Get(o.GetRequest(job_id="missing"), metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    spec = o.JobSpec(open_eyes=o.OpenEyesSpec(model="tiny-sdxl", image=common_pb2.ImageInput(uri=f"file://{tmp_path}/store/x.png")))
+    spec = o.JobSpec(open_eyes=o.OpenEyesSpec(model="tiny-sdxl",
+                                              image=common_pb2.ImageInput(uri=f"file://{tmp_path}/store/x.png")))
     job = s.Submit(o.SubmitRequest(spec=spec, idempotency_key="k"), metadata=AUTH).job
     assert job.state == o.JOB_STATE_QUEUED and job.kind == o.JOB_KIND_OPEN_EYES
     assert s.Submit(o.SubmitRequest(spec=spec, idempotency_key="k"), metadata=AUTH).job.job_id == job.job_id

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from likeness.api.v1 import detection_pb2, orchestrator_pb2
+from likeness.client.demo_set import Portrait, brightness, greyscale, mirrored, rotated
 from likeness.core.images import encode_png
 from likeness.embedding.encoders.classical import ClassicalEncoder
-from likeness.orchestrator.demo_set import Portrait, brightness, greyscale, mirrored, rotated
-from likeness.orchestrator.workflows.curate import CURATE_MIN_EYE_OPENNESS, curate_policy
+from likeness.orchestrator.specs import CURATE_MIN_EYE_OPENNESS, curate_policy
 from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
 
 ASTRONAUT = Portrait("astronaut", "skimage:astronaut", (174, 69, 106))

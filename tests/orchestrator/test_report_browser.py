@@ -20,14 +20,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is installed by tools/install_sysdeps.sh")
 def test_report_renders_in_headless_chromium(tmp_store, tmp_path):
     rng = np.random.default_rng(0)
-    uris = [tmp_store.put(f"img/{i}.png", encode_png(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), "image/png").uri
+    uris = [tmp_store.put(f"img/{i}.png", encode_png(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+                          "image/png").uri
             for i in range(3)]
     outcome = Outcome(
         {"selected": 2, "candidates": 3},
         {},
         {"sections": [
             {"type": "gallery", "title": "Selected set by cluster",
-             "groups": [{"name": "cluster 0", "items": [{"uri": uris[0], "caption": "a"}, {"uri": uris[1], "caption": "b"}]}]},
+             "groups": [{"name": "cluster 0", "items": [{"uri": uris[0], "caption": "a"},
+                                                        {"uri": uris[1], "caption": "b"}]}]},
             {"type": "table", "title": "Rejections", "columns": ["reason", "count"], "rows": [["no_face", 1]]},
             {"type": "bars", "title": "Selected per seed", "unit": "images", "data": [["1", 2], ["2", 1]]},
         ]})
@@ -42,7 +44,8 @@ def test_report_renders_in_headless_chromium(tmp_store, tmp_path):
     # The DOM after the page loaded and its images decoded: what a user's browser shows.
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for section in ("Summary", "Selected set by cluster", "Rejections", "Selected per seed", "Stage timings", "Warnings"):
+    for section in ("Summary", "Selected set by cluster", "Rejections", "Selected per seed", "Stage timings",
+                    "Warnings"):
         assert f"<h2>{section}" in dom.stdout
     assert dom.stdout.count('src="data:image/jpeg;base64,') == 2
     shot = tmp_path / "shot.png"

@@ -31,7 +31,8 @@ async def counting_workflow(ctx, spec):
             r = await ctx.cached("step", {"i": i, "target": spec.target_count}, call, common_pb2.Progress)
             results.append(r.done)
             await ctx.progress("steps", i + 1, 10)
-    return Outcome({"sum": sum(results)}, {"results": results}, {"sections": [{"type": "text", "title": "t", "body": "ok"}]})
+    return Outcome({"sum": sum(results)}, {"results": results},
+                   {"sections": [{"type": "text", "title": "t", "body": "ok"}]})
 
 
 @pytest.fixture
@@ -47,7 +48,8 @@ def env(tmp_path, monkeypatch):
 
 
 def make_runner(settings, jobs, store, name):
-    return runner_mod.Runner(settings.model_copy(update={"orchestrator_replica_id": name}), jobs, store, ServiceClients(settings))
+    return runner_mod.Runner(settings.model_copy(update={"orchestrator_replica_id": name}), jobs, store,
+                             ServiceClients(settings))
 
 
 def spec_bytes():

@@ -103,7 +103,7 @@ def production_stack():
 
 @pytest.fixture(scope="session")
 def production_client(production_stack):
-    from likeness.jobs_client import JobsClient
+    from likeness.client.jobs_client import JobsClient
 
     state, _ = production_stack
     client = JobsClient(f"127.0.0.1:{state['ports']['orchestrator']}")

@@ -37,7 +37,8 @@ def test_the_rendered_environment_is_values_gpu_with_only_the_device_changed(pro
     _, envs = production_stack
     g = envs["generation"]
     assert (g["LIKENESS_GENERATION_ENGINE"], g["LIKENESS_GENERATION_DTYPE"]) == ("onnxruntime", "float16")
-    assert g["LIKENESS_GENERATION_DEVICE"] == "cpu" and g["LIKENESS_GENERATION_ONNX_PROVIDERS"] == "CPUExecutionProvider"
+    assert g["LIKENESS_GENERATION_DEVICE"] == "cpu"
+    assert g["LIKENESS_GENERATION_ONNX_PROVIDERS"] == "CPUExecutionProvider"
     assert g["LIKENESS_GENERATION_KEEP_WARM"] == MODEL and g["LIKENESS_GENERATION_BUILD_TINY_MODELS"] == "false"
     assert (envs["embedding"]["LIKENESS_EMBEDDING_ENCODER"], envs["embedding"]["LIKENESS_EMBEDDING_DTYPE"]) == (
         "open_clip", "float16")

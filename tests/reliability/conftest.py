@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from likeness.client.jobs_client import JobsClient
+from likeness.client.local import ORDER, LocalStack
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
-from likeness.jobs_client import JobsClient
-from likeness.local import ORDER, LocalStack
 from tests.e2e.conftest import FAST_LEASES, _free_block, demo_curate_spec, upload_demo_set
 from tests.helpers import ServiceProcess
 from tests.servers import PostgresServer, postgres_bin

@@ -10,7 +10,7 @@ from collections import Counter
 import grpc
 import pytest
 
-from likeness.local import health
+from likeness.client.local import health
 from tests.reliability import corpus
 from tests.reliability.corpus import CASES
 

@@ -20,7 +20,7 @@ from likeness.api.v1 import generation_pb2 as g
 from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.api.v1 import restoration_pb2 as r
 from likeness.api.v1 import training_pb2 as t
-from likeness.local import health
+from likeness.client.local import health
 from tests.reliability import corpus
 
 pytestmark = pytest.mark.slow
@@ -60,12 +60,14 @@ def call(stubs, service: str, method: str, request) -> str:
             getattr(stubs[service], method)(request, timeout=120)
         return "OK"
     except grpc.RpcError as exc:
-        assert exc.code().name in CLIENT_ERRORS, f"{service}.{method}: {exc.code().name}: {exc.details()}\n{request}"[:3000]
+        assert exc.code().name in CLIENT_ERRORS, (
+            f"{service}.{method}: {exc.code().name}: {exc.details()}\n{request}"[:3000])
         return exc.code().name
 
 
 def images(good: str):
-    return st.lists(st.one_of(st.just(c.ImageInput(uri=good)), st.binary(max_size=64).map(lambda b: c.ImageInput(data=b)),
+    return st.lists(st.one_of(st.just(c.ImageInput(uri=good)),
+                              st.binary(max_size=64).map(lambda b: c.ImageInput(data=b)),
                               ids.map(lambda u: c.ImageInput(uri=u))), max_size=3)
 
 
@@ -83,7 +85,8 @@ def test_detection(live):
 
     @FUZZ
     @given(imgs=images(good), frac=optional(small_floats), yaw=optional(floats), conf=optional(small_floats),
-           sharp=optional(small_floats), minq=optional(small_floats), emb=st.booleans(), method=st.sampled_from(["Assess", "Detect"]))
+           sharp=optional(small_floats), minq=optional(small_floats), emb=st.booleans(),
+           method=st.sampled_from(["Assess", "Detect"]))
     def fuzz(imgs, frac, yaw, conf, sharp, minq, emb, method):
         policy = build(d.ValidationPolicy, min_face_fraction=frac, max_yaw=yaw, min_confidence=conf)
         if method == "Assess":
@@ -106,13 +109,17 @@ def test_embedding(live):
            boot=optional(st.integers(-5, 50)), conf=optional(small_floats), count=small_ints, method=enum_ints,
            quality=floats, names=st.lists(ids, max_size=4), imgs=images(good))
     def fuzz(vs, k, kmin, kmax, z, nk, boot, conf, count, method, quality, names, imgs):
-        items = [e.LabeledVector(id=names[i % len(names)] if names else str(i), vector=c.Vector(values=v)) for i, v in enumerate(vs)]
-        call(stubs, "embedding", "Cluster", build(e.ClusterRequest, items=items, k=k, k_min=kmin, k_max=kmax, outlier_z=z, seed=1))
-        cands = [e.SelectionCandidate(id=str(i), quality=quality if i == 0 else 1.0, groups={"seed": n}) for i, n in enumerate(names)]
-        call(stubs, "embedding", "Select", e.SelectRequest(candidates=cands, count=count, method=method,
-                                                             quotas=[c.Quota(dimension="seed", group="*", min=kmin % 4, max=kmax % 4)]))
+        items = [e.LabeledVector(id=names[i % len(names)] if names else str(i), vector=c.Vector(values=v)) for i,
+                 v in enumerate(vs)]
+        call(stubs, "embedding", "Cluster",
+             build(e.ClusterRequest, items=items, k=k, k_min=kmin, k_max=kmax, outlier_z=z, seed=1))
+        cands = [e.SelectionCandidate(id=str(i), quality=quality if i == 0 else 1.0, groups={"seed": n}) for i,
+                 n in enumerate(names)]
+        quotas = [c.Quota(dimension="seed", group="*", min=kmin % 4, max=kmax % 4)]
+        call(stubs, "embedding", "Select", e.SelectRequest(candidates=cands, count=count, method=method, quotas=quotas))
         vecs = [c.Vector(values=v) for v in vs]
-        call(stubs, "embedding", "Diversity", build(e.DiversityRequest, reference=vecs, generated=vecs[::-1], nearest_k=nk,
+        call(stubs, "embedding", "Diversity",
+             build(e.DiversityRequest, reference=vecs, generated=vecs[::-1], nearest_k=nk,
                                                     bootstrap=boot, confidence=conf, seed=1))
         call(stubs, "embedding", "EmbedImages", e.EmbedImagesRequest(images=imgs))
 
@@ -132,8 +139,10 @@ def test_generation(live):
            scale=floats, adapter=st.booleans(), stream=st.booleans())
     def fuzz(model, task, sampler, mode, side, steps, count, seed, guidance, strength, noise, prompt, prefix, scale,
              adapter, stream):
-        req = build(g.GenerateRequest, model=model, task=task, sampler=sampler, quality_mode=mode, width=side, height=side,
-                    steps=steps, count=count, seed=seed, guidance_scale=guidance, strength=strength, noise_injection=noise,
+        req = build(g.GenerateRequest, model=model, task=task, sampler=sampler, quality_mode=mode, width=side,
+                    height=side,
+                    steps=steps, count=count, seed=seed, guidance_scale=guidance, strength=strength,
+                    noise_injection=noise,
                     prompt=prompt, output_prefix=prefix, init_image=c.ImageInput(uri=good) if task in (2, 3) else None,
                     adapters=[g.LoraAdapter(uri=good, scale=scale)] if adapter else None)
         if stream:
@@ -153,19 +162,23 @@ def test_restoration(live):
     boxes = st.builds(c.Box, x_min=small_floats, y_min=small_floats, x_max=floats, y_max=floats)
 
     @FUZZ
-    @given(w=small_ints, h=small_ints, lms=st.lists(landmark, max_size=5), face=boxes, region=enum_ints, pad=small_floats,
+    @given(w=small_ints, h=small_ints, lms=st.lists(landmark, max_size=5), face=boxes, region=enum_ints,
+           pad=small_floats,
            padpx=floats, align=small_ints, crop=small_ints, feather=floats, dil=floats, fid=optional(floats),
-           model=st.sampled_from(["", "classical", "codeformer", "nope"]), prefix=st.sampled_from(["", "fuzz/", "../x/"]))
+           model=st.sampled_from(["", "classical", "codeformer", "nope"]),
+           prefix=st.sampled_from(["", "fuzz/", "../x/"]))
     def fuzz(w, h, lms, face, region, pad, padpx, align, crop, feather, dil, fid, model, prefix):
         item = r.RegionMaskItem(width=w, height=h, landmarks=lms, face_box=face)
         call(stubs, "restoration", "RegionMask", r.RegionMaskRequest(items=[item], region=region, padding_iod=pad,
                                                                       padding_px=padpx, align=align, crop_padding=crop,
                                                                       output_prefix=prefix))
         img = c.ImageInput(uri=good)
-        call(stubs, "restoration", "Composite", r.CompositeRequest(items=[r.CompositeItem(base=img, patch=img, mask=img, patch_box=face)],
-                                                                    feather_sigma=feather, dilation_px=dil, output_prefix=prefix))
-        call(stubs, "restoration", "Restore", build(r.RestoreRequest, items=[r.RestoreItem(image=img, face_box=face, landmarks=lms)],
-                                                    fidelity=fid, model=model, output_prefix=prefix))
+        call(stubs, "restoration", "Composite",
+             r.CompositeRequest(items=[r.CompositeItem(base=img, patch=img, mask=img, patch_box=face)],
+                                feather_sigma=feather, dilation_px=dil, output_prefix=prefix))
+        call(stubs, "restoration", "Restore",
+             build(r.RestoreRequest, items=[r.RestoreItem(image=img, face_box=face, landmarks=lms)],
+                   fidelity=fid, model=model, output_prefix=prefix))
 
     fuzz()
     assert health(stack.address("restoration")) == "SERVING"
@@ -179,9 +192,11 @@ def test_training(live):
            lr=st.floats(allow_nan=True, allow_infinity=True), epochs=small_ints, res=small_ints, bs=small_ints,
            precision=enum_ints, executor=enum_ints, policy=enum_ints, dropout=floats, run_id=ids, limit=small_ints,
            state=enum_ints, run_ids=st.lists(ids, max_size=3))
-    def fuzz(name, base, rank, alpha, lr, epochs, res, bs, precision, executor, policy, dropout, run_id, limit, state, run_ids):
+    def fuzz(name, base, rank, alpha, lr, epochs, res, bs, precision, executor, policy, dropout, run_id, limit, state,
+             run_ids):
         # the dataset never exists, so no example can start a real training run
-        spec = t.RunSpec(name=name, base_model=base, dataset_uri=good.rsplit("/", 2)[0] + "/fuzz-no-dataset/", rank=rank,
+        spec = t.RunSpec(name=name, base_model=base, dataset_uri=good.rsplit("/", 2)[0] + "/fuzz-no-dataset/",
+                         rank=rank,
                          alpha=alpha, unet_lr=lr, epochs=epochs, resolution=res, batch_size=bs, precision=precision,
                          executor=executor, missing_caption_policy=policy, caption_dropout=dropout)
         assert call(stubs, "training", "StartRun", t.StartRunRequest(spec=spec)) != "OK"
@@ -198,18 +213,24 @@ def test_orchestrator(live):
     missing = good.rsplit("/", 2)[0] + "/fuzz-no-candidates/"
 
     @FUZZ
-    @given(target=small_ints, clusters=small_ints, top_k=small_ints, minq=floats, prefix=st.sampled_from(["", "fuzz/", "../x/", "/etc/"]),
-           qmin=small_ints, qmax=small_ints, dim=st.sampled_from(["seed", "cluster", "", "nope"]), job_id=ids, limit=small_ints,
+    @given(target=small_ints, clusters=small_ints, top_k=small_ints, minq=floats,
+           prefix=st.sampled_from(["", "fuzz/", "../x/", "/etc/"]),
+           qmin=small_ints, qmax=small_ints, dim=st.sampled_from(["seed", "cluster", "", "nope"]), job_id=ids,
+           limit=small_ints,
            frames=st.lists(text, max_size=3), guidance=optional(floats), sampler=enum_ints, count=small_ints)
     def fuzz(target, clusters, top_k, minq, prefix, qmin, qmax, dim, job_id, limit, frames, guidance, sampler, count):
         # sources that do not exist, so an accepted spec would still be refused at Submit
-        cur = o.CurateSpec(import_source=o.ImportSource(uri=missing), target_count=target, clusters=clusters, top_k=top_k,
-                           min_quality=minq, output_prefix=prefix, quotas=[c.Quota(dimension=dim, group="*", min=qmin, max=qmax)])
+        cur = o.CurateSpec(import_source=o.ImportSource(uri=missing), target_count=target, clusters=clusters,
+                           top_k=top_k,
+                           min_quality=minq, output_prefix=prefix,
+                           quotas=[c.Quota(dimension=dim, group="*", min=qmin, max=qmax)])
         assert call(stubs, "orchestrator", "Submit", o.SubmitRequest(spec=o.JobSpec(curate=cur))) != "OK"
         div = o.DiversitySpec(model="tiny-sdxl", prompt="p", reference_uri=missing,
-                              settings=[build(o.DiversitySetting, name="a", count=count, sampler=sampler, guidance_scale=guidance)])
+                              settings=[build(o.DiversitySetting, name="a", count=count, sampler=sampler,
+                                              guidance_scale=guidance)])
         assert call(stubs, "orchestrator", "Submit", o.SubmitRequest(spec=o.JobSpec(diversity=div))) != "OK"
-        sb = build(o.StoryboardSpec, model="no-such-model", character="c", frame_prompts=frames, guidance_scale=guidance)
+        sb = build(o.StoryboardSpec, model="no-such-model", character="c", frame_prompts=frames,
+                   guidance_scale=guidance)
         assert call(stubs, "orchestrator", "Submit", o.SubmitRequest(spec=o.JobSpec(storyboard=sb))) != "OK"
         call(stubs, "orchestrator", "Get", o.GetRequest(job_id=job_id))
         call(stubs, "orchestrator", "Cancel", o.CancelRequest(job_id=job_id))

@@ -20,8 +20,8 @@ import time
 import pytest
 
 from likeness.api.v1 import orchestrator_pb2 as o
+from likeness.client.local import LocalStack, health
 from likeness.core.store import open_store
-from likeness.local import LocalStack, health
 from tests.e2e.conftest import _free_block, demo_curate_spec, upload_demo_set
 from tests.reliability.conftest import FAULT_ENV, clear, fresh_orchestrator, listing, log_records
 

@@ -14,8 +14,8 @@ import pytest
 
 from likeness.api.v1 import generation_pb2
 from likeness.api.v1 import orchestrator_pb2 as o
-from likeness.jobs_client import JobsClient
-from likeness.local import health
+from likeness.client.jobs_client import JobsClient
+from likeness.client.local import health
 from tests.e2e.conftest import demo_curate_spec
 from tests.photos import skimage_photo, tom_hanks
 from tests.reliability.conftest import clear, fresh_orchestrator, kill, listing, restart, retried

@@ -57,7 +57,8 @@ def pki(tmp_path_factory) -> Path:
 def start_embedding(pki: Path, tmp_path: Path, mutual: bool) -> ServiceProcess:
     env = service_env(LIKENESS_TLS_CERT_FILE=pki / "server.crt", LIKENESS_TLS_KEY_FILE=pki / "server.key",
                       LIKENESS_MAX_MESSAGE_BYTES=LIMIT, LIKENESS_DRAIN_SECONDS=0,
-                      LIKENESS_MODEL_REPOSITORY=f"file://{tmp_path}/models", LIKENESS_MODEL_CACHE_DIR=tmp_path / "cache",
+                      LIKENESS_MODEL_REPOSITORY=f"file://{tmp_path}/models",
+                      LIKENESS_MODEL_CACHE_DIR=tmp_path / "cache",
                       LIKENESS_STORE_URI=f"file://{tmp_path}/store",
                       **({"LIKENESS_TLS_CA_FILE": pki / "ca.crt"} if mutual else {}))
     proc = ServiceProcess("embedding", env, log_path=tmp_path / "embedding.log")
@@ -79,7 +80,8 @@ def settings(pki: Path, ca: str = "ca", cert: str | None = None) -> CommonSettin
 
 
 def select_request(payload: int = 0) -> embedding_pb2.SelectRequest:
-    return embedding_pb2.SelectRequest(candidates=[embedding_pb2.SelectionCandidate(id="a" * max(1, payload), quality=1.0)],
+    return embedding_pb2.SelectRequest(candidates=[
+        embedding_pb2.SelectionCandidate(id="a" * max(1, payload), quality=1.0)],
                                        count=1)
 
 

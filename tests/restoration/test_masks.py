@@ -128,7 +128,8 @@ def test_bad_geometry_is_rejected_naming_the_field(geo, region, field):
 
 @pytest.mark.parametrize("opts, field", [
     (MaskOptions(padding_iod=2.5), "padding_iod"), (MaskOptions(padding_px=-1), "padding_px"),
-    (MaskOptions(align=6), "align"), (MaskOptions(align=128), "align"), (MaskOptions(crop_padding=2000), "crop_padding"),
+    (MaskOptions(align=6), "align"), (MaskOptions(align=128), "align"),
+    (MaskOptions(crop_padding=2000), "crop_padding"),
 ])
 def test_bad_options_are_rejected(opts, field):
     with pytest.raises(InvalidArgument) as err:
@@ -176,12 +177,14 @@ def test_eye_masks_follow_the_lid_contours_when_present():
     for x, y in (lids[0], lids[8]):  # both corners are inside the contour-built mask, not the ellipse
         assert shaped[int(y), int(x)] == 255 and plain[int(y), int(x)] == 0
     # a shut eye's thin contour still leaves room for an open eye (0.18 IOD across the eye line)
-    shut = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0), left_eye_lids=_lids(250, 150, 25, 1))
+    shut = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0),
+                        left_eye_lids=_lids(250, 150, 25, 1))
     column = region_mask(shut, Region.LEFT_EYE, MaskOptions()).mask[:, 250]
     assert np.count_nonzero(column) >= 2 * 18 - 2
     # the right eye without lids keeps the generic ellipse
     both = region_mask(with_lids, Region.BOTH_EYES, MaskOptions()).mask
     assert np.array_equal(both[:, :200], region_mask(base, Region.BOTH_EYES, MaskOptions()).mask[:, :200])
-    bad = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0), left_eye_lids=((math.nan, 1.0),) * 16)
+    bad = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0),
+                       left_eye_lids=((math.nan, 1.0),) * 16)
     with pytest.raises(InvalidArgument, match=r"LEFT_\*_LID"):
         region_mask(bad, Region.LEFT_EYE, MaskOptions())

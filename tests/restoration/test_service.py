@@ -164,7 +164,8 @@ BAD_REQUESTS = {
             width=200, height=200, landmarks=ASTRONAUT_LANDMARKS)]), "INVALID_ARGUMENT", "landmarks[LEFT_EYE]"),
     "mask over the pixel limit": ("RegionMask", restoration_pb2.RegionMaskRequest(
         region=restoration_pb2.REGION_BOTH_EYES, items=[restoration_pb2.RegionMaskItem(
-            width=16384, height=16384, landmarks=ASTRONAUT_LANDMARKS)]), "INVALID_ARGUMENT", "LIKENESS_MAX_IMAGE_PIXELS"),
+            width=16384, height=16384, landmarks=ASTRONAUT_LANDMARKS)]), "INVALID_ARGUMENT",
+            "LIKENESS_MAX_IMAGE_PIXELS"),
     "face without box": ("RegionMask", restoration_pb2.RegionMaskRequest(
         region=restoration_pb2.REGION_FACE, items=[restoration_pb2.RegionMaskItem(width=512, height=512)]),
         "INVALID_ARGUMENT", "face_box"),

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from likeness.api.v1 import orchestrator_pb2
+from likeness.client.jobs_client import JobsClient
+from likeness.client.local import LocalStack
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
-from likeness.jobs_client import JobsClient
-from likeness.local import LocalStack
 from tests.e2e.conftest import FAST_LEASES, _free_block
 from tests.helpers import free_port
 from tests.photos import skimage_photo, tom_hanks

@@ -1,4 +1,4 @@
-"""CompareRuns: seed doc 004's three runs differed only in rank, and nobody noticed."""
+"""CompareRuns: runs that differ only in rank must say so, or nobody notices."""
 
 from __future__ import annotations
 

@@ -207,7 +207,8 @@ def test_manifests_of_each_parallel_shape(registry):
                                 "$(JOB_COMPLETION_INDEX)", "--master-addr", f"{name}-0.{name}"]
     assert any(e["name"] == "JOB_COMPLETION_INDEX" for e in c["env"])
     service = parallel.rendezvous_service(multi, 29500, "uid-1")
-    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == job["template"]["metadata"]["labels"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == job["template"]["metadata"]["labels"]
     for version in (VERSIONS[0], VERSIONS[-1]):
         kubernetes_validate.validate(multi, version, strict=True)
         kubernetes_validate.validate(service, version, strict=True)

@@ -78,7 +78,8 @@ def test_migrations_match_the_models(tmp_path):
 
     reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
     with reg.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"version_table": "training_alembic_version"}), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"version_table": "training_alembic_version"}),
+                                Base.metadata)
         assert diff == []
         tables = set(sa.inspect(conn).get_table_names())
     assert {"training_runs", "training_checkpoints", "training_loss", "training_skipped",

@@ -1,6 +1,6 @@
 """TrainingService over gRPC on tiny-sdxl: StartRun -> WatchRun -> GetRun, checkpoints in both
-formats that load in the generation pipeline and the generation service and change their output, CompareRuns naming rank,
-cancel + resume equal to an uninterrupted run, and bad input rejected while staying SERVING."""
+formats that load in the generation pipeline and the generation service and change their output,
+CompareRuns naming rank, cancel + resume equal to an uninterrupted run, and bad input rejected while staying SERVING."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, settings, m
     # ... and in the generation service itself, by URI, as the orchestrator will use them
     assert_generation_service_applies(settings.store_uri, ckpt, model_root)
 
-    # seed doc 004: same data and captions, only the rank differs -> rank is THE difference
+    # same data and captions, only the rank differs -> rank is THE difference
     other = stub.StartRun(pb.StartRunRequest(spec=spec(rank=8))).run
     assert watch(stub, other.run_id)[-1].state == pb.RUN_STATE_SUCCEEDED
     table = stub.CompareRuns(pb.CompareRunsRequest(run_ids=[started.run_id, other.run_id]))

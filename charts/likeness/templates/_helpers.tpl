@@ -63,7 +63,7 @@ app.kubernetes.io/component: {{ .name }}
 
 {{/* Checkov skips shared by every workload, each with its reason. */}}
 {{- define "likeness.checkovSkips" -}}
-checkov.io/skip1: CKV_K8S_35=Settings come only from LIKENESS_* environment variables (pydantic-settings, DESIGN.md); the store and database secrets are injected through secretKeyRef, never written into the pod spec.
+checkov.io/skip1: CKV_K8S_35=Settings come only from LIKENESS_* environment variables (pydantic-settings); the store and database secrets are injected through secretKeyRef, never written into the pod spec.
 {{- if not .digest }}
 checkov.io/skip2: CKV_K8S_43=Images are pinned by an immutable release tag; set image.<kind>.digest to pin by digest as well.
 {{- end }}

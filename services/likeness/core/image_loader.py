@@ -79,7 +79,8 @@ class ImageLoader:
         if not data:
             raise InvalidArgument(sub, "image is empty (0 bytes)")
         if len(data) > self.limits.max_bytes:
-            raise InvalidArgument(sub, f"image is {len(data):,} bytes, over the limit of {self.limits.max_bytes:,} bytes")
+            raise InvalidArgument(sub, f"image is {len(data):,} bytes, over the limit of "
+                                       f"{self.limits.max_bytes:,} bytes")
         fmt = sniff_format(data)
         if fmt not in ACCEPTED_FORMATS:
             raise InvalidArgument(sub, f"unsupported image format: {fmt}; accepted: PNG, JPEG, WebP")

@@ -192,6 +192,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             handler = handler._replace(unary_unary=_wrap_unary(handler.unary_unary, service, method, self.log_ok_calls))
         elif handler.unary_stream:
-            handler = handler._replace(unary_stream=_wrap_stream(handler.unary_stream, service, method, self.log_ok_calls))
+            handler = handler._replace(
+                unary_stream=_wrap_stream(handler.unary_stream, service, method, self.log_ok_calls))
         self._wrapped[full] = handler
         return handler

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,17 @@ class Service:
     warmup: Callable[[], Awaitable[None]] | None = None
     shutdown: Callable[[], Awaitable[None]] | None = None
     description: dict = field(default_factory=dict)  # logged at start-up: backends, models, engine
+
+    @classmethod
+    def single(cls, name: str, add_servicer: Callable, servicer: object, service_name: str, *,
+               warmup: Callable[[], Awaitable[None]] | None = None, closers: Sequence[Callable[[], object]] = (),
+               description: dict | None = None) -> Service:
+        """A service with one servicer; `closers` (its executors, the image loader) run at shutdown."""
+        async def shutdown() -> None:
+            for close in closers:
+                close()
+
+        return cls(name, [(add_servicer, servicer)], [service_name], warmup, shutdown, description or {})
 
 
 def server_options(settings: CommonSettings) -> list[tuple[str, int]]:

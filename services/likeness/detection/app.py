@@ -8,6 +8,7 @@ import logging
 from likeness.api.v1 import detection_pb2, detection_pb2_grpc
 from likeness.core.image_loader import ImageLoader
 from likeness.core.images import ImageLimits
+from likeness.core.memo import LruCache
 from likeness.core.server import Service, run
 from likeness.core.store import open_store
 from likeness.detection.backends.factory import create_pipeline, identity_model
@@ -38,29 +39,20 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
     settings = settings or DetectionSettings()
     pipeline = pipeline or create_pipeline(settings)
     images = ImageLoader(open_store(settings), ImageLimits.from_settings(settings))
+    pipeline.cache = LruCache(settings.detection_result_cache)
     servicer = DetectionServicer(pipeline, images, max_batch=settings.detection_max_batch,
-                                 policy=default_policy(settings), weights=default_weights(settings),
-                                 cache_entries=settings.detection_result_cache)
+                                 policy=default_policy(settings), weights=default_weights(settings))
 
     async def warmup() -> None:
         await asyncio.to_thread(pipeline.load)
         await asyncio.to_thread(pipeline.warmup)
         log.info("detection models warm", extra=pipeline.describe())
 
-    async def shutdown() -> None:
-        servicer.close()
-        images.close()
-
-    return Service(
-        name="detection",
-        servicers=[(detection_pb2_grpc.add_DetectionServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
-        warmup=warmup,
-        shutdown=shutdown,
-        description={"backend": settings.detection_backend, "identity": identity_model(settings),
-                     "max_batch": settings.detection_max_batch, "device": settings.detection_device,
-                     "providers": settings.detection_providers},
-    )
+    return Service.single("detection", detection_pb2_grpc.add_DetectionServiceServicer_to_server, servicer,
+                          SERVICE_NAME, warmup=warmup, closers=(servicer.close, images.close),
+                          description={"backend": settings.detection_backend, "identity": identity_model(settings),
+                                       "max_batch": settings.detection_max_batch, "device": settings.detection_device,
+                                       "providers": settings.detection_providers})
 
 
 def main() -> None:

@@ -49,8 +49,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from likeness.detection.backends.base import FaceDetector, IdentityEncoder
-from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face
+from likeness.core import metrics
+from likeness.core.memo import LruCache, content_key
+from likeness.detection.backends.base import FaceDetector, IdentityEncoder, probe_image
+from likeness.detection.faces import Box, Face, iou, mirror_face
 from likeness.detection.mesh import FaceMesh, mesh_landmarks
 from likeness.detection.pose import estimate_pose, pose_from_mesh
 from likeness.detection.quality import QualityMeasures, QualityScales, QualityWeights, combined_score, measure
@@ -92,6 +94,8 @@ class FacePipeline:
     scales: QualityScales = field(default_factory=QualityScales)
     mesh: FaceMesh | None = None
     mesh_faces: int = 1
+    # recent results by content key: a repeated call (a retry, a resumed job) costs a lookup
+    cache: LruCache = field(default_factory=lambda: LruCache(0))
     # the models are not safe to call from two threads at once; one pod serves one core's worth
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -104,15 +108,10 @@ class FacePipeline:
 
     def warmup(self) -> None:
         """One real inference of every model, so the first request does not pay for lazy init."""
-        image = np.full((256, 256, 3), 128, dtype=np.uint8)
-        cv2.circle(image, (128, 128), 60, (200, 170, 150), -1)
-        self.find_faces(image, with_embeddings=False)
+        self.find_faces(probe_image(), with_embeddings=False)
         if self.encoder is not None:
-            probe = Face(box=Box(68, 68, 188, 188), score=1.0, landmarks={
-                Landmark.RIGHT_EYE: (104.0, 110.0), Landmark.LEFT_EYE: (152.0, 110.0),
-                Landmark.NOSE_TIP: (128.0, 138.0), Landmark.MOUTH_CENTER: (128.0, 162.0)})
             with self._lock:
-                self.encoder.embed(image, [probe])
+                self.encoder.warmup()
 
     def describe(self) -> dict:
         return {**self.detector.describe(), **(self.mesh.describe() if self.mesh else {"face_mesh": "none"}),
@@ -230,6 +229,20 @@ class FacePipeline:
         height, width = rgb.shape[:2]
         faces = self.find_faces(rgb, with_embeddings)
         return Detection(faces, validate(faces, width, height, policy), width, height)
+
+    def cached(self, stage: str, rgb: np.ndarray, *args) -> Detection | Assessment:
+        """`detect` or `assess` (by `stage`) of `rgb` with `args`, answered from the result cache
+        when the same pixels and parameters were seen; the result enters the cache even if the
+        caller has gone by the time it is ready."""
+        key = content_key(stage, rgb, args)
+        hit = self.cache.get(key)
+        if hit is not None:
+            metrics.ITEMS.labels("detection", f"{stage}_model", "cached").inc()
+            return hit
+        out = {"detect": self.detect, "assess": self.assess}[stage](rgb, *args)
+        self.cache.put(key, out)
+        metrics.ITEMS.labels("detection", f"{stage}_model", "computed").inc()
+        return out
 
     def assess(self, rgb: np.ndarray, policy: ValidationPolicy, weights: QualityWeights,
                with_embeddings: bool = False, min_quality: float | None = None) -> Assessment:

@@ -82,8 +82,8 @@ def angles_from_rotation(rotation: np.ndarray) -> Pose:
 
 
 def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], box: Box) -> Pose | None:
-    """Pose of one face (`box`: its box, which sets the camera), or None when fewer than 4 model points (or not both eyes and the nose
-    tip) are present."""
+    """Pose of one face (`box`: its box, which sets the camera), or None when fewer than 4 model
+    points (or not both eyes and the nose tip) are present."""
     kinds = [k for k in HEAD_MODEL_MM if k in landmarks]
     if len(kinds) < 4 or any(k not in landmarks for k in REQUIRED):
         return None

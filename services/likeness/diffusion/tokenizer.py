@@ -35,7 +35,7 @@ def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path
 
     (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    # model_max_length is essential: without it SDXL's prompt encoding overflows (FACTS.md).
+    # model_max_length is essential: without it SDXL's prompt encoding overflows.
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": CLIP_MAX_TOKENS,

@@ -57,24 +57,14 @@ def create_service(settings: EmbeddingSettings | None = None, encoder: Encoder |
                 await asyncio.to_thread(ensure_tiny_clip, ModelRepository.from_settings(settings, store))
         await asyncio.to_thread(encoder.warmup)
 
-    async def shutdown() -> None:
-        servicer.close()
-        images.close()
-
     description = {"encoder_backend": settings.embedding_encoder, "text_tower": encoder.has_text,
                    "max_batch": settings.embedding_max_batch,
                    "compute_threads": settings.embedding_compute_threads}
     if settings.embedding_encoder == "open_clip":
         description.update(open_clip_model=settings.embedding_open_clip_model, device=encoder.device,
                            dtype=encoder.dtype_name)
-    return Service(
-        name="embedding",
-        servicers=[(embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
-        warmup=warmup,
-        shutdown=shutdown,
-        description=description,
-    )
+    return Service.single("embedding", embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server, servicer,
+                          SERVICE_NAME, warmup=warmup, closers=(servicer.close, images.close), description=description)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""K-Means clustering with per-item silhouettes and outlier flags (seed doc 000, stage 4).
+"""K-Means clustering with per-item silhouettes and outlier flags (the clustering stage of curation).
 
 - K is given, or chosen by the best mean silhouette over [k_min, k_max].
 - Up to `exact_limit` items: Lloyd K-Means (scikit-learn) and exact silhouettes. Above it:

@@ -1,4 +1,4 @@
-"""Diversity of a generated set against a reference set (seed doc 002).
+"""Diversity of a generated set against a reference set.
 
 - precision, recall, density, coverage: Naeem et al. 2020, "Reliable Fidelity and Diversity
   Metrics for Generative Models", k-nearest-neighbour manifolds in Euclidean distance, computed as
@@ -64,37 +64,10 @@ def diversity(reference: np.ndarray, generated: np.ndarray, params: DiversityPar
     """`reference` (n, d) and `generated` (m, d), finite (see vectors.stack_vectors); `poses`
     (p, 3) yaw, pitch, roll in degrees of the generated set's faces (p need not be m), or None."""
     _validate(reference, generated, params, poses)
-    real = reference.astype(np.float64)
-    fake = generated.astype(np.float64)
-    k = params.nearest_k
-    real_radii = knn_radii(real, k)
-    fake_radii = knn_radii(fake, k)
-    # per-item indicators, one pass over real x fake distances in row chunks
-    inside_count = np.zeros(len(fake))  # reference balls that contain each generated item
-    recalled = np.zeros(len(real), dtype=bool)  # a generated ball contains this reference item
-    nearest_fake = np.full(len(real), np.inf)
-    nearest_real = np.full(len(fake), np.inf)  # Euclidean distance of each generated item to the reference
-    for start, d in _distance_chunks(real, fake):
-        radii = real_radii[start:start + len(d), None]
-        inside_count += (d < radii).sum(axis=0)
-        recalled[start:start + len(d)] = (d < fake_radii[None, :]).any(axis=1)
-        nearest_fake[start:start + len(d)] = d.min(axis=1)
-        np.minimum(nearest_real, d.min(axis=0), out=nearest_real)
-    if _unit_rows(real) and _unit_rows(fake):
-        # unit vectors (every encoder's output): cosine distance = |a - b|^2 / 2, no second pass
-        novel = np.square(nearest_real) / 2.0 > params.novelty_threshold
-    else:
-        novel = _novel(reference, generated, params.novelty_threshold)
-    per_item = {
-        "precision": (inside_count > 0).astype(np.float64),
-        "density": inside_count / k,
-        "recall": recalled.astype(np.float64),
-        "coverage": (nearest_fake < real_radii).astype(np.float64),
-        "novelty": novel.astype(np.float64),
-    }
+    per_item = _per_item(reference, generated, params)
     rng = np.random.default_rng(params.seed)
-    fake_draws = _draws(rng, len(fake), params.bootstrap)
-    real_draws = _draws(rng, len(real), params.bootstrap)
+    fake_draws = _draws(rng, len(generated), params.bootstrap)
+    real_draws = _draws(rng, len(reference), params.bootstrap)
 
     def mean_metric(name: str, draws: np.ndarray | None) -> Metric:
         values = per_item[name]
@@ -116,6 +89,39 @@ def diversity(reference: np.ndarray, generated: np.ndarray, params: DiversityPar
         for axis, name in enumerate(("yaw_std", "pitch_std", "roll_std")):
             setattr(report, name, _std(poses[:, axis].astype(np.float64), pose_draws, params.confidence))
     return report
+
+
+def _per_item(reference: np.ndarray, generated: np.ndarray, params: DiversityParams) -> dict[str, np.ndarray]:
+    """Per-item indicators whose means are the metrics: precision, density and novelty per generated
+    item, recall and coverage per reference item."""
+    real = reference.astype(np.float64)
+    fake = generated.astype(np.float64)
+    k = params.nearest_k
+    real_radii = knn_radii(real, k)
+    fake_radii = knn_radii(fake, k)
+    # per-item indicators, one pass over real x fake distances in row chunks
+    inside_count = np.zeros(len(fake))  # reference balls that contain each generated item
+    recalled = np.zeros(len(real), dtype=bool)  # a generated ball contains this reference item
+    nearest_fake = np.full(len(real), np.inf)
+    nearest_real = np.full(len(fake), np.inf)  # Euclidean distance of each generated item to the reference
+    for start, d in _distance_chunks(real, fake):
+        radii = real_radii[start:start + len(d), None]
+        inside_count += (d < radii).sum(axis=0)
+        recalled[start:start + len(d)] = (d < fake_radii[None, :]).any(axis=1)
+        nearest_fake[start:start + len(d)] = d.min(axis=1)
+        np.minimum(nearest_real, d.min(axis=0), out=nearest_real)
+    if _unit_rows(real) and _unit_rows(fake):
+        # unit vectors (every encoder's output): cosine distance = |a - b|^2 / 2, no second pass
+        novel = np.square(nearest_real) / 2.0 > params.novelty_threshold
+    else:
+        novel = _novel(reference, generated, params.novelty_threshold)
+    return {
+        "precision": (inside_count > 0).astype(np.float64),
+        "density": inside_count / k,
+        "recall": recalled.astype(np.float64),
+        "coverage": (nearest_fake < real_radii).astype(np.float64),
+        "novelty": novel.astype(np.float64),
+    }
 
 
 def knn_radii(x: np.ndarray, k: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Balanced selection (seed doc 000, stage 5): choose `count` candidates maximising total quality
+"""Balanced selection (the last stage of curation): choose `count` candidates maximising total quality
 subject to per-group minimum and maximum counts (per seed, per cluster, per image type, ...).
 
 EXACT solves the 0-1 integer program with HiGHS (`scipy.optimize`):
@@ -69,7 +69,8 @@ class _Bound:
 
     def describe(self) -> str:
         cap = f" max {self.hi}" if self.hi < len(self.members) else ""
-        return f"quotas[{self.source}] {self.dimension}={self.group} (min {self.lo}{cap}, {len(self.members)} candidates)"
+        return (f"quotas[{self.source}] {self.dimension}={self.group} "
+                f"(min {self.lo}{cap}, {len(self.members)} candidates)")
 
 
 def select(candidates: list[Candidate], count: int, quotas: list[Quota], method: str = "exact") -> Selection:

@@ -25,21 +25,29 @@ log = logging.getLogger("likeness.generation")
 SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
 
+def create_generator(settings: GenerationSettings, store, repo: ModelRepository, engine,
+                     keep_warm: list[str]) -> ImageGenerator:
+    mb = 1024 * 1024
+    manager = ModelManager(repo, engine, keep_warm=keep_warm,
+                           idle_unload_seconds=settings.generation_idle_unload_seconds,
+                           lora_budget_bytes=int(settings.generation_lora_budget_mb * mb),
+                           device=settings.generation_device)
+    return ImageGenerator(
+        manager, store, limits=Limits(settings.generation_max_size, settings.generation_max_count,
+                                      settings.generation_max_steps),
+        max_batch=settings.generation_max_batch, max_wait=settings.generation_max_wait_ms / 1000,
+        queue_capacity=settings.generation_queue_capacity, max_lora_bytes=int(settings.generation_max_lora_mb * mb),
+        lora_budget_bytes=int(settings.generation_lora_budget_mb * mb))
+
+
 def create_service(settings: GenerationSettings | None = None) -> Service:
     settings = settings or GenerationSettings()
     store = open_store(settings)
     repo = ModelRepository.from_settings(settings, store)
     engine = create_engine(settings)
     keep_warm = [n.strip() for n in settings.generation_keep_warm.split(",") if n.strip()]
-    mb = 1024 * 1024
-    manager = ModelManager(repo, engine, keep_warm=keep_warm, idle_unload_seconds=settings.generation_idle_unload_seconds,
-                           lora_budget_bytes=int(settings.generation_lora_budget_mb * mb), device=settings.generation_device)
-    generator = ImageGenerator(
-        manager, store, limits=Limits(settings.generation_max_size, settings.generation_max_count,
-                                      settings.generation_max_steps),
-        max_batch=settings.generation_max_batch, max_wait=settings.generation_max_wait_ms / 1000,
-        queue_capacity=settings.generation_queue_capacity, max_lora_bytes=int(settings.generation_max_lora_mb * mb),
-        lora_budget_bytes=int(settings.generation_lora_budget_mb * mb))
+    generator = create_generator(settings, store, repo, engine, keep_warm)
+    manager = generator.manager
     images = ImageLoader(store, ImageLimits.from_settings(settings))
     servicer = GenerationServicer(generator, images, engine.name)
     reaper: list[asyncio.Task] = []
@@ -51,7 +59,7 @@ def create_service(settings: GenerationSettings | None = None) -> Service:
             for name in TINY_MODELS:
                 await asyncio.to_thread(ensure_tiny_model, repo, name)
         for name in keep_warm:
-            await generator.run_on_worker(manager.get, name)
+            await generator.worker.run(manager.get, name)
         if keep_warm:
             # one real generation: first-call allocations and kernel selection happen before SERVING
             warm = GenerationRequest(model=keep_warm[0], prompt="warm-up", steps=1, width=64, height=64,
@@ -75,7 +83,8 @@ def create_service(settings: GenerationSettings | None = None) -> Service:
         warmup=warmup,
         shutdown=shutdown,
         description={**engine.describe(), "keep_warm": keep_warm, "max_batch": settings.generation_max_batch,
-                     "max_wait_ms": settings.generation_max_wait_ms, "queue_capacity": settings.generation_queue_capacity,
+                     "max_wait_ms": settings.generation_max_wait_ms,
+                     "queue_capacity": settings.generation_queue_capacity,
                      "model_repository": repo.root},
     )
 
@@ -85,7 +94,7 @@ async def _unload_idle_forever(generator: ImageGenerator, manager: ModelManager)
     while True:
         await asyncio.sleep(period)
         if manager.idle_unload_seconds:
-            await generator.run_on_worker(manager.unload_idle)
+            await generator.worker.run(manager.unload_idle)
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from likeness.core import tracing
 from likeness.core.errors import LikenessError, ResourceExhausted, Unavailable
+from likeness.core.worker import ModelWorker
 
 log = logging.getLogger("likeness.generation.batching")
 
@@ -39,14 +39,16 @@ RunBatch = Callable[[Hashable, list], Sequence]
 
 class DynamicBatcher:
     def __init__(self, run_batch: RunBatch, *, max_batch: int, max_wait: float, capacity: int,
-                 on_depth: Callable[[int], None] | None = None, on_batch: Callable[[Hashable, int], None] | None = None):
+                 on_depth: Callable[[int], None] | None = None,
+                 on_batch: Callable[[Hashable, int], None] | None = None):
         self._run_batch = run_batch
         self.max_batch, self.max_wait, self.capacity = max_batch, max_wait, capacity
         self._queues: OrderedDict[Hashable, list[Entry]] = OrderedDict()
         self._depth = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation-worker")
+        # the one thread that runs batches; model loads and unloads run on it too (`worker.run`)
+        self.worker = ModelWorker("generation", name="worker")
         self._on_depth = on_depth or (lambda depth: None)
         self._on_batch = on_batch or (lambda key, size: None)
         self._recent_seconds_per_item = 1.0
@@ -75,7 +77,7 @@ class DynamicBatcher:
                 if not e.future.done():
                     e.future.set_exception(Unavailable("", "the generation service is shutting down"))
         self._queues.clear()
-        self._executor.shutdown(wait=True)
+        self.worker.close(wait=True)
 
     async def submit(self, key: Hashable, payloads: list) -> list:
         """Queues `payloads` (all with compatible `key`) and returns their results in order.
@@ -150,7 +152,6 @@ class DynamicBatcher:
         return 0.5 if oldest is None else max(0.0, oldest + self.max_wait - time.monotonic())
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             taken = self._take()
             if taken is None:
@@ -167,7 +168,7 @@ class DynamicBatcher:
             started = time.monotonic()
             for e in batch:
                 e.started = started
-            results = await loop.run_in_executor(self._executor, self._run_safely, key, batch)
+            results = await self.worker.run(self._run_safely, key, batch)
             self._recent_seconds_per_item = 0.7 * self._recent_seconds_per_item + 0.3 * (
                 (time.monotonic() - started) / len(batch))
             for e, result in zip(batch, results, strict=True):

@@ -24,12 +24,13 @@ from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissi
 from likeness.core.images import encode_png
 from likeness.core.pngmeta import a1111_model_hash, format_parameters, lora_hashes
 from likeness.core.store import StoredObject
+from likeness.core.worker import ModelWorker
 from likeness.core.workid import sha256_hex, work_id
 from likeness.diffusion.lora import LoraFile, read_lora
 from likeness.generation import presets, region
 from likeness.generation.adapters import adapter_id
 from likeness.generation.batching import DynamicBatcher
-from likeness.generation.engines.base import BatchKey, ImageItem, ImageResult
+from likeness.generation.engines.base import BatchKey, ImageItem, ImageResult, Progress
 from likeness.generation.models import BASE_KINDS, ModelManager, family_of
 from likeness.generation.request import GenerationRequest, Limits, validate
 
@@ -60,6 +61,23 @@ class GenerationResult:
     lcm_lora: str = ""  # the LCM-LoRA the FAST preset ran with
 
 
+@dataclass
+class Plan:
+    """A validated request resolved against its model: the batch key, the canonical inputs that
+    make the work ids, and per image (unit) its seed, work id and store key."""
+
+    req: GenerationRequest
+    spec: object  # the model's ModelSpec
+    key: BatchKey
+    inputs: dict
+    adapter_files: dict[str, LoraFile]
+    refiner_name: str  # "" unless the request uses the refiner
+    warnings: list[str]
+    units: list[tuple[int, str]]  # (seed, work id)
+    keys: list[str]
+    adapters: list[str]  # ids of the request's own adapters (`adapter_files` may add the LCM-LoRA first)
+
+
 class ImageGenerator:
     def __init__(self, manager: ModelManager, store, *, limits: Limits, max_batch: int, max_wait: float,
                  queue_capacity: int, max_lora_bytes: int, lora_budget_bytes: int):
@@ -80,7 +98,8 @@ class ImageGenerator:
         refiner = self.manager.get(key.refiner) if key.refiner else None
         if key.ip_adapter:
             spec = self.manager.spec(key.ip_adapter)
-            self.manager.engine.set_ip_adapter(model, key.ip_adapter, self.manager.repo.fetch(key.ip_adapter), spec.config)
+            folder = self.manager.repo.fetch(key.ip_adapter)
+            self.manager.engine.set_ip_adapter(model, key.ip_adapter, folder, spec.config)
         else:
             self.manager.engine.set_ip_adapter(model, "")
         files = {aid: lora for item in items for aid, lora in item.adapter_files.items()}
@@ -97,14 +116,31 @@ class ImageGenerator:
     def _on_batch(self, key: BatchKey, size: int) -> None:
         metrics.BATCH_SIZE.labels(key.model).observe(size)
 
-    async def run_on_worker(self, fn, *args):
-        """Runs `fn` on the batch worker thread (model loads and unloads never race a batch)."""
-        return await asyncio.get_running_loop().run_in_executor(self.batcher._executor, fn, *args)
+    @property
+    def worker(self) -> ModelWorker:
+        """The batch worker thread: model loads and unloads run there, so they never race a batch."""
+        return self.batcher.worker
 
     # -- the request side -----------------------------------------------------------------------
 
-    async def generate(self, req: GenerationRequest, progress=None) -> GenerationResult:
-        """`progress(stage, done, total)` is called from the worker thread after each step."""
+    async def generate(self, req: GenerationRequest, progress: Progress | None = None) -> GenerationResult:
+        """Resolve the request -> probe the store for finished units -> batch the rest -> store them.
+        `progress(stage, done, total)` is called from the worker thread after each step."""
+        plan = await self._resolve(req)
+        images = await self._probe_cache(plan)
+        todo = [i for i, image in enumerate(images) if image is None]
+        timings: dict = {"queue": 0.0, "text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0, "batch_size": 0}
+        if todo:
+            geometry = self._geometry(plan.req)
+            results = await self._batch(plan, todo, geometry, progress)
+            await self._store(plan, todo, geometry, results, images)
+            first = results[0].timings
+            timings = {**{k: first[k] for k in ("queue", "text_encoding", "denoising", "decoding")},
+                       "batch_size": max(r.batch_size for r in results)}
+        return GenerationResult(images, plan.warnings, plan.spec.digest, timings, plan.req.lcm_lora)
+
+    async def _resolve(self, req: GenerationRequest) -> Plan:
+        """Validates `req` against its model (presets, limits, refiner, IP-Adapter, adapters)."""
         spec = await asyncio.to_thread(self.manager.spec, req.model)
         if spec.kind not in BASE_KINDS:
             raise InvalidArgument("model", f"model '{req.model}' is of kind {spec.kind!r}; generation needs one "
@@ -126,66 +162,75 @@ class ImageGenerator:
                                                  f"{self.manager.engine.name} engine runs graphs of the base weights")
         warnings += await asyncio.to_thread(self._prompt_warnings, req)
         adapter_files = await asyncio.to_thread(self._load_adapters, req)
+        lcm = await asyncio.to_thread(self._load_lcm_lora, req.lcm_lora) if req.lcm_lora else None
+        control_specs = await asyncio.to_thread(self._control_specs, req, family)
+        return self._plan(req, spec, warnings, refiner_name if req.refiner else "", refiner_spec, ip_spec,
+                          adapter_files, control_specs, lcm)
+
+    def _plan(self, req: GenerationRequest, spec, warnings: list[str], refiner_name: str, refiner_spec, ip_spec,
+              adapter_files: dict[str, LoraFile], control_specs: list, lcm: tuple | None) -> Plan:
+        """`adapter_files` are the request's own adapters; `lcm` (spec, adapter id, file) the LCM-LoRA."""
         adapters = list(adapter_files)
         key_adapters = tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True))
-        lcm_spec = None
-        if req.lcm_lora:  # runs first, at scale 1, under the request's own adapters
-            lcm_spec, lcm_id, lcm_file = await asyncio.to_thread(self._load_lcm_lora, req.lcm_lora)
-            if lcm_id not in adapter_files:
-                adapter_files = {lcm_id: lcm_file, **adapter_files}
-                key_adapters = ((lcm_id, 1.0), *key_adapters)
-        control_specs = await asyncio.to_thread(self._control_specs, req, family)
-
+        if lcm is not None and lcm[1] not in adapter_files:  # runs first, at scale 1, under the request's own
+            adapter_files = {lcm[1]: lcm[2], **adapter_files}
+            key_adapters = ((lcm[1], 1.0), *key_adapters)
         key = BatchKey(model=req.model, task=req.task, width=req.width, height=req.height, steps=req.steps,
                        sampler=req.sampler, guidance_scale=req.guidance_scale,
                        strength=req.strength if req.task != "text-to-image" else None,
-                       refiner=refiner_name if req.refiner else "", refiner_fraction=req.refiner_fraction,
-                       adapters=key_adapters,
+                       refiner=refiner_name, refiner_fraction=req.refiner_fraction, adapters=key_adapters,
                        reference_scale=req.reference_scale if ip_spec else None,
                        ip_adapter=ip_spec.name if ip_spec else "",
                        controls=tuple((c.model, c.scale, c.start, c.end) for c in req.controls))
         inputs = self._canonical_inputs(req, adapters, refiner_spec, ip_spec, control_specs)
-        if lcm_spec is not None:  # only then: work ids of other requests stay as they were
-            inputs["lcm_lora"] = lcm_spec.digest
+        if lcm is not None:  # only then: work ids of other requests stay as they were
+            inputs["lcm_lora"] = lcm[0].digest
         units = [(req.seed + i, work_id("generation", {**inputs, "seed": req.seed + i}, spec.digest))
                  for i in range(req.count)]
-        keys = [f"{req.output_prefix}{wid}.png" for _, wid in units]
-        existing = await asyncio.to_thread(lambda: [self.store.exists(k) for k in keys])
+        return Plan(req, spec, key, inputs, adapter_files, refiner_name, warnings, units,
+                    [f"{req.output_prefix}{wid}.png" for _, wid in units], adapters)
 
-        images: list[GeneratedImage | None] = [None] * req.count
+    async def _probe_cache(self, plan: Plan) -> list[GeneratedImage | None]:
+        """The units already in the store (`cached=True`); None where the unit is still to make."""
+        existing = await asyncio.to_thread(lambda: [self.store.exists(k) for k in plan.keys])
+        images: list[GeneratedImage | None] = [None] * len(plan.units)
         for i, found in enumerate(existing):
             if found:
-                stored = await asyncio.to_thread(self.store.stat, keys[i])
-                data = await asyncio.to_thread(self.store.get, keys[i]) if req.return_inline else None
-                images[i] = GeneratedImage(stored, units[i][0], units[i][1], True, data)
+                stored = await asyncio.to_thread(self.store.stat, plan.keys[i])
+                data = await asyncio.to_thread(self.store.get, plan.keys[i]) if plan.req.return_inline else None
+                images[i] = GeneratedImage(stored, plan.units[i][0], plan.units[i][1], True, data)
                 metrics.ITEMS.labels("generation", "generate", "cached").inc()
-        todo = [i for i in range(req.count) if images[i] is None]
-        timings: dict = {"queue": 0.0, "text_encoding": 0.0, "denoising": 0.0, "decoding": 0.0, "batch_size": 0}
-        if todo:
-            geometry = self._geometry(req)
-            now = time.monotonic()
-            items = [ImageItem(seed=units[i][0], prompt=req.prompt, negative_prompt=req.negative_prompt,
-                               init_image=geometry[1], mask=geometry[2], noise_injection=req.noise_injection,
-                               reference_image=req.reference_image, progress=progress, queued_at=now,
-                               control_images=self._control_images(req, geometry),
-                               adapter_files=adapter_files) for i in todo]
-            results = await self.batcher.submit(key, items)
-            # the request's own adapters (the LCM-LoRA is named on its own line)
-            parameters_extra = self._parameters_extra(req, {aid: adapter_files[aid] for aid in adapters}, refiner_name)
-            def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
-                rgb = self._finish(req, geometry, result.rgb)
-                return encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
-                                  {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1]})
+        return images
 
-            for i, result in zip(todo, results, strict=True):
-                png = await asyncio.to_thread(encode, i, result)
-                stored = await asyncio.to_thread(self.store.put, keys[i], png, "image/png")
-                images[i] = GeneratedImage(stored, units[i][0], units[i][1], False, png if req.return_inline else None)
-                metrics.ITEMS.labels("generation", "generate", "generated").inc()
-            first = results[0].timings
-            timings = {**{k: first[k] for k in ("queue", "text_encoding", "denoising", "decoding")},
-                       "batch_size": max(r.batch_size for r in results)}
-        return GenerationResult(images, warnings, spec.digest, timings, req.lcm_lora)
+    async def _batch(self, plan: Plan, todo: list[int], geometry, progress: Progress | None) -> list[ImageResult]:
+        """Queues the units `todo` with the batcher; their results in order."""
+        req, now = plan.req, time.monotonic()
+        items = [ImageItem(seed=plan.units[i][0], prompt=req.prompt, negative_prompt=req.negative_prompt,
+                           init_image=geometry[1], mask=geometry[2], noise_injection=req.noise_injection,
+                           reference_image=req.reference_image, progress=progress, queued_at=now,
+                           control_images=self._control_images(req, geometry),
+                           adapter_files=plan.adapter_files) for i in todo]
+        return await self.batcher.submit(plan.key, items)
+
+    async def _store(self, plan: Plan, todo: list[int], geometry, results: list[ImageResult],
+                     images: list[GeneratedImage | None]) -> None:
+        """Composites, encodes (PNG with metadata) and stores each result into `images`."""
+        req, spec = plan.req, plan.spec
+        # the request's own adapters (the LCM-LoRA is named on its own line)
+        extra = self._parameters_extra(req, {aid: plan.adapter_files[aid] for aid in plan.adapters}, plan.refiner_name)
+
+        def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
+            seed, wid = plan.units[i]
+            rgb = self._finish(req, geometry, result.rgb)
+            return encode_png(rgb, self._parameters(req, spec, seed, extra),
+                              {**plan.inputs, "seed": seed, "model_digest": spec.digest, "work_id": wid})
+
+        for i, result in zip(todo, results, strict=True):
+            png = await asyncio.to_thread(encode, i, result)
+            stored = await asyncio.to_thread(self.store.put, plan.keys[i], png, "image/png")
+            images[i] = GeneratedImage(stored, plan.units[i][0], plan.units[i][1], False,
+                                       png if req.return_inline else None)
+            metrics.ITEMS.labels("generation", "generate", "generated").inc()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -215,8 +260,9 @@ class ImageGenerator:
         """The IP-Adapter model for `spec` (model.yaml `config.ip_adapter`, else `ip-adapter-<family>`),
         or FAILED_PRECONDITION naming what is missing."""
         if not self.manager.engine.supports_reference:
-            raise FailedPrecondition("reference_image", f"IP-Adapter guidance needs LIKENESS_GENERATION_ENGINE=torch; "
-                                                        f"the {self.manager.engine.name} graphs lack its attention layers")
+            raise FailedPrecondition("reference_image",
+                                     f"IP-Adapter guidance needs LIKENESS_GENERATION_ENGINE=torch; "
+                                     f"the {self.manager.engine.name} graphs lack its attention layers")
         name = str(spec.config.get("ip_adapter") or f"ip-adapter-{family}")
         try:
             ip_spec = self.manager.spec(name)
@@ -234,7 +280,8 @@ class ImageGenerator:
         for name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
             if not text:
                 continue
-            counts = [len(tok(text, truncation=False, verbose=False).input_ids) for tok in self._tokenizers_of(req.model)]
+            counts = [len(tok(text, truncation=False, verbose=False).input_ids)
+                      for tok in self._tokenizers_of(req.model)]
             if counts and max(counts) > MAX_PROMPT_TOKENS:
                 warnings.append(f"{name}: {max(counts)} CLIP tokens, over the limit of {MAX_PROMPT_TOKENS}; "
                                 f"truncated to the first {MAX_PROMPT_TOKENS - 2} (plus start/end tokens)")
@@ -334,7 +381,9 @@ class ImageGenerator:
     def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec, ip_spec,
                           control_specs=()) -> dict:
         def digest(a):
-            return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
+            if a is None:
+                return None
+            return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
 
         return {"model": req.model, "task": req.task, "prompt": req.prompt, "negative_prompt": req.negative_prompt,
                 "steps": req.steps, "guidance_scale": req.guidance_scale, "width": req.width, "height": req.height,

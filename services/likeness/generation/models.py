@@ -120,7 +120,7 @@ class ModelManager:
                                                   "the generation service loads `diffusers` models")
             started = time.monotonic()
             folder = self.repo.fetch(name)
-            pipe = self.engine.load(folder, spec)
+            pipe = self.engine.load_model(folder, spec)
             model = LoadedModel(name, spec, pipe, module_bytes(pipe), AdapterCache(self.lora_budget_bytes))
             self._loaded[name] = model
             metrics.MODEL_MEMORY.labels("generation", name, self.device).set(model.memory_bytes)

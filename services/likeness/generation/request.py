@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from likeness.core.errors import InvalidArgument, check_range, require
+from likeness.core.uris import validate_key
 from likeness.diffusion.samplers import DEFAULT as DEFAULT_SAMPLER
 from likeness.diffusion.samplers import SAMPLERS
 from likeness.generation import presets
@@ -95,10 +96,7 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
     require(req.sampler in SAMPLERS or req.sampler == DEFAULT_SAMPLER, "sampler",
             f"unknown sampler {req.sampler!r}; known: {', '.join(SAMPLERS)}")
     preset = presets.PRESETS[req.quality_mode]
-    use_lcm = bool(lcm_lora) and req.quality_mode == presets.LCM_MODE and req.sampler in (DEFAULT_SAMPLER, "lcm")
-    if lcm_lora and req.quality_mode == presets.LCM_MODE and not use_lcm:
-        warnings.append(f"sampler {req.sampler} was requested: the LCM-LoRA {lcm_lora!r} is not used")
-
+    use_lcm = _use_lcm(req, lcm_lora, warnings)
     check_range(req.seed, "seed", 0, MAX_SEED)
     check_range(req.count, "count", 1, limits.max_count)
     require(req.steps == 0 or 1 <= req.steps <= limits.max_steps, "steps",
@@ -111,8 +109,36 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
     check_range(req.noise_injection, "noise_injection", 0.0, 1.0)
     require(req.noise_injection == 0 or req.task == "text-to-image", "noise_injection",
             "only applies to TEXT_TO_IMAGE (image tasks start from the init image's latents)")
-
     width, height = _size(req, default_side, preset, limits)
+    strength = _check_images(req, limits)
+    refiner, fraction = _check_refiner(req, family, steps, preset, has_refiner, warnings)
+    _check_adapters(req)
+    reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
+    check_range(reference_scale, "reference_scale", 0.0, 1.0)
+    controls = _controls(req, width, height)
+    if req.output_prefix:
+        try:
+            validate_key(req.output_prefix, "output_prefix", prefix=True)
+        except InvalidArgument as exc:
+            raise InvalidArgument("output_prefix", f"must be a relative store prefix: {exc.detail}") from None
+    resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
+                       sampler="lcm" if use_lcm else req.sampler, lcm_lora=lcm_lora if use_lcm else "",
+                       strength=strength, refiner=refiner, refiner_fraction=fraction,
+                       reference_scale=reference_scale, controls=controls,
+                       output_prefix=req.output_prefix or "generated/")
+    return resolved, warnings
+
+
+def _use_lcm(req: GenerationRequest, lcm_lora: str, warnings: list[str]) -> bool:
+    """Whether FAST runs with the model's LCM-LoRA: only with the default or the LCM sampler."""
+    use_lcm = bool(lcm_lora) and req.quality_mode == presets.LCM_MODE and req.sampler in (DEFAULT_SAMPLER, "lcm")
+    if lcm_lora and req.quality_mode == presets.LCM_MODE and not use_lcm:
+        warnings.append(f"sampler {req.sampler} was requested: the LCM-LoRA {lcm_lora!r} is not used")
+    return use_lcm
+
+
+def _check_images(req: GenerationRequest, limits: Limits) -> float | None:
+    """Init image and mask against the task; returns the strength (its default for image tasks)."""
     strength = req.strength
     if req.task == "text-to-image":
         require(req.init_image is None, "init_image", "is only used by IMAGE_TO_IMAGE and INPAINT")
@@ -133,7 +159,12 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
     require(req.crop_padding == 0 or req.task == "inpaint", "crop_padding", "only applies to INPAINT")
     require(req.paste in PASTES, "paste", f"unknown paste mode {req.paste!r}")
     require(req.paste == "mask" or req.task == "inpaint", "paste", "PASTE_MODE_REGION only applies to INPAINT")
+    return strength
 
+
+def _check_refiner(req: GenerationRequest, family: str, steps: int, preset, has_refiner: bool,
+                   warnings: list[str]) -> tuple[bool, float]:
+    """(refiner pass on, fraction of steps it runs); a preset's refiner the model lacks is a warning."""
     refiner = req.refiner or preset.refiner
     fraction = presets.DEFAULT_REFINER_FRACTION if req.refiner_fraction is None else req.refiner_fraction
     require(0.0 < fraction < 1.0, "refiner_fraction", f"{fraction} is outside (0, 1)")
@@ -147,27 +178,18 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
         require(family == "sdxl", "refiner", "the refiner pass needs an SDXL model")
         require(int(steps * (1 - fraction)) >= 1 and int(round(steps * fraction)) >= 1, "refiner_fraction",
                 f"{fraction} of {steps} steps leaves no step to the base or the refiner")
+    return refiner, fraction
 
-    require(len(req.adapters) <= MAX_ADAPTERS, "adapters", f"{len(req.adapters)} adapters, over the limit of {MAX_ADAPTERS}")
+
+def _check_adapters(req: GenerationRequest) -> None:
+    require(len(req.adapters) <= MAX_ADAPTERS, "adapters",
+            f"{len(req.adapters)} adapters, over the limit of {MAX_ADAPTERS}")
     for i, a in enumerate(req.adapters):
         require(bool(a.uri), f"adapters[{i}].uri", "is empty; give the store URI of a .safetensors file")
         require(math.isfinite(a.scale), f"adapters[{i}].scale", "must be a finite number")
         check_range(a.scale, f"adapters[{i}].scale", -4.0, 4.0)
     uris = [a.uri for a in req.adapters]
     require(len(set(uris)) == len(uris), "adapters", "the same adapter URI is given twice")
-
-    reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
-    check_range(reference_scale, "reference_scale", 0.0, 1.0)
-    controls = _controls(req, width, height)
-    require(not req.output_prefix or (not req.output_prefix.startswith("/") and ".." not in req.output_prefix),
-            "output_prefix", "must be a relative store prefix without '..'")
-
-    resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
-                       sampler="lcm" if use_lcm else req.sampler, lcm_lora=lcm_lora if use_lcm else "",
-                       strength=strength, refiner=refiner, refiner_fraction=fraction,
-                       reference_scale=reference_scale, controls=controls,
-                       output_prefix=req.output_prefix or "generated/")
-    return resolved, warnings
 
 
 def _controls(req: GenerationRequest, width: int, height: int) -> list[ControlRef]:

@@ -11,12 +11,18 @@ import random
 import time
 
 import grpc
+from google.protobuf.message_factory import GetMessageClass
 
 from likeness.api.v1 import (
+    detection_pb2,
     detection_pb2_grpc,
+    embedding_pb2,
     embedding_pb2_grpc,
+    generation_pb2,
     generation_pb2_grpc,
+    restoration_pb2,
     restoration_pb2_grpc,
+    training_pb2,
     training_pb2_grpc,
 )
 from likeness.core import errors
@@ -34,6 +40,9 @@ STUBS = {
     "restoration": restoration_pb2_grpc.RestorationServiceStub,
     "training": training_pb2_grpc.TrainingServiceStub,
 }
+SERVICES = {name: module.DESCRIPTOR.services_by_name[f"{name.title()}Service"] for name, module in (
+    ("detection", detection_pb2), ("generation", generation_pb2), ("embedding", embedding_pb2),
+    ("restoration", restoration_pb2), ("training", training_pb2))}
 # gRPC status -> domain error, so workflows see the services' own messages.
 ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -72,6 +81,10 @@ class ServiceClient:
         if self._limit is None:
             self._limit = asyncio.Semaphore(self.concurrency)
         return self._limit
+
+    def response_type(self, method: str) -> type:
+        """The protobuf class `method` of this service answers with."""
+        return GetMessageClass(SERVICES[self.name].methods_by_name[method].output_type)
 
     async def call(self, method: str, request, *, timeout: float | None = None):
         """Unary call with retries; raises a core.errors.LikenessError naming the service and method."""

@@ -12,7 +12,7 @@ from likeness.core import metrics, tracing
 from likeness.core.errors import Cancelled
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import work_id
-from likeness.orchestrator.clients import ServiceClients
+from likeness.orchestrator.clients import ServiceClient, ServiceClients
 from likeness.orchestrator.jobstore import JobRecord, JobStore
 
 
@@ -82,11 +82,12 @@ class JobContext:
         if self.cancel_requested:
             raise Cancelled("job_id", f"job {self.job_id} was cancelled")
 
-    async def call(self, kind: str, client, method: str, request, response_type):
-        """A service call as a unit of work: its id is the request's bytes (inputs travel as
-        content-addressed URIs), so a resumed job reuses the answer instead of calling again."""
-        return await self.cached(kind, {"request": request.SerializeToString().hex()},
-                                 lambda: client.call(method, request), response_type)
+    async def call(self, client: ServiceClient, method: str, request, *, work: str, inputs: dict | None = None):
+        """`client.call(method, request)` as one unit of work `work` (see `cached`); `inputs` identify
+        it, by default the serialised request."""
+        if inputs is None:
+            inputs = {"request": request.SerializeToString().hex()}
+        return await self.cached(work, inputs, lambda: client.call(method, request), client.response_type(method))
 
     async def cached(self, kind: str, inputs: dict, call, response_type):
         """Result of one unit of work: from the job store when a previous attempt finished it,

@@ -77,7 +77,8 @@ class JobStore:
         self.engine.dispose()
 
     # --- API side -------------------------------------------------------------------------
-    def submit(self, kind: str, spec: bytes, idempotency_key: str = "", trace_parent: str = "") -> tuple[JobRecord, bool]:
+    def submit(self, kind: str, spec: bytes, idempotency_key: str = "",
+               trace_parent: str = "") -> tuple[JobRecord, bool]:
         """Queues a job; with a known idempotency key returns the existing job (created=False)."""
         now = utcnow()
         row = JobRow(job_id=uuid.uuid4().hex[:20], kind=kind, state="QUEUED", spec=spec,
@@ -159,11 +160,12 @@ class JobStore:
             row = s.get(JobRow, job_id)
             s.refresh(row)
             resumed = row.attempts > 1
-            self._event(s, job_id, "PROGRESS", "", f"{'resumed' if resumed else 'started'} by {owner} (attempt {row.attempts})",
-                        {}, "RUNNING")
+            self._event(s, job_id, "PROGRESS", "",
+                        f"{'resumed' if resumed else 'started'} by {owner} (attempt {row.attempts})", {}, "RUNNING")
             return JobRecord.of(row)
 
-    def heartbeat(self, job_id: str, owner: str, lease_seconds: float, progress: dict | None = None) -> tuple[bool, bool]:
+    def heartbeat(self, job_id: str, owner: str, lease_seconds: float,
+                  progress: dict | None = None) -> tuple[bool, bool]:
         """Extends the lease; returns (still_owner, cancel_requested)."""
         now = utcnow()
         values = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}

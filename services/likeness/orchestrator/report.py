@@ -1,7 +1,8 @@
 """HTML job reports: one self-contained file (thumbnails inlined as data URIs, charts as inline
 SVG) so it opens from the store in any browser with no server and no network.
 
-Workflows describe their report as sections (Outcome.report["sections"]):
+Workflows describe their report as sections (Outcome.report["sections"]), built by the functions
+below (`table`, `gallery` of `group`s of `image`s, `bars`, `text`, `stage_timings`):
   {"type": "table", "title", "columns": [...], "rows": [[...], ...]}
   {"type": "gallery", "title", "groups": [{"name", "items": [{"uri", "caption"}]}]}
   {"type": "bars", "title", "unit", "data": [[label, value], ...]}
@@ -21,7 +22,36 @@ from PIL import Image
 log = logging.getLogger("likeness.orchestrator.report")
 THUMB = 112
 
-_env = Environment(loader=PackageLoader("likeness.orchestrator", "templates"), autoescape=select_autoescape(["html", "j2"]))
+_env = Environment(loader=PackageLoader("likeness.orchestrator", "templates"),
+                   autoescape=select_autoescape(["html", "j2"]))
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> dict:
+    return {"type": "table", "title": title, "columns": list(columns), "rows": rows}
+
+
+def image(uri: str, caption: str) -> dict:
+    return {"uri": uri, "caption": caption}
+
+
+def group(name: str, items: list[dict]) -> dict:
+    return {"name": name, "items": items}
+
+
+def gallery(title: str, groups: list[dict]) -> dict:
+    return {"type": "gallery", "title": title, "groups": groups}
+
+
+def bars(title: str, data: list, unit: str = "") -> dict:
+    return {"type": "bars", "title": title, "unit": unit, "data": data}
+
+
+def text(title: str, body: str) -> dict:
+    return {"type": "text", "title": title, "body": body}
+
+
+def stage_timings(timings: dict[str, float]) -> dict:
+    return bars("Stage timings", [[k, round(v, 4)] for k, v in timings.items()], "s")
 
 
 def thumbnail_data_uri(data: bytes, size: int = THUMB) -> str:

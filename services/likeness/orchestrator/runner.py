@@ -43,7 +43,8 @@ class Runner:
             try:
                 await self._refresh_gauges()
                 if len(self.tasks) < self.settings.orchestrator_max_running_jobs:
-                    job = await asyncio.to_thread(self.jobs.lease_next, self.owner, self.settings.orchestrator_lease_seconds)
+                    job = await asyncio.to_thread(self.jobs.lease_next, self.owner,
+                                                  self.settings.orchestrator_lease_seconds)
                     if job is not None:
                         self.tasks[job.job_id] = asyncio.create_task(self.run_job(job))
                         continue

@@ -3,51 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
+from grpc.aio import ServicerContext
 
-from likeness.api.v1 import common_pb2, generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from likeness.api.v1 import generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from likeness.core import tracing
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
 from likeness.orchestrator import specs
 from likeness.orchestrator.clients import ServiceClients
-from likeness.orchestrator.jobstore import TERMINAL, EventRecord, JobRecord, JobStore
-
-KIND_ENUM = {k: orchestrator_pb2.JobKind.Value(f"JOB_KIND_{k.upper()}") for k in specs.KINDS}
-KIND_NAME = {v: k for k, v in KIND_ENUM.items()}
-
-
-def _ts(dt) -> Timestamp:
-    ts = Timestamp()
-    if dt is not None:
-        ts.FromDatetime(dt)
-    return ts
-
-
-def _artifact(d: dict) -> common_pb2.Artifact:
-    return common_pb2.Artifact(**d) if d else common_pb2.Artifact()
-
-
-def job_pb(job: JobRecord) -> orchestrator_pb2.Job:
-    p = job.progress or {}
-    return orchestrator_pb2.Job(
-        job_id=job.job_id, kind=KIND_ENUM[job.kind], state=orchestrator_pb2.JobState.Value(f"JOB_STATE_{job.state}"),
-        spec=orchestrator_pb2.JobSpec.FromString(job.spec),
-        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0),
-                                     message=p.get("message", "")),
-        report=_artifact(job.report), manifest=_artifact(job.manifest), summary=job.summary, error=job.error,
-        attempts=job.attempts, created_at=_ts(job.created_at), updated_at=_ts(job.updated_at), trace_id=job.trace_id)
-
-
-def event_pb(e: EventRecord, trace_id: str = "") -> orchestrator_pb2.WatchResponse:
-    p = e.progress or {}
-    return orchestrator_pb2.WatchResponse(
-        job_id=e.job_id, seq=e.seq, time=_ts(e.time), type=orchestrator_pb2.EventType.Value(f"EVENT_TYPE_{e.type}"),
-        stage=e.stage, message=e.message, state=orchestrator_pb2.JobState.Value(f"JOB_STATE_{e.state}"),
-        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0)),
-        trace_id=trace_id)
+from likeness.orchestrator.convert import KIND_NAME, event_pb, job_pb
+from likeness.orchestrator.jobstore import TERMINAL, JobStore
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -69,21 +37,25 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 return  # generation unreachable now: the job retries it when it runs
             names = sorted(m.name for m in listed.models)
             if model not in names:
-                raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: {', '.join(names) or 'none'}")
+                raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: "
+                                               f"{', '.join(names) or 'none'}")
 
-    async def Submit(self, request, context):
+    async def Submit(self, request: orchestrator_pb2.SubmitRequest,
+                     context: ServicerContext) -> orchestrator_pb2.SubmitResponse:
         if len(request.idempotency_key) > 128:
-            raise InvalidArgument("idempotency_key", f"{len(request.idempotency_key)} characters is over the limit of 128")
+            raise InvalidArgument("idempotency_key",
+                                  f"{len(request.idempotency_key)} characters is over the limit of 128")
         kind = specs.validate(request.spec)
         await self._check_references(request.spec)
-        job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(), request.idempotency_key,
-                                         tracing.traceparent())
+        job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(),
+                                         request.idempotency_key, tracing.traceparent())
         return orchestrator_pb2.SubmitResponse(job=job_pb(job))
 
-    async def Get(self, request, context):
+    async def Get(self, request: orchestrator_pb2.GetRequest, context: ServicerContext) -> orchestrator_pb2.GetResponse:
         return orchestrator_pb2.GetResponse(job=job_pb(await asyncio.to_thread(self.jobs.get, request.job_id)))
 
-    async def List(self, request, context):
+    async def List(self, request: orchestrator_pb2.ListRequest,
+                   context: ServicerContext) -> orchestrator_pb2.ListResponse:
         limit = request.limit or 100
         if not 1 <= limit <= 1000:
             raise InvalidArgument("limit", f"{limit} is outside [1, 1000]")
@@ -92,10 +64,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         jobs = await asyncio.to_thread(self.jobs.list, limit, kind, state)
         return orchestrator_pb2.ListResponse(jobs=[job_pb(j) for j in jobs])
 
-    async def Cancel(self, request, context):
-        return orchestrator_pb2.CancelResponse(job=job_pb(await asyncio.to_thread(self.jobs.request_cancel, request.job_id)))
+    async def Cancel(self, request: orchestrator_pb2.CancelRequest,
+                     context: ServicerContext) -> orchestrator_pb2.CancelResponse:
+        job = await asyncio.to_thread(self.jobs.request_cancel, request.job_id)
+        return orchestrator_pb2.CancelResponse(job=job_pb(job))
 
-    async def Watch(self, request, context):
+    async def Watch(self, request: orchestrator_pb2.WatchRequest,
+                    context: ServicerContext) -> AsyncIterator[orchestrator_pb2.WatchResponse]:
         trace_id = (await asyncio.to_thread(self.jobs.get, request.job_id)).trace_id  # NOT_FOUND before streaming
         after = request.after_seq
         while True:

@@ -1,12 +1,17 @@
 """Validation of job specs at Submit: every field checked before a job is queued, with messages that
 name the field and the limit. Checks that need the store (dataset exists) or a service (model
-known) are made here too, so a job that cannot run is refused instead of failing later."""
+known) are made here too, so a job that cannot run is refused instead of failing later.
+
+The defaults of optional fields live here too, beside the checks of the values a caller gives
+(the `OPEN_EYES_*` constants, `inpaint_context_px`, `storyboard_plan`, `diversity_nearest_k`,
+`curate_output_prefix`)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from likeness.api.v1 import generation_pb2, orchestrator_pb2
+from likeness.api.v1 import detection_pb2, generation_pb2, orchestrator_pb2
 from likeness.core.errors import check_range, require
 from likeness.core.uris import validate_key
 
@@ -42,27 +47,34 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
     if c.policy.HasField("min_sharpness"):
         require(c.policy.min_sharpness >= 0, "spec.curate.policy.min_sharpness",
                 f"{c.policy.min_sharpness} is negative")
-    candidates = None
     if source == "generate":
-        g = c.generate
-        require(bool(g.model), "spec.curate.generate.model", "is empty")
-        _count(len(g.seeds), "spec.curate.generate.seeds", 1, 1000)
-        require(len(set(g.seeds)) == len(g.seeds), "spec.curate.generate.seeds", "contains duplicates")
-        require(all(s >= 0 for s in g.seeds), "spec.curate.generate.seeds", "seeds must be >= 0")
-        _count(len(g.scenarios), "spec.curate.generate.scenarios", 1, 100)
-        names = [s.name for s in g.scenarios]
-        require(all(names) and len(set(names)) == len(names), "spec.curate.generate.scenarios",
-                "every scenario needs a unique, non-empty name")
-        _count(g.variants or 1, "spec.curate.generate.variants", 1, 100)
-        require(g.steps >= 0, "spec.curate.generate.steps", f"{g.steps} is negative")
-        _finite(g.guidance_scale, "spec.curate.generate.guidance_scale")
-        candidates = len(g.seeds) * len(g.scenarios) * (g.variants or 1)
-        require(candidates <= 100_000, "spec.curate.generate", f"{candidates} candidates is over the limit of 100000")
-        require(candidates >= c.target_count, "spec.curate.target_count",
-                f"{c.target_count} is more than the {candidates} candidates the source generates")
+        _validate_generate_source(c)
     else:
         require(bool(c.import_source.uri), "spec.curate.import_source.uri", "is empty")
     validate_key(c.output_prefix, "spec.curate.output_prefix", prefix=True)  # no '..', no absolute path
+    _validate_quotas(c, source)
+
+
+def _validate_generate_source(c: orchestrator_pb2.CurateSpec) -> None:
+    g = c.generate
+    require(bool(g.model), "spec.curate.generate.model", "is empty")
+    _count(len(g.seeds), "spec.curate.generate.seeds", 1, 1000)
+    require(len(set(g.seeds)) == len(g.seeds), "spec.curate.generate.seeds", "contains duplicates")
+    require(all(s >= 0 for s in g.seeds), "spec.curate.generate.seeds", "seeds must be >= 0")
+    _count(len(g.scenarios), "spec.curate.generate.scenarios", 1, 100)
+    names = [s.name for s in g.scenarios]
+    require(all(names) and len(set(names)) == len(names), "spec.curate.generate.scenarios",
+            "every scenario needs a unique, non-empty name")
+    _count(g.variants or 1, "spec.curate.generate.variants", 1, 100)
+    require(g.steps >= 0, "spec.curate.generate.steps", f"{g.steps} is negative")
+    _finite(g.guidance_scale, "spec.curate.generate.guidance_scale")
+    candidates = len(g.seeds) * len(g.scenarios) * (g.variants or 1)
+    require(candidates <= 100_000, "spec.curate.generate", f"{candidates} candidates is over the limit of 100000")
+    require(candidates >= c.target_count, "spec.curate.target_count",
+            f"{c.target_count} is more than the {candidates} candidates the source generates")
+
+
+def _validate_quotas(c: orchestrator_pb2.CurateSpec, source: str | None) -> None:
     mins = 0
     for i, q in enumerate(c.quotas):
         f = f"spec.curate.quotas[{i}]"
@@ -76,12 +88,14 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
         if source == "generate" and q.dimension == "seed" and q.group == "*" and q.max:
             cap = q.max * len(c.generate.seeds)
             require(cap >= c.target_count, f + ".max",
-                    f"{q.max} per seed x {len(c.generate.seeds)} seeds = {cap} cannot reach target_count {c.target_count}")
+                    f"{q.max} per seed x {len(c.generate.seeds)} seeds = {cap} cannot reach target_count "
+                    f"{c.target_count}")
         if source == "generate" and q.dimension == "seed" and q.group == "*" and q.min:
             need = q.min * len(c.generate.seeds)
             require(need <= c.target_count, f + ".min",
                     f"{q.min} per seed x {len(c.generate.seeds)} seeds = {need} is above target_count {c.target_count}")
-    require(mins <= c.target_count, "spec.curate.quotas", f"minimums sum to {mins}, above target_count {c.target_count}")
+    require(mins <= c.target_count, "spec.curate.quotas",
+            f"minimums sum to {mins}, above target_count {c.target_count}")
 
 
 def validate_train(t: orchestrator_pb2.TrainSpec) -> None:
@@ -146,7 +160,8 @@ def validate_diversity(d: orchestrator_pb2.DiversitySpec) -> None:
     require(bool(d.reference_uri), "spec.diversity.reference_uri", "is empty")
     _count(len(d.settings), "spec.diversity.settings", 1, 50)
     names = [s.name for s in d.settings]
-    require(all(names) and len(set(names)) == len(names), "spec.diversity.settings", "every setting needs a unique name")
+    require(all(names) and len(set(names)) == len(names), "spec.diversity.settings",
+            "every setting needs a unique name")
     for i, s in enumerate(d.settings):
         _count(s.count, f"spec.diversity.settings[{i}].count", 2, 1000)
         require(s.seed_start >= 0, f"spec.diversity.settings[{i}].seed_start", f"{s.seed_start} is negative")
@@ -193,3 +208,61 @@ def dataset_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
         return "spec.curate.import_source.uri", spec.curate.import_source.uri
     return "", ""
 
+
+# -- defaults of optional fields -------------------------------------------------------------------
+
+INPAINT_CONTEXT_FRACTION = 0.25  # open_eyes inpainting sees this fraction of the mask's crop side around it
+STORYBOARD_CLIP_THRESHOLD = 0.70
+STORYBOARD_IDENTITY_THRESHOLD = 0.5
+STORYBOARD_RETRY_BUDGET = 3
+STORYBOARD_GUIDANCE = 5.0
+STORYBOARD_CONTROL_SCALE = 0.8
+DIVERSITY_NEAREST_K = 5
+
+
+def inpaint_context_px(crop_width: float, crop_height: float, minimum: int) -> int:
+    """The crop padding of open_eyes' inpainting call for an eye mask of the given crop size."""
+    return max(int(max(crop_width, crop_height) * INPAINT_CONTEXT_FRACTION), minimum)
+
+
+@dataclass(frozen=True)
+class StoryboardPlan:
+    clip_min: float
+    identity_min: float
+    retry_budget: int
+    guidance: float
+    eyes_min: float  # 0: the eye-openness check is off
+    control_scale: float  # ControlNet conditioning of frames on the face-landmark map
+
+
+def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
+    return StoryboardPlan(
+        clip_min=s.clip_threshold if s.HasField("clip_threshold") else STORYBOARD_CLIP_THRESHOLD,
+        identity_min=s.identity_threshold if s.HasField("identity_threshold") else STORYBOARD_IDENTITY_THRESHOLD,
+        retry_budget=s.retry_budget if s.HasField("retry_budget") else STORYBOARD_RETRY_BUDGET,
+        guidance=s.guidance_scale if s.HasField("guidance_scale") else STORYBOARD_GUIDANCE,
+        eyes_min=s.min_eye_openness if s.HasField("min_eye_openness") else 0.0,
+        control_scale=s.control_scale if s.HasField("control_scale") else STORYBOARD_CONTROL_SCALE)
+
+
+def diversity_nearest_k(d: orchestrator_pb2.DiversitySpec) -> int:
+    return d.nearest_k or DIVERSITY_NEAREST_K
+
+
+# Eye gate of curation when the spec's policy leaves min_eye_openness unset (mean openness of both
+# eyes; synthetic shut eyes measure <= 0.03, open ones >= 0.95; bench/eyes.py).
+CURATE_MIN_EYE_OPENNESS = 0.35
+
+
+def curate_policy(c: orchestrator_pb2.CurateSpec) -> detection_pb2.ValidationPolicy:
+    """The spec's policy with curation's defaults filled in (the eye gate on)."""
+    policy = detection_pb2.ValidationPolicy()
+    policy.CopyFrom(c.policy)
+    if not policy.HasField("min_eye_openness"):
+        policy.min_eye_openness = CURATE_MIN_EYE_OPENNESS
+    return policy
+
+
+def curate_output_prefix(c: orchestrator_pb2.CurateSpec, job_id: str) -> str:
+    prefix = c.output_prefix or f"datasets/{job_id}/"
+    return prefix if prefix.endswith("/") else prefix + "/"

@@ -7,16 +7,15 @@ import logging
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from likeness.api.v1 import restoration_pb2, restoration_pb2_grpc
 from likeness.core.image_loader import ImageLoader
 from likeness.core.images import ImageLimits
 from likeness.core.server import Service, run
 from likeness.core.store import open_store
+from likeness.restoration.outputs import Outputs
 from likeness.restoration.restorers.base import FaceRestorer
 from likeness.restoration.restorers.factory import create_restorer
-from likeness.restoration.servicer import Outputs, RestorationServicer
+from likeness.restoration.servicer import RestorationServicer
 from likeness.restoration.settings import RestorationSettings
 
 log = logging.getLogger("likeness.restoration")
@@ -72,22 +71,12 @@ def create_service(settings: RestorationSettings | None = None, model_dir=None) 
 
     async def warmup() -> None:
         restorer = await asyncio.to_thread(restorers, settings.restoration_backend)
-        face = np.full((restorer.input_size or 64, restorer.input_size or 64, 3), 128, np.uint8)
-        await asyncio.to_thread(restorer.restore, face, 0.5)  # first inference before SERVING
+        await asyncio.to_thread(restorer.warmup)  # first inference before SERVING
 
-    async def shutdown() -> None:
-        servicer.close()
-        images.close()
-
-    return Service(
-        name="restoration",
-        servicers=[(restoration_pb2_grpc.add_RestorationServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
-        warmup=warmup,
-        shutdown=shutdown,
-        description={"restorer": settings.restoration_backend, "scratch_prefix": settings.restoration_scratch_prefix,
-                     **placement(settings)},
-    )
+    return Service.single("restoration", restoration_pb2_grpc.add_RestorationServiceServicer_to_server, servicer,
+                          SERVICE_NAME, warmup=warmup, closers=(servicer.close, images.close),
+                          description={"restorer": settings.restoration_backend,
+                                       "scratch_prefix": settings.restoration_scratch_prefix, **placement(settings)})
 
 
 def main() -> None:

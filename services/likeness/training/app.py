@@ -38,6 +38,19 @@ def create_context(settings: TrainingSettings) -> RunContext:
                       gradient_checkpointing=settings.training_gradient_checkpointing)
 
 
+async def _reconcile_forever(executors: dict, settings: TrainingSettings) -> None:
+    """Every RECONCILE_SECONDS: adopt in-process runs of dead replicas; fail runs whose
+    Kubernetes Job failed before its pod could say why."""
+    while True:
+        await asyncio.sleep(RECONCILE_SECONDS)
+        try:
+            await asyncio.to_thread(executors["in_process"].adopt_orphans)
+            if settings.training_executor == "kubernetes_job":
+                await asyncio.to_thread(executors["kubernetes_job"].reconcile)
+        except Exception as exc:  # noqa: BLE001 - no cluster or registry access must not stop the service
+            log.warning("reconcile failed", extra={"error": str(exc)[:300]})
+
+
 def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=None) -> Service:
     settings = settings or TrainingSettings()
     apply_torch_threads(settings)
@@ -51,18 +64,6 @@ def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=N
                         watch_interval=settings.training_watch_interval_seconds)
     reconciler: list[asyncio.Task] = []
 
-    async def reconcile() -> None:
-        """Every RECONCILE_SECONDS: adopt in-process runs of dead replicas; fail runs whose
-        Kubernetes Job failed before its pod could say why."""
-        while True:
-            await asyncio.sleep(RECONCILE_SECONDS)
-            try:
-                await asyncio.to_thread(executors["in_process"].adopt_orphans)
-                if settings.training_executor == "kubernetes_job":
-                    await asyncio.to_thread(executors["kubernetes_job"].reconcile)
-            except Exception as exc:  # noqa: BLE001 - no cluster or registry access must not stop the service
-                log.warning("reconcile failed", extra={"error": str(exc)[:300]})
-
     async def warmup() -> None:
         # an embedded (SQLite) registry has one service process: whatever it left unfinished,
         # this process resumes now; replicas on PostgreSQL adopt only runs with a stale heartbeat
@@ -70,7 +71,7 @@ def create_service(settings: TrainingSettings | None = None, *, kubernetes_api=N
                                           sole_process=ctx.registry.backend == "sqlite")
         if adopted:
             log.info("resuming interrupted runs", extra={"run_ids": adopted})
-        reconciler.append(asyncio.create_task(reconcile()))
+        reconciler.append(asyncio.create_task(_reconcile_forever(executors, settings)))
 
     async def shutdown() -> None:
         for task in reconciler:

@@ -3,7 +3,7 @@
 proto3 cannot tell an unset number from 0, so 0 means "the documented default" for the fields
 that have one (learning rates, batch size, accumulation, epochs, checkpoint interval, alpha,
 resolution, sample steps); those defaulted fields are recorded in the run. `rank` has no
-default: 0 is rejected, because an implicit rank is exactly what seed doc 004 warns about.
+default: 0 is rejected, because an implicit rank makes runs differ in ways nobody chose.
 """
 
 from __future__ import annotations

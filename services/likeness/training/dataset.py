@@ -14,7 +14,7 @@ caption). Everything downstream is a pure function of the items and the seed:
   from nothing but its step counter.
 
 Digests are taken over names relative to the prefix, so the same images and captions give the
-same digests wherever they are stored (seed doc 004: three folders held identical captions).
+same digests wherever they are stored (copies of one dataset in different folders compare equal).
 """
 
 from __future__ import annotations
@@ -86,13 +86,8 @@ def load_dataset(store, dataset_uri: str, *, policy: str = "fail", limits: Image
     def stem(key: str) -> str:
         return str(PurePosixPath(key[len(prefix):]).with_suffix(""))
 
-    missing = [k for k in images if stem(k) not in captions]
-    if missing and policy == "fail":
-        shown = ", ".join(k[len(prefix):] for k in missing[:MAX_LISTED])
-        more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-        raise InvalidArgument("spec.dataset_uri", f"{len(missing)} of {len(images)} images have no same-name "
-                              f".txt caption: {shown}{more} (missing_caption_policy FAIL; use TRIGGER_ONLY or "
-                              "SKIP to train without them)")
+    if policy == "fail":
+        _require_captions([k for k in images if stem(k) not in captions], len(images), prefix)
     limits = limits or ImageLimits()
     items, skipped, trigger_only = [], [], []
     for key in images:
@@ -101,26 +96,19 @@ def load_dataset(store, dataset_uri: str, *, policy: str = "fail", limits: Image
         if caption_key is None and policy == "skip":
             skipped.append(SkippedItem(uri, "no same-name .txt caption (policy SKIP)"))
             continue
-        caption = ""
-        if caption_key is not None:
-            try:
-                caption = store.get(caption_key).decode("utf-8").strip()
-            except UnicodeDecodeError:
-                skipped.append(SkippedItem(uri, f"caption {caption_key[len(prefix):]} is not UTF-8 text"))
-                continue
-            if len(caption) > MAX_CAPTION_CHARS:
-                skipped.append(SkippedItem(uri, f"caption has {len(caption)} characters, over the limit "
-                                                f"of {MAX_CAPTION_CHARS}"))
-                continue
-        if not caption:
-            trigger_only.append(name)
-        data = store.get(key)
         try:
-            pixels = decode_image(data, name, limits)
+            caption = _caption(store, caption_key, prefix)
+            data = store.get(key)
+            item = DatasetItem(name, uri, decode_image(data, name, limits), caption, hashlib.sha256(data).hexdigest())
+        except _LeftOut as why:
+            skipped.append(SkippedItem(uri, str(why)))
+            continue
         except InvalidArgument as exc:
             skipped.append(SkippedItem(uri, f"corrupt image: {exc.detail}"))
             continue
-        items.append(DatasetItem(name, uri, pixels, caption, hashlib.sha256(data).hexdigest()))
+        if not caption:
+            trigger_only.append(name)
+        items.append(item)
     if not items:
         reasons = "; ".join(f"{s.uri.rsplit('/', 1)[-1]}: {s.reason}" for s in skipped[:MAX_LISTED])
         raise InvalidArgument("spec.dataset_uri", f"no usable images: all {len(images)} were left out ({reasons})")
@@ -129,6 +117,32 @@ def load_dataset(store, dataset_uri: str, *, policy: str = "fail", limits: Image
         dataset_digest=_digest((i.name, i.sha256) for i in items),
         captions_digest=_digest((str(PurePosixPath(i.name).with_suffix("")), i.caption) for i in items),
         trigger_only=tuple(trigger_only))
+
+
+def _require_captions(missing: list[str], total: int, prefix: str) -> None:
+    if missing:
+        shown = ", ".join(k[len(prefix):] for k in missing[:MAX_LISTED])
+        more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        raise InvalidArgument("spec.dataset_uri", f"{len(missing)} of {total} images have no same-name "
+                              f".txt caption: {shown}{more} (missing_caption_policy FAIL; use TRIGGER_ONLY or "
+                              "SKIP to train without them)")
+
+
+class _LeftOut(Exception):
+    """An item left out of the dataset, and why."""
+
+
+def _caption(store, caption_key: str | None, prefix: str) -> str:
+    """The item's caption ("" without a caption file)."""
+    if caption_key is None:
+        return ""
+    try:
+        caption = store.get(caption_key).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise _LeftOut(f"caption {caption_key[len(prefix):]} is not UTF-8 text") from None
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise _LeftOut(f"caption has {len(caption)} characters, over the limit of {MAX_CAPTION_CHARS}")
+    return caption
 
 
 def _digest(pairs) -> str:

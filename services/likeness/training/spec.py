@@ -49,7 +49,7 @@ class RunSpec:
     caption_dropout: float = 0.0
     shuffle_captions: bool = False
     aspect_buckets: bool = False
-    rank: int = 0  # required: an implicit rank is how seed doc 004's runs went wrong
+    rank: int = 0  # required: an implicit rank makes runs differ in ways nobody chose or recorded
     alpha: float = 0.0  # 0 -> rank
     unet_lr: float = 1e-4
     text_encoder_lr: float = 5e-5
@@ -154,6 +154,10 @@ def validate_static(spec: RunSpec) -> None:
     require(spec.executor in EXECUTORS, "spec.executor", f"{spec.executor!r} is not one of {EXECUTORS}")
     require(spec.missing_caption_policy in CAPTION_POLICIES, "spec.missing_caption_policy",
             f"{spec.missing_caption_policy!r} is not one of {CAPTION_POLICIES}")
+    _validate_kubernetes(spec)
+
+
+def _validate_kubernetes(spec: RunSpec) -> None:
     _int_range(spec.kubernetes.gpus, "spec.kubernetes.gpus", 0, 8)
     _int_range(spec.kubernetes.nodes, "spec.kubernetes.nodes", 0, 16)
     for i, t in enumerate(spec.kubernetes.tolerations):

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from likeness.core.errors import ModelMissing
+from likeness.detection.backends.base import FaceDetector
 from likeness.detection.faces import Box, Face, Landmark
 
 MODEL_FILE = "face_detection_full_range.tflite"
@@ -79,7 +80,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) ->
     return kept
 
 
-class BlazeFaceDetector:
+class BlazeFaceDetector(FaceDetector):
     name = "blazeface"
     input_side = INPUT_SIZE
 

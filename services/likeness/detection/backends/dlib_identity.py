@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from likeness.core.errors import ModelMissing
+from likeness.detection.backends.base import IdentityEncoder
 from likeness.detection.faces import Face, l2_normalise
 
 SHAPE_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
@@ -29,7 +30,7 @@ def model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-class DlibIdentityEncoder:
+class DlibIdentityEncoder(IdentityEncoder):
     name = "dlib-resnet-128"
     dim = 128
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from likeness.core.errors import FailedPrecondition, ModelMissing
+from likeness.detection.backends.base import FaceDetector, IdentityEncoder
 from likeness.detection.faces import Box, Face, Landmark, l2_normalise
 
 DETECTOR_FILE = "det_10g.onnx"
@@ -148,7 +149,7 @@ def decode_scrfd(outputs: list[np.ndarray], input_hw: tuple[int, int], threshold
     return boxes[keep], scores[keep], kps[keep]
 
 
-class ScrfdDetector:
+class ScrfdDetector(FaceDetector):
     name = "insightface"
 
     def __init__(self, pack_dir: Path, pack: str = "buffalo_l", providers: str = "auto",
@@ -222,7 +223,7 @@ def align_face(rgb: np.ndarray, face: Face, size: int = 112) -> np.ndarray:
     return cv2.warpAffine(rgb, matrix, (size, size), borderValue=0.0)
 
 
-class ArcFaceEncoder:
+class ArcFaceEncoder(IdentityEncoder):
     name = "arcface-w600k-r50"
     dim = 512
 

@@ -1,16 +1,18 @@
-"""The interface every encoder implements: L2-normalised image vectors, and text vectors where the
-encoder has a text tower."""
+"""The interface every encoder implements, a `ModelBackend` (load, warmup, describe): L2-normalised
+image vectors, and text vectors where the encoder has a text tower."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
+from typing import Protocol
 
 import numpy as np
 
+from likeness.core.backend import ModelBackend
 from likeness.core.errors import FailedPrecondition
 
 
-class Encoder(ABC):
+class Encoder(ModelBackend, Protocol):
     name: str  # reported in responses, for example `classical-v1` or `open_clip:ViT-B-32`
     dimension: int
     has_text: bool = False
@@ -23,9 +25,15 @@ class Encoder(ABC):
         """(n, dimension) float32 unit rows in the image space; FAILED_PRECONDITION without a text tower."""
         raise self.no_text_tower()
 
+    def load(self) -> None:
+        """Encoders without weights have nothing to load."""
+
     def warmup(self) -> None:
         """One inference, so the first request does not pay for lazy initialisation."""
         self.embed_images([np.zeros((64, 64, 3), dtype=np.uint8)])
+
+    def describe(self) -> dict:
+        return {"encoder": self.name, "dimension": self.dimension, "has_text": self.has_text}
 
     def no_text_tower(self) -> FailedPrecondition:
         return FailedPrecondition(

@@ -82,8 +82,10 @@ class OpenClipEncoder(Encoder):
             self._model = model
             (log.warning if self.random_weights else log.info)(
                 "open_clip model loaded" + (" (RANDOM WEIGHTS: vectors and scores are meaningless)"
-                                            if self.random_weights else ""), extra={"model": spec.name, "architecture": architecture, "dimension": self.dimension,
-                       "device": self.device, "dtype": self.dtype_name, "digest": spec.digest[:16], "random_weights": self.random_weights})
+                                            if self.random_weights else ""),
+                extra={"model": spec.name, "architecture": architecture, "dimension": self.dimension,
+                       "device": self.device, "dtype": self.dtype_name, "digest": spec.digest[:16],
+                       "random_weights": self.random_weights})
 
     def _require_loaded(self):
         if self._model is None:
@@ -98,7 +100,8 @@ class OpenClipEncoder(Encoder):
         out = []
         with torch.no_grad():
             for start in range(0, len(images), self._batch_size):
-                batch = torch.stack([self._preprocess(Image.fromarray(img)) for img in images[start:start + self._batch_size]])
+                chunk = images[start:start + self._batch_size]
+                batch = torch.stack([self._preprocess(Image.fromarray(img)) for img in chunk])
                 batch = batch.to(device=self.device, dtype=self._dtype)
                 out.append(model.encode_image(batch, normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
@@ -110,7 +113,8 @@ class OpenClipEncoder(Encoder):
             if not text.strip():
                 raise InvalidArgument(f"texts[{i}]", "is empty")
             if len(text) > MAX_TEXT_CHARS:
-                raise InvalidArgument(f"texts[{i}]", f"has {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,}")
+                raise InvalidArgument(f"texts[{i}]",
+                                      f"has {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,}")
         model = self._require_loaded()
         out = []
         with torch.no_grad():

@@ -1,11 +1,15 @@
-"""What an engine runs: one batch of compatible images (`BatchKey`, `ImageItem`s) -> `ImageResult`s."""
+"""What an engine runs: one batch of compatible images (`BatchKey`, `ImageItem`s) -> `ImageResult`s,
+and the `Engine` protocol both runtimes (torch, onnxruntime) implement."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
+
+from likeness.core.backend import ModelBackend
 
 # progress(stage, done, total): called from the worker thread after each denoising step
 Progress = Callable[[str, int, int], None]
@@ -53,3 +57,21 @@ class ImageResult:
     rgb: np.ndarray  # HxWx3 uint8
     batch_size: int
     timings: dict = field(default_factory=dict)  # queue, text_encoding, denoising, decoding (seconds)
+
+
+class Engine(ModelBackend, Protocol):
+    """A runtime of the denoising loop. `load()` prepares the runtime itself (threads, logging);
+    models load per request through `load_model`, on the batch worker thread."""
+
+    name: str
+    supports_adapters: bool  # LoRA adapters can be applied to the loaded weights
+    supports_reference: bool  # IP-Adapter reference images can guide generation
+
+    def load_model(self, folder: Any, spec: Any) -> Any:
+        """The diffusers pipeline of model `spec` read from `folder`, ready to run."""
+        ...
+
+    def set_ip_adapter(self, model: Any, name: str, folder: Any = None, config: dict | None = None) -> None: ...
+
+    def run(self, model: Any, refiner: Any, key: BatchKey, items: list[ImageItem], files: dict,
+            controlnets: Any = None) -> list[ImageResult]: ...

@@ -32,6 +32,7 @@ from likeness.core import metrics
 from likeness.core.errors import FailedPrecondition
 from likeness.generation import presets
 from likeness.generation.engines import onnx_export
+from likeness.generation.engines.base import Engine
 from likeness.generation.engines.profiles import ShapeProfile, provider_options
 from likeness.generation.engines.torch_engine import TorchEngine
 from likeness.generation.models import family_of
@@ -41,7 +42,7 @@ _export_lock = threading.Lock()
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
-class OnnxEngine:
+class OnnxEngine(Engine):
     name = "onnxruntime"
     supports_adapters = True  # served by the composed torch engine
     supports_reference = True
@@ -70,8 +71,14 @@ class OnnxEngine:
 
     # -- loading --------------------------------------------------------------------------------
 
-    def load(self, folder, spec):
-        pipe = self.torch.load(folder, spec)
+    def load(self) -> None:
+        self.torch.load()
+
+    def warmup(self) -> None:
+        """Graphs are exported and their sessions opened per model, in `load_model`."""
+
+    def load_model(self, folder, spec):
+        pipe = self.torch.load_model(folder, spec)
         target = self.cache_dir / f"{spec.name}-{spec.digest[:16]}"
         names = ["unet", "vae_decoder", *(n for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None)]
         with _export_lock:

@@ -64,7 +64,8 @@ def unet_text_dims(pipe) -> tuple[int, int]:
     text encoder's projection, as in diffusers' `_get_add_time_ids`."""
     unet = pipe.unet
     text_dim = pipe.text_encoder_2.config.projection_dim
-    return text_dim, (unet.config.projection_class_embeddings_input_dim - text_dim) // unet.config.addition_time_embed_dim
+    time_dims = unet.config.projection_class_embeddings_input_dim - text_dim
+    return text_dim, time_dims // unet.config.addition_time_embed_dim
 
 
 def export_unet(pipe, path: Path) -> Path:

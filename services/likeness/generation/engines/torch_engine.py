@@ -17,7 +17,7 @@ import numpy as np
 from likeness.core.devices import dtype_name, require_device, torch_dtype
 from likeness.diffusion.pipelines import load_pipeline
 from likeness.diffusion.samplers import make_scheduler
-from likeness.generation.engines.base import BatchKey, ImageItem, ImageResult
+from likeness.generation.engines.base import BatchKey, Engine, ImageItem, ImageResult
 
 
 def noise_seed(seed: int) -> int:
@@ -31,7 +31,7 @@ def main_task(kind: str) -> str:
     return "inpaint" if kind.endswith("inpaint") else "text-to-image"
 
 
-class TorchEngine:
+class TorchEngine(Engine):
     name = "torch"
     supports_adapters = True
     supports_reference = True
@@ -57,7 +57,13 @@ class TorchEngine:
                 "cpu_threads": self.cpu_threads, "unet_quantization": self.unet_quantization,
                 "channels_last": self.channels_last, "torch_compile": self.compile_mode}
 
-    def load(self, folder, spec):
+    def load(self) -> None:
+        """The runtime is set up in __init__ (logging, threads, dtype); models load in `load_model`."""
+
+    def warmup(self) -> None:
+        """Nothing model-independent to warm: the service warms its keep-warm models by generating."""
+
+    def load_model(self, folder, spec):
         pipe = load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
         if self.unet_quantization == "int8_weight_only":
             from likeness.diffusion.quantize import quantize_unet_int8
@@ -92,7 +98,8 @@ class TorchEngine:
             model.ip_adapter = ""
         if name:
             config = config or {}
-            model.pipe.load_ip_adapter(str(folder), subfolder="", weight_name=config.get("weight_name", "ip-adapter.safetensors"),
+            model.pipe.load_ip_adapter(str(folder), subfolder="",
+                                       weight_name=config.get("weight_name", "ip-adapter.safetensors"),
                                        image_encoder_folder=config.get("image_encoder", "image_encoder"))
             model.ip_adapter = name
         model.forget_derived()
@@ -118,23 +125,7 @@ class TorchEngine:
             t0 = time.monotonic()
             embeds = self.encode(pipe, model.family, items, cfg)
             t1 = time.monotonic()
-            kwargs = dict(num_inference_steps=key.steps, guidance_scale=key.guidance_scale, width=key.width,
-                          height=key.height, generator=generators, output_type="latent",
-                          callback_on_step_end=_progress_callback(items, "denoise"), **embeds)
-            if key.task == "text-to-image":
-                kwargs["latents"] = self.initial_latents(pipe, key, items, generators)
-            else:
-                kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
-                if key.task == "inpaint":
-                    kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
-            if key.controls:
-                from likeness.diffusion.controlnet import control_kwargs
-
-                images = [[item.control_images[c] for item in items] for c in range(len(key.controls))]
-                kwargs.update(control_kwargs(key.task, images, *([c[n] for c in key.controls] for n in (1, 2, 3))))
-            if key.reference_scale is not None:
-                pipe.set_ip_adapter_scale(key.reference_scale)
-                kwargs["ip_adapter_image"] = [[_pil(i.reference_image) for i in items]]
+            kwargs = self._call_kwargs(pipe, key, items, generators, embeds)
             if refiner is not None:
                 kwargs["denoising_end"] = 1.0 - key.refiner_fraction
             latents = pipe(**kwargs).images
@@ -150,6 +141,27 @@ class TorchEngine:
                    "decoding": t3 - t2}
         return [ImageResult(rgb, len(items), {**timings, "queue": max(0.0, started - item.queued_at)})
                 for rgb, item in zip(images, items, strict=True)]
+
+    def _call_kwargs(self, pipe, key: BatchKey, items: list[ImageItem], generators, embeds: dict) -> dict:
+        """The pipeline call's arguments for the key's task, controls and reference image."""
+        kwargs = dict(num_inference_steps=key.steps, guidance_scale=key.guidance_scale, width=key.width,
+                      height=key.height, generator=generators, output_type="latent",
+                      callback_on_step_end=_progress_callback(items, "denoise"), **embeds)
+        if key.task == "text-to-image":
+            kwargs["latents"] = self.initial_latents(pipe, key, items, generators)
+        else:
+            kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
+            if key.task == "inpaint":
+                kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+        if key.controls:
+            from likeness.diffusion.controlnet import control_kwargs
+
+            images = [[item.control_images[c] for item in items] for c in range(len(key.controls))]
+            kwargs.update(control_kwargs(key.task, images, *([c[n] for c in key.controls] for n in (1, 2, 3))))
+        if key.reference_scale is not None:
+            pipe.set_ip_adapter_scale(key.reference_scale)
+            kwargs["ip_adapter_image"] = [[_pil(i.reference_image) for i in items]]
+        return kwargs
 
     def encode(self, pipe, family: str, items: list[ImageItem], cfg: bool) -> dict:
         """Prompt embeddings of the batch. An empty negative prompt gives zero embeddings where the

@@ -3,18 +3,21 @@ on by default here) -> quality -> top K -> embed -> remove near-duplicates -> cl
 outliers -> balanced selection under quotas -> dataset + manifest.
 
 Every candidate ends with a decision and a reason in the manifest. Service calls go through
-`ctx.cached`, keyed by content (image sha256s, policy, model), so a resumed job redoes nothing.
+`ctx.call`, keyed by content (image sha256s, policy, model), so a resumed job redoes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 
-from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2
+from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, orchestrator_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.core.workid import sha256_hex
+from likeness.orchestrator import report
 from likeness.orchestrator.context import JobContext, Outcome
+from likeness.orchestrator.specs import curate_output_prefix, curate_policy
 from likeness.orchestrator.workflows.common import (
     IMAGE_SUFFIXES,
     REASONS,
@@ -26,20 +29,9 @@ from likeness.orchestrator.workflows.common import (
 )
 from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
 
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 ASSESS_BATCH = 8
 EMBED_BATCH = 32
-# Eye gate of curation when the spec's policy leaves min_eye_openness unset (mean openness of both
-# eyes; synthetic shut eyes measure <= 0.03, open ones >= 0.95; bench/eyes.py).
-CURATE_MIN_EYE_OPENNESS = 0.35
-
-
-def curate_policy(spec) -> detection_pb2.ValidationPolicy:
-    """The spec's policy with curation's defaults filled in (the eye gate on)."""
-    policy = detection_pb2.ValidationPolicy()
-    policy.CopyFrom(spec.policy)
-    if not policy.HasField("min_eye_openness"):
-        policy.min_eye_openness = CURATE_MIN_EYE_OPENNESS
-    return policy
 
 
 @dataclass
@@ -80,8 +72,7 @@ async def generated_candidates(ctx: JobContext, spec) -> list[Candidate]:
 
     async def one(seed, scenario, v, prompt, req) -> Candidate:
         nonlocal done
-        resp = await ctx.cached("generate", {"request": req.SerializeToString().hex()},
-                                lambda: ctx.clients.generation.call("Generate", req), generation_pb2.GenerateResponse)
+        resp = await ctx.call(ctx.clients.generation, "Generate", req, work="generate")
         art = resp.images[0].artifact
         done += 1
         await ctx.progress("source", done, len(jobs))
@@ -114,7 +105,8 @@ def imported_candidates(ctx: JobContext, spec) -> list[Candidate]:
         info = store.stat(key)
         out.append(Candidate(safe_name(rel.rsplit(".", 1)[0]), store.uri(key), info.sha256, seed, image_type, caption))
     if not out:
-        raise FailedPrecondition("spec.curate.import_source.uri", f"no PNG/JPEG/WebP images under '{spec.import_source.uri}'")
+        raise FailedPrecondition("spec.curate.import_source.uri",
+                                 f"no PNG/JPEG/WebP images under '{spec.import_source.uri}'")
     return out
 
 
@@ -127,8 +119,7 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
         nonlocal done
         req = detection_pb2.AssessRequest(images=[uri_input(c.uri) for c in batch], policy=policy)
         key = {"images": [c.sha256 for c in batch], "policy": policy.SerializeToString().hex()}
-        resp = await ctx.cached("assess", key, lambda: ctx.clients.detection.call("Assess", req),
-                                detection_pb2.AssessResponse)
+        resp = await ctx.call(ctx.clients.detection, "Assess", req, work="assess", inputs=key)
         finished = []
         for c, r in zip(batch, resp.results, strict=True):
             c.quality = r.quality.score
@@ -153,8 +144,8 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
 
     async def embed(batch):
         req = embedding_pb2.EmbedImagesRequest(images=[uri_input(c.uri) for c in batch])
-        resp = await ctx.cached("embed", {"images": [c.sha256 for c in batch]},
-                                lambda: ctx.clients.embedding.call("EmbedImages", req), embedding_pb2.EmbedImagesResponse)
+        resp = await ctx.call(ctx.clients.embedding, "EmbedImages", req, work="embed",
+                              inputs={"images": [c.sha256 for c in batch]})
         return list(zip(batch, resp.embeddings, strict=True))
 
     pairs = [p for chunk in await gather_ordered(lambda b=b: embed(b) for b in batches) for p in chunk]
@@ -171,8 +162,8 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
         return 1 if usable else 0
     req = embedding_pb2.ClusterRequest(items=labeled([c.id for c, _ in usable], [v for _, v in usable]),
                                        k=min(spec.clusters, len(usable) - 1), seed=spec.seed)
-    resp = await ctx.cached("cluster", {"items": [c.sha256 for c, _ in usable], "k": req.k, "seed": req.seed},
-                            lambda: ctx.clients.embedding.call("Cluster", req), embedding_pb2.ClusterResponse)
+    resp = await ctx.call(ctx.clients.embedding, "Cluster", req, work="cluster",
+                          inputs={"items": [c.sha256 for c, _ in usable], "k": req.k, "seed": req.seed})
     by_id = {c.id: c for c, _ in usable}
     for a in resp.assignments:
         c = by_id[a.id]
@@ -205,12 +196,11 @@ async def select(ctx: JobContext, spec, pool: list[Candidate]) -> list[Candidate
         raise FailedPrecondition("spec.curate.target_count",
                                  f"{spec.target_count} requested but only {len(pool)} candidates survived validation, "
                                  "quality and outlier checks (see the report's rejection table)")
-    cands = [embedding_pb2.SelectionCandidate(id=c.id, quality=c.quality,
-                                              groups={"seed": c.seed, "cluster": str(c.cluster), "image_type": c.image_type})
-             for c in pool]
+    cands = [embedding_pb2.SelectionCandidate(
+        id=c.id, quality=c.quality, groups={"seed": c.seed, "cluster": str(c.cluster), "image_type": c.image_type})
+        for c in pool]
     req = embedding_pb2.SelectRequest(candidates=cands, count=spec.target_count, quotas=spec.quotas)
-    resp = await ctx.cached("select", {"request": req.SerializeToString().hex()},
-                            lambda: ctx.clients.embedding.call("Select", req), embedding_pb2.SelectResponse)
+    resp = await ctx.call(ctx.clients.embedding, "Select", req, work="select")
     chosen = set(resp.selected_ids)
     for c in pool:
         if c.id in chosen:
@@ -224,7 +214,7 @@ async def write_dataset(ctx: JobContext, prefix: str, selected: list[Candidate])
     def write(c: Candidate) -> dict:
         data = ctx.store.get(c.uri)
         ext = c.uri.rsplit(".", 1)[-1].lower()
-        media = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")
+        media = MEDIA_TYPES.get(ext, "image/png")
         image = ctx.store.put(f"{prefix}{c.id}.{ext}", data, media)
         caption = ctx.store.put(f"{prefix}{c.id}.txt", c.caption.encode(), "text/plain")
         return {"key": f"{c.id}.{ext}", "sha256": image.sha256, "size": image.size,
@@ -233,10 +223,9 @@ async def write_dataset(ctx: JobContext, prefix: str, selected: list[Candidate])
     return [await asyncio.to_thread(write, c) for c in sorted(selected, key=lambda c: c.id)]
 
 
-async def run(ctx: JobContext, spec) -> Outcome:
-    prefix = spec.output_prefix or f"datasets/{ctx.job_id}/"
-    if not prefix.endswith("/"):
-        prefix += "/"
+async def _shortlist(ctx: JobContext,
+                     spec: orchestrator_pb2.CurateSpec) -> tuple[list[Candidate], list[Candidate], int]:
+    """(all candidates, the pool left for selection, K): source, validate, top K, cluster."""
     async with ctx.stage("source"):
         if spec.WhichOneof("source") == "generate":
             cands = await generated_candidates(ctx, spec)
@@ -251,25 +240,28 @@ async def run(ctx: JobContext, spec) -> Outcome:
         accepted = accepted[: spec.top_k]
     async with ctx.stage("cluster"):
         k = await embed_and_cluster(ctx, spec, accepted)
-    pool = [c for c in accepted if c.decision == "pending"]
+    return cands, [c for c in accepted if c.decision == "pending"], k
+
+
+async def run(ctx: JobContext, spec: orchestrator_pb2.CurateSpec) -> Outcome:
+    prefix = curate_output_prefix(spec, ctx.job_id)
+    cands, pool, k = await _shortlist(ctx, spec)
     async with ctx.stage("select"):
         selected = await select(ctx, spec, pool)
     async with ctx.stage("write"):
         dataset = await write_dataset(ctx, ctx.store.key_of(prefix, field="spec.curate.output_prefix"), selected)
-    reasons: dict[str, int] = {}
-    for c in cands:
-        if c.decision == "rejected":
-            reasons[c.reason] = reasons.get(c.reason, 0) + 1
+    reasons = dict(sorted(Counter(c.reason for c in cands if c.decision == "rejected").items()))
     summary = {"candidates": len(cands), "selected": len(selected), "dataset_uri": ctx.store.uri(prefix),
-               "clusters": k, "selected_quality_mean": round(sum(c.quality for c in selected) / max(len(selected), 1), 4),
-               **{f"rejected_{k}": v for k, v in sorted(reasons.items())}}
+               "clusters": k,
+               "selected_quality_mean": round(sum(c.quality for c in selected) / max(len(selected), 1), 4),
+               **{f"rejected_{k}": v for k, v in reasons.items()}}
     manifest = {
         "output_prefix": prefix,
         "dataset": dataset,
         "candidates": [{"id": c.id, "source": c.uri, "sha256": c.sha256, "seed": c.seed, "image_type": c.image_type,
-                        "decision": c.decision, "reason": c.reason, "detail": c.detail, "quality": round(c.quality, 6),
-                        "cluster": c.cluster, **({"duplicate_of": c.extra["duplicate_of"]}
-                                                 if "duplicate_of" in c.extra else {})}
+                        "decision": c.decision, "reason": c.reason, "detail": c.detail,
+                        "quality": round(c.quality, 6), "cluster": c.cluster,
+                        **({"duplicate_of": c.extra["duplicate_of"]} if "duplicate_of" in c.extra else {})}
                        for c in sorted(cands, key=lambda c: c.id)],
         "selection_digest": sha256_hex("\n".join(d["sha256"] for d in dataset).encode()),
     }
@@ -287,20 +279,19 @@ def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: 
     seeds: dict[str, int] = {}
     for c in selected:
         seeds[c.seed] = seeds.get(c.seed, 0) + 1
-    item = lambda c: {"uri": c.uri, "caption": f"{c.id} q={c.quality:.2f}"}  # noqa: E731
     return {"sections": [
-        {"type": "gallery", "title": "Selected set by cluster",
-         "groups": [{"name": f"cluster {k}", "items": [item(c) for c in v]} for k, v in sorted(clusters.items())]},
-        {"type": "table", "title": "Rejections", "columns": ["reason", "count"],
-         "rows": [[k, v] for k, v in sorted(reasons.items())]},
-        {"type": "table", "title": "Duplicates removed", "columns": ["removed", "duplicate of", "detail"],
-         "rows": [[c.id, c.extra["duplicate_of"], c.detail] for c in sorted(cands, key=lambda c: c.id)
-                  if "duplicate_of" in c.extra]},
-        {"type": "bars", "title": "Selected per seed", "unit": "images", "data": sorted(seeds.items())},
-        {"type": "gallery", "title": "Rejected candidates by reason",
-         "groups": [{"name": k, "items": [{"uri": c.uri, "caption": f"{c.id}: {c.detail or k}"} for c in v[:24]]}
-                    for k, v in sorted(rejected.items())]},
-        {"type": "table", "title": "Every candidate", "columns": ["id", "seed", "type", "decision", "reason", "quality", "cluster"],
-         "rows": [[c.id, c.seed, c.image_type, c.decision, c.reason, f"{c.quality:.3f}", c.cluster]
-                  for c in sorted(cands, key=lambda c: c.id)]},
+        report.gallery("Selected set by cluster", [
+            report.group(f"cluster {k}", [report.image(c.uri, f"{c.id} q={c.quality:.2f}") for c in v])
+            for k, v in sorted(clusters.items())]),
+        report.table("Rejections", ["reason", "count"], [[k, v] for k, v in sorted(reasons.items())]),
+        report.table("Duplicates removed", ["removed", "duplicate of", "detail"],
+                     [[c.id, c.extra["duplicate_of"], c.detail] for c in sorted(cands, key=lambda c: c.id)
+                      if "duplicate_of" in c.extra]),
+        report.bars("Selected per seed", sorted(seeds.items()), "images"),
+        report.gallery("Rejected candidates by reason", [
+            report.group(k, [report.image(c.uri, f"{c.id}: {c.detail or k}") for c in v[:24]])
+            for k, v in sorted(rejected.items())]),
+        report.table("Every candidate", ["id", "seed", "type", "decision", "reason", "quality", "cluster"],
+                     [[c.id, c.seed, c.image_type, c.decision, c.reason, f"{c.quality:.3f}", c.cluster]
+                      for c in sorted(cands, key=lambda c: c.id)]),
     ]}

@@ -18,12 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from likeness.api.v1 import detection_pb2, generation_pb2, restoration_pb2
+from likeness.api.v1 import detection_pb2, generation_pb2, orchestrator_pb2, restoration_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.core.images import ImageLimits, decode_image
 from likeness.core.pngmeta import add_png_metadata, read_png_metadata
 from likeness.orchestrator.context import JobContext, Outcome
-from likeness.orchestrator.specs import OPEN_EYES_FIDELITY, OPEN_EYES_MASK_PADDING_IOD, OPEN_EYES_PROMPT
+from likeness.orchestrator.specs import (
+    OPEN_EYES_FIDELITY,
+    OPEN_EYES_MASK_PADDING_IOD,
+    OPEN_EYES_PROMPT,
+    inpaint_context_px,
+)
 from likeness.orchestrator.workflows import eye_views
 from likeness.orchestrator.workflows.common import stored_uri, uri_input
 from likeness.orchestrator.workflows.open_eyes_report import outcome
@@ -75,7 +80,7 @@ def openness(face) -> float | None:
 
 async def _detect(ctx: JobContext, uris: list[str], kind: str) -> detection_pb2.DetectResponse:
     req = detection_pb2.DetectRequest(images=[uri_input(u) for u in uris], with_embeddings=True)
-    return await ctx.call(kind, ctx.clients.detection, "Detect", req, detection_pb2.DetectResponse)
+    return await ctx.call(ctx.clients.detection, "Detect", req, work=kind)
 
 
 async def _mask(ctx: JobContext, result, face, out_prefix: str):
@@ -83,24 +88,24 @@ async def _mask(ctx: JobContext, result, face, out_prefix: str):
         items=[restoration_pb2.RegionMaskItem(width=result.width, height=result.height, landmarks=face.landmarks,
                                               face_box=face.box)],
         region=restoration_pb2.REGION_BOTH_EYES, padding_iod=OPEN_EYES_MASK_PADDING_IOD, output_prefix=out_prefix)
-    resp = await ctx.call("mask", ctx.clients.restoration, "RegionMask", req, restoration_pb2.RegionMaskResponse)
+    resp = await ctx.call(ctx.clients.restoration, "RegionMask", req, work="mask")
     m = resp.results[0]
     if m.HasField("error") and m.error.code:
         raise FailedPrecondition("spec.open_eyes.image", f"eye mask: {m.error.message}")
     return m
 
 
-async def _inpaint(ctx: JobContext, spec, base: str, mask, seed: int, out_prefix: str):
+async def _inpaint(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, base: str, mask, seed: int, out_prefix: str):
     crop = mask.crop_box
-    pad = int(max(crop.x_max - crop.x_min, crop.y_max - crop.y_min) * 0.25)
     req = generation_pb2.GenerateRequest(
         model=spec.model, task=generation_pb2.TASK_INPAINT, prompt=spec.prompt or OPEN_EYES_PROMPT,
         negative_prompt=spec.negative_prompt, seed=seed, count=spec.variations or 1, steps=spec.steps,
-        init_image=uri_input(base), mask=uri_input(mask.mask.uri), crop_padding=max(pad, FEATHER_REACH_PX + 8),
+        init_image=uri_input(base), mask=uri_input(mask.mask.uri),
+        crop_padding=inpaint_context_px(crop.x_max - crop.x_min, crop.y_max - crop.y_min, FEATHER_REACH_PX + 8),
         paste=generation_pb2.PASTE_MODE_REGION, quality_mode=spec.quality_mode, output_prefix=out_prefix)
     if spec.HasField("strength"):
         req.strength = spec.strength
-    return await ctx.call("inpaint", ctx.clients.generation, "Generate", req, generation_pb2.GenerateResponse)
+    return await ctx.call(ctx.clients.generation, "Generate", req, work="inpaint")
 
 
 async def _composite(ctx: JobContext, base: str, mask, variations: list[Variation], out_prefix: str) -> None:
@@ -108,7 +113,7 @@ async def _composite(ctx: JobContext, base: str, mask, variations: list[Variatio
         items=[restoration_pb2.CompositeItem(base=uri_input(base), patch=uri_input(v.generated),
                                              mask=uri_input(mask.mask.uri)) for v in variations],
         output_prefix=out_prefix)
-    resp = await ctx.call("composite", ctx.clients.restoration, "Composite", req, restoration_pb2.CompositeResponse)
+    resp = await ctx.call(ctx.clients.restoration, "Composite", req, work="composite")
     for v, r in zip(variations, resp.results, strict=True):
         s = r.seam
         v.composite = v.final = r.image.uri
@@ -117,17 +122,19 @@ async def _composite(ctx: JobContext, base: str, mask, variations: list[Variatio
                   "invisible": s.max_step <= s.reference_step}
 
 
-async def _restore(ctx: JobContext, spec, face, variations: list[Variation], out_prefix: str) -> None:
+async def _restore(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, face, variations: list[Variation],
+                   out_prefix: str) -> None:
     fidelity = spec.fidelity if spec.HasField("fidelity") else OPEN_EYES_FIDELITY
     req = restoration_pb2.RestoreRequest(
         items=[restoration_pb2.RestoreItem(image=uri_input(v.composite), face_box=face.box, landmarks=face.landmarks)
                for v in variations], fidelity=fidelity, output_prefix=out_prefix)
-    resp = await ctx.call("restore", ctx.clients.restoration, "Restore", req, restoration_pb2.RestoreResponse)
+    resp = await ctx.call(ctx.clients.restoration, "Restore", req, work="restore")
     box = (face.box.x_min, face.box.y_min, face.box.x_max, face.box.y_max)
     limits = ImageLimits()
     for v, r in zip(variations, resp.results, strict=True):
         v.final = r.image.uri
-        before, after = await asyncio.gather(*(asyncio.to_thread(_pixels, ctx, u, limits) for u in (v.composite, v.final)))
+        before, after = await asyncio.gather(*(asyncio.to_thread(_pixels, ctx, u, limits)
+                                               for u in (v.composite, v.final)))
         v.restoration = {"model": resp.model, "fidelity": fidelity, **eye_views.changes(before, after, box)}
 
 
@@ -171,7 +178,8 @@ async def _parameters(ctx: JobContext, variations: list[Variation]) -> None:
         v.parameters = read_png_metadata(png).get("parameters", "")
 
 
-async def _repair_face(ctx: JobContext, spec, base: str, result, k: int, out_prefix: str):
+async def _repair_face(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, base: str, result, k: int,
+                       out_prefix: str):
     face = result.faces[k]
     async with ctx.stage("mask"):
         mask = await _mask(ctx, result, face, out_prefix)
@@ -190,7 +198,7 @@ async def _repair_face(ctx: JobContext, spec, base: str, result, k: int, out_pre
     return mask, sorted(variations, key=Variation.rank_key)
 
 
-def _chosen_faces(spec, result) -> list[int]:
+def _chosen_faces(spec: orchestrator_pb2.OpenEyesSpec, result) -> list[int]:
     if result.HasField("error") and result.error.code:
         raise FailedPrecondition("spec.open_eyes.image", result.error.message)
     if not result.faces:
@@ -203,7 +211,7 @@ def _chosen_faces(spec, result) -> list[int]:
     return list(range(len(result.faces)))
 
 
-async def run(ctx: JobContext, spec) -> Outcome:
+async def run(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec) -> Outcome:
     out_prefix = f"jobs/{ctx.job_id}/open_eyes/"
     async with ctx.stage("detect"):
         src = await stored_uri(ctx, spec.image)
@@ -219,7 +227,8 @@ async def run(ctx: JobContext, spec) -> Outcome:
     return await outcome(ctx, spec, src, result, repaired, outputs, out_prefix)
 
 
-async def _write_results(ctx: JobContext, spec, src: str, repaired, final: str, out_prefix: str) -> dict:
+async def _write_results(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, src: str, repaired, final: str,
+                         out_prefix: str) -> dict:
     """Every variation and the final image, with true PNG metadata."""
     job = {"job": ctx.job_id, "source": src, "quality_mode": QUALITY_NAMES.get(spec.quality_mode, "standard"),
            "restore": spec.restore}
@@ -235,8 +244,10 @@ async def _write_results(ctx: JobContext, spec, src: str, repaired, final: str, 
             extra = {"Likeness job": ctx.job_id, "Face": k, "Variation": v.index, "Rank": rank + 1,
                      "Quality mode": job["quality_mode"]}
             if v.restoration:
-                extra.update({"Face restoration": v.restoration["model"], "Restore fidelity": v.restoration["fidelity"]})
-            obj = await asyncio.to_thread(tag, v.final, v.parameters, extra, f"face-{k:02d}-variation-{v.index:02d}.png")
+                extra.update({"Face restoration": v.restoration["model"],
+                              "Restore fidelity": v.restoration["fidelity"]})
+            obj = await asyncio.to_thread(tag, v.final, v.parameters, extra,
+                                          f"face-{k:02d}-variation-{v.index:02d}.png")
             variations.append({**v.to_dict(), "rank": rank + 1, "uri": obj.uri, "sha256": obj.sha256})
     winners = [ranked[0] for _, _, ranked in repaired]
     final_extra = {"Likeness job": ctx.job_id, "Faces repaired": len(winners), "Quality mode": job["quality_mode"]}

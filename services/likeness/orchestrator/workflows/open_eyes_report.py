@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from likeness.api.v1 import orchestrator_pb2
 from likeness.core.images import ImageLimits, decode_image, encode_png
+from likeness.orchestrator import report
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.workflows import eye_views
 
@@ -35,10 +37,10 @@ def _ranking_table(repaired) -> dict:
                          f"{v.seam.get('boundary_gradient', 0):.1f} / {v.seam.get('hard_gradient', 0):.1f}",
                          f"{v.seam.get('max_step', 0):.0f} / {v.seam.get('reference_step', 0):.0f}",
                          v.restoration.get("changed_pixels", "-"), v.restoration.get("changed_outside_face", "-")])
-    return {"type": "table", "title": "Ranking (open eyes first, then identity, then the least visible seam)",
-            "columns": ["face", "rank", "variation", "seed", "eyes", "openness before", "openness after",
-                        "identity to input", "seam: ours / hard paste", "max step / photo's own",
-                        "restored px", "restored px outside face"], "rows": rows}
+    return report.table("Ranking (open eyes first, then identity, then the least visible seam)",
+                        ["face", "rank", "variation", "seed", "eyes", "openness before", "openness after",
+                         "identity to input", "seam: ours / hard paste", "max step / photo's own",
+                         "restored px", "restored px outside face"], rows)
 
 
 async def _views(ctx: JobContext, src: str, repaired, out_prefix: str) -> list[dict]:
@@ -55,14 +57,15 @@ async def _views(ctx: JobContext, src: str, repaired, out_prefix: str) -> list[d
         seam = ctx.store.put(f"{out_prefix}views/face-{k:02d}-seam.png",
                              encode_png(eye_views.seam_map(decode_image(ctx.store.get(winner.composite), "image",
                                                                         limits), mask, box)), "image/png")
-        return {"name": f"face {k}", "items": [
-            {"uri": pair.uri, "caption": f"face {k}: before (mask outline) | after, variation {winner.index}"},
-            {"uri": seam.uri, "caption": "seam map of the composite (bright = sharp edge)"}]}
+        return report.group(f"face {k}", [
+            report.image(pair.uri, f"face {k}: before (mask outline) | after, variation {winner.index}"),
+            report.image(seam.uri, "seam map of the composite (bright = sharp edge)")])
 
     return [await asyncio.to_thread(build, k, mask.mask.uri, ranked[0]) for k, mask, ranked in repaired]
 
 
-async def outcome(ctx: JobContext, spec, src: str, result, repaired, outputs: dict, out_prefix: str) -> Outcome:
+async def outcome(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, src: str, result, repaired, outputs: dict,
+                  out_prefix: str) -> Outcome:
     said = verdict(repaired)
     summary = {"verdict": said, "faces": len(result.faces), "faces_repaired": len(repaired),
                "variations": len(outputs["variations"]),
@@ -73,13 +76,11 @@ async def outcome(ctx: JobContext, spec, src: str, result, repaired, outputs: di
                            "crop_box": [m.crop_box.x_min, m.crop_box.y_min, m.crop_box.x_max, m.crop_box.y_max],
                            "winner": ranked[0].index} for k, m, ranked in repaired],
                 "variations": outputs["variations"]}
-    sections = [{"type": "text", "title": "Outcome", "body": said},
-                {"type": "gallery", "title": "Eye region before and after, and the seam",
-                 "groups": await _views(ctx, src, repaired, out_prefix)},
+    sections = [report.text("Outcome", said),
+                report.gallery("Eye region before and after, and the seam",
+                               await _views(ctx, src, repaired, out_prefix)),
                 _ranking_table(repaired),
-                {"type": "gallery", "title": "Input and result",
-                 "groups": [{"name": "images", "items": [{"uri": src, "caption": "input"},
-                                                         {"uri": outputs["result"]["uri"], "caption": "result"}]}]},
-                {"type": "bars", "title": "Stage timings", "unit": "s",
-                 "data": [[k, round(v, 4)] for k, v in ctx.timings.items()]}]
+                report.gallery("Input and result", [report.group("images", [
+                    report.image(src, "input"), report.image(outputs["result"]["uri"], "result")])]),
+                report.stage_timings(ctx.timings)]
     return Outcome(summary, manifest, {"sections": sections})

@@ -1,4 +1,4 @@
-"""Storyboard (seed 001): one character over N frames. Frame 1 establishes identity; every frame is
+"""Storyboard: one character over N frames. Frame 1 establishes identity; every frame is
 validated (CLIP score >= threshold, exactly one face, identity similarity to frame 1 >= threshold)
 and a failure is retried with the documented fix, within a retry budget:
 
@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, restoration_pb2
+from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, orchestrator_pb2, restoration_pb2
+from likeness.orchestrator import report
 from likeness.orchestrator.context import JobContext, Outcome
+from likeness.orchestrator.specs import StoryboardPlan, storyboard_plan
 from likeness.orchestrator.workflows.common import cosine, stored_uri, uri_input, vector
 
 GUIDANCE_STEP = 1.5
-CONTROL_SCALE = 0.8  # ControlNet conditioning of frames on the face-landmark map
-DEFAULT_GUIDANCE = 5.0
+MAX_GUIDANCE, MIN_GUIDANCE = 30.0, 1.0
 SEED_STRIDE = 7919
 
 
@@ -60,16 +61,18 @@ def decide(faces: int, clip: float | None, identity: float | None, clip_min: flo
 def next_try(failure: str, seed: int, guidance: float, attempt: int) -> tuple[int, float, str]:
     seed = seed + SEED_STRIDE * attempt
     if failure == "multiple_faces":
-        return seed, min(guidance + GUIDANCE_STEP, 30.0), f"guidance -> {min(guidance + GUIDANCE_STEP, 30.0):.1f}, new seed"
-    if failure == "no_face":
-        return seed, max(guidance - GUIDANCE_STEP, 1.0), f"guidance -> {max(guidance - GUIDANCE_STEP, 1.0):.1f}, new seed"
-    return seed, guidance, "new seed"
+        guidance = min(guidance + GUIDANCE_STEP, MAX_GUIDANCE)
+    elif failure == "no_face":
+        guidance = max(guidance - GUIDANCE_STEP, MIN_GUIDANCE)
+    else:
+        return seed, guidance, "new seed"
+    return seed, guidance, f"guidance -> {guidance:.1f}, new seed"
 
 
-async def landmark_control(ctx: JobContext, spec, image_uri: str) -> str:
+async def landmark_control(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, image_uri: str) -> str:
     """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face."""
     det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
-    det = await ctx.call("control-detect", ctx.clients.detection, "Detect", det_req, detection_pb2.DetectResponse)
+    det = await ctx.call(ctx.clients.detection, "Detect", det_req, work="control-detect")
     faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in det.results[0].faces]
     if not faces:
         await ctx.warn(f"no face in {image_uri}: frames are not conditioned on a face-landmark map", "control")
@@ -78,51 +81,75 @@ async def landmark_control(ctx: JobContext, spec, image_uri: str) -> str:
         kind=restoration_pb2.CONTROL_KIND_FACE_LANDMARKS, width=spec.width, height=spec.height,
         items=[restoration_pb2.ControlImageItem(image=uri_input(image_uri), faces=faces[:1])],
         output_prefix="storyboard/")
-    resp = await ctx.call("control-image", ctx.clients.restoration, "ControlImage", req,
-                          restoration_pb2.ControlImageResponse)
+    resp = await ctx.call(ctx.clients.restoration, "ControlImage", req, work="control-image")
     return resp.results[0].image.uri
 
 
-async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str, seed: int, guidance: float,
-                   reference: np.ndarray | None, clip_min: float, id_min: float,
-                   control: str = "") -> tuple[Attempt, np.ndarray | None]:
+async def _attempt(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, frame: Attempt,
+                   prompt: str, reference: np.ndarray | None) -> tuple[Attempt, np.ndarray | None]:
+    """Generates `frame` (its frame, attempt, seed, guidance and control set), checks it; returns it
+    filled in and the face's identity embedding (None unless exactly one face)."""
     req = generation_pb2.GenerateRequest(model=spec.model, prompt=prompt, negative_prompt=spec.negative_prompt,
-                                         seed=seed, count=1, steps=spec.steps, guidance_scale=guidance,
+                                         seed=frame.seed, count=1, steps=spec.steps, guidance_scale=frame.guidance,
                                          width=spec.width, height=spec.height, adapters=spec.adapters,
                                          output_prefix="storyboard/")
-    if control:
-        scale = spec.control_scale if spec.HasField("control_scale") else CONTROL_SCALE
-        req.controls.append(generation_pb2.ControlInput(image=uri_input(control), model=spec.control_model,
-                                                         scale=scale))
-    gen = await ctx.cached("generate", {"request": req.SerializeToString().hex()},
-                           lambda: ctx.clients.generation.call("Generate", req), generation_pb2.GenerateResponse)
-    art = gen.images[0].artifact
-    det_req = detection_pb2.DetectRequest(images=[uri_input(art.uri)], with_embeddings=True)
-    det = await ctx.cached("detect", {"image": art.sha256, "emb": True},
-                           lambda: ctx.clients.detection.call("Detect", det_req), detection_pb2.DetectResponse)
+    if frame.control:
+        req.controls.append(generation_pb2.ControlInput(image=uri_input(frame.control), model=spec.control_model,
+                                                         scale=plan.control_scale))
+    art = (await ctx.call(ctx.clients.generation, "Generate", req, work="generate")).images[0].artifact
+    det = await ctx.call(ctx.clients.detection, "Detect",
+                         detection_pb2.DetectRequest(images=[uri_input(art.uri)], with_embeddings=True),
+                         work="detect", inputs={"image": art.sha256, "emb": True})
     faces = list(det.results[0].faces)
     clip = None
     if not spec.skip_clip_check:
-        score_req = embedding_pb2.ScoreRequest(images=[uri_input(art.uri)], texts=[prompt])
-        score = await ctx.cached("score", {"image": art.sha256, "text": prompt},
-                                 lambda: ctx.clients.embedding.call("Score", score_req), embedding_pb2.ScoreResponse)
+        score = await ctx.call(ctx.clients.embedding, "Score",
+                               embedding_pb2.ScoreRequest(images=[uri_input(art.uri)], texts=[prompt]),
+                               work="score", inputs={"image": art.sha256, "text": prompt})
         clip = float(score.score[0])
     emb = vector(faces[0].embedding) if len(faces) == 1 and faces[0].embedding.values else None
     identity = cosine(emb, reference) if emb is not None and reference is not None else None
-    eyes = None
+    failure = decide(len(faces), clip, identity, plan.clip_min, plan.identity_min, _eye_openness(faces),
+                     plan.eyes_min)
+    frame.uri, frame.faces, frame.clip, frame.identity = art.uri, len(faces), clip, identity
+    frame.passed, frame.failure = not failure, failure
+    return frame, emb
+
+
+def _eye_openness(faces: list) -> float | None:
+    """Mean openness of the single face's eyes; None when not measured (or not one face)."""
     if len(faces) == 1 and faces[0].HasField("left_eye_openness") and faces[0].HasField("right_eye_openness"):
-        eyes = (faces[0].left_eye_openness + faces[0].right_eye_openness) / 2
-    eyes_min = spec.min_eye_openness if spec.HasField("min_eye_openness") else 0.0
-    failure = decide(len(faces), clip, identity, clip_min, id_min, eyes, eyes_min)
-    return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure,
-                   control=control), emb
+        return (faces[0].left_eye_openness + faces[0].right_eye_openness) / 2
+    return None
 
 
-async def run(ctx: JobContext, spec) -> Outcome:
-    clip_min = spec.clip_threshold if spec.HasField("clip_threshold") else 0.70
-    id_min = spec.identity_threshold if spec.HasField("identity_threshold") else 0.5
-    budget = spec.retry_budget if spec.HasField("retry_budget") else 3
-    base_guidance = spec.guidance_scale if spec.HasField("guidance_scale") else DEFAULT_GUIDANCE
+async def _frame(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, i: int,
+                 reference: np.ndarray | None, attempts: list[Attempt],
+                 control: str) -> tuple[Attempt | None, np.ndarray | None]:
+    """Frame `i` within the retry budget: the passing attempt and its embedding, or (None, None).
+    `control`: the face-landmark map the frame is conditioned on ("" for none)."""
+    prompt = f"{spec.character}, {spec.frame_prompts[i]}" if spec.character else spec.frame_prompts[i]
+    seed, guidance = spec.seed + i, plan.guidance
+    for a in range(plan.retry_budget + 1):
+        ctx.check_cancel()
+        tried = Attempt(i, a, seed, guidance, uri="", faces=0, clip=None, identity=None, passed=False, failure="",
+                        control=control)
+        tried, emb = await _attempt(ctx, spec, plan, tried, prompt, reference)
+        attempts.append(tried)
+        if tried.passed:
+            await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {a + 1}")
+            return tried, emb
+        if a < plan.retry_budget:
+            seed, guidance, tried.fix = next_try(tried.failure, seed, guidance, a + 1)
+            await ctx.event("ITEM_DONE", f"frame {i + 1} attempt {a + 1} failed ({tried.failure}); retry: {tried.fix}",
+                            "frame")
+    await ctx.item_done("frame", "failed", f"frame {i + 1} failed after {plan.retry_budget + 1} attempts")
+    await ctx.warn(f"frame {i + 1}: no attempt passed ({attempts[-1].failure})", "frame")
+    return None, None
+
+
+async def run(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec) -> Outcome:
+    plan = storyboard_plan(spec)
     if spec.skip_clip_check:
         await ctx.warn("CLIP check skipped by the spec (skip_clip_check)", "validate")
     attempts: list[Attempt] = []
@@ -132,55 +159,46 @@ async def run(ctx: JobContext, spec) -> Outcome:
     if spec.control_model and spec.HasField("control_reference"):
         async with ctx.stage("control"):
             control = await landmark_control(ctx, spec, await stored_uri(ctx, spec.control_reference))
-    for i, frame_prompt in enumerate(spec.frame_prompts):
-        prompt = f"{spec.character}, {frame_prompt}" if spec.character else frame_prompt
-        seed, guidance = spec.seed + i, base_guidance
-        chosen = None
+    for i in range(len(spec.frame_prompts)):
         async with ctx.stage("frame"):
-            for a in range(budget + 1):
-                ctx.check_cancel()
-                att, emb = await _attempt(ctx, spec, i, a, prompt, seed, guidance, reference, clip_min, id_min,
-                                          control)
-                attempts.append(att)
-                if att.passed:
-                    chosen = att
-                    if i == 0:
-                        reference = emb  # frame 1 establishes identity
-                        if spec.control_model and not control:  # and, with a ControlNet, face geometry
-                            control = await landmark_control(ctx, spec, att.uri)
-                    await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {a + 1}")
-                    break
-                if a < budget:
-                    seed, guidance, att.fix = next_try(att.failure, seed, guidance, a + 1)
-                    await ctx.event("ITEM_DONE", f"frame {i + 1} attempt {a + 1} failed ({att.failure}); retry: {att.fix}", "frame")
-            if chosen is None:
-                await ctx.item_done("frame", "failed", f"frame {i + 1} failed after {budget + 1} attempts")
-                await ctx.warn(f"frame {i + 1}: no attempt passed ({attempts[-1].failure})", "frame")
+            chosen, emb = await _frame(ctx, spec, plan, i, reference, attempts, control)
+            if i == 0 and chosen is not None:
+                reference = emb  # frame 1 establishes identity
+                if spec.control_model and not control:  # and, with a ControlNet, face geometry
+                    control = await landmark_control(ctx, spec, chosen.uri)
         frames.append(chosen)
         await ctx.progress("frames", i + 1, len(spec.frame_prompts))
     if reference is None and spec.frame_prompts:
         await ctx.warn("frame 1 never passed, so identity could not be established", "frame")
-    passed = sum(1 for f in frames if f is not None)
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    summary = {"frames": len(frames), "frames_passed": passed, "attempts": len(attempts),
-               "retries": len(attempts) - len(frames)}
+    return _outcome(spec, plan, frames, attempts)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _outcome(spec: orchestrator_pb2.StoryboardSpec, plan: StoryboardPlan, frames: list[Attempt | None],
+             attempts: list[Attempt]) -> Outcome:
+    summary = {"frames": len(frames), "frames_passed": sum(1 for f in frames if f is not None),
+               "attempts": len(attempts), "retries": len(attempts) - len(frames)}
     manifest = {"frames": [{"frame": i, "uri": f.uri if f else "", "seed": f.seed if f else None,
                             "control": f.control if f else ""} for i, f in enumerate(frames)],
-                "attempts": [{"frame": a.frame, "attempt": a.attempt, "seed": a.seed, "guidance": a.guidance, "uri": a.uri,
-                              "failure": a.failure, "control": a.control} for a in attempts]}
+                "attempts": [{"frame": a.frame, "attempt": a.attempt, "seed": a.seed, "guidance": a.guidance,
+                              "uri": a.uri, "failure": a.failure, "control": a.control} for a in attempts]}
+    skipped = " (skipped)" if spec.skip_clip_check else ""
     sections = [
-        {"type": "gallery", "title": "Frames",
-         "groups": [{"name": f"frame {a.frame + 1}",
-                     "items": [{"uri": x.uri, "caption": f"try {x.attempt + 1}: {'pass' if x.passed else x.failure}"}
-                               for x in attempts if x.frame == a.frame]
-                     + ([{"uri": a.control, "caption": "control: face-landmark map"}] if a.control else [])}
-                    for a in attempts if a.attempt == 0]},
-        {"type": "table", "title": "Attempts",
-         "columns": ["frame", "attempt", "seed", "guidance", "faces", "CLIP score", "identity", "result", "fix applied next"],
-         "rows": [[a.frame + 1, a.attempt + 1, a.seed, f"{a.guidance:.1f}", a.faces, fmt(a.clip), fmt(a.identity),
-                   "pass" if a.passed else a.failure, a.fix] for a in attempts]},
-        {"type": "text", "title": "Thresholds",
-         "body": f"CLIP score >= {clip_min:.2f}{' (skipped)' if spec.skip_clip_check else ''}; exactly one face; "
-                 f"identity similarity to frame 1 >= {id_min:.2f}; retry budget {budget} per frame."},
+        report.gallery("Frames", [
+            report.group(f"frame {a.frame + 1}", [
+                report.image(x.uri, f"try {x.attempt + 1}: {'pass' if x.passed else x.failure}")
+                for x in attempts if x.frame == a.frame]
+                + ([report.image(a.control, "control: face-landmark map")] if a.control else []))
+            for a in attempts if a.attempt == 0]),
+        report.table("Attempts", ["frame", "attempt", "seed", "guidance", "faces", "CLIP score", "identity", "result",
+                                  "fix applied next"],
+                     [[a.frame + 1, a.attempt + 1, a.seed, f"{a.guidance:.1f}", a.faces, _fmt(a.clip), _fmt(a.identity),
+                       "pass" if a.passed else a.failure, a.fix] for a in attempts]),
+        report.text("Thresholds", f"CLIP score >= {plan.clip_min:.2f}{skipped}; exactly one face; identity "
+                                  f"similarity to frame 1 >= {plan.identity_min:.2f}; retry budget "
+                                  f"{plan.retry_budget} per frame."),
     ]
     return Outcome(summary, manifest, {"sections": sections})

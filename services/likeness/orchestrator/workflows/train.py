@@ -1,4 +1,4 @@
-"""Train (seeds 001, 004): start a run on a curated dataset, follow it, report its checkpoints.
+"""Train: start a run on a curated dataset, follow it, report its checkpoints.
 
 The run id is derived from the job id, so a resumed job follows the run it started instead of
 starting a second one (the training service resumes the run itself from its last checkpoint)."""
@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import grpc
 
-from likeness.api.v1 import training_pb2
+from likeness.api.v1 import orchestrator_pb2, training_pb2
 from likeness.core.errors import FailedPrecondition
+from likeness.orchestrator import report
 from likeness.orchestrator.context import JobContext, Outcome
 
 RUN_DONE = (training_pb2.RUN_STATE_SUCCEEDED, training_pb2.RUN_STATE_FAILED, training_pb2.RUN_STATE_CANCELLED)
 
 
-async def _start(ctx: JobContext, spec) -> str:
+async def _start(ctx: JobContext, spec: orchestrator_pb2.TrainSpec) -> str:
     req = training_pb2.StartRunRequest(spec=spec.run)
-    resp = await ctx.cached("train-start", {"job": ctx.job_id}, lambda: ctx.clients.training.call("StartRun", req),
-                            training_pb2.StartRunResponse)
+    resp = await ctx.call(ctx.clients.training, "StartRun", req, work="train-start", inputs={"job": ctx.job_id})
     return resp.run.run_id
 
 
@@ -28,29 +28,36 @@ async def _follow(ctx: JobContext, run_id: str) -> None:
             ctx.check_cancel()
             if ev.step != last_step:
                 last_step = ev.step
-                await ctx.progress("train", int(ev.step), int(ev.total_steps), f"loss {ev.loss:.4f} eta {ev.eta_seconds:.0f}s")
+                await ctx.progress("train", int(ev.step), int(ev.total_steps),
+                                   f"loss {ev.loss:.4f} eta {ev.eta_seconds:.0f}s")
             if ev.HasField("checkpoint") and ev.checkpoint.epoch:
-                await ctx.event("ITEM_DONE", f"checkpoint epoch {ev.checkpoint.epoch} step {ev.checkpoint.step}", "train")
+                await ctx.event("ITEM_DONE", f"checkpoint epoch {ev.checkpoint.epoch} step {ev.checkpoint.step}",
+                                "train")
             if ev.state in RUN_DONE:
                 return
     except grpc.aio.AioRpcError as exc:  # stream broken (service restart): GetRun below tells the state
         await ctx.warn(f"watch stream ended: {exc.code().name}", "train")
 
 
-async def run(ctx: JobContext, spec) -> Outcome:
+async def _run_to_end(ctx: JobContext, spec: orchestrator_pb2.TrainSpec) -> training_pb2.Run:
+    """Starts (or finds) the run and follows it until it ends; a cancelled job cancels the run."""
+    run_id = await _start(ctx, spec)
+    while True:
+        try:
+            await _follow(ctx, run_id)
+        except BaseException:
+            if ctx.cancel_requested:
+                await ctx.clients.training.call("CancelRun", training_pb2.CancelRunRequest(run_id=run_id))
+            raise
+        got = await ctx.clients.training.call("GetRun", training_pb2.GetRunRequest(run_id=run_id))
+        if got.run.state in RUN_DONE:
+            return got.run
+
+
+async def run(ctx: JobContext, spec: orchestrator_pb2.TrainSpec) -> Outcome:
     async with ctx.stage("train"):
-        run_id = await _start(ctx, spec)
-        while True:
-            try:
-                await _follow(ctx, run_id)
-            except BaseException:
-                if ctx.cancel_requested:
-                    await ctx.clients.training.call("CancelRun", training_pb2.CancelRunRequest(run_id=run_id))
-                raise
-            got = await ctx.clients.training.call("GetRun", training_pb2.GetRunRequest(run_id=run_id))
-            if got.run.state in RUN_DONE:
-                break
-    r = got.run
+        r = await _run_to_end(ctx, spec)
+    run_id = r.run_id
     if r.state != training_pb2.RUN_STATE_SUCCEEDED:
         raise FailedPrecondition("spec.train", f"run {run_id} ended {training_pb2.RunState.Name(r.state)}: {r.error}")
     best = next((c for c in r.checkpoints if c.best), r.checkpoints[-1] if r.checkpoints else None)
@@ -63,17 +70,19 @@ async def run(ctx: JobContext, spec) -> Outcome:
                                  "diffusers": {"uri": c.diffusers_weights.uri, "sha256": c.diffusers_weights.sha256},
                                  "kohya": {"uri": c.kohya_weights.uri, "sha256": c.kohya_weights.sha256}}
                                 for c in r.checkpoints]}
+    return Outcome(summary, manifest, {"sections": _sections(r)})
+
+
+def _sections(r: training_pb2.Run) -> list[dict]:
     loss = list(r.loss)
     stride = max(1, len(loss) // 30)
-    sections = [
-        {"type": "table", "title": "Checkpoints", "columns": ["epoch", "step", "loss", "CLIP score", "identity", "best"],
-         "rows": [[c.epoch, c.step, f"{c.loss:.4f}", f"{c.clip_score:.3f}", f"{c.identity_similarity:.3f}", "yes" if c.best else ""]
-                  for c in r.checkpoints]},
-        {"type": "bars", "title": "Loss curve", "unit": "", "data": [[f"step {p.step}", round(p.loss, 5)] for p in loss[::stride]]},
-        {"type": "gallery", "title": "Sample grids",
-         "groups": [{"name": f"epoch {c.epoch}", "items": [{"uri": c.sample_grid.uri, "caption": f"epoch {c.epoch}"}]}
-                    for c in r.checkpoints if c.sample_grid.uri]},
-        {"type": "table", "title": "Settings", "columns": ["setting", "value"],
-         "rows": [[f.name, str(v)] for f, v in r.spec.ListFields()]},
+    return [
+        report.table("Checkpoints", ["epoch", "step", "loss", "CLIP score", "identity", "best"],
+                     [[c.epoch, c.step, f"{c.loss:.4f}", f"{c.clip_score:.3f}", f"{c.identity_similarity:.3f}",
+                       "yes" if c.best else ""] for c in r.checkpoints]),
+        report.bars("Loss curve", [[f"step {p.step}", round(p.loss, 5)] for p in loss[::stride]]),
+        report.gallery("Sample grids", [report.group(f"epoch {c.epoch}", [report.image(c.sample_grid.uri,
+                                                                                        f"epoch {c.epoch}")])
+                                        for c in r.checkpoints if c.sample_grid.uri]),
+        report.table("Settings", ["setting", "value"], [[f.name, str(v)] for f, v in r.spec.ListFields()]),
     ]
-    return Outcome(summary, manifest, {"sections": sections})

@@ -16,18 +16,21 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from likeness.core.backend import ModelBackend
 
-class FaceRestorer(Protocol):
+
+class FaceRestorer(ModelBackend, Protocol):
     name: str
     input_size: int | None  # square side the network expects; None = native resolution
     identity: str  # name + weights digest or parameters: part of every work id (set by load())
     keeps_input_at_full_fidelity: bool  # fidelity 1 returns the input: the caller may skip the work
 
-    def load(self) -> None: ...
-
     def restore(self, face: np.ndarray, fidelity: float) -> np.ndarray: ...
 
-    def describe(self) -> dict: ...
+    def warmup(self) -> None:
+        """One restoration of a grey face at the network's input size (64 px at native size)."""
+        side = self.input_size or 64
+        self.restore(np.full((side, side, 3), 128, dtype=np.uint8), 0.5)
 
 
 def blend_fidelity(face: np.ndarray, restored: np.ndarray, fidelity: float) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from likeness.restoration.restorers.base import blend_fidelity
+from likeness.restoration.restorers.base import FaceRestorer, blend_fidelity
 
 SHARPEN_NOISE_REF = 6.0  # grey levels of noise at which unsharp masking runs at half strength
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -34,7 +34,7 @@ def noise_sigma(rgb: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2) * np.median(per_channel) / 6.0)
 
 
-class ClassicalRestorer:
+class ClassicalRestorer(FaceRestorer):
     name = "classical"
     input_size = None
     keeps_input_at_full_fidelity = True

@@ -11,6 +11,7 @@ import numpy as np
 from likeness.core.devices import dtype_name, require_device, torch_dtype
 from likeness.core.errors import FailedPrecondition, ModelMissing
 from likeness.core.store import sha256_file
+from likeness.restoration.restorers.base import FaceRestorer
 
 INPUT_SIZE = 512
 
@@ -26,7 +27,7 @@ def load_state_dict(path: Path) -> dict:
     return checkpoint
 
 
-class NetworkRestorer:
+class NetworkRestorer(FaceRestorer):
     name = ""
     weights_file = ""
     checkpoint_label = ""  # how the error names the expected checkpoint

@@ -66,13 +66,7 @@ def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
     return manifest
 
 
-def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
-    k8s = run.spec.get("kubernetes", {}) or {}
-    gpus = int(k8s.get("gpus") or settings.training_job_gpus)
-    # the release labels first (the NetworkPolicies admit Job pods by them), then the fixed ones
-    labels = {"app.kubernetes.io/name": "likeness", **settings.training_job_pod_labels,
-              "app.kubernetes.io/component": "training-run",
-              "app.kubernetes.io/managed-by": "likeness-training", RUN_LABEL: run.run_id}
+def _env(settings: TrainingSettings) -> list[dict]:
     env = [{"name": "LIKENESS_" + name.upper(), "value": str(getattr(settings, name))}
            for name in FORWARDED if str(getattr(settings, name))]
     env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -85,20 +79,22 @@ def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
     env += [_secret_env("LIKENESS_S3_ACCESS_KEY", settings.training_job_secret, STORE_ACCESS_KEY, optional=True),
             _secret_env("LIKENESS_S3_SECRET_KEY", settings.training_job_secret, STORE_SECRET_KEY, optional=True),
             _secret_env("LIKENESS_TRAINING_DATABASE_URL", settings.training_job_database_secret, DATABASE_URL_KEY)]
+    return env
+
+
+def _container(run: RunRecord, settings: TrainingSettings, k8s: dict, gpus: int) -> dict:
     memory = k8s.get("memory") or settings.training_job_memory
     requests = {"cpu": k8s.get("cpu") or settings.training_job_cpu, "memory": memory}
     limits = {"memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
         requests["nvidia.com/gpu"] = str(gpus)
-    cache_volume = ({"name": "model-cache", "persistentVolumeClaim": {"claimName": settings.training_model_cache_claim}}
-                    if settings.training_model_cache_claim else {"name": "model-cache", "emptyDir": {}})
-    container = {
+    return {
         "name": CONTAINER,
         "image": k8s.get("image") or settings.training_job_image,
         "imagePullPolicy": settings.training_job_pull_policy,
         "command": ["python", "-m", "likeness.training.job", "--run-id", run.run_id],
-        "env": env,
+        "env": _env(settings),
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [
             {"name": "model-cache", "mountPath": settings.model_cache_dir},
@@ -108,11 +104,23 @@ def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
     }
+
+
+def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
+    k8s = run.spec.get("kubernetes", {}) or {}
+    gpus = int(k8s.get("gpus") or settings.training_job_gpus)
+    # the release labels first (the NetworkPolicies admit Job pods by them), then the fixed ones
+    labels = {"app.kubernetes.io/name": "likeness", **settings.training_job_pod_labels,
+              "app.kubernetes.io/component": "training-run",
+              "app.kubernetes.io/managed-by": "likeness-training", RUN_LABEL: run.run_id}
+    cache_volume = ({"name": "model-cache",
+                     "persistentVolumeClaim": {"claimName": settings.training_model_cache_claim}}
+                    if settings.training_model_cache_claim else {"name": "model-cache", "emptyDir": {}})
     pod_spec = {
         "restartPolicy": "Never",
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
+        "containers": [_container(run, settings, k8s, gpus)],
         "volumes": [cache_volume, {"name": "tmp", "emptyDir": {}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
         "terminationGracePeriodSeconds": 60,

@@ -2,7 +2,7 @@
 so that the curate job meets every rejection reason, written in the import layout
 `<out_dir>/<seed>/<image_type>/<name>.png` (+ a same-name `.txt` caption) with a `manifest.json`.
 
-A "seed" here stands for one generation seed of seed doc 000: one identity (a portrait cropped
+A "seed" here stands for one generation seed of a curation run: one identity (a portrait cropped
 from skimage's astronaut or of one of the people of insightface's t1.jpg group photo) and
 everything "generated" for it:
 - `original` (3 per seed): the portrait, its mirror image, a close-up;
@@ -14,8 +14,8 @@ everything "generated" for it:
 
 Every expected outcome is the verdict of the detection service's defaults (BlazeFace full range,
 flip averaging, face mesh, ValidationPolicy 0.08 / 45 / 35 / 0.6 with the blur gate, detector
-floor 0.5) plus the curate job's `min_quality` gate at `DEMO_MIN_QUALITY`; tests/orchestrator/test_demo_set.py checks each file
-against the detection domain code. The per-identity numbers below (blur radius, paste size and
+floor 0.5) plus the curate job's `min_quality` gate at `DEMO_MIN_QUALITY`; tests/client/test_demo_set.py
+checks each file against the detection domain code. The per-identity numbers below (blur radius, paste size and
 place) were tuned against that detector: a face's confidence is not monotonic in blur or size,
 so a value chosen for one photo does not carry over to another.
 
@@ -390,11 +390,11 @@ def _clear_previous(root: Path) -> None:
 
 
 def main() -> None:
-    """`python -m likeness.orchestrator.demo_set OUT_DIR [SEEDS]`: builds the set, prints its counts."""
+    """`python -m likeness.client.demo_set OUT_DIR [SEEDS]`: builds the set, prints its counts."""
     import sys
 
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m likeness.orchestrator.demo_set OUT_DIR [SEEDS]")
+        sys.exit("usage: python -m likeness.client.demo_set OUT_DIR [SEEDS]")
     demo = build_demo_set(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) == 3 else len(IDENTITIES))
     print(json.dumps({"root": str(demo.root), "files": len(demo.items), "min_quality": demo.min_quality,
                       "counts": demo.counts()}))

@@ -56,6 +56,6 @@ def main() -> None:  # pragma: no cover
     sys.exit(app())
 
 
-from likeness import cli_jobs  # noqa: E402
+from likeness.client import cli_jobs  # noqa: E402
 
 cli_jobs.register(app)

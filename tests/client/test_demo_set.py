@@ -9,9 +9,9 @@ import re
 
 import pytest
 
+from likeness.client.demo_set import DEMO_MIN_QUALITY, KEPT, MANIFEST, OUTCOMES, build_demo_set
 from likeness.core.errors import InvalidArgument
 from likeness.core.images import decode_image
-from likeness.orchestrator.demo_set import DEMO_MIN_QUALITY, KEPT, MANIFEST, OUTCOMES, build_demo_set
 
 SEEDS = 5
 LAYOUT = re.compile(r"^(\d+)/(original|scenario)/([a-z_]+)\.png$")
@@ -62,7 +62,7 @@ def test_layout_manifest_and_captions(demo):
 def test_every_outcome_occurs_and_enough_are_kept(demo):
     counts = demo.counts()
     # blurred portraits: the face mesh sees no face in four of them; dark or flat ones: four fall under
-    # the blur gate (likeness.orchestrator.demo_set)
+    # the blur gate (likeness.client.demo_set)
     assert counts == {KEPT: 40, "no_face": 9, "multiple_faces": 5, "face_too_small": 5, "turned_away": 5,
                       "low_confidence": 1, "low_quality": 1, "blurry": 4}
     assert demo.kept_per_seed() == {s: {"original": 3, "scenario": 5} for s in range(1, SEEDS + 1)}

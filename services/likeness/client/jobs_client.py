@@ -10,7 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from likeness.api.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from likeness.core.channels import sync_channel
 
-TERMINAL = (orchestrator_pb2.JOB_STATE_SUCCEEDED, orchestrator_pb2.JOB_STATE_FAILED, orchestrator_pb2.JOB_STATE_CANCELLED)
+TERMINAL = (orchestrator_pb2.JOB_STATE_SUCCEEDED, orchestrator_pb2.JOB_STATE_FAILED,
+            orchestrator_pb2.JOB_STATE_CANCELLED)
 
 
 class JobsClient:
@@ -33,7 +34,8 @@ class JobsClient:
         return self.stub.Cancel(orchestrator_pb2.CancelRequest(job_id=job_id), metadata=self.metadata, timeout=30).job
 
     def events(self, job_id: str, after_seq: int = 0):
-        return self.stub.Watch(orchestrator_pb2.WatchRequest(job_id=job_id, after_seq=after_seq), metadata=self.metadata)
+        return self.stub.Watch(orchestrator_pb2.WatchRequest(job_id=job_id, after_seq=after_seq),
+                               metadata=self.metadata)
 
     def follow(self, job_id: str, console: Console | None = None, quiet: bool = False) -> orchestrator_pb2.Job:
         """Streams the job's events (re-attaching after a broken stream) until it ends."""
@@ -59,7 +61,8 @@ class JobsClient:
                         raise
                 job = self.get(job_id)
                 if job.state in TERMINAL:
-                    bar.update(task, description=orchestrator_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower())
+                    state = orchestrator_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+                    bar.update(task, description=state)
                     return job
 
     def close(self) -> None:

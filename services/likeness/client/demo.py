@@ -33,7 +33,7 @@ def curate_spec(candidates_uri: str, seeds: int, min_quality: float) -> orchestr
                 common_pb2.Quota(dimension="image_type", group="original", min=seeds)],
         min_quality=min_quality, trigger_token=TRIGGER, output_prefix="datasets/demo/", seed=0,
         # eye gate off: two of the demo's five people look down, and an eye-aspect-ratio cannot tell
-        # lowered lids from closed eyes (likeness.orchestrator.demo_set)
+        # lowered lids from closed eyes (likeness.client.demo_set)
         policy=detection_pb2.ValidationPolicy(min_eye_openness=0.0)))
 
 
@@ -66,34 +66,43 @@ def train_spec(dataset_uri: str) -> orchestrator_pb2.JobSpec:
         sample_seeds=[1, 2], sample_steps=2)))
 
 
-def main() -> None:
-    from likeness.core.settings import CommonSettings
-    from likeness.core.store import open_store
-    from likeness.jobs_client import JobsClient
-    from likeness.local import LocalStack
-    from likeness.orchestrator.demo_set import build_demo_set
+def _fresh_demo_set():
+    """Clears the demo folder and builds the candidate set in it."""
+    from likeness.client.demo_set import build_demo_set
 
-    started = time.monotonic()
     for sub in ("store", "logs", "candidates"):
         shutil.rmtree(ROOT / sub, ignore_errors=True)
     for db in ROOT.glob("*.db*"):
         db.unlink()
     ROOT.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]Likeness demo")
-    console.print("tiny-sdxl has random weights: its images are noise, used only to exercise training end to end.")
-
     with console.status("building the demo candidate set from real photos..."):
         demo = build_demo_set(ROOT / "candidates")
-    seeds = len({i.seed for i in demo.items})
-    console.print(f"candidates: {len(demo.items)} images over {seeds} seeds in {ROOT / 'candidates'}; "
-                  f"made to be: {demo.counts()}")
+    console.print(f"candidates: {len(demo.items)} images over {len({i.seed for i in demo.items})} seeds in "
+                  f"{ROOT / 'candidates'}; made to be: {demo.counts()}")
+    return demo
 
-    stack = LocalStack(ROOT)
-    store = open_store(CommonSettings(store_uri=stack.env["LIKENESS_STORE_URI"]))
+
+def _upload_candidates(store) -> None:
     for p in sorted((ROOT / "candidates").rglob("*")):
         if p.is_file() and p.suffix in (".png", ".txt"):
             store.put_file(f"candidates/{p.relative_to(ROOT / 'candidates')}", p,
                            "image/png" if p.suffix == ".png" else "text/plain")
+
+
+def main() -> None:
+    from likeness.client.jobs_client import JobsClient
+    from likeness.client.local import LocalStack
+    from likeness.core.settings import CommonSettings
+    from likeness.core.store import open_store
+
+    started = time.monotonic()
+    console.rule("[bold]Likeness demo")
+    console.print("tiny-sdxl has random weights: its images are noise, used only to exercise training end to end.")
+    demo = _fresh_demo_set()
+    seeds = len({i.seed for i in demo.items})
+    stack = LocalStack(ROOT)
+    store = open_store(CommonSettings(store_uri=stack.env["LIKENESS_STORE_URI"]))
+    _upload_candidates(store)
     try:
         with console.status("starting services (models warm up before they report SERVING)...") as status:
             stack.up(timeout=600, on_tick=lambda ready: status.update(f"SERVING: {', '.join(ready) or 'none yet'}"))

@@ -90,7 +90,8 @@ class LocalStack:
             if on_tick:
                 on_tick(sorted(set(names or self.services) - pending))
             if pending and time.monotonic() > deadline:
-                raise TimeoutError(f"not SERVING after {timeout:.0f}s: {', '.join(sorted(pending))} (logs in {self.state / 'logs'})")
+                raise TimeoutError(f"not SERVING after {timeout:.0f}s: {', '.join(sorted(pending))} "
+                                   f"(logs in {self.state / 'logs'})")
             time.sleep(0.3)
 
     def up(self, timeout: float = 300.0, on_tick=None) -> None:

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
 def up(state: Path = state_opt, detach: bool = typer.Option(False, help="return once SERVING; `likeness down` stops"),
        base_port: int = typer.Option(0, help="first of six consecutive ports (0 = the default ports)")) -> None:
     """Start every service on loopback with embedded defaults and show their health."""
-    from likeness.local import ORDER, LocalStack, health
+    from likeness.client.local import ORDER, LocalStack, health
 
     stack = LocalStack(state, base_port=base_port)
     (stack.state / "env.json").write_text(json.dumps(stack.env))
@@ -71,7 +71,7 @@ def up(state: Path = state_opt, detach: bool = typer.Option(False, help="return 
 
 def down(state: Path = state_opt) -> None:
     """Stop a detached local stack."""
-    from likeness.local import down_from_pidfile
+    from likeness.client.local import down_from_pidfile
 
     stopped = down_from_pidfile(state)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -80,7 +80,7 @@ def down(state: Path = state_opt) -> None:
 def _run(spec: orchestrator_pb2.JobSpec, state: Path, address: str, token: str, wait: bool) -> None:
     import grpc
 
-    from likeness.jobs_client import JobsClient
+    from likeness.client.jobs_client import JobsClient
 
     client = JobsClient(_address(state, address), token)
     try:
@@ -130,7 +130,8 @@ def _upload_folder(state: Path, folder: Path) -> str:
     return store.uri(prefix)
 
 
-def curate(source: str = typer.Argument(..., help="local folder or store prefix of candidates (<seed>/<type>/<name>.png)"),
+def curate(source: str = typer.Argument(..., help="local folder or store prefix of candidates "
+                                                   "(<seed>/<type>/<name>.png)"),
            target: int = typer.Option(24, help="images in the final set"),
            per_seed_max: int = typer.Option(0, help="at most this many per seed (0 = no bound)"),
            per_seed_min: int = typer.Option(0, help="at least this many per seed"),
@@ -158,10 +159,12 @@ def train(dataset: str = typer.Argument(..., help="store prefix of a curated dat
           model: str = typer.Option("tiny-sdxl"), rank: int = typer.Option(4), alpha: float = typer.Option(0.0),
           epochs: int = typer.Option(2), resolution: int = typer.Option(0), lr: float = typer.Option(1e-4),
           trigger: str = typer.Option("ohwx person"), seed: int = typer.Option(0), name: str = typer.Option(""),
-          state: Path = state_opt, address: str = address_opt, token: str = token_opt, wait: bool = typer.Option(True)) -> None:
+          state: Path = state_opt, address: str = address_opt, token: str = token_opt,
+          wait: bool = typer.Option(True)) -> None:
     """Train a LoRA adapter on a curated dataset."""
-    run = training_pb2.RunSpec(name=name or f"cli-rank{rank}", base_model=model, dataset_uri=dataset, trigger_token=trigger,
-                               rank=rank, alpha=alpha or float(rank), unet_lr=lr, epochs=epochs, resolution=resolution, seed=seed)
+    run = training_pb2.RunSpec(name=name or f"cli-rank{rank}", base_model=model, dataset_uri=dataset,
+                               trigger_token=trigger, rank=rank, alpha=alpha or float(rank), unet_lr=lr, epochs=epochs,
+                               resolution=resolution, seed=seed)
     _run(orchestrator_pb2.JobSpec(train=orchestrator_pb2.TrainSpec(run=run)), state, address, token, wait)
 
 
@@ -170,12 +173,12 @@ def storyboard(frames: list[str] = typer.Option(..., "--frame", help="a frame pr
                model: str = typer.Option("tiny-sdxl"), seed: int = typer.Option(0), retries: int = typer.Option(3),
                clip_threshold: float = typer.Option(0.70), skip_clip: bool = typer.Option(False),
                size: int = typer.Option(0, help="width = height in pixels (0 = the model's preset)"),
-               steps: int = typer.Option(0), state: Path = state_opt, address: str = address_opt, token: str = token_opt,
-               wait: bool = typer.Option(True)) -> None:
+               steps: int = typer.Option(0), state: Path = state_opt, address: str = address_opt,
+               token: str = token_opt, wait: bool = typer.Option(True)) -> None:
     """Generate a validated storyboard of one character."""
     spec = orchestrator_pb2.StoryboardSpec(model=model, character=character, frame_prompts=frames, seed=seed,
-                                           retry_budget=retries, clip_threshold=clip_threshold, skip_clip_check=skip_clip,
-                                           width=size, height=size, steps=steps)
+                                           retry_budget=retries, clip_threshold=clip_threshold,
+                                           skip_clip_check=skip_clip, width=size, height=size, steps=steps)
     _run(orchestrator_pb2.JobSpec(storyboard=spec), state, address, token, wait)
 
 
@@ -189,17 +192,19 @@ def open_eyes(image: str = typer.Argument(..., help="a local image file or a sto
               negative_prompt: str = typer.Option("", help="inpainting negative prompt"),
               strength: float = typer.Option(0.0, help="inpainting strength in (0, 1]; 0 takes the default"),
               face: int = typer.Option(-1, help="repair only this face (Detect's order); -1 repairs every face"),
-              state: Path = state_opt, address: str = address_opt, token: str = token_opt, wait: bool = typer.Option(True)) -> None:
+              state: Path = state_opt, address: str = address_opt, token: str = token_opt,
+              wait: bool = typer.Option(True)) -> None:
     """Repair the eyes of every face (or one): mask, inpaint variations, feathered composite, restore,
     verify and rank."""
-    img = common_pb2.ImageInput(data=Path(image).read_bytes()) if Path(image).is_file() else common_pb2.ImageInput(uri=image)
+    img = (common_pb2.ImageInput(data=Path(image).read_bytes()) if Path(image).is_file()
+           else common_pb2.ImageInput(uri=image))
     modes = {"fast": generation_pb2.QUALITY_MODE_FAST, "standard": generation_pb2.QUALITY_MODE_STANDARD,
              "quality": generation_pb2.QUALITY_MODE_QUALITY, "ultra": generation_pb2.QUALITY_MODE_ULTRA}
     if quality not in modes:
         raise typer.BadParameter(f"{quality!r} is not one of {', '.join(modes)}", param_hint="--quality")
-    spec = orchestrator_pb2.OpenEyesSpec(image=img, model=model, variations=variations, restore=restore, fidelity=fidelity,
-                                         seed=seed, steps=steps, quality_mode=modes[quality], prompt=prompt,
-                                         negative_prompt=negative_prompt)
+    spec = orchestrator_pb2.OpenEyesSpec(image=img, model=model, variations=variations, restore=restore,
+                                         fidelity=fidelity, seed=seed, steps=steps, quality_mode=modes[quality],
+                                         prompt=prompt, negative_prompt=negative_prompt)
     if strength:
         spec.strength = strength
     if face >= 0:
@@ -209,8 +214,8 @@ def open_eyes(image: str = typer.Argument(..., help="a local image file or a sto
 
 def diversity(reference: str = typer.Argument(..., help="local folder or store prefix of reference images"),
               model: str = typer.Option("tiny-sdxl"), prompt: str = typer.Option("portrait photo of a person"),
-              setting: list[str] = typer.Option(..., help="name:seed_start:count[:guidance[:sampler[:noise]]] (repeat); "
-                                                          "sampler one of ddim, pndm, dpm, euler, euler_a"),
+              setting: list[str] = typer.Option(..., help="name:seed_start:count[:guidance[:sampler[:noise]]] "
+                                                          "(repeat); sampler one of ddim, pndm, dpm, euler, euler_a"),
               size: int = typer.Option(0), nearest_k: int = typer.Option(3), state: Path = state_opt,
               address: str = address_opt, token: str = token_opt, wait: bool = typer.Option(True)) -> None:
     """Measure diversity of generated faces over settings against a reference set."""
@@ -234,7 +239,7 @@ def diversity(reference: str = typer.Argument(..., help="local folder or store p
 def jobs(action: str = typer.Argument("list", help="list | show | cancel"), job_id: str = typer.Argument(""),
          state: Path = state_opt, address: str = address_opt, token: str = token_opt) -> None:
     """List jobs, show one, or cancel one."""
-    from likeness.jobs_client import JobsClient
+    from likeness.client.jobs_client import JobsClient
 
     client = JobsClient(_address(state, address), token)
     if action == "list":

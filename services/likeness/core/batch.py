@@ -1,0 +1,65 @@
+"""Per-item work of a batch call, shared by every servicer that takes a list of items.
+
+The rules: the batch size is checked first (INVALID_ARGUMENT naming the field and the limit); each
+item then succeeds or fails on its own and a failed item becomes an `ItemError` in its result; but
+a batch of one whose item fails gets that error as the call's status (the caller sent one thing,
+so the call failed). `tests/core/test_bad_images_service.py` holds every service to this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from likeness.core.errors import InvalidArgument, LikenessError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """One item's result, or the error it failed with."""
+
+    index: int
+    value: T | None = None
+    error: LikenessError | None = None
+
+
+def check_batch(n: int, limit: int, field: str, unit: str = "items", setting: str = "") -> None:
+    """INVALID_ARGUMENT unless 1 <= n <= limit; `setting` names the variable that sets the limit."""
+    if not 1 <= n <= limit:
+        hint = f" ({setting})" if setting else ""
+        raise InvalidArgument(field, f"batch of {n} {unit}; send 1 to {limit}{hint}")
+
+
+def raise_single(errors: Sequence[LikenessError | None]) -> None:
+    """The batch-of-one rule: a single failed item fails the whole call with its own status."""
+    if len(errors) == 1 and errors[0] is not None:
+        raise errors[0]
+
+
+async def each_item(items: Sequence, fn: Callable[[int, Any], Awaitable[T]], *,
+                    count: Callable[[str], None] | None = None, sequential: bool = False) -> list[Outcome[T]]:
+    """Runs `await fn(index, item)` for every item (concurrently, or one after another when
+    `sequential`); a `LikenessError` becomes that item's `Outcome.error`. `count(outcome)` is told
+    "ok" or "failed" per item. Applies the batch-of-one rule before returning."""
+
+    async def one(i: int, item) -> Outcome[T]:
+        try:
+            value = await fn(i, item)
+        except LikenessError as exc:
+            if count:
+                count("failed")
+            return Outcome(i, error=exc)
+        if count:
+            count("ok")
+        return Outcome(i, value)
+
+    if sequential:
+        outcomes = [await one(i, item) for i, item in enumerate(items)]
+    else:
+        outcomes = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+    raise_single([o.error for o in outcomes])
+    return list(outcomes)
