@@ -26,8 +26,18 @@ class JobsClient:
     def get(self, job_id: str) -> orchestrator_pb2.Job:
         return self.stub.Get(orchestrator_pb2.GetRequest(job_id=job_id), metadata=self.metadata, timeout=30).job
 
-    def list(self, limit: int = 50) -> list[orchestrator_pb2.Job]:
-        return list(self.stub.List(orchestrator_pb2.ListRequest(limit=limit), metadata=self.metadata, timeout=30).jobs)
+    def list(self, limit: int = 50) -> list[orchestrator_pb2.JobSummary]:
+        """The newest `limit` jobs (summaries without specs), following pages as needed."""
+        jobs: list[orchestrator_pb2.JobSummary] = []
+        token = ""
+        while len(jobs) < limit:
+            page = self.stub.List(orchestrator_pb2.ListRequest(page_size=min(1000, limit - len(jobs)), page_token=token),
+                                  metadata=self.metadata, timeout=30)
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        return jobs
 
     def cancel(self, job_id: str) -> orchestrator_pb2.Job:
         return self.stub.Cancel(orchestrator_pb2.CancelRequest(job_id=job_id), metadata=self.metadata, timeout=30).job

@@ -333,9 +333,9 @@ CASES: list[Case] = [
     Case("orc-storyboard-huge", "orchestrator", "Submit", submit(lambda ctx: o.JobSpec(storyboard=o.StoryboardSpec(model="tiny-sdxl", character="x", frame_prompts=["a"] * 100_000))), IA, ("frame_prompts",)),
     Case("orc-diversity-bad-sampler", "orchestrator", "Submit", submit(lambda ctx: o.JobSpec(diversity=o.DiversitySpec(model="tiny-sdxl", prompt="p", reference_uri=ctx.uri("demo-candidates/"), settings=[o.DiversitySetting(name="a", count=2, sampler=99)]))), IA, ("sampler",)),
     Case("orc-get-unknown", "orchestrator", "Get", lambda ctx: o.GetRequest(job_id="no-such-job"), NF, ("no-such-job",)),
-    Case("orc-get-huge-id", "orchestrator", "Get", lambda ctx: o.GetRequest(job_id="x" * 100_000), NF, ("job_id", "100,0")),
+    Case("orc-get-huge-id", "orchestrator", "Get", lambda ctx: o.GetRequest(job_id="x" * 100_000), IA, ("job_id", "100,000", "limit of 64")),
     Case("orc-cancel-unknown", "orchestrator", "Cancel", lambda ctx: o.CancelRequest(job_id="no-such-job"), NF, ("no-such-job",)),
-    Case("orc-list-absurd-limit", "orchestrator", "List", lambda ctx: o.ListRequest(limit=-1), IA, ("limit",)),
+    Case("orc-list-absurd-limit", "orchestrator", "List", lambda ctx: o.ListRequest(page_size=-1), IA, ("page_size",)),
     Case("orc-watch-unknown", "orchestrator", "Watch", lambda ctx: o.WatchRequest(job_id="no-such-job"), NF, ("no-such-job",)),
     # ---- every service: oversized messages (over LIKENESS_MAX_MESSAGE_BYTES, 32 MiB by default)
     Case("det-oversized", "detection", "Assess", lambda ctx: d.AssessRequest(images=[img(b"\0" * OVERSIZED)]), RE, ("larger than max",)),

@@ -26,6 +26,7 @@ from prometheus_client import start_http_server
 from likeness.core import metrics
 from likeness.core.errors import LikenessError
 from likeness.core.interceptor import ObservabilityInterceptor
+from likeness.core.limits import LimitsInterceptor
 from likeness.core.logging import configure as configure_logging
 from likeness.core.settings import CommonSettings
 
@@ -75,7 +76,9 @@ class ServiceRuntime:
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[*(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all")],
+            # LimitsInterceptor sits inside the observability one, which maps its INVALID_ARGUMENT.
+            interceptors=[*(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all"),
+                          LimitsInterceptor()],
             options=server_options(settings))
         self.port = 0
         self.metrics_port = 0

@@ -14,10 +14,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
+from likeness.core import pages
 from likeness.core.database import make_engine
 from likeness.core.errors import NotFound
+from likeness.core.pages import Cursor
 from likeness.orchestrator.db import EventRow, JobRow, WorkResultRow, migrate, utcnow
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -41,8 +43,8 @@ class JobRecord:
     error: str = ""
 
     @classmethod
-    def of(cls, row: JobRow) -> JobRecord:
-        return cls(row.job_id, row.kind, row.state, row.spec, row.created_at, row.updated_at, row.attempts,
+    def of(cls, row: JobRow, with_spec: bool = True) -> JobRecord:
+        return cls(row.job_id, row.kind, row.state, row.spec if with_spec else b"", row.created_at, row.updated_at, row.attempts,
                    bool(row.cancel_requested), row.lease_owner, dict(row.progress or {}), dict(row.summary or {}),
                    dict(row.report or {}), dict(row.manifest or {}), row.error or "")
 
@@ -96,14 +98,17 @@ class JobStore:
                 raise NotFound("job_id", f"no job '{job_id}'")
             return JobRecord.of(row)
 
-    def list(self, limit: int = 100, kind: str = "", state: str = "") -> list[JobRecord]:
-        q = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+    def list(self, limit: int = 100, kind: str = "", state: str = "", cursor: Cursor | None = None) -> list[JobRecord]:
+        """Jobs newest first, after `cursor`, WITHOUT their specs (`spec` is b""): a listing must not
+        load what Get returns one at a time."""
+        q = (select(JobRow).options(defer(JobRow.spec)).where(pages.after((JobRow.created_at, JobRow.job_id), cursor))
+             .order_by(JobRow.created_at.desc(), JobRow.job_id.desc()).limit(limit))
         if kind:
             q = q.where(JobRow.kind == kind)
         if state:
             q = q.where(JobRow.state == state)
         with self.sessions() as s:
-            return [JobRecord.of(r) for r in s.scalars(q)]
+            return [JobRecord.of(r, with_spec=False) for r in s.scalars(q)]
 
     def request_cancel(self, job_id: str) -> JobRecord:
         with self.sessions.begin() as s:
@@ -119,11 +124,14 @@ class JobStore:
             return JobRecord.of(row)
 
     def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
-        q = (select(EventRow).where(EventRow.job_id == job_id, EventRow.seq > after_seq)
-             .order_by(EventRow.seq).limit(limit))
+        """Events of one job after its `after_seq`-th. `seq` counts from 1 per job: the event's
+        position among the job's events in insertion order (events are never deleted)."""
+        q = (select(EventRow).where(EventRow.job_id == job_id).order_by(EventRow.seq)
+             .offset(max(0, after_seq)).limit(limit))
         with self.sessions() as s:
-            return [EventRecord(e.seq, e.job_id, e.time, e.type, e.stage, e.message, dict(e.progress or {}), e.state)
-                    for e in s.scalars(q)]
+            return [EventRecord(after_seq + i + 1, e.job_id, e.time, e.type, e.stage, e.message,
+                                dict(e.progress or {}), e.state)
+                    for i, e in enumerate(s.scalars(q))]
 
     def counts(self) -> dict[tuple[str, str], int]:
         with self.sessions() as s:

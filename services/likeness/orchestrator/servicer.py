@@ -8,6 +8,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from likeness.api.v1 import common_pb2, generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from likeness.core import pages
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
 from likeness.orchestrator import specs
@@ -16,6 +17,10 @@ from likeness.orchestrator.jobstore import TERMINAL, EventRecord, JobRecord, Job
 
 KIND_ENUM = {k: orchestrator_pb2.JobKind.Value(f"JOB_KIND_{k.upper()}") for k in specs.KINDS}
 KIND_NAME = {v: k for k, v in KIND_ENUM.items()}
+SUMMARY_ERROR_CHARS = 1000
+# A stored spec is returned whole by Get, so it must fit a response with room to spare (an inline
+# open-eyes photo is the only field that can come near this).
+MAX_SPEC_BYTES = 16 * 1024 * 1024
 
 
 def _ts(dt) -> Timestamp:
@@ -38,6 +43,17 @@ def job_pb(job: JobRecord) -> orchestrator_pb2.Job:
                                      message=p.get("message", "")),
         report=_artifact(job.report), manifest=_artifact(job.manifest), summary=job.summary, error=job.error,
         attempts=job.attempts, created_at=_ts(job.created_at), updated_at=_ts(job.updated_at))
+
+
+def job_summary_pb(job: JobRecord) -> orchestrator_pb2.JobSummary:
+    p = job.progress or {}
+    return orchestrator_pb2.JobSummary(
+        job_id=job.job_id, kind=KIND_ENUM[job.kind], state=orchestrator_pb2.JobState.Value(f"JOB_STATE_{job.state}"),
+        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0),
+                                     message=p.get("message", "")[:SUMMARY_ERROR_CHARS]),
+        report=_artifact(job.report), manifest=_artifact(job.manifest), summary=job.summary,
+        error=job.error[:SUMMARY_ERROR_CHARS], attempts=job.attempts, created_at=_ts(job.created_at),
+        updated_at=_ts(job.updated_at))
 
 
 def event_pb(e: EventRecord) -> orchestrator_pb2.WatchResponse:
@@ -70,8 +86,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: {', '.join(names) or 'none'}")
 
     async def Submit(self, request, context):
-        if len(request.idempotency_key) > 128:
-            raise InvalidArgument("idempotency_key", f"{len(request.idempotency_key)} characters is over the limit of 128")
+        size = request.spec.ByteSize()
+        if size > MAX_SPEC_BYTES:
+            raise InvalidArgument("spec", f"{size:,} bytes, over the limit of {MAX_SPEC_BYTES:,}")
         kind = specs.validate(request.spec)
         await self._check_references(request.spec)
         job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(), request.idempotency_key)
@@ -81,13 +98,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return orchestrator_pb2.GetResponse(job=job_pb(await asyncio.to_thread(self.jobs.get, request.job_id)))
 
     async def List(self, request, context):
-        limit = request.limit or 100
-        if not 1 <= limit <= 1000:
-            raise InvalidArgument("limit", f"{limit} is outside [1, 1000]")
+        size = pages.page_size(request.page_size)
+        cursor = pages.decode(request.page_token)
         kind = KIND_NAME.get(request.kind, "") if request.kind else ""
         state = orchestrator_pb2.JobState.Name(request.state).removeprefix("JOB_STATE_") if request.state else ""
-        jobs = await asyncio.to_thread(self.jobs.list, limit, kind, state)
-        return orchestrator_pb2.ListResponse(jobs=[job_pb(j) for j in jobs])
+        jobs = await asyncio.to_thread(self.jobs.list, size + 1, kind, state, cursor)
+        summaries, token = pages.fill(jobs, size, job_summary_pb, lambda j: pages.Cursor(j.created_at, j.job_id))
+        return orchestrator_pb2.ListResponse(jobs=summaries, next_page_token=token)
 
     async def Cancel(self, request, context):
         return orchestrator_pb2.CancelResponse(job=job_pb(await asyncio.to_thread(self.jobs.request_cancel, request.job_id)))

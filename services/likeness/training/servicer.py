@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from likeness.api.v1 import training_pb2, training_pb2_grpc
+from likeness.core import pages
 from likeness.training import convert
 from likeness.training.runs import TrainingRuns
 
@@ -27,8 +28,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         return training_pb2.GetRunResponse(run=convert.run_pb(run))
 
     async def ListRuns(self, request, context):
-        runs = await asyncio.to_thread(self._runs.list, request.limit or 100, convert.state_filter(request.state))
-        return training_pb2.ListRunsResponse(runs=[convert.run_pb(r) for r in runs])
+        size = pages.page_size(request.page_size)
+        cursor = pages.decode(request.page_token)
+        runs = await asyncio.to_thread(self._runs.list, size + 1, convert.state_filter(request.state), cursor)
+        summaries, token = pages.fill(runs, size, convert.run_summary_pb, lambda r: pages.Cursor(r.created_at, r.run_id))
+        return training_pb2.ListRunsResponse(runs=summaries, next_page_token=token)
 
     async def CancelRun(self, request, context):
         run = await asyncio.to_thread(self._runs.cancel, request.run_id)
