@@ -50,7 +50,7 @@ def test_submit_validates_and_watch_streams(api, tmp_path):
     with pytest.raises(grpc.RpcError) as err:  # a dataset that does not exist is refused at Submit
         s.Submit(o.SubmitRequest(spec=o.JobSpec(curate=o.CurateSpec(
             import_source=o.ImportSource(uri=f"file://{tmp_path}/store/nothing-here/"), target_count=2))), metadata=AUTH)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "holds no objects" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "holds no PNG, JPEG or WebP image" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         s.Get(o.GetRequest(job_id="missing"), metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

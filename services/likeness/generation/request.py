@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from likeness.core.errors import InvalidArgument, check_range, require
+from likeness.core.uris import validate_prefix
 from likeness.diffusion.samplers import DEFAULT as DEFAULT_SAMPLER
 from likeness.diffusion.samplers import SAMPLERS
 from likeness.generation import presets
@@ -130,8 +131,7 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
 
     reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
     check_range(reference_scale, "reference_scale", 0.0, 1.0)
-    require(not req.output_prefix or (not req.output_prefix.startswith("/") and ".." not in req.output_prefix),
-            "output_prefix", "must be a relative store prefix without '..'")
+    validate_prefix(req.output_prefix, "output_prefix")
 
     resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
                        strength=strength, refiner=refiner, refiner_fraction=fraction,

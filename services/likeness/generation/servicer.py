@@ -7,6 +7,7 @@ import asyncio
 from likeness.api.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from likeness.core.convert import artifact_pb
 from likeness.core.errors import InvalidArgument
+from likeness.core.uris import validate_prefix
 from likeness.generation.generator import GenerationResult, ImageGenerator
 from likeness.generation.region import mask_from_rgb
 from likeness.generation.request import AdapterRef, GenerationRequest
@@ -32,6 +33,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self._generator, self._images, self._engine_name = generator, images, engine_name
 
     async def _request(self, pb: generation_pb2.GenerateRequest) -> GenerationRequest:
+        validate_prefix(pb.output_prefix, "output_prefix")  # before any image is loaded or model touched
+
         def opt(name):
             return getattr(pb, name) if pb.HasField(name) else None
 

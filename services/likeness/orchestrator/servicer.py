@@ -11,7 +11,7 @@ from likeness.api.v1 import common_pb2, generation_pb2, orchestrator_pb2, orches
 from likeness.core import pages
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
-from likeness.orchestrator import specs
+from likeness.orchestrator import imports, specs
 from likeness.orchestrator.clients import ServiceClients
 from likeness.orchestrator.jobstore import TERMINAL, EventRecord, JobRecord, JobStore
 
@@ -72,8 +72,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def _check_references(self, spec: orchestrator_pb2.JobSpec) -> None:
         field, uri = specs.dataset_of(spec)
         if uri:
-            keys = await asyncio.to_thread(self.store.list, self.store.key_of(uri, field=field))
-            if not keys:
+            prefix = self.store.key_of(uri, field=field)
+            if field == imports.FIELD and prefix and not prefix.endswith("/"):
+                prefix += "/"
+            keys = await asyncio.to_thread(self.store.list, prefix)
+            if field == imports.FIELD:
+                imports.layout(uri, prefix, keys)
+            elif not keys:
                 raise InvalidArgument(field, f"'{uri}' holds no objects")
         model = specs.model_of(spec)
         if model:

@@ -8,7 +8,7 @@ import math
 
 from likeness.api.v1 import generation_pb2, orchestrator_pb2
 from likeness.core.errors import check_range, require
-from likeness.core.uris import validate_key
+from likeness.core.uris import validate_prefix
 
 KINDS = ("curate", "train", "storyboard", "open_eyes", "diversity")
 QUOTA_DIMENSIONS = ("seed", "cluster", "image_type")
@@ -57,7 +57,7 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
                 f"{c.target_count} is more than the {candidates} candidates the source generates")
     else:
         require(bool(c.import_source.uri), "spec.curate.import_source.uri", "is empty")
-    validate_key(c.output_prefix, "spec.curate.output_prefix", prefix=True)  # no '..', no absolute path
+    validate_prefix(c.output_prefix, "spec.curate.output_prefix")  # no URI, no '..', no absolute path
     mins = 0
     for i, q in enumerate(c.quotas):
         f = f"spec.curate.quotas[{i}]"

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.core.workid import sha256_hex
+from likeness.orchestrator import imports
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.workflows.common import (
-    IMAGE_SUFFIXES,
     REASONS,
     batched,
     gather_ordered,
@@ -78,29 +78,22 @@ async def generated_candidates(ctx: JobContext, spec) -> list[Candidate]:
 
 
 def imported_candidates(ctx: JobContext, spec) -> list[Candidate]:
-    """Import layout: `<prefix>/<seed>/<image_type>/<name>.<ext>`, else seed 0 / original.
-    A same-name .txt next to an image is its caption."""
+    """Import layout (orchestrator.imports): `<prefix>/<seed>/<image_type>/<name>.<ext>`, or every
+    image directly under the prefix. A same-name .txt next to an image is its caption."""
     store = ctx.store
-    prefix = store.key_of(spec.import_source.uri, field="spec.curate.import_source.uri")
+    prefix = store.key_of(spec.import_source.uri, field=imports.FIELD)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     keys = store.list(prefix)
     texts = {k[: -len(".txt")] for k in keys if k.endswith(".txt")}
     out = []
-    for key in keys:
-        if not key.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        rel = key[len(prefix):]
-        parts = rel.split("/")
-        seed, image_type = (parts[0], parts[1]) if len(parts) >= 3 else ("0", "original")
-        stem = key.rsplit(".", 1)[0]
-        caption = store.get(stem + ".txt").decode("utf-8", "replace").strip() if stem in texts else image_type
+    for item in imports.layout(spec.import_source.uri, prefix, keys):
+        stem = item.key.rsplit(".", 1)[0]
+        caption = store.get(stem + ".txt").decode("utf-8", "replace").strip() if stem in texts else item.image_type
         if spec.trigger_token and not caption.startswith(spec.trigger_token):
             caption = f"{spec.trigger_token}, {caption}"
-        info = store.stat(key)
-        out.append(Candidate(safe_name(rel.rsplit(".", 1)[0]), store.uri(key), info.sha256, seed, image_type, caption))
-    if not out:
-        raise FailedPrecondition("spec.curate.import_source.uri", f"no PNG/JPEG/WebP images under '{spec.import_source.uri}'")
+        info = store.stat(item.key)
+        out.append(Candidate(item.id, store.uri(item.key), info.sha256, item.seed, item.image_type, caption))
     return out
 
 
@@ -154,11 +147,11 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
         return 1 if usable else 0
     req = embedding_pb2.ClusterRequest(items=labeled([c.id for c, _ in usable], [v for _, v in usable]),
                                        k=min(spec.clusters, len(usable) - 1), seed=spec.seed)
-    resp = await ctx.cached("cluster", {"items": [c.sha256 for c, _ in usable], "k": req.k, "seed": req.seed},
+    # The ids are part of the key: the response names items by id, and the same images imported
+    # under another layout carry other ids.
+    resp = await ctx.cached("cluster", {"items": [[c.id, c.sha256] for c, _ in usable], "k": req.k, "seed": req.seed},
                             lambda: ctx.clients.embedding.call("Cluster", req), embedding_pb2.ClusterResponse)
-    by_id = {c.id: c for c, _ in usable}
-    for a in resp.assignments:
-        c = by_id[a.id]
+    for (c, _), a in zip(usable, resp.assignments, strict=True):  # one assignment per item, in request order
         c.cluster, c.silhouette = a.cluster, a.silhouette
         if a.outlier:
             c.reject("outlier", a.outlier_reason)
