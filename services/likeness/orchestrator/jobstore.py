@@ -41,6 +41,7 @@ class JobRecord:
     report: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     error: str = ""
+    previous_owner: str = ""  # set by lease_next: the replica whose lease this attempt took over
 
     @classmethod
     def of(cls, row: JobRow, with_spec: bool = True) -> JobRecord:
@@ -144,12 +145,13 @@ class JobStore:
         now = utcnow()
         free = or_(JobRow.state == "QUEUED", and_(JobRow.state == "RUNNING", JobRow.lease_expires_at < now))
         with self.sessions.begin() as s:
-            q = select(JobRow.job_id).where(free).order_by(JobRow.created_at).limit(1)
+            q = select(JobRow.job_id, JobRow.lease_owner).where(free).order_by(JobRow.created_at).limit(1)
             if self.is_postgres:
                 q = q.with_for_update(skip_locked=True)
-            job_id = s.scalars(q).first()
-            if job_id is None:
+            candidate = s.execute(q).first()
+            if candidate is None:
                 return None
+            job_id, previous = candidate
             taken = s.execute(
                 update(JobRow).where(JobRow.job_id == job_id, free)
                 .values(state="RUNNING", lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -158,10 +160,14 @@ class JobStore:
                 return None
             row = s.get(JobRow, job_id)
             s.refresh(row)
-            resumed = row.attempts > 1
-            self._event(s, job_id, "PROGRESS", "", f"{'resumed' if resumed else 'started'} by {owner} (attempt {row.attempts})",
-                        {}, "RUNNING")
-            return JobRecord.of(row)
+            record = JobRecord.of(row)
+            if row.attempts > 1:  # a takeover is a fault the job's record shows, not just a count
+                record.previous_owner = previous or ""
+                self._event(s, job_id, "WARNING", "", f"takeover: resumed by {owner} (attempt {row.attempts}) after "
+                            f"the lease of {previous or 'an unknown replica'} expired", {}, "RUNNING")
+            else:
+                self._event(s, job_id, "PROGRESS", "", f"started by {owner} (attempt 1)", {}, "RUNNING")
+            return record
 
     def heartbeat(self, job_id: str, owner: str, lease_seconds: float, progress: dict | None = None) -> tuple[bool, bool]:
         """Extends the lease; returns (still_owner, cancel_requested)."""

@@ -14,6 +14,7 @@ import sqlalchemy.exc
 
 from likeness.api.v1 import orchestrator_pb2
 from likeness.core import errors, metrics
+from likeness.core.faults import Fault
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import canonical_json
 from likeness.orchestrator.clients import ServiceClients
@@ -83,18 +84,27 @@ class Runner:
 
     async def run_job(self, job: JobRecord) -> None:
         ctx = JobContext(job, self.jobs, self.store, self.clients)
+        ctx.collect_faults()  # this task is the job's own: retries and stalls below land in the job
+        if job.attempts > 1:  # lease_next wrote the takeover event
+            ctx.faults.append(Fault("takeover", f"attempt {job.attempts} by {self.owner} took over from "
+                                                f"{job.previous_owner or 'an unknown replica'}"))
         spec = orchestrator_pb2.JobSpec.FromString(job.spec)
         workflow = WORKFLOWS[job.kind]
         work = asyncio.create_task(workflow(ctx, getattr(spec, job.kind)))
         beat = asyncio.create_task(self._heartbeat(ctx, work))
         try:
             outcome: Outcome = await work
+            await self._note_reuse(ctx, job)
             report, manifest = await self._write_outputs(ctx, job, outcome)
+            await ctx.flush_faults()
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "SUCCEEDED",
                                     summary=self._summary(ctx, outcome), report=report, manifest=manifest)
         except errors.Cancelled as exc:
+            await ctx.flush_faults()
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "CANCELLED", error=str(exc))
         except errors.LikenessError as exc:
+            await self._note_reuse(ctx, job)
+            await ctx.flush_faults()
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "FAILED", error=str(exc),
                                     summary=self._summary(ctx, None))
         except asyncio.CancelledError:
@@ -115,6 +125,12 @@ class Runner:
             self.tasks.pop(job.job_id, None)
 
     @staticmethod
+    async def _note_reuse(ctx: JobContext, job: JobRecord) -> None:
+        if job.attempts > 1:
+            ctx.fault("takeover", f"attempt {job.attempts} reused {ctx.reused} of {ctx.reused + ctx.computed} "
+                                  "units of work finished by earlier attempts")
+
+    @staticmethod
     def _summary(ctx: JobContext, outcome: Outcome | None) -> dict:
         summary = {k: str(v) for k, v in (outcome.summary if outcome else {}).items()}
         summary.update({f"seconds_{k}": f"{v:.3f}" for k, v in ctx.timings.items()})
@@ -122,13 +138,21 @@ class Runner:
         summary["work_computed"] = str(ctx.computed)
         if ctx.warnings:
             summary["warnings"] = str(len(ctx.warnings))
+        for fault in ctx.faults:
+            summary[f"faults_{fault.kind}"] = str(int(summary.get(f"faults_{fault.kind}", "0")) + 1)
         return summary
 
     async def _write_outputs(self, ctx: JobContext, job: JobRecord, outcome: Outcome) -> tuple[dict, dict]:
         prefix = output_prefix(job)
         manifest_body = canonical_json({"kind": job.kind, **outcome.manifest})
         manifest = await asyncio.to_thread(self.store.put, prefix + "manifest.json", manifest_body, "application/json")
-        html = await asyncio.to_thread(render_report, job, outcome, ctx.timings, ctx.warnings, self.store)
+        rows = [[f.kind, f.message] for f in ctx.faults]
+        section = ({"type": "table", "title": "Faults survived", "columns": ["kind", "detail"], "rows": rows} if rows
+                   else {"type": "text", "title": "Faults survived", "body": "none: no retried call, stalled store "
+                         "call or takeover during this job"})
+        shown = Outcome(outcome.summary, outcome.manifest, {**outcome.report,
+                        "sections": [*outcome.report.get("sections", []), section]}, outcome.warnings)
+        html = await asyncio.to_thread(render_report, job, shown, ctx.timings, ctx.warnings, self.store)
         report = await asyncio.to_thread(self.store.put, prefix + "report.html", html.encode(), "text/html")
         as_dict = lambda o: {"uri": o.uri, "sha256": o.sha256, "size_bytes": o.size, "media_type": o.media_type}  # noqa: E731
         log.info("job outputs", extra={"job_id": job.job_id, "report": report.uri, "manifest": manifest.uri,
