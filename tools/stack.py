@@ -88,6 +88,15 @@ def venv_tool(name: str) -> str:
     sys.exit(f"[stack] `{name}` not found: run `make venv sysdeps`")
 
 
+def write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner can read (mode 600, also when it existed): the state and env
+    files hold the S3 secret and the database URL with its password."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 class Stack:
     def __init__(self, state_dir: Path):
         self.dir = state_dir
@@ -100,7 +109,7 @@ class Stack:
         return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
 
     def save(self, state: dict) -> None:
-        self.state_file.write_text(json.dumps(state, indent=2))
+        write_private(self.state_file, json.dumps(state, indent=2))
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         """Starts `cmd` in its own process group; its pid file records the command line so `down`
@@ -137,7 +146,7 @@ class Stack:
             state["database_url"] = self.start_postgres(ports["postgres"])
             self.save(state)
             envs = service_environments(services, ports, state["database_url"], self.dir)
-            (self.dir / "env.json").write_text(json.dumps(envs, indent=2, sort_keys=True))
+            write_private(self.dir / "env.json", json.dumps(envs, indent=2, sort_keys=True))
             procs = {name: self.spawn(name, [sys.executable, "-m", "likeness", "serve", name],
                                       env={**os.environ, **envs[name]}) for name in services}
             self.start_prometheus(services, ports)

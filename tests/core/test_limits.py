@@ -7,6 +7,7 @@ server proves the boundary applies to every RPC of every service."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -196,12 +197,11 @@ GRPC = {detection_pb2: detection_pb2_grpc, embedding_pb2: embedding_pb2_grpc, ge
         training_pb2: training_pb2_grpc}
 
 
-@pytest.fixture(scope="module")
-def bare_server(tmp_path_factory):
+@contextlib.contextmanager
+def bare_runtime(settings):
     """Every service's generated base servicer (each method answers UNIMPLEMENTED) on one runtime:
-    a call that reaches a servicer got past the boundary."""
+    a call that reaches a servicer got past the boundary. Yields the runtime (port, metrics_port)."""
     from likeness.core.server import Service, ServiceRuntime
-    from likeness.core.settings import CommonSettings
 
     servicers, names = [], []
     for module, service, _ in methods():
@@ -211,23 +211,32 @@ def bare_server(tmp_path_factory):
         if pair[0] not in [p[0] for p in servicers]:
             servicers.append(pair)
             names.append(service.full_name)
-    settings = CommonSettings(port=0, metrics_enabled=False, drain_seconds=0)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     box = {}
 
     async def main():
         box["runtime"] = runtime = ServiceRuntime(Service("limits-test", servicers, names), settings)
-        box["port"] = await runtime.start()
+        await runtime.start()
         ready.set()
         await runtime._stopped.wait()
 
     thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
     thread.start()
     assert ready.wait(30)
-    yield box["port"]
-    asyncio.run_coroutine_threadsafe(box["runtime"].stop(grace=0), loop).result(30)
-    thread.join(30)
+    try:
+        yield box["runtime"]
+    finally:
+        asyncio.run_coroutine_threadsafe(box["runtime"].stop(grace=0), loop).result(30)
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def bare_server():
+    from likeness.core.settings import CommonSettings
+
+    with bare_runtime(CommonSettings(port=0, metrics_enabled=False, drain_seconds=0)) as runtime:
+        yield runtime.port
 
 
 def test_every_rpc_of_every_service_refuses_an_oversized_field(bare_server):

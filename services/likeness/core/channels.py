@@ -61,12 +61,16 @@ def channel_credentials(settings: CommonSettings | None) -> grpc.ChannelCredenti
 
 
 def aio_channel(target: str, settings: CommonSettings | None = None, *, max_attempts: int = 5) -> grpc.aio.Channel:
+    """With LIKENESS_AUTH_TOKEN set, every call carries it (services that require it accept it)."""
+    from likeness.core.auth import client_interceptors
+
     opts = channel_options(settings, max_attempts)
     creds = channel_credentials(settings)
     target = normalise_target(target)
+    token = client_interceptors(settings.auth_token.get_secret_value() if settings else "")
     if creds is not None:
-        return grpc.aio.secure_channel(target, creds, options=opts)
-    return grpc.aio.insecure_channel(target, options=opts)
+        return grpc.aio.secure_channel(target, creds, options=opts, interceptors=token)
+    return grpc.aio.insecure_channel(target, options=opts, interceptors=token)
 
 
 def sync_channel(target: str, settings: CommonSettings | None = None, *, max_attempts: int = 5) -> grpc.Channel:

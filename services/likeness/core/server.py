@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from likeness.core import metrics
+from likeness.core import auth, metrics
+from likeness.core.auth import BearerTokenInterceptor
 from likeness.core.errors import LikenessError
 from likeness.core.interceptor import ObservabilityInterceptor
 from likeness.core.limits import LimitsInterceptor
@@ -68,6 +70,39 @@ def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def service_auth(settings: CommonSettings, given: list) -> list[grpc.aio.ServerInterceptor]:
+    """The LIKENESS_AUTH_TOKEN interceptor, unless the service brought its own bearer check (the
+    orchestrator with LIKENESS_ORCHESTRATOR_AUTH_TOKEN)."""
+    token = settings.auth_token.get_secret_value()
+    if not token or any(isinstance(i, BearerTokenInterceptor) for i in given):
+        return []
+    open_prefixes = tuple(p for p, what in ((auth.HEALTH, "health"), (auth.REFLECTION, "reflection"))
+                          if settings.exempt(what))
+    return [BearerTokenInterceptor(token, open_prefixes)]
+
+
+def start_metrics(settings: CommonSettings, port: int):
+    """The Prometheus endpoint; behind the bearer token when auth is on and metrics are not exempt."""
+    token = settings.auth_token.get_secret_value()
+    if not token or settings.exempt("metrics"):
+        return start_http_server(port, addr=settings.host)[0]
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # scrapes are not worth a log line each
+            pass
+
+    httpd = make_server(settings.host, port, auth.guard_wsgi(make_wsgi_app(), token), Server, handler_class=Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True, name="metrics").start()
+    return httpd
+
+
 class ServiceRuntime:
     def __init__(self, service: Service, settings: CommonSettings, *, drain_seconds: float | None = None,
                  interceptors: list[grpc.aio.ServerInterceptor] | None = None):
@@ -75,9 +110,10 @@ class ServiceRuntime:
         self.settings = settings
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
+        interceptors = [*(interceptors or []), *service_auth(settings, interceptors or [])]
         self.server = grpc.aio.server(
             # LimitsInterceptor sits inside the observability one, which maps its INVALID_ARGUMENT.
-            interceptors=[*(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all"),
+            interceptors=[*interceptors, ObservabilityInterceptor(settings.log_calls == "all"),
                           LimitsInterceptor()],
             options=server_options(settings))
         self.port = 0
@@ -107,8 +143,7 @@ class ServiceRuntime:
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
         if self.settings.metrics_enabled:
-            self._metrics_server, _ = start_http_server(
-                self.settings.resolved_metrics_port(self.service.name), addr=self.settings.host)
+            self._metrics_server = start_metrics(self.settings, self.settings.resolved_metrics_port(self.service.name))
             self.metrics_port = self._metrics_server.server_port
         await self.server.start()
         log.info("listening", extra={"grpc_port": self.port, "metrics_port": self.metrics_port,

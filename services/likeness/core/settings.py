@@ -59,10 +59,20 @@ class CommonSettings(BaseSettings):
     model_repository: str = "file:///tmp/likeness/models"
     model_cache_dir: str = "/tmp/likeness/model-cache"
 
+    # Bearer token every service's gRPC API requires (and every client built by core.channels
+    # sends); empty = off. `auth_exempt` names what stays open: health (Kubernetes probes),
+    # reflection (grpcurl), metrics (the Prometheus scrape). The orchestrator's own
+    # LIKENESS_ORCHESTRATOR_AUTH_TOKEN, when set, guards its API instead.
+    auth_token: SecretStr = SecretStr("")
+    auth_exempt: str = Field("health,reflection,metrics", pattern=r"^((health|reflection|metrics)(,|$))*$")
+
     # TLS between services (optional): mounted PEM files
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+
+    def exempt(self, what: str) -> bool:
+        return what in self.auth_exempt.split(",")
 
     def resolved_port(self, service: str) -> int:
         return PORTS.get(service, 0) if self.port < 0 else self.port
