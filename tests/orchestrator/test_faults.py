@@ -142,3 +142,43 @@ def test_a_job_without_faults_says_so(env):  # noqa: F811
     assert done.state == "SUCCEEDED" and not any(k.startswith("faults_") for k in done.summary)
     assert "none: no retried call" in store.get(done.report["uri"]).decode()
 
+
+
+def test_a_stall_inside_a_service_reaches_the_callers_job():
+    """The service's store stalled while serving the call (reported from a worker thread there);
+    the fault travels back in the `likeness-faults` trailer and the client reports it in turn."""
+    from likeness.api.v1 import detection_pb2_grpc
+    from likeness.core.server import Service, ServiceRuntime
+    from likeness.core.settings import CommonSettings
+
+    class Stalling(detection_pb2_grpc.DetectionServiceServicer):
+        async def Assess(self, request, context):
+            await asyncio.to_thread(faults.report, "store_stall", "S3 get img.png: stalled 10.2s, 9 retries")
+            return detection_pb2.AssessResponse(backend="stalled")
+
+    async def scenario():
+        runtime = ServiceRuntime(Service("detection", [(detection_pb2_grpc.add_DetectionServiceServicer_to_server,
+                                                        Stalling())], ["likeness.v1.DetectionService"]),
+                                 CommonSettings(port=0, metrics_enabled=False, drain_seconds=0))
+        port = await runtime.start()
+        try:
+            client = ServiceClient("detection", f"127.0.0.1:{port}", OrchestratorSettings())
+            got: list[faults.Fault] = []
+            faults.SINK.set(got.append)
+            response = await client.call("Assess", detection_pb2.AssessRequest())
+            await client.close()
+            return response, got
+        finally:
+            await runtime.stop(grace=0)
+
+    response, got = asyncio.run(scenario())
+    assert response.backend == "stalled"
+    assert got == [faults.Fault("store_stall", "in detection.Assess: S3 get img.png: stalled 10.2s, 9 retries")]
+
+
+def test_trailer_is_bounded_and_tolerant():
+    many = [faults.Fault("store_stall", "x" * 1000)] * 20
+    decoded = faults.decode(faults.encode(many))
+    assert len(decoded) == faults.MAX_SENT + 1 and decoded[-1].kind == "more"
+    assert all(len(f.message) <= faults.MAX_MESSAGE for f in decoded)
+    assert faults.decode("not json") == [] and faults.decode("[[1]]") == []

@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 from likeness.core import auth, metrics
 from likeness.core.auth import BearerTokenInterceptor
 from likeness.core.errors import LikenessError
+from likeness.core.faults import FaultsInterceptor
 from likeness.core.interceptor import ObservabilityInterceptor
 from likeness.core.limits import LimitsInterceptor
 from likeness.core.logging import configure as configure_logging
@@ -114,7 +115,7 @@ class ServiceRuntime:
         self.server = grpc.aio.server(
             # LimitsInterceptor sits inside the observability one, which maps its INVALID_ARGUMENT.
             interceptors=[*interceptors, ObservabilityInterceptor(settings.log_calls == "all"),
-                          LimitsInterceptor()],
+                          LimitsInterceptor(), FaultsInterceptor()],
             options=server_options(settings))
         self.port = 0
         self.metrics_port = 0

@@ -84,7 +84,9 @@ class ServiceClient:
             attempt += 1
             try:
                 async with self.limit:
-                    response = await getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+                    pending = getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+                    response = await pending
+                faults.report_trailer(await pending.trailing_metadata(), f"{self.name}.{method}")
                 if attempt > 1:
                     self._report_retries(method, attempt - 1, last, start, "then succeeded")
                 return response
