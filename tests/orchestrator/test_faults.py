@@ -182,3 +182,18 @@ def test_trailer_is_bounded_and_tolerant():
     assert len(decoded) == faults.MAX_SENT + 1 and decoded[-1].kind == "more"
     assert all(len(f.message) <= faults.MAX_MESSAGE for f in decoded)
     assert faults.decode("not json") == [] and faults.decode("[[1]]") == []
+
+
+def test_a_slow_store_call_without_errors_is_a_stall(monkeypatch):
+    from likeness.core import store_s3
+
+    monkeypatch.setattr(store_s3, "STALL_SECONDS", 0.05)
+    store = S3Store(client=None, bucket="likeness", retry_seconds=30, endpoint="127.0.0.1:1")
+
+    def frozen_then_fine():
+        import time
+        time.sleep(0.1)
+        return b"ok"
+
+    result, got = collected(lambda: store._call("get k", frozen_then_fine))
+    assert result == b"ok" and "S3 get k: stalled 0.1s, 0 retries (last error none)" in got[0].message

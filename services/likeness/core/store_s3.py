@@ -36,6 +36,9 @@ T = TypeVar("T")
 
 PART_SIZE = 16 * 1024 * 1024  # multipart above this; each part is buffered in memory once
 SHA_META = "sha256"  # sent as x-amz-meta-sha256
+# A call that succeeds only after this long (a frozen server answers late, without an error) is a
+# stall worth reporting to the job it served, like one that needed retries.
+STALL_SECONDS = 5.0
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "ServerBusy"}
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
@@ -148,7 +151,7 @@ class S3Store(ArtifactStore):
         while True:
             try:
                 result = fn()
-                if retries:
+                if retries or time.monotonic() - start >= STALL_SECONDS:
                     self._report_stall(what, retries, last, start, "then succeeded")
                 return result
             except Exception as exc:
