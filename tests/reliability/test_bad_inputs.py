@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import pytest
@@ -45,12 +46,44 @@ def test_corpus_covers_every_service_and_kind():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+def group_rss_bytes(pgid: int) -> int:
+    """Resident memory of every process in a process group (a service and any worker it started)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # field 5 of /proc/PID/stat: the process group
+                status = (stat.parent / "status").read_text()
+                total += int(status.split("VmRSS:")[1].split()[0]) * 1024
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile, or is a kernel thread without VmRSS
+    return total
+
+
+@pytest.fixture(scope="module")
+def rss_before(rel_stack):
+    """Each service's memory before the corpus: the stack is up and every service warmed up."""
+    return {name: group_rss_bytes(rel_stack.procs[name].pid) for name in corpus.STUBS}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, ctx, channels, log_offsets):
+def test_bad_input(case, ctx, channels, log_offsets, rss_before):
     status, message = corpus.outcome(channels[case.service], case, ctx)
     assert status == case.status, f"{case.id}: got {status}: {message}"
     for word in case.words:
         assert word.lower() in message.lower(), f"{case.id}: {word!r} not in {message!r}"
+
+
+MAX_RSS_GROWTH = 200 * 1024 * 1024
+
+
+def test_hostile_corpus_leaves_memory_bounded(rel_stack, rss_before):
+    """The whole corpus (multi-megabyte fields over their limits included) grew no service by more
+    than 200 MB: oversized requests are refused before anything proportional to them is built."""
+    grown = {name: group_rss_bytes(rel_stack.procs[name].pid) - before for name, before in rss_before.items()}
+    print("RSS growth over the corpus (MB):", {k: round(v / 2**20, 1) for k, v in grown.items()})
+    assert all(before > 0 for before in rss_before.values()), rss_before
+    assert max(grown.values()) < MAX_RSS_GROWTH, grown
 
 
 def test_every_service_still_serving_and_nothing_internal(rel_stack, log_offsets):

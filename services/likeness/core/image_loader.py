@@ -10,6 +10,7 @@ many images are read and decoded at once across all concurrent requests (memory 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +45,10 @@ class ImageLoader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # run_in_executor does not carry context variables (asyncio.to_thread does): copy them, so a
+        # store stall while loading reaches the call's fault sink (core.faults)
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, fn, *args)
 
     async def load_all(self, inputs: Sequence, field: str = "images") -> list[LoadedImage]:
         """One LoadedImage per input, in order; never raises for a bad item."""
