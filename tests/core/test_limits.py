@@ -162,9 +162,9 @@ def test_every_proto_comment_states_its_limit():
     assert missing == []
 
 
-def test_docs_table_is_the_limits_table():
-    api = (ROOT / "docs/api.md").read_text()
-    assert limits.table_markdown() in api, "docs/api.md: paste `python -m likeness.core.limits`"
+@pytest.mark.parametrize("doc", ["docs/api.md", "docs/reliability.md"])
+def test_docs_table_is_the_limits_table(doc):
+    assert limits.table_markdown() in (ROOT / doc).read_text(), f"{doc}: paste `python -m likeness.core.limits`"
 
 
 @pytest.mark.slow

@@ -103,6 +103,7 @@ def run_with_fault(deployed, baseline, database_url: str, fault) -> tuple[o.Job,
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     for name in stack.services:
         assert health(stack.address(name)) == "SERVING"
+    print(f"attempts {done.attempts}; record:", [e.message for e in events if e.type == o.EVENT_TYPE_WARNING])
     return done, events
 
 
