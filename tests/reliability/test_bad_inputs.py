@@ -5,6 +5,7 @@ service is still SERVING and no call was logged as INTERNAL or UNKNOWN."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -77,12 +78,24 @@ def test_bad_input(case, ctx, channels, log_offsets, rss_before):
 MAX_RSS_GROWTH = 200 * 1024 * 1024
 
 
-def test_hostile_corpus_leaves_memory_bounded(rel_stack, rss_before):
-    """The whole corpus (multi-megabyte fields over their limits included) grew no service by more
-    than 200 MB: oversized requests are refused before anything proportional to them is built."""
-    grown = {name: group_rss_bytes(rel_stack.procs[name].pid) - before for name, before in rss_before.items()}
-    print("RSS growth over the corpus (MB):", {k: round(v / 2**20, 1) for k, v in grown.items()})
-    assert all(before > 0 for before in rss_before.values()), rss_before
+HOSTILE = [c for c in CASES if any(w in c.id for w in ("over", "oversized", "2m", "31mib", "long", "huge", "bomb"))]
+
+
+def test_hostile_corpus_leaves_memory_bounded(rel_stack, rss_before, ctx, channels):
+    """The hostile rows (multi-megabyte fields over their limits, messages over the size limit,
+    decompression bombs) sent again to the warmed-up services, twice: no service keeps more than
+    200 MB of what they cost. (The first pass of the whole corpus is printed, not bounded: it also
+    loads what a service initialises lazily on first use, such as torch in training.)"""
+    first = {name: group_rss_bytes(rel_stack.procs[name].pid) - before for name, before in rss_before.items()}
+    print("RSS growth over the first corpus pass (MB):", {k: round(v / 2**20, 1) for k, v in first.items()})
+    warm = {name: group_rss_bytes(rel_stack.procs[name].pid) for name in corpus.STUBS}
+    for _ in range(2):
+        for case in HOSTILE:
+            corpus.outcome(channels[case.service], case, ctx)
+    time.sleep(2.0)  # freed heap is handed back a second after a large call (core/limits.py)
+    grown = {name: group_rss_bytes(rel_stack.procs[name].pid) - before for name, before in warm.items()}
+    print(f"RSS growth over {len(HOSTILE)} hostile rows x 2 (MB):", {k: round(v / 2**20, 1) for k, v in grown.items()})
+    assert len(HOSTILE) >= 15 and all(before > 0 for before in warm.values()), warm
     assert max(grown.values()) < MAX_RSS_GROWTH, grown
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 from dataclasses import dataclass, field
 
 import grpc
@@ -278,9 +279,11 @@ def check(request: Message) -> None:
 THREAD_ABOVE_BYTES = 1024 * 1024
 
 
-# After a call whose request was this large, freed heap is handed back to the system: glibc keeps
-# the pages of a decoded 32 MiB message (millions of small submessages) after it is freed, so a few
-# hostile requests would otherwise leave a service hundreds of MB larger for good.
+# After a call whose request was this large, the request is collected and freed heap handed back to
+# the system. A refused request stays referenced from the error's traceback, in a reference cycle
+# (exception -> frame -> exception) that only the cyclic collector frees, and an idle server
+# allocates too little to trigger it; glibc then keeps the freed pages. Without this, measured: a
+# bare server grew from 61 MB to 749 MB over eight refused 26-31 MB Submits.
 TRIM_ABOVE_BYTES = 4 * 1024 * 1024
 _trim_pending = False
 
@@ -288,6 +291,7 @@ _trim_pending = False
 def _malloc_trim() -> None:
     global _trim_pending
     _trim_pending = False
+    gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -300,21 +304,19 @@ def _trim_soon() -> None:
         asyncio.get_running_loop().call_later(1.0, _malloc_trim)
 
 
-async def check_async(request: Message) -> int:
-    """`check`, in a worker thread for a large request; returns the request's encoded size."""
-    size = request.ByteSize()
+async def check_async(request: Message, size: int) -> None:
+    """`check`, in a worker thread for a large request (`size`: its encoded size)."""
     if size > THREAD_ABOVE_BYTES:
         await asyncio.to_thread(check, request)
     else:
         check(request)
-    return size
 
 
 def _checked_unary(behavior):
     async def handler(request, context):
         size = request.ByteSize()
         try:
-            await check_async(request)
+            await check_async(request, size)
             return await behavior(request, context)
         finally:
             if size > TRIM_ABOVE_BYTES:
@@ -326,7 +328,7 @@ def _checked_stream(behavior):
     async def handler(request, context):
         size = request.ByteSize()
         try:
-            await check_async(request)
+            await check_async(request, size)
             async for item in behavior(request, context):
                 yield item
         finally:
