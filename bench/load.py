@@ -291,6 +291,9 @@ def main() -> int:
     ap.add_argument("--callers", type=int, default=4)
     ap.add_argument("--state", type=Path, default=None, help="stack folder (default: a temp folder)")
     a = ap.parse_args()
+    from bench.machine import Machine  # here, not at import: tests import this module as bench.load
+
+    machine = Machine()
     seconds = 10.0 if a.quick else (a.minutes * 60 if a.minutes else a.seconds)
     with tempfile.TemporaryDirectory(prefix="likeness-load-") as tmp:
         stack = start_stack(a.state or Path(tmp))
@@ -302,7 +305,7 @@ def main() -> int:
         finally:
             stack.down()
     print_report(result)
-    print(json.dumps(result))
+    print(json.dumps({**result, "machine": machine.done()}))
     return 0 if result["passed"] else 1
 
 

@@ -180,13 +180,30 @@ def storyboard(frames: list[str] = typer.Option(..., "--frame", help="a frame pr
 
 
 def open_eyes(image: str = typer.Argument(..., help="a local image file or a store URI"),
-              model: str = typer.Option("tiny-sdxl"), variations: int = typer.Option(2), restore: bool = typer.Option(True),
-              fidelity: float = typer.Option(0.7), seed: int = typer.Option(0), steps: int = typer.Option(0),
+              model: str = typer.Option("tiny-sdxl"), variations: int = typer.Option(2, help="1 to 16 per face"),
+              restore: bool = typer.Option(True, help="restore the face after compositing"),
+              fidelity: float = typer.Option(0.7, help="restoration fidelity in [0, 1]"),
+              seed: int = typer.Option(0), steps: int = typer.Option(0, help="0 takes the quality preset"),
+              quality: str = typer.Option("standard", help="fast, standard, quality or ultra"),
+              prompt: str = typer.Option("", help="inpainting prompt; empty takes the default"),
+              negative_prompt: str = typer.Option("", help="inpainting negative prompt"),
+              strength: float = typer.Option(0.0, help="inpainting strength in (0, 1]; 0 takes the default"),
+              face: int = typer.Option(-1, help="repair only this face (Detect's order); -1 repairs every face"),
               state: Path = state_opt, address: str = address_opt, token: str = token_opt, wait: bool = typer.Option(True)) -> None:
-    """Repair the eyes of a face: mask, inpaint variations, composite, restore."""
+    """Repair the eyes of every face (or one): mask, inpaint variations, feathered composite, restore,
+    verify and rank."""
     img = common_pb2.ImageInput(data=Path(image).read_bytes()) if Path(image).is_file() else common_pb2.ImageInput(uri=image)
+    modes = {"fast": generation_pb2.QUALITY_MODE_FAST, "standard": generation_pb2.QUALITY_MODE_STANDARD,
+             "quality": generation_pb2.QUALITY_MODE_QUALITY, "ultra": generation_pb2.QUALITY_MODE_ULTRA}
+    if quality not in modes:
+        raise typer.BadParameter(f"{quality!r} is not one of {', '.join(modes)}", param_hint="--quality")
     spec = orchestrator_pb2.OpenEyesSpec(image=img, model=model, variations=variations, restore=restore, fidelity=fidelity,
-                                         seed=seed, steps=steps)
+                                         seed=seed, steps=steps, quality_mode=modes[quality], prompt=prompt,
+                                         negative_prompt=negative_prompt)
+    if strength:
+        spec.strength = strength
+    if face >= 0:
+        spec.face_index = face
     _run(orchestrator_pb2.JobSpec(open_eyes=spec), state, address, token, wait)
 
 

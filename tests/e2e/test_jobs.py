@@ -3,7 +3,6 @@ are needed), asserting what the job promises."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ from PIL import Image
 
 from likeness.api.v1 import common_pb2, generation_pb2, training_pb2
 from likeness.api.v1 import orchestrator_pb2 as o
-from likeness.core.images import encode_png
+from likeness.core.images import decode_image, encode_png
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
 from likeness.core.workid import sha256_hex
@@ -120,28 +119,23 @@ def test_storyboard_retries_and_records_every_attempt(clip_jobs_client, e2e_stac
     assert "Attempts" in html and "CLIP score" in html
 
 
-def test_open_eyes_changes_only_pixels_near_the_eyes(jobs_client, store):
+def test_storyboard_conditions_frames_on_a_face_landmark_map(jobs_client, store):
     photo = skimage_photo("astronaut")
-    src = put_png(store, "e2e-inputs/astronaut.png", photo)
-    job = run(jobs_client, o.JobSpec(open_eyes=o.OpenEyesSpec(image=common_pb2.ImageInput(uri=src), model="tiny-sdxl",
-                                                              variations=2, steps=2, seed=5, restore=False)))
-    assert job.state == o.JOB_STATE_SUCCEEDED, job.error
-    m = manifest(store, job)
-    mask = np.asarray(Image.open(io.BytesIO(store.get(m["mask"]["uri"]))).convert("L")) > 0
-    assert 0 < mask.sum() < mask.size * 0.1
-    ys, xs = np.nonzero(mask)
-    # far from the mask (beyond dilation + feathering), every pixel is the input's
-    far = np.ones_like(mask)
-    margin = 48
-    far[max(ys.min() - margin, 0): ys.max() + margin, max(xs.min() - margin, 0): xs.max() + margin] = False
-    assert len(m["results"]) == 2
-    for r in m["results"]:
-        data = store.get(r["uri"])
-        out = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        assert out.shape == photo.shape
-        assert np.array_equal(out[far], photo[far])
-        assert not np.array_equal(out[mask], photo[mask])  # the eye region was repainted
-        assert b"parameters" in data[:4096]  # PNG metadata written next to IHDR
+    src = put_png(store, "e2e-inputs/astronaut-control.png", photo)
+    common = dict(model="tiny-sdxl", character="an astronaut", frame_prompts=["smiling", "looking left"], seed=4,
+                  retry_budget=0, width=64, height=64, steps=2, skip_clip_check=True)
+    plain = run(jobs_client, o.JobSpec(storyboard=o.StoryboardSpec(**common)))
+    steered = run(jobs_client, o.JobSpec(storyboard=o.StoryboardSpec(
+        **common, control_model="tiny-controlnet-sdxl", control_scale=1.0,
+        control_reference=common_pb2.ImageInput(uri=src))))
+    assert steered.state == o.JOB_STATE_SUCCEEDED, steered.error
+    tries, plain_tries = manifest(store, steered)["attempts"], manifest(store, plain)["attempts"]
+    controls = {a["control"] for a in tries}
+    assert len(controls) == 1 and "" not in controls  # every frame on the reference's map
+    landmarks = decode_image(store.get(controls.pop()), "image")
+    assert landmarks.shape == (64, 64, 3) and landmarks.max() == 255 and (landmarks == 0).mean() > 0.5
+    assert [a["uri"] for a in tries] != [a["uri"] for a in plain_tries]  # the control changed the frames
+    assert "control: face-landmark map" in store.get(steered.report.uri).decode()
 
 
 def test_diversity_tabulates_settings(jobs_client, store):

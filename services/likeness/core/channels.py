@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from likeness.core import tracing
 from likeness.core.settings import CommonSettings
 
 
@@ -67,19 +68,21 @@ def aio_channel(target: str, settings: CommonSettings | None = None, *, max_atte
     opts = channel_options(settings, max_attempts)
     creds = channel_credentials(settings)
     target = normalise_target(target)
-    token = client_interceptors(settings.auth_token.get_secret_value() if settings else "")
+    # the caller's trace context and, with LIKENESS_AUTH_TOKEN set, the bearer token on every call
+    interceptors = [*tracing.aio_client_interceptors(),
+                    *client_interceptors(settings.auth_token.get_secret_value() if settings else "")] or None
     if creds is not None:
-        return grpc.aio.secure_channel(target, creds, options=opts, interceptors=token)
-    return grpc.aio.insecure_channel(target, options=opts, interceptors=token)
+        return grpc.aio.secure_channel(target, creds, options=opts, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
 
 
 def sync_channel(target: str, settings: CommonSettings | None = None, *, max_attempts: int = 5) -> grpc.Channel:
     opts = channel_options(settings, max_attempts)
     creds = channel_credentials(settings)
     target = normalise_target(target)
-    if creds is not None:
-        return grpc.secure_channel(target, creds, options=opts)
-    return grpc.insecure_channel(target, options=opts)
+    channel = grpc.secure_channel(target, creds, options=opts) if creds is not None else \
+        grpc.insecure_channel(target, options=opts)
+    return tracing.traced_sync_channel(channel)
 
 
 def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:

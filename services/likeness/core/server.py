@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from likeness.core import auth, metrics
+from likeness.core import auth, metrics, tracing
 from likeness.core.auth import BearerTokenInterceptor
 from likeness.core.errors import LikenessError
 from likeness.core.faults import FaultsInterceptor
@@ -54,11 +54,15 @@ class Service:
 
 
 def server_options(settings: CommonSettings) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.max_connection_age_seconds > 0:  # clients reconnect and re-resolve: new replicas get calls
+        options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000))]
+    return options
 
 
 def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
@@ -112,9 +116,11 @@ class ServiceRuntime:
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
         interceptors = [*(interceptors or []), *service_auth(settings, interceptors or [])]
+        # the tracing interceptor comes first: its server span is current in everything after it;
+        # LimitsInterceptor sits inside the observability one, which maps its INVALID_ARGUMENT
+        traced = tracing.server_interceptors() if tracing.configure(service.name, settings) else []
         self.server = grpc.aio.server(
-            # LimitsInterceptor sits inside the observability one, which maps its INVALID_ARGUMENT.
-            interceptors=[*interceptors, ObservabilityInterceptor(settings.log_calls == "all"),
+            interceptors=[*traced, *interceptors, ObservabilityInterceptor(settings.log_calls == "all"),
                           LimitsInterceptor(), FaultsInterceptor()],
             options=server_options(settings))
         self.port = 0
@@ -168,6 +174,7 @@ class ServiceRuntime:
         await self.server.stop(grace)
         if self.service.shutdown is not None:
             await self.service.shutdown()
+        tracing.flush()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 from likeness.core.convert import item_error_pb
 from likeness.core.errors import FailedPrecondition, InvalidArgument, LikenessError, check_range
 from likeness.core.memo import LruCache, content_key
@@ -15,7 +14,7 @@ from likeness.detection.pipeline import FacePipeline
 from likeness.detection.quality import QualityMeasures, QualityWeights
 from likeness.detection.validation import ValidationPolicy, Verdict
 
-POLICY_FIELDS = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence")
+POLICY_FIELDS = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence", "min_sharpness", "min_eye_openness")
 WEIGHT_FIELDS = ("sharpness", "contrast", "exposure", "face_confidence")
 
 
@@ -30,6 +29,15 @@ def face_pb(face: Face) -> common_pb2.Face:
     for kind, (x, y) in face.landmarks.items():
         pb.landmarks.add(kind=common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{kind.value}"),
                          point=common_pb2.Point(x=x, y=y))
+    for side, eye in (("LEFT", face.left_eye), ("RIGHT", face.right_eye)):
+        if eye is None:
+            continue
+        kind = common_pb2.LandmarkKind.Value
+        pb.landmarks.add(kind=kind(f"LANDMARK_KIND_{side}_IRIS"), point=common_pb2.Point(x=eye.iris[0], y=eye.iris[1]))
+        for name, contour in (("UPPER_LID", eye.upper_lid), ("LOWER_LID", eye.lower_lid)):
+            for x, y in contour:
+                pb.landmarks.add(kind=kind(f"LANDMARK_KIND_{side}_{name}"), point=common_pb2.Point(x=x, y=y))
+        setattr(pb, f"{side.lower()}_eye_openness", eye.openness)
     if face.pose is not None:
         pb.pose.CopyFrom(common_pb2.Pose(yaw=face.pose.yaw, pitch=face.pose.pitch, roll=face.pose.roll))
     if face.embedding is not None:
@@ -84,7 +92,7 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
             raise loaded[0].error
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
+        return await tracing.run_on_worker(self._models, fn, *args)
 
     async def _run_cached(self, stage: str, fn, pixels, *args):
         """`fn(pixels, *args)` on the model worker, answered from the result cache when the same

@@ -17,6 +17,7 @@ from likeness.diffusion.samplers import SAMPLERS
 from likeness.generation import presets
 
 TASKS = ("text-to-image", "image-to-image", "inpaint")
+PASTES = ("mask", "region")
 MAX_ADAPTERS = 8
 MAX_SEED = 2**63 - 1
 
@@ -25,6 +26,21 @@ MAX_SEED = 2**63 - 1
 class AdapterRef:
     uri: str
     scale: float
+
+
+@dataclass(frozen=True)
+class ControlRef:
+    """One ControlNet conditioning: its image (HxWx3 uint8), model and schedule."""
+
+    image: np.ndarray
+    model: str
+    scale: float | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+MAX_CONTROLS = 4
+DEFAULT_CONTROL_SCALE = 1.0
 
 
 @dataclass
@@ -48,6 +64,8 @@ class GenerationRequest:
     strength: float | None = None
     mask: np.ndarray | None = None  # HxW bool, True = repaint
     crop_padding: int = 0
+    paste: str = "mask"  # inpaint: through the hard mask, or the whole region for the caller to blend
+    controls: list[ControlRef] = field(default_factory=list)
     refiner: bool = False
     refiner_fraction: float | None = None
     reference_image: np.ndarray | None = None
@@ -106,6 +124,8 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
             require(req.mask is None, "mask", "is only used by INPAINT")
     check_range(req.crop_padding, "crop_padding", 0, limits.max_size)
     require(req.crop_padding == 0 or req.task == "inpaint", "crop_padding", "only applies to INPAINT")
+    require(req.paste in PASTES, "paste", f"unknown paste mode {req.paste!r}")
+    require(req.paste == "mask" or req.task == "inpaint", "paste", "PASTE_MODE_REGION only applies to INPAINT")
 
     refiner = req.refiner or preset.refiner
     fraction = presets.DEFAULT_REFINER_FRACTION if req.refiner_fraction is None else req.refiner_fraction
@@ -131,12 +151,41 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
 
     reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
     check_range(reference_scale, "reference_scale", 0.0, 1.0)
+    controls = _controls(req, width, height)
     validate_prefix(req.output_prefix, "output_prefix")
 
     resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
                        strength=strength, refiner=refiner, refiner_fraction=fraction,
-                       reference_scale=reference_scale, output_prefix=req.output_prefix or "generated/")
+                       reference_scale=reference_scale, controls=controls,
+                       output_prefix=req.output_prefix or "generated/")
     return resolved, warnings
+
+
+def _controls(req: GenerationRequest, width: int, height: int) -> list[ControlRef]:
+    """Each control checked and its defaults filled; the image must be the size it will be used at."""
+    require(len(req.controls) <= MAX_CONTROLS, "controls", f"{len(req.controls)} controls, over the limit of "
+                                                           f"{MAX_CONTROLS}")
+    if req.task == "text-to-image":
+        expected = (height, width)
+        what = f"the output size {width}x{height}"
+    else:
+        expected = req.init_image.shape[:2]
+        what = f"init_image's size {expected[1]}x{expected[0]}"
+    out = []
+    for i, c in enumerate(req.controls):
+        field_name = f"controls[{i}]"
+        require(bool(c.model), f"{field_name}.model", "is empty; name a ControlNet model of the repository")
+        h, w = c.image.shape[:2]
+        require((h, w) == tuple(expected), f"{field_name}.image", f"is {w}x{h}, but must be {what}")
+        scale = DEFAULT_CONTROL_SCALE if c.scale is None else c.scale
+        start = 0.0 if c.start is None else c.start
+        end = 1.0 if c.end is None else c.end
+        require(math.isfinite(scale), f"{field_name}.scale", "must be a finite number")
+        check_range(scale, f"{field_name}.scale", 0.0, 2.0)
+        require(0.0 <= start < 1.0, f"{field_name}.start", f"{start} is outside [0, 1)")
+        require(start < end <= 1.0, f"{field_name}.end", f"{end} is outside ({start}, 1]")
+        out.append(replace(c, scale=float(scale), start=float(start), end=float(end)))
+    return out
 
 
 def _size(req: GenerationRequest, default_side: int, preset, limits: Limits) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import socket
 import sqlalchemy.exc
 
 from likeness.api.v1 import orchestrator_pb2
-from likeness.core import errors, metrics
+from likeness.core import errors, metrics, tracing
 from likeness.core.faults import Fault
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import canonical_json
@@ -83,6 +83,12 @@ class Runner:
             ctx.cancel_requested = ctx.cancel_requested or cancel
 
     async def run_job(self, job: JobRecord) -> None:
+        # One span per attempt, under the Submit call's span: a resumed job stays in the same trace.
+        with tracing.span_under(f"job {job.kind}", job.trace_parent,
+                                {"job.id": job.job_id, "job.kind": job.kind, "job.attempt": job.attempts}):
+            await self._run_job(job)
+
+    async def _run_job(self, job: JobRecord) -> None:
         ctx = JobContext(job, self.jobs, self.store, self.clients)
         ctx.collect_faults()  # this task is the job's own: retries and stalls below land in the job
         if job.attempts > 1:  # lease_next wrote the takeover event
@@ -103,6 +109,7 @@ class Runner:
             await ctx.flush_faults()
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "CANCELLED", error=str(exc))
         except errors.LikenessError as exc:
+            tracing.mark_failed(str(exc))
             await self._note_reuse(ctx, job)
             await ctx.flush_faults()
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "FAILED", error=str(exc),
@@ -118,6 +125,7 @@ class Runner:
                         exc_info=True)
         except Exception as exc:
             log.exception("job failed", extra={"job_id": job.job_id})
+            tracing.mark_failed(f"internal error: {type(exc).__name__}")
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, "FAILED",
                                     error=f"internal error: {type(exc).__name__}: {exc}")
         finally:

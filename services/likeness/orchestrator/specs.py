@@ -37,6 +37,11 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
             f"{c.top_k} keeps fewer candidates than target_count {c.target_count}")
     require(0 <= c.clusters <= 100, "spec.curate.clusters", f"{c.clusters} is outside [0, 100]")
     check_range(c.min_quality, "spec.curate.min_quality", 0.0, 1.0)
+    if c.policy.HasField("min_eye_openness"):
+        check_range(c.policy.min_eye_openness, "spec.curate.policy.min_eye_openness", 0.0, 1.0)
+    if c.policy.HasField("min_sharpness"):
+        require(c.policy.min_sharpness >= 0, "spec.curate.policy.min_sharpness",
+                f"{c.policy.min_sharpness} is negative")
     candidates = None
     if source == "generate":
         g = c.generate
@@ -97,9 +102,26 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
         check_range(s.identity_threshold, "spec.storyboard.identity_threshold", -1.0, 1.0)
     if s.HasField("retry_budget"):
         _count(s.retry_budget, "spec.storyboard.retry_budget", 0, 20)
+    if s.HasField("min_eye_openness"):
+        check_range(s.min_eye_openness, "spec.storyboard.min_eye_openness", 0.0, 1.0)
     require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
     if s.HasField("guidance_scale"):
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
+    if s.HasField("control_scale"):
+        check_range(s.control_scale, "spec.storyboard.control_scale", 0.0, 2.0)
+    require(len(s.control_model) <= 200, "spec.storyboard.control_model",
+            f"has {len(s.control_model)} characters, over the limit of 200")
+    if s.HasField("control_reference") or s.HasField("control_scale"):
+        require(bool(s.control_model), "spec.storyboard.control_model",
+                "is empty; control_reference and control_scale need a ControlNet model")
+
+
+# open_eyes defaults: the inpainting prompt, the face-restoration fidelity, how far the eye
+# mask reaches beyond the eyes (x the inter-ocular distance), and the most faces one job repairs.
+OPEN_EYES_PROMPT = "open eyes, detailed iris, natural eyelids"
+OPEN_EYES_FIDELITY = 0.7
+OPEN_EYES_MASK_PADDING_IOD = 0.25
+OPEN_EYES_MAX_FACES = 16
 
 
 def validate_open_eyes(o: orchestrator_pb2.OpenEyesSpec) -> None:
@@ -111,6 +133,12 @@ def validate_open_eyes(o: orchestrator_pb2.OpenEyesSpec) -> None:
     if o.HasField("fidelity"):
         check_range(o.fidelity, "spec.open_eyes.fidelity", 0.0, 1.0)
     require(o.seed >= 0, "spec.open_eyes.seed", f"{o.seed} is negative")
+    require(len(o.prompt) <= 1000, "spec.open_eyes.prompt", f"has {len(o.prompt)} characters, over the limit of 1000")
+    require(len(o.negative_prompt) <= 1000, "spec.open_eyes.negative_prompt",
+            f"has {len(o.negative_prompt)} characters, over the limit of 1000")
+    if o.HasField("face_index"):
+        _count(o.face_index, "spec.open_eyes.face_index", 0, OPEN_EYES_MAX_FACES - 1)
+    _count(o.steps, "spec.open_eyes.steps", 0, 200)
 
 
 def validate_diversity(d: orchestrator_pb2.DiversitySpec) -> None:

@@ -97,7 +97,7 @@ class ImportSource(_message.Message):
     def __init__(self, uri: _Optional[str] = ...) -> None: ...
 
 class CurateSpec(_message.Message):
-    __slots__ = ("generate", "import_source", "top_k", "clusters", "target_count", "quotas", "policy", "trigger_token", "output_prefix", "min_quality", "seed")
+    __slots__ = ("generate", "import_source", "top_k", "clusters", "target_count", "quotas", "policy", "trigger_token", "output_prefix", "min_quality", "seed", "keep_duplicates", "mirrors_distinct")
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     IMPORT_SOURCE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,8 @@ class CurateSpec(_message.Message):
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    MIRRORS_DISTINCT_FIELD_NUMBER: _ClassVar[int]
     generate: GenerateSource
     import_source: ImportSource
     top_k: int
@@ -120,7 +122,9 @@ class CurateSpec(_message.Message):
     output_prefix: str
     min_quality: float
     seed: int
-    def __init__(self, generate: _Optional[_Union[GenerateSource, _Mapping]] = ..., import_source: _Optional[_Union[ImportSource, _Mapping]] = ..., top_k: _Optional[int] = ..., clusters: _Optional[int] = ..., target_count: _Optional[int] = ..., quotas: _Optional[_Iterable[_Union[_common_pb2.Quota, _Mapping]]] = ..., policy: _Optional[_Union[_detection_pb2.ValidationPolicy, _Mapping]] = ..., trigger_token: _Optional[str] = ..., output_prefix: _Optional[str] = ..., min_quality: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    keep_duplicates: bool
+    mirrors_distinct: bool
+    def __init__(self, generate: _Optional[_Union[GenerateSource, _Mapping]] = ..., import_source: _Optional[_Union[ImportSource, _Mapping]] = ..., top_k: _Optional[int] = ..., clusters: _Optional[int] = ..., target_count: _Optional[int] = ..., quotas: _Optional[_Iterable[_Union[_common_pb2.Quota, _Mapping]]] = ..., policy: _Optional[_Union[_detection_pb2.ValidationPolicy, _Mapping]] = ..., trigger_token: _Optional[str] = ..., output_prefix: _Optional[str] = ..., min_quality: _Optional[float] = ..., seed: _Optional[int] = ..., keep_duplicates: _Optional[bool] = ..., mirrors_distinct: _Optional[bool] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
     __slots__ = ("run",)
@@ -129,7 +133,7 @@ class TrainSpec(_message.Message):
     def __init__(self, run: _Optional[_Union[_training_pb2.RunSpec, _Mapping]] = ...) -> None: ...
 
 class StoryboardSpec(_message.Message):
-    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check")
+    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check", "min_eye_openness", "control_model", "control_scale", "control_reference")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     FRAME_PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +148,10 @@ class StoryboardSpec(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SKIP_CLIP_CHECK_FIELD_NUMBER: _ClassVar[int]
+    MIN_EYE_OPENNESS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     character: str
     frame_prompts: _containers.RepeatedScalarFieldContainer[str]
@@ -158,10 +166,14 @@ class StoryboardSpec(_message.Message):
     height: int
     negative_prompt: str
     skip_clip_check: bool
-    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ...) -> None: ...
+    min_eye_openness: float
+    control_model: str
+    control_scale: float
+    control_reference: _common_pb2.ImageInput
+    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., min_eye_openness: _Optional[float] = ..., control_model: _Optional[str] = ..., control_scale: _Optional[float] = ..., control_reference: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ...) -> None: ...
 
 class OpenEyesSpec(_message.Message):
-    __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps")
+    __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps", "negative_prompt", "face_index")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +184,8 @@ class OpenEyesSpec(_message.Message):
     QUALITY_MODE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageInput
     model: str
     prompt: str
@@ -182,7 +196,9 @@ class OpenEyesSpec(_message.Message):
     quality_mode: _generation_pb2.QualityMode
     seed: int
     steps: int
-    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., variations: _Optional[int] = ..., strength: _Optional[float] = ..., restore: _Optional[bool] = ..., fidelity: _Optional[float] = ..., quality_mode: _Optional[_Union[_generation_pb2.QualityMode, str]] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+    negative_prompt: str
+    face_index: int
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., variations: _Optional[int] = ..., strength: _Optional[float] = ..., restore: _Optional[bool] = ..., fidelity: _Optional[float] = ..., quality_mode: _Optional[_Union[_generation_pb2.QualityMode, str]] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., face_index: _Optional[int] = ...) -> None: ...
 
 class DiversitySetting(_message.Message):
     __slots__ = ("name", "seed_start", "count", "guidance_scale", "sampler", "noise_injection", "steps")
@@ -235,7 +251,7 @@ class JobSpec(_message.Message):
     def __init__(self, curate: _Optional[_Union[CurateSpec, _Mapping]] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., storyboard: _Optional[_Union[StoryboardSpec, _Mapping]] = ..., open_eyes: _Optional[_Union[OpenEyesSpec, _Mapping]] = ..., diversity: _Optional[_Union[DiversitySpec, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "spec", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at")
+    __slots__ = ("job_id", "kind", "state", "spec", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at", "trace_id")
     class SummaryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +271,7 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: JobState
@@ -267,7 +284,8 @@ class Job(_message.Message):
     attempts: int
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key")
@@ -292,7 +310,7 @@ class WatchRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "type", "stage", "message", "progress", "state")
+    __slots__ = ("job_id", "seq", "time", "type", "stage", "message", "progress", "state", "trace_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +319,7 @@ class WatchResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -309,7 +328,8 @@ class WatchResponse(_message.Message):
     message: str
     progress: _common_pb2.Progress
     state: JobState
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., stage: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., stage: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -336,7 +356,7 @@ class ListRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class JobSummary(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at")
+    __slots__ = ("job_id", "kind", "state", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at", "trace_id")
     class SummaryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +375,7 @@ class JobSummary(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: JobState
@@ -366,7 +387,8 @@ class JobSummary(_message.Message):
     attempts: int
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class ListResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
