@@ -15,14 +15,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from likeness.core import metrics
 from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissing, NotFound, require
 from likeness.core.images import encode_png
-from likeness.core.pngmeta import format_parameters
+from likeness.core.pngmeta import a1111_model_hash, format_parameters, lora_hashes
 from likeness.core.store import StoredObject
 from likeness.core.workid import sha256_hex, work_id
 from likeness.diffusion.lora import LoraFile, read_lora
@@ -157,7 +157,7 @@ class ImageGenerator:
                                control_images=self._control_images(req, geometry),
                                adapter_files=adapter_files) for i in todo]
             results = await self.batcher.submit(key, items)
-            parameters_extra = self._parameters_extra(req, adapters, refiner_name)
+            parameters_extra = self._parameters_extra(req, adapter_files, refiner_name)
             def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
                 rgb = self._finish(req, geometry, result.rgb)
                 return encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
@@ -314,7 +314,7 @@ class ImageGenerator:
                 **({"controls": [[s.digest, digest(c.image), c.scale, c.start, c.end]
                                  for s, c in zip(control_specs, req.controls, strict=True)]} if req.controls else {})}
 
-    def _parameters_extra(self, req: GenerationRequest, adapters: list[str], refiner_name: str) -> dict:
+    def _parameters_extra(self, req: GenerationRequest, adapters: dict[str, LoraFile], refiner_name: str) -> dict:
         extra: dict = {}
         if req.task != "text-to-image":
             extra["Denoising strength"] = req.strength
@@ -328,7 +328,9 @@ class ImageGenerator:
         if req.reference_image is not None:
             extra["IP-Adapter scale"] = req.reference_scale
         if adapters:
-            extra["Lora hashes"] = ", ".join(f"{aid}: {a.scale:g}" for aid, a in zip(adapters, req.adapters, strict=True))
+            # A1111 names a LoRA by its file name; the scales travel in the `likeness` chunk
+            extra["Lora hashes"] = lora_hashes([(PurePosixPath(a.uri.rstrip("/")).stem, f.addnet_hash)
+                                                for a, f in zip(req.adapters, adapters.values(), strict=True)])
         return extra
 
     def _parameters(self, req: GenerationRequest, spec, seed: int, extra: dict) -> str:
@@ -339,7 +341,7 @@ class ImageGenerator:
         name = cls or (SAMPLERS[req.sampler][0] if req.sampler in SAMPLERS else "EulerDiscreteScheduler")
         return format_parameters(req.prompt, req.negative_prompt, req.steps, SAMPLER_LABELS.get(name, name),
                                  req.guidance_scale, seed, req.width, req.height, req.model,
-                                 model_hash=spec.digest[:10], extra=extra)
+                                 model_hash=a1111_model_hash(spec.files, spec.checksums), extra=extra)
 
 
 def require_seed_room(req: GenerationRequest) -> None:
