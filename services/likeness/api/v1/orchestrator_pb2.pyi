@@ -129,7 +129,7 @@ class TrainSpec(_message.Message):
     def __init__(self, run: _Optional[_Union[_training_pb2.RunSpec, _Mapping]] = ...) -> None: ...
 
 class StoryboardSpec(_message.Message):
-    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check")
+    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check", "require_all_frames", "reference_image", "reference_scale")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     FRAME_PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,9 @@ class StoryboardSpec(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SKIP_CLIP_CHECK_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_ALL_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     model: str
     character: str
     frame_prompts: _containers.RepeatedScalarFieldContainer[str]
@@ -158,7 +161,10 @@ class StoryboardSpec(_message.Message):
     height: int
     negative_prompt: str
     skip_clip_check: bool
-    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ...) -> None: ...
+    require_all_frames: bool
+    reference_image: _common_pb2.ImageInput
+    reference_scale: float
+    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., require_all_frames: _Optional[bool] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ...) -> None: ...
 
 class OpenEyesSpec(_message.Message):
     __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps")

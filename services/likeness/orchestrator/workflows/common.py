@@ -22,6 +22,16 @@ REASONS = {
 }
 
 
+async def stored_image_uri(ctx, image: common_pb2.ImageInput) -> str:
+    """An ImageInput as a store URI (inline bytes are stored once, content-addressed)."""
+    if image.WhichOneof("source") == "uri":
+        return image.uri
+    from likeness.core.workid import sha256_hex
+
+    obj = await asyncio.to_thread(ctx.store.put, f"inputs/{sha256_hex(image.data)}", image.data, "application/octet-stream")
+    return obj.uri
+
+
 def uri_input(uri: str) -> common_pb2.ImageInput:
     return common_pb2.ImageInput(uri=uri)
 

@@ -9,20 +9,9 @@ from likeness.api.v1 import detection_pb2, generation_pb2, restoration_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.core.pngmeta import add_png_metadata, format_parameters
 from likeness.orchestrator.context import JobContext, Outcome
-from likeness.orchestrator.workflows.common import REASONS, uri_input
+from likeness.orchestrator.workflows.common import REASONS, stored_image_uri, uri_input
 
 DEFAULT_PROMPT = "open eyes, detailed iris, natural eyelids"
-
-
-async def _source_uri(ctx: JobContext, spec) -> str:
-    """The photo as a store URI (inline bytes are stored once, content-addressed)."""
-    if spec.image.WhichOneof("source") == "uri":
-        return spec.image.uri
-    from likeness.core.workid import sha256_hex
-
-    data = spec.image.data
-    obj = await asyncio.to_thread(ctx.store.put, f"inputs/{sha256_hex(data)}", data, "application/octet-stream")
-    return obj.uri
 
 
 async def run(ctx: JobContext, spec) -> Outcome:
@@ -30,10 +19,12 @@ async def run(ctx: JobContext, spec) -> Outcome:
     variations = spec.variations or 1
     out_prefix = f"jobs/{ctx.job_id}/open_eyes/"
     async with ctx.stage("detect"):
-        src = await _source_uri(ctx, spec)
+        src = await stored_image_uri(ctx, spec.image)
         det_req = detection_pb2.DetectRequest(images=[uri_input(src)])
         det = await ctx.cached("detect", {"image": src}, lambda: ctx.clients.detection.call("Detect", det_req),
                                detection_pb2.DetectResponse)
+        ctx.models.detection(det)
+        await ctx.models.generation_model(ctx.clients, spec.model)
         r = det.results[0]
         if r.HasField("error") and r.error.code:
             raise FailedPrecondition("spec.open_eyes.image", r.error.message)
@@ -76,13 +67,20 @@ async def run(ctx: JobContext, spec) -> Outcome:
                 fidelity=fidelity, output_prefix=out_prefix)
             rest = await ctx.cached("restore", {"req": rest_req.SerializeToString().hex()},
                                     lambda: ctx.clients.restoration.call("Restore", rest_req), restoration_pb2.RestoreResponse)
+            ctx.models.restoration(rest)
             finals = [x.image.uri for x in rest.results]
     async with ctx.stage("metadata"):
         outputs = []
+        models = ctx.models.as_list()
+        stand_ins = "; ".join(f"{e['name']}: {e['stand_in']}" for e in models if e["stand_in"])
         for i, (uri, g) in enumerate(zip(finals, gen.images, strict=True)):
+            extra = {"Likeness job": ctx.job_id, "Variation": i, "Models": ", ".join(f"{e['role']}={e['name']}" for e in models)}
+            if stand_ins:
+                extra["Stand-in models"] = stand_ins
             params = format_parameters(prompt, "", spec.steps or 0, "inpaint", 0.0, g.seed, r.width, r.height, spec.model,
-                                       extra={"Likeness job": ctx.job_id, "Variation": i})
-            request = {"job": ctx.job_id, "source": src, "mask": m.mask.uri, "seed": g.seed, "restore": spec.restore}
+                                       extra=extra)
+            request = {"job": ctx.job_id, "source": src, "mask": m.mask.uri, "seed": g.seed, "restore": spec.restore,
+                       "models": models}
 
             def tag(uri=uri, params=params, request=request, i=i):
                 png = add_png_metadata(ctx.store.get(uri), params, request)
@@ -96,6 +94,8 @@ async def run(ctx: JobContext, spec) -> Outcome:
                 "crop_box": [crop.x_min, crop.y_min, crop.x_max, crop.y_max], "results": outputs}
     sections = [
         {"type": "gallery", "title": "Input, mask and results",
+         "model": f"inpainting: {ctx.models.label('generator')}; faces: {ctx.models.label('detector')}; "
+                  f"restoration: {ctx.models.label('restorer') if spec.restore else 'off'}",
          "groups": [{"name": "input", "items": [{"uri": src, "caption": "input"}, {"uri": m.mask.uri, "caption": "eye mask"}]},
                     {"name": "results", "items": [{"uri": o["uri"], "caption": f"seed {o['seed']}"} for o in outputs]}]},
         {"type": "bars", "title": "Stage timings", "unit": "s", "data": [[k, round(v, 4)] for k, v in ctx.timings.items()]},
