@@ -68,7 +68,8 @@ async def run(ctx: JobContext, spec) -> Outcome:
     stride = max(1, len(loss) // 30)
     sections = [
         {"type": "table", "title": "Checkpoints",
-         "model": f"base: {ctx.models.label('base model')}; CLIP score and identity: the training service's evaluators",
+         "model": f"base: {ctx.models.label('base model')}; CLIP score: the embedding service's encoder (n/a "
+                  "without a text tower); identity: the detection service's identity model",
          "columns": ["epoch", "step", "loss", "CLIP score", "identity", "best"],
          "rows": [[c.epoch, c.step, f"{c.loss:.4f}", f"{c.clip_score:.3f}", f"{c.identity_similarity:.3f}", "yes" if c.best else ""]
                   for c in r.checkpoints]},
