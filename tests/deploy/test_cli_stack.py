@@ -91,12 +91,14 @@ def test_train_on_the_curated_set(stack, curated):
 
 
 def test_storyboard_is_refused_at_submit_without_a_text_tower_then_runs_without_the_clip_check(stack):
-    state_dir, _, store = stack
+    state_dir, candidates, store = stack
     refused = likeness(state_dir, "storyboard", "--frame-prompts", "walking", ok=False)
     assert refused.returncode == 2 and "FAILED_PRECONDITION" in refused.stderr and "--skip-clip-check" in refused.stderr
+    # with a reference photo: IP-Adapter (tiny-ip-adapter-sdxl) guides every frame, identity is the photo's
+    reference = str(candidates / "1" / "original" / "portrait.png")
     done = likeness(state_dir, "storyboard", "--character", "a woman with red hair", "--frame-prompts", "walking",
                     "--frame-prompts", "reading", "--skip-clip-check", "--width", "64", "--height", "64", "--steps", "2",
-                    "--retry-budget", "1", "--json", ok=False)
+                    "--retry-budget", "1", "--reference-image", reference, "--json", ok=False)
     job = job_of(done)
     # noise frames may or may not show a face; whatever the outcome, it is stated with its reason
     assert job["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"), job
@@ -106,6 +108,9 @@ def test_storyboard_is_refused_at_submit_without_a_text_tower_then_runs_without_
     if job["state"] == "JOB_STATE_FAILED":
         assert "require_all_frames" in job["error"] and manifest["outcome"]["reason"] == job["error"]
     assert report.index(NOISE) < report.index("<h2>Summary</h2>")
+    assert manifest["settings"]["reference_image"] and "identity similarity to the reference image" in report
+    attempt = store.get(manifest["attempts"][0]["uri"])
+    assert read_request(attempt)["reference_scale"] == pytest.approx(0.6)  # the generator got the reference
     shown = likeness(state_dir, "jobs", "show", job["jobId"], ok=False).stdout
     assert shown.lstrip().startswith(job["state"].removeprefix("JOB_STATE_"))
 
@@ -133,5 +138,5 @@ def test_diversity_records_settings_and_intervals(stack):
     wild = manifest["settings"][1]
     assert wild["parameters"]["sampler"] == "euler_ancestral" and wild["parameters"]["noise_injection"] == 0.3
     recall = wild["metrics"]["recall"]
-    assert recall["ci_low"] <= recall["value"] <= recall["ci_high"]
+    assert 0 <= recall["value"] <= 1 and 0 <= recall["ci_low"] <= recall["ci_high"] <= 1
     assert "Metrics per setting" in report

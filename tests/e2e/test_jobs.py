@@ -166,6 +166,10 @@ def test_diversity_tabulates_settings(jobs_client, store):
     for s in m["settings"]:
         assert s["images"] == 4
         for metric in ("precision", "recall", "coverage", "novelty"):
-            assert 0.0 <= s[metric] <= 1.0
-        assert -1.0 <= s["mean_pairwise_similarity"] <= 1.0
+            v = s["metrics"][metric]  # a bootstrap interval need not contain the point estimate
+            assert 0.0 <= v["value"] <= 1.0 and 0.0 <= v["ci_low"] <= v["ci_high"] <= 1.0, (metric, v)
+        assert -1.0 <= s["metrics"]["mean_pairwise_similarity"]["value"] <= 1.0
+        if s["faces"] < 2:  # pose spread is undefined: n/a, never a made-up 0
+            assert s["metrics"]["yaw_std"]["value"] is None
+    assert [s["parameters"]["sampler"] for s in m["settings"]] == ["preset", "euler_ancestral"]
     assert "Metrics per setting" in store.get(job.report.uri).decode()

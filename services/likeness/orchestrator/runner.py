@@ -125,6 +125,8 @@ class Runner:
             # without heartbeats, its lease expires and it is resumed, finished work reused.
             log.warning("job store unreachable; the job resumes when its lease expires", extra={"job_id": job.job_id},
                         exc_info=True)
+        except Exception:  # finishing failed: the job stays RUNNING and is resumed when its lease expires
+            log.exception("finishing the job failed", extra={"job_id": job.job_id})
         finally:
             beat.cancel()
             self.tasks.pop(job.job_id, None)
