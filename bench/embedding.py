@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 
+from machine import Machine  # noqa: E402
 from timing import interleaved, medians  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -225,6 +226,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 30 s)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (0 = library default)")
     args = parser.parse_args()
+    machine = Machine()
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads or None)
@@ -281,7 +283,8 @@ def main() -> None:
     r["quick"] = args.quick
     r["threads"] = args.threads
     r["load_average"] = os.getloadavg()[0]
-    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}))
+    print(json.dumps({**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()},
+                      "machine": machine.done()}))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 
+from machine import Machine  # noqa: E402
 from timing import interleaved, medians  # noqa: E402
 
 from likeness.core.images import decode_image, encode_jpeg, encode_png  # noqa: E402
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (< 30 s)")
     ap.add_argument("--side", type=int, default=1024)
     args = ap.parse_args()
+    machine = Machine()
     reps = 3 if args.quick else 9
     figures: dict = {"side": args.side, "reps": reps}
 
@@ -105,7 +107,7 @@ def main() -> None:
     print(f"{t['splice'] * 1e3:>10.3f}{t['reencode'] * 1e3:>14.1f}{t['splice'] / t['reencode']:>10.4f}")
     figures["meta_splice_ms"] = round(t["splice"] * 1e3, 3)
     figures["meta_splice_vs_reencode"] = round(t["splice"] / t["reencode"], 4)
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "machine": machine.done()}))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
+
+from machine import Machine  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -291,6 +294,7 @@ def main() -> int:
     ap.add_argument("--callers", type=int, default=4)
     ap.add_argument("--state", type=Path, default=None, help="stack folder (default: a temp folder)")
     a = ap.parse_args()
+    machine = Machine()
     seconds = 10.0 if a.quick else (a.minutes * 60 if a.minutes else a.seconds)
     with tempfile.TemporaryDirectory(prefix="likeness-load-") as tmp:
         stack = start_stack(a.state or Path(tmp))
@@ -302,7 +306,7 @@ def main() -> int:
         finally:
             stack.down()
     print_report(result)
-    print(json.dumps(result))
+    print(json.dumps({**result, "machine": machine.done()}))
     return 0 if result["passed"] else 1
 
 

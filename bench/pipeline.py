@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from machine import Machine  # noqa: E402
 
 from likeness.api.v1 import orchestrator_pb2 as o  # noqa: E402
 from likeness.core.images import ImageLimits, decode_image  # noqa: E402
@@ -85,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    machine = Machine()
     reps = 1 if args.quick else 3
     seeds = 3 if args.quick else 6
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -164,7 +166,7 @@ def main() -> None:
     print("stages of the last service run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     print(f"kill at 50%: the model assessed {computed} images for {n} candidates ({cached} resent images answered "
           f"from the result cache) -> {redone:.1%} redone (target <= 5%)")
-    print(json.dumps({"bench": "pipeline", "quick": args.quick, **figures}))
+    print(json.dumps({"bench": "pipeline", "quick": args.quick, **figures, "machine": machine.done()}))
 
 
 if __name__ == "__main__":

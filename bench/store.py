@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "services")]
 
+from machine import Machine  # noqa: E402
+
 from likeness.core.store import open_store  # noqa: E402
 from likeness.core.store_local import LocalStore  # noqa: E402
 from tests.servers import SeaweedServer  # noqa: E402
@@ -56,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (< 30 s)")
     args = parser.parse_args()
+    machine = Machine()
     sizes = {"64 KiB": 64 * 1024, "8 MiB": 8 * 1024 * 1024}
     repeats = {"64 KiB": 15 if args.quick else 60, "8 MiB": 4 if args.quick else 12}
 
@@ -146,7 +149,7 @@ def main() -> None:
     print(
         "minio = the bare minio client on the same SeaweedFS; s3 = our S3Store (sha256 metadata, retry wrapper)"
     )
-    print(json.dumps({"bench": "store", "quick": args.quick, **figures}))
+    print(json.dumps({"bench": "store", "quick": args.quick, **figures, "machine": machine.done()}))
 
 
 if __name__ == "__main__":

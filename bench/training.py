@@ -10,7 +10,10 @@
 3. Resume: a run cancelled mid-epoch and continued from its saved state in a new run; the cost of
    restoring (download + load) in steps, and whether the final weights equal the uninterrupted
    run's bit for bit.
-4. Rank: step time and LoRA file size at rank 4 / 16 / 64 (seed doc 004: file size tracks rank).
+4. Rank: step time and LoRA file size at rank 4 / 16 / 64 (file size tracks rank).
+5. Data parallel: optimizer steps per second of 1 rank vs 2 gloo ranks under torchrun (one core
+   and one torch thread each, the same global batch of 4), and the share of a step spent in the
+   gradient all-reduce; 3 interleaved repetitions, median.
 All runs share one process and interleave with nothing else; the machine is shared, so absolute
 times are indicative and the ratios are what to compare.
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 
 import numpy as np  # noqa: E402
+from machine import Machine  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from likeness.core.images import encode_png  # noqa: E402
@@ -109,11 +115,42 @@ def final_weights(ctx, run_id: str) -> dict:
         return load_file(str(path))
 
 
+def parallel_step(models: Path, ranks: int, steps: int) -> dict:
+    """One bench/ddp_worker.py run: alone (1 rank) or under torchrun (2 ranks)."""
+    worker = [str(Path(__file__).with_name("ddp_worker.py")), "--models", str(models), "--steps", str(steps)]
+    if ranks == 1:
+        command = [sys.executable, *worker]
+    else:
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        command = [torchrun, "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks), *worker]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def data_parallel(models: Path, steps: int, figures: dict) -> None:
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(3):  # interleaved, so load drifts hit both alike
+        for ranks in runs:
+            runs[ranks].append(parallel_step(models, ranks, steps))
+    one = statistics.median(r["step_seconds"] for r in runs[1])
+    two = statistics.median(r["step_seconds"] for r in runs[2])
+    share = statistics.median(r["allreduce_share"] for r in runs[2])
+    spread = max(r["step_seconds"] for r in runs[2]) / min(r["step_seconds"] for r in runs[2])
+    print(f"\n## data parallel: global batch 4, rank 16, 64 px; median of 3 ({steps} steps each)")
+    print(f"{'ranks':>6}{'steps/s':>9}{'speed-up':>10}{'all-reduce share':>18}{'max/min':>9}")
+    print(f"{1:>6}{1 / one:>9.2f}{1.0:>10.2f}{'-':>18}{'':>9}")
+    print(f"{2:>6}{1 / two:>9.2f}{one / two:>10.2f}{share:>18.1%}{spread:>9.2f}")
+    figures.update(dp_steps_per_second_1=round(1 / one, 3), dp_steps_per_second_2=round(1 / two, 3),
+                   dp_speedup_2=round(one / two, 3), dp_allreduce_share=round(share, 4))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 images, fewer ranks (< 30 s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (LIKENESS_TRAINING_TORCH_THREADS)")
     args = parser.parse_args()
+    machine = Machine()
     import torch
 
     default_threads = torch.get_num_threads()
@@ -187,8 +224,10 @@ def main() -> None:
         print(f"step time ratio {ours[0] / theirs[0]:.2f}, sampling ratio {ours[1] / theirs[1]:.2f}")
         figures["threads_step_ratio"] = round(ours[0] / theirs[0], 3)
         figures["threads_sampling_ratio"] = round(ours[1] / theirs[1], 3)
+        data_parallel(Path(bench.settings.model_repository.removeprefix("file://")), 4 if args.quick else 12,
+                      figures)
         reg.close()
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "machine": machine.done()}))
 
 
 if __name__ == "__main__":

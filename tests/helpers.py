@@ -96,11 +96,13 @@ def service_env(**overrides: str) -> dict[str, str]:
 class ServiceProcess:
     """A real `python -m likeness serve NAME` process; waits for SERVING; stops with SIGTERM."""
 
-    def __init__(self, name: str, env: dict[str, str], port: int | None = None, log_path: Path | None = None):
-        self.name = name
+    def __init__(self, name: str, env: dict[str, str], port: int | None = None, log_path: Path | None = None,
+                 host: str = "127.0.0.1"):
+        self.name, self.host = name, host  # another loopback address (127.0.0.2) is another "pod"
         self.port = port or free_port()
         self.metrics_port = free_port()
-        env = {**env, "LIKENESS_PORT": str(self.port), "LIKENESS_METRICS_PORT": str(self.metrics_port)}
+        env = {**env, "LIKENESS_PORT": str(self.port), "LIKENESS_METRICS_PORT": str(self.metrics_port),
+               "LIKENESS_HOST": host}
         self.log_path = log_path
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", "likeness", "serve", name], env=env,
@@ -108,14 +110,14 @@ class ServiceProcess:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def wait_serving(self, timeout: float = 120.0) -> ServiceProcess:
         def ready():
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text()[-3000:] if self.log_path else ""
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {tail}")
-            return health_status(self.port, timeout=1.0) == "SERVING"
+            return channels.health_status(self.address, timeout=1.0) == "SERVING"
 
         wait_for(ready, timeout, 0.2, f"{self.name} SERVING")
         return self
@@ -133,6 +135,18 @@ class ServiceProcess:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+def served_calls(replica: ServiceProcess, method: str) -> int:
+    """Calls of `method` a service process answered, from its own /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://{replica.host}:{replica.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return int(sum(s.value for f in text_string_to_metric_families(text) if f.name == "likeness_rpc_duration_seconds"
+                   for s in f.samples if s.name.endswith("_count") and s.labels.get("method") == method))
 
 
 def spawn_service(name: str, env: dict[str, str], tmp_path: Path, timeout: float = 120.0) -> ServiceProcess:

@@ -247,7 +247,10 @@ class Stack:
         self.spawn("prometheus", [venv_tool("prometheus"), f"--config.file={path}",
                                   f"--storage.tsdb.path={self.dir / 'prometheus-data'}",
                                   f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
-                                  "--storage.tsdb.retention.time=1d"])
+                                  "--storage.tsdb.retention.time=1d",
+                                  # as the cluster Prometheus should run (docs/operations.md): keeps the
+                                  # trace ids of the latency histograms (exemplars) for Grafana's p95 panels
+                                  "--enable-feature=exemplar-storage"])
 
     def wait_services(self, procs: dict[str, subprocess.Popen], ports: dict) -> None:
         from likeness.core.channels import health_status

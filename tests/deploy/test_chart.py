@@ -170,6 +170,19 @@ def test_orchestrator_reaches_services_through_headless_dns(rendered):
         assert env[f"LIKENESS_ORCHESTRATOR_{service.upper()}_ADDRESS"] == f"dns:///likeness-{service}-headless:{port}"
 
 
+def test_model_services_age_connections_so_new_replicas_get_calls(rendered):
+    """Without a maximum connection age a replica added behind a headless Service waits for a
+    connection to break before any client calls it (tests/core/test_replicas.py shows both)."""
+    _, objects = rendered
+    for name in SERVICES:
+        env = env_of(by_kind(objects, "Deployment")[f"likeness-{name}"], objects)
+        age = float(env.get("LIKENESS_MAX_CONNECTION_AGE_SECONDS", 0))
+        if name in ("detection", "generation", "embedding", "restoration"):
+            assert 0 < age <= 60 and float(env["LIKENESS_MAX_CONNECTION_AGE_GRACE_SECONDS"]) >= 600
+        else:  # streams (Watch, WatchRun) would be cut: orchestrator and training keep connections
+            assert age == 0, name
+
+
 def test_gpu_values_use_postgresql_from_a_secret():
     objects = render(*VALUES["gpu"])
     deps = by_kind(objects, "Deployment")

@@ -121,7 +121,7 @@ def test_open_eyes_results_name_their_models(stack):
                           "--steps", "2", "--json"))
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
     manifest, _ = outputs(store, job)
-    png = store.get(manifest["results"][0]["uri"])
+    png = store.get(manifest["result"]["uri"])
     parameters, request = read_png_metadata(png)["parameters"], read_request(png)
     assert "Stand-in models" in parameters and "random weights" in parameters
     assert {m["name"]: m["stand_in"] for m in request["models"]}["tiny-sdxl"] == "random weights"

@@ -3,7 +3,6 @@ are needed), asserting what the job promises."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -125,30 +124,6 @@ def test_storyboard_retries_and_records_every_attempt(clip_jobs_client, e2e_stac
     assert models["tiny-sdxl"]["stand_in"] == "random weights" and models["tiny-sdxl"]["digest"]
     assert any(e["role"] == "encoder" and e["stand_in"] == "random weights" for e in models.values())
     assert html.index("these images are noise; validation figures on them mean nothing") < html.index("<h2>Summary</h2>")
-
-
-def test_open_eyes_changes_only_pixels_near_the_eyes(jobs_client, store):
-    photo = skimage_photo("astronaut")
-    src = put_png(store, "e2e-inputs/astronaut.png", photo)
-    job = run(jobs_client, o.JobSpec(open_eyes=o.OpenEyesSpec(image=common_pb2.ImageInput(uri=src), model="tiny-sdxl",
-                                                              variations=2, steps=2, seed=5, restore=False)))
-    assert job.state == o.JOB_STATE_SUCCEEDED, job.error
-    m = manifest(store, job)
-    mask = np.asarray(Image.open(io.BytesIO(store.get(m["mask"]["uri"]))).convert("L")) > 0
-    assert 0 < mask.sum() < mask.size * 0.1
-    ys, xs = np.nonzero(mask)
-    # far from the mask (beyond dilation + feathering), every pixel is the input's
-    far = np.ones_like(mask)
-    margin = 48
-    far[max(ys.min() - margin, 0): ys.max() + margin, max(xs.min() - margin, 0): xs.max() + margin] = False
-    assert len(m["results"]) == 2
-    for r in m["results"]:
-        data = store.get(r["uri"])
-        out = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        assert out.shape == photo.shape
-        assert np.array_equal(out[far], photo[far])
-        assert not np.array_equal(out[mask], photo[mask])  # the eye region was repainted
-        assert b"parameters" in data[:4096]  # PNG metadata written next to IHDR
 
 
 def test_diversity_tabulates_settings(jobs_client, store):

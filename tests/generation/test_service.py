@@ -120,6 +120,30 @@ def test_image_to_image_and_inpaint_keep_pixels_outside_the_mask(service):
         assert (out[inside] != init[inside]).mean() > 0.5  # repainted inside
 
 
+def test_region_paste_returns_the_whole_denoised_region_for_the_caller_to_blend(service):
+    _, stub, _ = service
+    rng = np.random.default_rng(2)
+    init = rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    mask = np.zeros((80, 96), np.uint8)
+    mask[30:40, 40:56] = 255
+    common = dict(task=G.TASK_INPAINT, init_image=common_pb2.ImageInput(data=png_bytes(init)),
+                  mask=common_pb2.ImageInput(data=png_bytes(np.stack([mask] * 3, axis=2))), crop_padding=8, steps=2)
+    hard = stub.Generate(req(**common)).images[0]
+    region = stub.Generate(req(**common, paste=G.PASTE_MODE_REGION)).images[0]
+    assert hard.work_id != region.work_id  # different outputs, different units of work
+    out = pixels(region)
+    box = np.zeros((80, 96), bool)
+    box[30 - 8:40 + 8, 40 - 8:56 + 8] = True
+    assert np.array_equal(out[~box], init[~box])  # outside the region: the init image
+    ring = box & (mask == 0)
+    assert (out[ring] != init[ring]).mean() > 0.5  # around the mask: generated pixels, not pasted through it
+    inside = mask > 127
+    assert np.array_equal(out[inside], pixels(hard)[inside])  # the same denoising inside the mask
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(req(paste=G.PASTE_MODE_REGION))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "paste" in err.value.details()
+
+
 def test_refiner_and_noise_injection(service):
     _, stub, _ = service
     plain = stub.Generate(req(steps=4, seed=3, output_prefix="ni/")).images[0]

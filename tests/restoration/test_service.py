@@ -77,6 +77,8 @@ def test_eye_fix_sequence_mask_composite_restore(server):
             base=common_pb2.ImageInput(uri=base_uri), patch=common_pb2.ImageInput(data=encode_png(patch)),
             mask=common_pb2.ImageInput(uri=built.mask.uri), patch_box=box)]), timeout=30)
     out = decode(composed.results[0].image.data)
+    seam = composed.results[0].seam  # measured on the composite: far below a hard paste's
+    assert 0 < seam.boundary_gradient <= 0.5 * seam.hard_gradient and seam.max_step <= seam.reference_step
     far = np.ones(mask.shape, bool)
     far[int(box.y_min):int(box.y_max), int(box.x_min):int(box.x_max)] = False
     assert np.array_equal(out[far], photo[far])

@@ -53,6 +53,16 @@ def settings(tmp_path, model_root):
 
 
 @pytest.fixture
+def registry(tmp_path):
+    """An empty SQLite run registry."""
+    from likeness.training.registry import RunRegistry
+
+    reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
 def ctx(settings):
     from likeness.training.app import create_context
 

@@ -6,15 +6,7 @@ import pytest
 
 from likeness.core.errors import InvalidArgument
 from likeness.training.compare import compare_runs
-from likeness.training.registry import RunRegistry
 from tests.training.factories import add_run
-
-
-@pytest.fixture
-def registry(tmp_path):
-    reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
-    yield reg
-    reg.close()
 
 
 def test_runs_differing_only_in_rank_name_rank_as_the_difference(registry):

@@ -7,10 +7,7 @@ second pod with the same command) finishes the run from that step."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -18,9 +15,10 @@ from likeness.api.v1 import training_pb2 as pb
 from likeness.api.v1 import training_pb2_grpc
 from likeness.core.store_local import LocalStore
 from likeness.training.app import create_service
-from tests.helpers import ROOT, ServiceThread, wait_for
+from tests.helpers import ServiceThread, wait_for
 from tests.training.conftest import write_dataset
 from tests.training.fake_kube import FakeApiServer, fake_api_client
+from tests.training.pods import pod_env, start_pod
 
 
 @pytest.mark.slow
@@ -44,24 +42,11 @@ def test_job_pod_trains_a_run_the_service_started(settings, postgres_url, tmp_pa
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
         # the pod: the manifest's command and env, with secretKeyRefs resolved as the kubelet would
-        secrets = {(settings.training_job_database_secret, "url"): postgres_url}
-        env = {}
-        for e in container["env"]:
-            if "value" in e:
-                env[e["name"]] = e["value"]
-            else:
-                ref = e["valueFrom"]["secretKeyRef"]
-                if (ref["name"], ref["key"]) in secrets:
-                    env[e["name"]] = secrets[(ref["name"], ref["key"])]
-                else:
-                    assert ref.get("optional"), f"{e['name']} needs Secret {ref['name']}/{ref['key']}"
+        env = pod_env(container, {(settings.training_job_database_secret, "url"): postgres_url})
         assert env["LIKENESS_TRAINING_DATABASE_URL"] == postgres_url
-        env.update(LIKENESS_TRAINING_TORCH_THREADS="1", PATH=os.environ["PATH"], PYTHONPATH=str(ROOT / "services"))
-        command = [sys.executable if c == "python" else c for c in container["command"]]
 
         def pod():
-            return subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
+            return start_pod(container, env, tmp_path)
 
         def step():
             return stub.GetRun(pb.GetRunRequest(run_id=run.run_id)).run.step

@@ -21,13 +21,6 @@ VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 
 
 @pytest.fixture
-def registry(tmp_path):
-    reg = RunRegistry(f"sqlite:///{tmp_path}/runs.db")
-    yield reg
-    reg.close()
-
-
-@pytest.fixture
 def shared_registry(postgres_url):
     """Job pods write to the service's registry, so the executor insists on PostgreSQL."""
     reg = RunRegistry(postgres_url)
@@ -40,7 +33,7 @@ def shared_registry(postgres_url):
 
 def gpu_run(registry, run_id="Run_ABC123"):
     run_id = f"{run_id}-{uuid.uuid4().hex[:8]}"
-    spec = resolved_spec(run_id, executor="kubernetes_job", kubernetes=KubernetesSpec(
+    spec = resolved_spec(run_id, executor="kubernetes_job", batch_size=2, kubernetes=KubernetesSpec(
         gpus=2, node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         tolerations=({"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"},),
         memory="48Gi", cpu="8"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from likeness.core import tracing
 from likeness.core.settings import CommonSettings
 
 
@@ -64,18 +65,19 @@ def aio_channel(target: str, settings: CommonSettings | None = None, *, max_atte
     opts = channel_options(settings, max_attempts)
     creds = channel_credentials(settings)
     target = normalise_target(target)
+    traced = tracing.aio_client_interceptors() or None  # sends the caller's trace context
     if creds is not None:
-        return grpc.aio.secure_channel(target, creds, options=opts)
-    return grpc.aio.insecure_channel(target, options=opts)
+        return grpc.aio.secure_channel(target, creds, options=opts, interceptors=traced)
+    return grpc.aio.insecure_channel(target, options=opts, interceptors=traced)
 
 
 def sync_channel(target: str, settings: CommonSettings | None = None, *, max_attempts: int = 5) -> grpc.Channel:
     opts = channel_options(settings, max_attempts)
     creds = channel_credentials(settings)
     target = normalise_target(target)
-    if creds is not None:
-        return grpc.secure_channel(target, creds, options=opts)
-    return grpc.insecure_channel(target, options=opts)
+    channel = grpc.secure_channel(target, creds, options=opts) if creds is not None else \
+        grpc.insecure_channel(target, options=opts)
+    return tracing.traced_sync_channel(channel)
 
 
 def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from likeness.core import tracing
 from likeness.core.errors import InvalidArgument, LikenessError
 from likeness.core.images import ACCEPTED_FORMATS, ImageLimits, decode_image, sniff_format
 
@@ -44,7 +45,8 @@ class ImageLoader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # bound to the caller's context, so spans opened on the pool belong to the caller's trace
+        return await asyncio.get_running_loop().run_in_executor(self._pool, tracing.bind(fn), *args)
 
     async def load_all(self, inputs: Sequence, field: str = "images") -> list[LoadedImage]:
         """One LoadedImage per input, in order; never raises for a bad item."""
@@ -54,7 +56,8 @@ class ImageLoader:
         item_field = f"{field}[{index}]"
         source = {"uri": pb_input.uri, "data": "inline"}.get(pb_input.WhichOneof("source"), "")
         try:
-            pixels = await self.load_one(pb_input, item_field)
+            with tracing.span("image.load", {"image.index": index, "image.source": source[:200]}):
+                pixels = await self.load_one(pb_input, item_field)
         except LikenessError as exc:
             return LoadedImage(index, None, exc, source)
         return LoadedImage(index, pixels, None, source)
@@ -63,7 +66,11 @@ class ImageLoader:
         """One ImageInput -> HxWx3 uint8 RGB; raises InvalidArgument / NotFound naming
         `<field>.data` or `<field>.uri`."""
         data, sub = await self._raw(pb_input, field)
-        return await self._run(decode_image, data, sub, self.limits)
+        return await self._run(self._decode, data, sub)
+
+    def _decode(self, data: bytes, field: str) -> np.ndarray:
+        with tracing.span("image.decode", {"image.bytes": len(data)}):
+            return decode_image(data, field, self.limits)
 
     async def load_bytes(self, pb_input, field: str) -> bytes:
         """The encoded bytes of one ImageInput, for callers that pass an image on unchanged.
@@ -93,7 +100,7 @@ class ImageLoader:
 
     def _read_bounded(self, uri: str, field: str) -> bytes:
         # Read at most one byte past the limit: an oversized object is never held whole in memory.
-        with self.store.open(uri, field=field) as stream:
+        with tracing.span("store.get", {"store.key": uri[:200]}), self.store.open(uri, field=field) as stream:
             data = stream.read(self.limits.max_bytes + 1)
         if len(data) > self.limits.max_bytes:
             raise InvalidArgument(field, f"image is over the limit of {self.limits.max_bytes:,} bytes")

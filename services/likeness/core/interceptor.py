@@ -12,7 +12,7 @@ import uuid
 
 import grpc
 
-from likeness.core import errors, metrics
+from likeness.core import errors, metrics, tracing
 from likeness.core.logging import request_id
 
 log = logging.getLogger("likeness.rpc")
@@ -96,7 +96,8 @@ class _Call:
         elif error is not None and not isinstance(error, (errors.LikenessError, grpc.aio.AbortError)):
             code = grpc.StatusCode.INTERNAL if code is None else code
         name = "OK" if code is None else code.name
-        metrics.RPC_DURATION.labels(self.service, self.method, name).observe(elapsed)
+        metrics.RPC_DURATION.labels(self.service, self.method, name).observe(
+            elapsed, tracing.exemplar(name in tracing.SERVER_FAULTS, elapsed))
         if name in ("OK", "CANCELLED"):
             if not self.log_ok:
                 return

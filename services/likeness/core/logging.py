@@ -1,4 +1,5 @@
-"""JSON logs to stdout, one object per line, with the request id of the call being served."""
+"""JSON logs to stdout, one object per line, with the request id of the call being served and,
+when tracing is on, the trace and span ids of the span the line was written in."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import sys
 import time
+
+from opentelemetry import trace
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -29,6 +32,10 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             out["request_id"] = rid
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # only when tracing is on: the line leads to its trace
+            out["trace_id"] = trace.format_trace_id(span.trace_id)
+            out["span_id"] = trace.format_span_id(span.span_id)
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value

@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 from likeness.core.errors import LikenessError
 from likeness.core.interceptor import ObservabilityInterceptor
 from likeness.core.logging import configure as configure_logging
@@ -50,11 +50,15 @@ class Service:
 
 
 def server_options(settings: CommonSettings) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.max_connection_age_seconds > 0:  # clients reconnect and re-resolve: new replicas get calls
+        options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000))]
+    return options
 
 
 def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
@@ -74,8 +78,10 @@ class ServiceRuntime:
         self.settings = settings
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
+        # the tracing interceptor comes first: its server span is current in everything after it
+        traced = tracing.server_interceptors() if tracing.configure(service.name, settings) else []
         self.server = grpc.aio.server(
-            interceptors=[*(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all")],
+            interceptors=[*traced, *(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all")],
             options=server_options(settings))
         self.port = 0
         self.metrics_port = 0
@@ -129,6 +135,7 @@ class ServiceRuntime:
         await self.server.stop(grace)
         if self.service.shutdown is not None:
             await self.service.shutdown()
+        tracing.flush()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

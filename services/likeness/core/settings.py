@@ -34,6 +34,13 @@ class CommonSettings(BaseSettings):
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     grace_seconds: float = Field(20.0, ge=0, description="in-flight calls may finish this long after SIGTERM")
     drain_seconds: float = Field(2.0, ge=0, description="NOT_SERVING this long before the port closes")
+    # gRPC clients resolve DNS when they connect and again only when a connection breaks, so a
+    # replica added behind a headless Service gets no traffic from existing channels until
+    # something closes them. A maximum connection age makes every client reconnect (and so
+    # re-resolve) at least this often; calls in flight get the grace period to finish first.
+    # 0 = connections live forever (the embedded stack has one replica of each service).
+    max_connection_age_seconds: float = Field(0.0, ge=0, le=86_400)
+    max_connection_age_grace_seconds: float = Field(600.0, ge=0, le=86_400)
     log_level: str = "INFO"
     log_json: bool = True
     log_calls: Literal["errors", "all"] = Field("errors", description="access-log every call, or failed ones only")
@@ -58,6 +65,15 @@ class CommonSettings(BaseSettings):
     # model repository: a folder or a store URI prefix; pods copy models to model_cache_dir
     model_repository: str = "file:///tmp/likeness/models"
     model_cache_dir: str = "/tmp/likeness/model-cache"
+
+    # tracing (OpenTelemetry, OTLP/gRPC): off by default; the chart turns it on
+    tracing_enabled: bool = False
+    tracing_endpoint: str = Field("http://127.0.0.1:4317", description="OTLP/gRPC collector (Tempo, Jaeger, ...)")
+    tracing_insecure: bool = Field(True, description="plaintext to the collector; false = TLS")
+    tracing_sample_ratio: float = Field(0.1, ge=0.0, le=1.0, description="share of new traces sampled")
+    tracing_keep_errors: bool = Field(True, description="also export unsampled calls that failed")
+    tracing_keep_slower_than_seconds: float = Field(
+        0.0, ge=0.0, description="also export unsampled calls slower than this; 0 = off")
 
     # TLS between services (optional): mounted PEM files
     tls_cert_file: str = ""

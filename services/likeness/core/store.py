@@ -14,6 +14,7 @@ Guarantees on both backends:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from abc import ABC, abstractmethod
@@ -21,12 +22,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from likeness.core import tracing
 from likeness.core.errors import InvalidArgument
 from likeness.core.settings import CommonSettings
 from likeness.core.uris import allowed_buckets, parse_uri, validate_key
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 CHUNK = 1024 * 1024
+
+
+def traced(operation: str):
+    """A span `store.<operation>` (get or put) around a store method whose first argument names the
+    object, so a slow read or write shows in the trace of the call that made it."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, target, *args, **kwargs):
+            with tracing.span(f"store.{operation}", {"store.key": str(target)[:200]}):
+                return method(self, target, *args, **kwargs)
+        return run
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -88,10 +102,12 @@ class ArtifactStore(ABC):
     def delete(self, uri_or_key: str, *, field: str = "uri") -> bool:
         """Removes the object; True if it existed. Deleting an absent key is not an error."""
 
+    @traced("get")
     def get(self, uri_or_key: str, *, field: str = "uri") -> bytes:
         with self.open(uri_or_key, field=field) as stream:
             return stream.read()
 
+    @traced("get")
     def get_to_file(self, uri_or_key: str, path: str | Path, *, field: str = "uri") -> StoredObject:
         """Streams an object to `path` atomically (temp file + rename); returns what was written,
         with the sha256 computed from the bytes received."""

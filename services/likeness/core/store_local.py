@@ -31,6 +31,7 @@ from likeness.core.store import (
     StoredObject,
     _token,
     sha256_file,
+    traced,
 )
 from likeness.core.uris import RESERVED_SEGMENT, parse_uri, validate_key
 
@@ -112,6 +113,7 @@ class LocalStore(ArtifactStore):
 
     # -- writes -------------------------------------------------------------------------------
 
+    @traced("put")
     def put(self, key: str, data: bytes, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
         key = self.object_key(key, field="key")
         tmp = self._tmp / _token()
@@ -125,6 +127,7 @@ class LocalStore(ArtifactStore):
         finally:
             tmp.unlink(missing_ok=True)
 
+    @traced("put")
     def put_file(self, key: str, path: str | Path, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
         key = self.object_key(key, field="key")
         tmp = self._tmp / _token()

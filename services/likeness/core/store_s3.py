@@ -27,7 +27,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 
 from likeness.core.errors import InvalidArgument, LikenessError, NotFound, PermissionDenied, Unavailable
 from likeness.core.settings import CommonSettings
-from likeness.core.store import CHUNK, DEFAULT_MEDIA_TYPE, ArtifactStore, StoredObject
+from likeness.core.store import CHUNK, DEFAULT_MEDIA_TYPE, ArtifactStore, StoredObject, traced
 from likeness.core.uris import parse_uri, validate_key
 
 log = logging.getLogger(__name__)
@@ -218,12 +218,14 @@ class S3Store(ArtifactStore):
 
     # -- writes ---------------------------------------------------------------------------------
 
+    @traced("put")
     def put(self, key: str, data: bytes, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
         key = self.object_key(key, field="key")
         digest = hashlib.sha256(data).hexdigest()
         self._upload(key, lambda: io.BytesIO(data), len(data), digest, media_type)
         return StoredObject(self.uri(key), digest, len(data), media_type)
 
+    @traced("put")
     def put_file(self, key: str, path: str | Path, media_type: str = DEFAULT_MEDIA_TYPE) -> StoredObject:
         from likeness.core.store import sha256_file
 
@@ -278,6 +280,7 @@ class S3Store(ArtifactStore):
         response = self._mapped("reading", uri, field, lambda: self._client.get_object(bucket, name))
         return io.BufferedReader(_Body(response, uri), CHUNK)
 
+    @traced("get")
     def get(self, uri_or_key: str, *, field: str = "uri") -> bytes:
         bucket, name = self._locate(uri_or_key, field)
         uri = self._uri_of(bucket, name)
@@ -292,6 +295,7 @@ class S3Store(ArtifactStore):
 
         return self._mapped("reading", uri, field, fetch)
 
+    @traced("get")
     def get_to_file(self, uri_or_key: str, path: str | Path, *, field: str = "uri") -> StoredObject:
         """Like the base class, but a connection lost mid-download restarts the download (within
         the retry budget), so large model files survive a brief outage."""

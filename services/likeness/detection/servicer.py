@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 from likeness.core.convert import item_error_pb
 from likeness.core.errors import FailedPrecondition, InvalidArgument, LikenessError, check_range
 from likeness.core.memo import LruCache, content_key
@@ -84,7 +83,7 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
             raise loaded[0].error
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
+        return await tracing.run_on_worker(self._models, fn, *args)
 
     async def _run_cached(self, stage: str, fn, pixels, *args):
         """`fn(pixels, *args)` on the model worker, answered from the result cache when the same

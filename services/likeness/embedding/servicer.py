@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from likeness.api.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 from likeness.core.convert import item_error_pb
 from likeness.core.errors import InvalidArgument
 from likeness.embedding.clustering import ClusterParams, cluster
@@ -47,7 +47,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self._model.shutdown(wait=False, cancel_futures=True)
 
     async def _on_model(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._model, fn, *args)
+        return await tracing.run_on_worker(self._model, fn, *args)
 
     async def _compute(self, fn, *args):
         """Runs numeric domain work off the event loop with a bounded BLAS/OpenMP thread count."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from likeness.core import tracing
 from likeness.core.errors import LikenessError, ResourceExhausted, Unavailable
 
 log = logging.getLogger("likeness.generation.batching")
@@ -95,13 +96,17 @@ class DynamicBatcher:
         self._set_depth(self._depth + len(entries))
         self._wakeup.set()
         try:
-            return list(await asyncio.gather(*(e.future for e in entries)))
+            results = list(await asyncio.gather(*(e.future for e in entries)))
         except asyncio.CancelledError:
             self._withdraw(entries)
             raise
         except BaseException:
             self._withdraw(entries)
             raise
+        started = min(e.started for e in entries)
+        tracing.record_interval("model.batch_wait", entries[0].enqueued, started, {"batch.items": len(entries)})
+        tracing.record_interval("model.batch_run", started, time.monotonic())
+        return results
 
     def retry_after(self) -> float:
         """Seconds until the queue has likely drained by one batch: a hint, not a promise."""

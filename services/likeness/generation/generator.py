@@ -193,6 +193,8 @@ class ImageGenerator:
     def _finish(self, req: GenerationRequest, geometry, rgb: np.ndarray) -> np.ndarray:
         if req.task != "inpaint":
             return rgb
+        if req.paste == "region":
+            return region.paste_region(req.init_image, rgb, geometry[0])
         return region.paste_back(req.init_image, rgb, req.mask, geometry[0])
 
     def _require_ip_adapter(self, spec, family: str):
@@ -274,7 +276,9 @@ class ImageGenerator:
                 "adapters": [[aid, a.scale] for aid, a in zip(adapters, req.adapters, strict=True)],
                 "reference_image": digest(req.reference_image),
                 "reference_scale": req.reference_scale if ip_spec is not None else None,
-                "ip_adapter": ip_spec.digest if ip_spec is not None else None}
+                "ip_adapter": ip_spec.digest if ip_spec is not None else None,
+                # only when not the default, so the work ids (and stored images) of earlier requests hold
+                **({"paste": req.paste} if req.paste != "mask" else {})}
 
     def _parameters_extra(self, req: GenerationRequest, adapters: list[str], refiner_name: str) -> dict:
         extra: dict = {}

@@ -3,7 +3,10 @@
 IMAGE_TO_IMAGE: the init image is resized to the request's size; the output has that size.
 INPAINT: the region (the whole image, or the mask's bounding box grown by `crop_padding`) is
 resized to the request's size and denoised, resized back, and composited into the init image
-through the hard mask: every pixel outside the mask is the init image's pixel, unchanged.
+through the hard mask: every pixel outside the mask is the init image's pixel, unchanged. With
+PASTE_MODE_REGION the whole region replaces the init image's pixels there instead, so a caller
+that blends with a feathered mask has the generated pixels around the mask to blend with (a hard
+paste followed by a feathered blend of two identical images would leave the hard seam).
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ def paste_back(init: np.ndarray, generated: np.ndarray, mask: np.ndarray, region
     out = init.copy()
     inside = mask[y0:y1, x0:x1]
     out[y0:y1, x0:x1][inside] = patch[inside]
+    return out
+
+
+def paste_region(init: np.ndarray, generated: np.ndarray, region) -> np.ndarray:
+    """The whole denoised region put back in place, unmasked; the rest is the init image."""
+    x0, y0, x1, y1 = region
+    out = init.copy()
+    out[y0:y1, x0:x1] = resize_rgb(generated, x1 - x0, y1 - y0)
     return out
 
 

@@ -16,6 +16,7 @@ from likeness.diffusion.samplers import SAMPLERS
 from likeness.generation import presets
 
 TASKS = ("text-to-image", "image-to-image", "inpaint")
+PASTES = ("mask", "region")
 MAX_ADAPTERS = 8
 MAX_SEED = 2**63 - 1
 
@@ -47,6 +48,7 @@ class GenerationRequest:
     strength: float | None = None
     mask: np.ndarray | None = None  # HxW bool, True = repaint
     crop_padding: int = 0
+    paste: str = "mask"  # inpaint: through the hard mask, or the whole region for the caller to blend
     refiner: bool = False
     refiner_fraction: float | None = None
     reference_image: np.ndarray | None = None
@@ -105,6 +107,8 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
             require(req.mask is None, "mask", "is only used by INPAINT")
     check_range(req.crop_padding, "crop_padding", 0, limits.max_size)
     require(req.crop_padding == 0 or req.task == "inpaint", "crop_padding", "only applies to INPAINT")
+    require(req.paste in PASTES, "paste", f"unknown paste mode {req.paste!r}")
+    require(req.paste == "mask" or req.task == "inpaint", "paste", "PASTE_MODE_REGION only applies to INPAINT")
 
     refiner = req.refiner or preset.refiner
     fraction = presets.DEFAULT_REFINER_FRACTION if req.refiner_fraction is None else req.refiner_fraction

@@ -19,6 +19,8 @@ SAMPLERS = {generation_pb2.SAMPLER_UNSPECIFIED: "default", generation_pb2.SAMPLE
 QUALITY = {generation_pb2.QUALITY_MODE_UNSPECIFIED: "standard", generation_pb2.QUALITY_MODE_FAST: "fast",
            generation_pb2.QUALITY_MODE_STANDARD: "standard", generation_pb2.QUALITY_MODE_QUALITY: "quality",
            generation_pb2.QUALITY_MODE_ULTRA: "ultra"}
+PASTES = {generation_pb2.PASTE_MODE_UNSPECIFIED: "mask", generation_pb2.PASTE_MODE_MASK: "mask",
+          generation_pb2.PASTE_MODE_REGION: "region"}
 
 
 def _enum(table: dict, value: int, field: str) -> str:
@@ -46,7 +48,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             quality_mode=_enum(QUALITY, pb.quality_mode, "quality_mode"),
             adapters=[AdapterRef(a.uri, a.scale) for a in pb.adapters], init_image=await image("init_image"),
             strength=opt("strength"), mask=None if mask is None else mask_from_rgb(mask), crop_padding=pb.crop_padding,
-            refiner=pb.refiner, refiner_fraction=opt("refiner_fraction"),
+            paste=_enum(PASTES, pb.paste, "paste"), refiner=pb.refiner, refiner_fraction=opt("refiner_fraction"),
             reference_image=await image("reference_image"), reference_scale=opt("reference_scale"),
             noise_injection=pb.noise_injection, return_inline=pb.return_inline, output_prefix=pb.output_prefix)
 

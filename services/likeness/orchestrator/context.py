@@ -9,7 +9,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 from likeness.core.errors import Cancelled
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import work_id
@@ -58,14 +58,15 @@ class JobContext:
     @asynccontextmanager
     async def stage(self, name: str):
         self.check_cancel()
-        await self.event("STAGE_STARTED", f"stage {name}", name)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.timings[name] = self.timings.get(name, 0.0) + elapsed
-            metrics.STAGE_DURATION.labels(self.kind, name).observe(elapsed)
+        with tracing.span(f"stage {name}", {"job.id": self.job_id, "job.stage": name}):
+            await self.event("STAGE_STARTED", f"stage {name}", name)
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                elapsed = time.perf_counter() - start
+                self.timings[name] = self.timings.get(name, 0.0) + elapsed
+                metrics.STAGE_DURATION.labels(self.kind, name).observe(elapsed, tracing.exemplar())
 
     async def progress(self, stage: str, done: int, total: int, message: str = "") -> None:
         """Progress events at most every 0.5 s, and always for the last item."""
@@ -92,16 +93,24 @@ class JobContext:
         if self.cancel_requested:
             raise Cancelled("job_id", f"job {self.job_id} was cancelled")
 
+    async def call(self, kind: str, client, method: str, request, response_type):
+        """A service call as a unit of work: its id is the request's bytes (inputs travel as
+        content-addressed URIs), so a resumed job reuses the answer instead of calling again."""
+        return await self.cached(kind, {"request": request.SerializeToString().hex()},
+                                 lambda: client.call(method, request), response_type)
+
     async def cached(self, kind: str, inputs: dict, call, response_type):
         """Result of one unit of work: from the job store when a previous attempt finished it,
         else `await call()`, stored by content id before it is used."""
         wid = work_id(kind, inputs)
-        blob = await asyncio.to_thread(self.jobs.get_result, wid)
-        if blob is not None:
-            self.reused += 1
-            return response_type.FromString(blob)
-        self.check_cancel()
-        response = await call()
-        self.computed += 1
-        await asyncio.to_thread(self.jobs.put_result, wid, kind, response.SerializeToString())
-        return response
+        with tracing.span(f"work {kind}", {"work.id": wid}) as span:
+            blob = await asyncio.to_thread(self.jobs.get_result, wid)
+            if blob is not None:
+                self.reused += 1
+                span.set_attribute("work.reused", True)
+                return response_type.FromString(blob)
+            self.check_cancel()
+            response = await call()
+            self.computed += 1
+            await asyncio.to_thread(self.jobs.put_result, wid, kind, response.SerializeToString())
+            return response

@@ -39,6 +39,8 @@ class JobRow(Base):
     report: Mapped[dict] = mapped_column(JSON, default=dict)  # Artifact fields
     manifest: Mapped[dict] = mapped_column(JSON, default=dict)
     error: Mapped[str] = mapped_column(Text, default="")
+    # W3C traceparent of the Submit call ("" when tracing was off): the job's spans join its trace
+    trace_parent: Mapped[str] = mapped_column(String(64), default="")
 
 
 class EventRow(Base):

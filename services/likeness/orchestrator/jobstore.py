@@ -39,12 +39,19 @@ class JobRecord:
     report: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     error: str = ""
+    trace_parent: str = ""
 
     @classmethod
     def of(cls, row: JobRow) -> JobRecord:
         return cls(row.job_id, row.kind, row.state, row.spec, row.created_at, row.updated_at, row.attempts,
                    bool(row.cancel_requested), row.lease_owner, dict(row.progress or {}), dict(row.summary or {}),
-                   dict(row.report or {}), dict(row.manifest or {}), row.error or "")
+                   dict(row.report or {}), dict(row.manifest or {}), row.error or "", row.trace_parent or "")
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id inside `trace_parent` (version-traceid-spanid-flags), or ""."""
+        parts = self.trace_parent.split("-")
+        return parts[1] if len(parts) == 4 else ""
 
 
 @dataclass
@@ -70,12 +77,13 @@ class JobStore:
         self.engine.dispose()
 
     # --- API side -------------------------------------------------------------------------
-    def submit(self, kind: str, spec: bytes, idempotency_key: str = "") -> tuple[JobRecord, bool]:
+    def submit(self, kind: str, spec: bytes, idempotency_key: str = "", trace_parent: str = "") -> tuple[JobRecord, bool]:
         """Queues a job; with a known idempotency key returns the existing job (created=False)."""
         now = utcnow()
         row = JobRow(job_id=uuid.uuid4().hex[:20], kind=kind, state="QUEUED", spec=spec,
                      idempotency_key=idempotency_key or None, created_at=now, updated_at=now, attempts=0,
-                     cancel_requested=0, progress={}, summary={}, report={}, manifest={}, error="")
+                     cancel_requested=0, progress={}, summary={}, report={}, manifest={}, error="",
+                     trace_parent=trace_parent[:64])
         try:
             with self.sessions.begin() as s:
                 s.add(row)

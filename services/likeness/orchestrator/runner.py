@@ -13,7 +13,7 @@ import socket
 import sqlalchemy.exc
 
 from likeness.api.v1 import orchestrator_pb2
-from likeness.core import errors, metrics
+from likeness.core import errors, metrics, tracing
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import canonical_json
 from likeness.orchestrator.clients import ServiceClients
@@ -82,6 +82,12 @@ class Runner:
             ctx.cancel_requested = ctx.cancel_requested or cancel
 
     async def run_job(self, job: JobRecord) -> None:
+        # One span per attempt, under the Submit call's span: a resumed job stays in the same trace.
+        with tracing.span_under(f"job {job.kind}", job.trace_parent,
+                                {"job.id": job.job_id, "job.kind": job.kind, "job.attempt": job.attempts}):
+            await self._run_job(job)
+
+    async def _run_job(self, job: JobRecord) -> None:
         ctx = JobContext(job, self.jobs, self.store, self.clients)
         spec = orchestrator_pb2.JobSpec.FromString(job.spec)
         workflow = WORKFLOWS[job.kind]
@@ -92,14 +98,18 @@ class Runner:
             try:
                 outcome = await work
                 state, error = ("FAILED", outcome.failure) if outcome.failure else ("SUCCEEDED", "")
+                if outcome.failure:
+                    tracing.mark_failed(outcome.failure)
             except errors.Cancelled as exc:
                 state, error = "CANCELLED", str(exc)
             except errors.LikenessError as exc:
                 state, error = "FAILED", str(exc)
+                tracing.mark_failed(error)
             except (asyncio.CancelledError, sqlalchemy.exc.OperationalError):
                 raise
             except Exception as exc:
                 log.exception("job failed", extra={"job_id": job.job_id})
+                tracing.mark_failed(f"internal error: {type(exc).__name__}")
                 state, error = "FAILED", f"internal error: {type(exc).__name__}: {exc}"
             if outcome is None:
                 outcome = self._partial(ctx)

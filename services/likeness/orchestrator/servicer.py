@@ -7,6 +7,7 @@ import asyncio
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from likeness.api.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from likeness.core import tracing
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
 from likeness.orchestrator import capabilities, specs
@@ -36,15 +37,16 @@ def job_pb(job: JobRecord) -> orchestrator_pb2.Job:
         progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0),
                                      message=p.get("message", "")),
         report=_artifact(job.report), manifest=_artifact(job.manifest), summary=job.summary, error=job.error,
-        attempts=job.attempts, created_at=_ts(job.created_at), updated_at=_ts(job.updated_at))
+        attempts=job.attempts, created_at=_ts(job.created_at), updated_at=_ts(job.updated_at), trace_id=job.trace_id)
 
 
-def event_pb(e: EventRecord) -> orchestrator_pb2.WatchResponse:
+def event_pb(e: EventRecord, trace_id: str = "") -> orchestrator_pb2.WatchResponse:
     p = e.progress or {}
     return orchestrator_pb2.WatchResponse(
         job_id=e.job_id, seq=e.seq, time=_ts(e.time), type=orchestrator_pb2.EventType.Value(f"EVENT_TYPE_{e.type}"),
         stage=e.stage, message=e.message, state=orchestrator_pb2.JobState.Value(f"JOB_STATE_{e.state}"),
-        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0)))
+        progress=common_pb2.Progress(stage=p.get("stage", ""), done=p.get("done", 0), total=p.get("total", 0)),
+        trace_id=trace_id)
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -65,7 +67,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise InvalidArgument("idempotency_key", f"{len(request.idempotency_key)} characters is over the limit of 128")
         kind = specs.validate(request.spec)
         await self._check_references(request.spec)
-        job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(), request.idempotency_key)
+        job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(), request.idempotency_key,
+                                         tracing.traceparent())
         return orchestrator_pb2.SubmitResponse(job=job_pb(job))
 
     async def Get(self, request, context):
@@ -84,13 +87,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return orchestrator_pb2.CancelResponse(job=job_pb(await asyncio.to_thread(self.jobs.request_cancel, request.job_id)))
 
     async def Watch(self, request, context):
-        await asyncio.to_thread(self.jobs.get, request.job_id)  # NOT_FOUND before streaming
+        trace_id = (await asyncio.to_thread(self.jobs.get, request.job_id)).trace_id  # NOT_FOUND before streaming
         after = request.after_seq
         while True:
             events = await asyncio.to_thread(self.jobs.events_after, request.job_id, after)
             for e in events:
                 after = e.seq
-                yield event_pb(e)
+                yield event_pb(e, trace_id)
                 if e.type == "FINISHED":
                     return
             if not events:

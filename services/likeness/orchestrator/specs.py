@@ -108,6 +108,14 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
         check_range(s.reference_scale, "spec.storyboard.reference_scale", 0.0, 1.0)
 
 
+# open_eyes defaults: the inpainting prompt, the face-restoration fidelity, how far the eye
+# mask reaches beyond the eyes (x the inter-ocular distance), and the most faces one job repairs.
+OPEN_EYES_PROMPT = "open eyes, detailed iris, natural eyelids"
+OPEN_EYES_FIDELITY = 0.7
+OPEN_EYES_MASK_PADDING_IOD = 0.25
+OPEN_EYES_MAX_FACES = 16
+
+
 def validate_open_eyes(o: orchestrator_pb2.OpenEyesSpec) -> None:
     require(o.image.WhichOneof("source") is not None, "spec.open_eyes.image", "set `data` or `uri`")
     require(bool(o.model), "spec.open_eyes.model", "is empty")
@@ -117,6 +125,12 @@ def validate_open_eyes(o: orchestrator_pb2.OpenEyesSpec) -> None:
     if o.HasField("fidelity"):
         check_range(o.fidelity, "spec.open_eyes.fidelity", 0.0, 1.0)
     require(o.seed >= 0, "spec.open_eyes.seed", f"{o.seed} is negative")
+    require(len(o.prompt) <= 1000, "spec.open_eyes.prompt", f"has {len(o.prompt)} characters, over the limit of 1000")
+    require(len(o.negative_prompt) <= 1000, "spec.open_eyes.negative_prompt",
+            f"has {len(o.negative_prompt)} characters, over the limit of 1000")
+    if o.HasField("face_index"):
+        _count(o.face_index, "spec.open_eyes.face_index", 0, OPEN_EYES_MAX_FACES - 1)
+    _count(o.steps, "spec.open_eyes.steps", 0, 200)
 
 
 def validate_diversity(d: orchestrator_pb2.DiversitySpec) -> None:

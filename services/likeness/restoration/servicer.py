@@ -16,7 +16,7 @@ from dataclasses import asdict
 import numpy as np
 
 from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
-from likeness.core import metrics
+from likeness.core import metrics, tracing
 from likeness.core.convert import artifact_pb, item_error_pb
 from likeness.core.errors import InvalidArgument, LikenessError, NotFound, check_range
 from likeness.core.images import encode_mask_png, encode_png
@@ -26,6 +26,7 @@ from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHE
 from likeness.restoration.face_restore import FaceToRestore, restore_face
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region, region_mask
 from likeness.restoration.restorers.base import FaceRestorer
+from likeness.restoration.seams import seam_measure
 
 MAX_MASKS = 64
 MAX_COMPOSITES = 64
@@ -75,6 +76,17 @@ def pixel_rect(box: tuple[float, float, float, float] | None, field: str) -> Rec
 def _batch(n: int, limit: int) -> None:
     if not 1 <= n <= limit:
         raise InvalidArgument("items", f"batch of {n} items; send 1 to {limit}")
+
+
+def seam_pb(base, patch, out, mask, box) -> restoration_pb2.Seam:
+    """The composite's seam, with a crop patch placed in the base's frame first."""
+    if box is not None:
+        full = base.copy()
+        full[box.slices] = patch
+        patch = full
+    s = seam_measure(base, patch, out, mask)
+    return restoration_pb2.Seam(boundary_gradient=s.boundary_gradient, hard_gradient=s.hard_gradient,
+                                max_step=s.max_step, reference_step=s.reference_step)
 
 
 def _raise_single(errors: list[LikenessError | None]) -> None:
@@ -137,7 +149,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
     async def _model_run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
+        return await tracing.run_on_worker(self._models, fn, *args)
 
     async def RegionMask(self, request, context):
         _batch(len(request.items), MAX_MASKS)
@@ -196,6 +208,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
             def composite(base, patch, mask, box) -> restoration_pb2.CompositeResult:
                 mask = np.ascontiguousarray(mask[..., 0])
                 out = feathered_blend(base, patch, mask, box, sigma, dilation, field=field)  # validates
+                seam = seam_pb(base, patch, out, mask, box)
                 params = {"feather_sigma": sigma, "dilation_px": dilation, "patch_box": box and asdict(box)}
                 wid = work_id("composite", {"base": pixels_id(base), "patch": pixels_id(patch),
                                             "mask": pixels_id(mask), **params}, COMPOSITE_VERSION)
@@ -203,7 +216,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
                 if artifact is None:
                     png = encode_png(out, request={"restoration": "composite", **params})
                     artifact = self._outputs.put(prefix, "composites", wid, png, request.return_inline)
-                return restoration_pb2.CompositeResult(index=i, image=artifact)
+                return restoration_pb2.CompositeResult(index=i, image=artifact, seam=seam)
 
             async with self._slots:  # decoded images of at most `workers` items are held at once
                 try:

@@ -60,7 +60,8 @@ def spec_from_pb(pb: training_pb2.RunSpec) -> RunSpec:
             gpus=pb.kubernetes.gpus, node_selector=dict(pb.kubernetes.node_selector),
             tolerations=tuple({"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect}
                               for t in pb.kubernetes.tolerations),
-            image=pb.kubernetes.image, memory=pb.kubernetes.memory, cpu=pb.kubernetes.cpu),
+            image=pb.kubernetes.image, memory=pb.kubernetes.memory, cpu=pb.kubernetes.cpu,
+            nodes=pb.kubernetes.nodes or 1),
         missing_caption_policy=_enum(CAPTION_POLICY, pb.missing_caption_policy, "spec.missing_caption_policy"),
         output_prefix=pb.output_prefix, defaulted=defaulted, **values)
 
@@ -80,7 +81,7 @@ def spec_pb(d: dict) -> training_pb2.RunSpec:
         sample_seeds=list(s.sample_seeds), sample_steps=s.sample_steps,
         executor={v: k2 for k2, v in EXECUTOR.items()}[s.executor],
         kubernetes=training_pb2.KubernetesOptions(
-            gpus=k.gpus, node_selector=k.node_selector, image=k.image, memory=k.memory, cpu=k.cpu,
+            gpus=k.gpus, node_selector=k.node_selector, image=k.image, memory=k.memory, cpu=k.cpu, nodes=k.nodes,
             tolerations=[training_pb2.Toleration(**t) for t in k.tolerations]),
         missing_caption_policy={"fail": training_pb2.MISSING_CAPTION_POLICY_FAIL,
                                 "trigger_only": training_pb2.MISSING_CAPTION_POLICY_TRIGGER_ONLY,

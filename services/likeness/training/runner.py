@@ -22,6 +22,7 @@ from likeness.core import metrics
 from likeness.core.errors import FailedPrecondition, LikenessError
 from likeness.core.images import ImageLimits, encode_png
 from likeness.training.dataset import Dataset, load_dataset
+from likeness.training.distributed import Ranks
 from likeness.training.evaluation import Evaluator, choose_best
 from likeness.training.models import BaseModels
 from likeness.training.registry import (
@@ -117,13 +118,15 @@ def _resume_source(ctx: RunContext, run: RunRecord) -> tuple[str, ArtifactRef] |
 
 
 def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
-            cancel: threading.Event | None = None, pipe=None) -> str:
+            cancel: threading.Event | None = None, pipe=None, ranks: Ranks | None = None) -> str:
     """Runs `run_id` to its end; returns the final state. Never raises for a run's own failure:
     the reason is recorded in the registry (FAILED), so watchers see it. A stop without CancelRun
     (`cancel` set by a shutting-down process) saves the state and leaves the run RUNNING without
-    an owner, for the next process to adopt ("running" is returned)."""
-    from likeness.diffusion.pipelines import load_pipeline
+    an owner, for the next process to adopt ("running" is returned).
 
+    With several ranks (torchrun), every rank trains its share and only rank 0 writes; a lost
+    rank leaves the run RUNNING at its last checkpoint, and the launcher's retry resumes it."""
+    ranks = ranks or Ranks()
     registry = ctx.registry
     run = registry.get(run_id, with_loss=False)
     if run.finished:
@@ -131,60 +134,102 @@ def execute(ctx: RunContext, run_id: str, *, dataset: Dataset | None = None,
     spec = RunSpec.from_dict(run.spec)
     cancel = cancel or threading.Event()
     try:
-        t_setup = time.perf_counter()
-        model = ctx.models.resolve(spec.base_model)
-        if dataset is None:
-            dataset = load_dataset(ctx.store, spec.dataset_uri, policy=spec.missing_caption_policy, limits=ctx.limits)
-        if (dataset.dataset_digest, dataset.captions_digest) != (run.dataset_digest, run.captions_digest):
-            raise FailedPrecondition("spec.dataset_uri", "the dataset changed since the run was started "
-                                     "(image or caption digests differ); start a new run")
-        device = resolve_device()
-        pipe = pipe or load_pipeline(model.path, model.kind, device=device)
-        checkpointing = {"on": True, "off": False}.get(ctx.gradient_checkpointing, device != "cpu")
-        trainer = LoraTrainer(spec, pipe, model.kind, dataset, device=device, run_id=run_id,
-                              gradient_checkpointing=checkpointing)
-        with tempfile.TemporaryDirectory(prefix=f"train-{run_id}-") as tmp:
-            workdir = Path(tmp)
-            source = _resume_source(ctx, run)
-            if source is not None:
-                t0 = time.perf_counter()
-                path = workdir / "resume-state.pt"
-                ctx.store.get_to_file(source[1].uri, path)
-                trainer.load_state(path)
-                registry.add_timings(run_id, resume=time.perf_counter() - t0)
-                log.info("resumed", extra={"run_id": run_id, "from_run": source[0], "step": trainer.step})
-            if not registry.mark_running(run_id, total_steps=trainer.total_steps, step=trainer.step):
-                now = registry.get(run_id, with_loss=False)  # cancelled while it was set up
-                if not now.finished:
-                    registry.finish(run_id, CANCELLED)
-                return registry.get(run_id, with_loss=False).state
-            note = ctx.evaluator.set_reference([i.pixels for i in dataset.items])
-            if note:
-                registry.add_note(run_id, note)
-            registry.add_timings(run_id, setup=time.perf_counter() - t_setup)
-            outcome = _train(ctx, run, spec, trainer, workdir, cancel)
-            if outcome == CANCELLED:  # stopped: by CancelRun, or paused by a shutting-down process
-                path = trainer.save_state(workdir / "stop-state.pt")
-                key = f"{spec.output_prefix}/state/step-{trainer.step:08d}.pt"
-                registry.set_resume_state(run_id, trainer.step, ArtifactRef.of(ctx.store.put_file(key, path)))
-                if not registry.cancel_requested(run_id):
-                    registry.release(run_id)
-                    registry.add_note(run_id, f"paused at step {trainer.step} by a shutdown; resumed when "
-                                              "a training service adopts it")
-                    return "running"
-        registry.finish(run_id, outcome)
-        return outcome
+        return _execute(ctx, run, spec, dataset, cancel, pipe, ranks)
     except LikenessError as exc:
-        log.warning("run failed", extra={"run_id": run_id, "error": str(exc)})
-        registry.finish(run_id, FAILED, str(exc))
+        if ranks.is_main:
+            log.warning("run failed", extra={"run_id": run_id, "error": str(exc)})
+            registry.finish(run_id, FAILED, str(exc))
     except Exception as exc:  # noqa: BLE001 - a crash of one run must not take the service down
+        if ranks.distributed:  # most likely a lost peer: the launcher's retry resumes from the checkpoint
+            log.exception("rank failed", extra={"run_id": run_id, "rank": ranks.rank})
+            if ranks.is_main:
+                registry.add_note(run_id, f"rank {ranks.rank} of {ranks.world_size} stopped: "
+                                          f"{type(exc).__name__}: {str(exc)[:300]}; a retry resumes from the "
+                                          "last checkpoint")
+                registry.release(run_id)
+            return "running"
         log.exception("run crashed", extra={"run_id": run_id})
         registry.finish(run_id, FAILED, f"internal error: {type(exc).__name__}: {exc}")
     return FAILED
 
 
+def _execute(ctx: RunContext, run: RunRecord, spec: RunSpec, dataset: Dataset | None, cancel: threading.Event,
+             pipe, ranks: Ranks) -> str:
+    registry, run_id = ctx.registry, run.run_id
+    t_setup = time.perf_counter()
+    trainer, dataset = _build_trainer(ctx, run, spec, dataset, pipe, ranks)
+    with tempfile.TemporaryDirectory(prefix=f"train-{run_id}-") as tmp:
+        workdir = Path(tmp)
+        _restore(ctx, run, trainer, workdir, ranks)
+        proceed = registry.mark_running(run_id, total_steps=trainer.total_steps,
+                                        step=trainer.step) if ranks.is_main else True
+        if not ranks.main_decides(proceed):
+            if ranks.is_main:
+                now = registry.get(run_id, with_loss=False)  # cancelled while it was set up
+                if not now.finished:
+                    registry.finish(run_id, CANCELLED)
+            return registry.get(run_id, with_loss=False).state
+        if ranks.is_main:
+            note = ctx.evaluator.set_reference([i.pixels for i in dataset.items])
+            if note:
+                registry.add_note(run_id, note)
+            if ranks.distributed:
+                registry.add_note(run_id, f"data parallel: {ranks.world_size} ranks ({ranks.backend}), global "
+                                          f"batch {spec.batch_size} split across them")
+            registry.add_timings(run_id, setup=time.perf_counter() - t_setup)
+        outcome = _train(ctx, run, spec, trainer, workdir, cancel, ranks)
+        if outcome == CANCELLED and ranks.is_main:  # by CancelRun, or paused by a shutting-down process
+            path = trainer.save_state(workdir / "stop-state.pt")
+            key = f"{spec.output_prefix}/state/step-{trainer.step:08d}.pt"
+            registry.set_resume_state(run_id, trainer.step, ArtifactRef.of(ctx.store.put_file(key, path)))
+            if not registry.cancel_requested(run_id):
+                registry.release(run_id)
+                registry.add_note(run_id, f"paused at step {trainer.step} by a shutdown; resumed when "
+                                          "a training service adopts it")
+                return "running"
+    if ranks.is_main:
+        registry.finish(run_id, outcome)
+    return outcome
+
+
+def _build_trainer(ctx: RunContext, run: RunRecord, spec: RunSpec, dataset: Dataset | None, pipe,
+                   ranks: Ranks) -> tuple[LoraTrainer, Dataset]:
+    from likeness.diffusion.pipelines import load_pipeline
+
+    model = ctx.models.resolve(spec.base_model)
+    if dataset is None:
+        dataset = load_dataset(ctx.store, spec.dataset_uri, policy=spec.missing_caption_policy, limits=ctx.limits)
+    if (dataset.dataset_digest, dataset.captions_digest) != (run.dataset_digest, run.captions_digest):
+        raise FailedPrecondition("spec.dataset_uri", "the dataset changed since the run was started "
+                                 "(image or caption digests differ); start a new run")
+    device = resolve_device(ranks.local_rank)
+    pipe = pipe or load_pipeline(model.path, model.kind, device=device)
+    checkpointing = {"on": True, "off": False}.get(ctx.gradient_checkpointing, device != "cpu")
+    trainer = LoraTrainer(spec, pipe, model.kind, dataset, device=device, run_id=run.run_id,
+                          gradient_checkpointing=checkpointing, ranks=ranks)
+    return trainer, dataset
+
+
+def _restore(ctx: RunContext, run: RunRecord, trainer: LoraTrainer, workdir: Path, ranks: Ranks) -> None:
+    """Loads the newest saved state (this run's, else its parent's) on every rank."""
+    source = _resume_source(ctx, run)
+    if source is None:
+        return
+    t0 = time.perf_counter()
+    path = workdir / "resume-state.pt"
+    ctx.store.get_to_file(source[1].uri, path)
+    trainer.load_state(path)
+    if ranks.is_main:
+        ctx.registry.add_timings(run.run_id, resume=time.perf_counter() - t0)
+    log.info("resumed", extra={"run_id": run.run_id, "from_run": source[0], "step": trainer.step,
+                               "rank": ranks.rank})
+
+
 def _train(ctx: RunContext, run: RunRecord, spec: RunSpec, trainer: LoraTrainer, workdir: Path,
-           cancel: threading.Event) -> str:
+           cancel: threading.Event, ranks: Ranks) -> str:
+    if not ranks.is_main:  # rank 0 records, checkpoints and decides stops; the others only train
+        outcome = trainer.train(Hooks())
+        return CANCELLED if outcome.state == "cancelled" else SUCCEEDED
     registry, writer = ctx.registry, CheckpointWriter(ctx, run, spec, trainer, workdir)
     last_poll = [0.0]
     spent_on_checkpoints = [0.0]

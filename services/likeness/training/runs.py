@@ -71,6 +71,9 @@ class TrainingRuns:
         if resolved.executor not in self.executors:
             raise FailedPrecondition("spec.executor", f"executor {resolved.executor!r} is not enabled in this "
                                      f"service (enabled: {', '.join(sorted(self.executors))})")
+        check = getattr(self.executors[resolved.executor], "check", None)
+        if check is not None:  # what this executor cannot honour is refused before the run exists
+            check(resolved)
         if resume_from:
             self._check_resume_source(resume_from, resolved)
         dataset = load_dataset(self.ctx.store, resolved.dataset_uri, policy=resolved.missing_caption_policy,

@@ -37,5 +37,15 @@ class TrainingSettings(CommonSettings):
     training_model_cache_claim: str = ""
     training_job_ttl_seconds: int = Field(86_400, ge=0)
     training_job_backoff_limit: int = Field(2, ge=0, le=20)
+    # Data-parallel runs (spec.kubernetes.gpus > 1 or nodes > 1) start one process per GPU under
+    # torchrun. `auto` uses NCCL on GPUs and gloo on CPUs.
+    training_distributed_backend: str = Field("auto", pattern="^(auto|gloo|nccl)$")
+    # GPUs one node of the training pool holds: a run asking for more per node is refused.
+    training_gpus_per_node: int = Field(8, ge=1, le=16)
+    # Runs across nodes: an Indexed Job + headless Service for rendezvous (`indexed_job`), or a
+    # Kubeflow PyTorchJob (`pytorchjob`) where the cluster has the Training Operator.
+    training_multi_node: str = Field("indexed_job", pattern="^(indexed_job|pytorchjob)$")
+    # Port the rank-0 pod listens on for rendezvous (c10d store).
+    training_rendezvous_port: int = Field(29500, ge=1024, le=65535)
     # Seconds between WatchRun polls of the registry (works across replicas and executors).
     training_watch_interval_seconds: float = Field(0.25, gt=0, le=10)

@@ -30,6 +30,12 @@ class KubernetesSpec:
     image: str = ""
     memory: str = ""
     cpu: str = ""
+    nodes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """Training processes of the run: one per GPU on every node (one per node on CPUs)."""
+        return max(self.gpus, 1) * max(self.nodes, 1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class RunSpec:
         data = dict(data)
         k = dict(data.pop("kubernetes", {}) or {})
         k["tolerations"] = tuple(dict(t) for t in k.get("tolerations", ()))
+        k["nodes"] = max(int(k.get("nodes", 1) or 1), 1)  # records before `nodes` existed: one node
         data["sample_prompts"] = tuple(data.get("sample_prompts", ()))
         data["sample_seeds"] = tuple(int(s) for s in data.get("sample_seeds", ()))
         data["defaulted"] = tuple(data.get("defaulted", ()))
@@ -148,6 +155,7 @@ def validate_static(spec: RunSpec) -> None:
     require(spec.missing_caption_policy in CAPTION_POLICIES, "spec.missing_caption_policy",
             f"{spec.missing_caption_policy!r} is not one of {CAPTION_POLICIES}")
     _int_range(spec.kubernetes.gpus, "spec.kubernetes.gpus", 0, 8)
+    _int_range(spec.kubernetes.nodes, "spec.kubernetes.nodes", 0, 16)
     for i, t in enumerate(spec.kubernetes.tolerations):
         op = t.get("operator") or "Equal"
         require(op in ("Equal", "Exists"), f"spec.kubernetes.tolerations[{i}].operator",

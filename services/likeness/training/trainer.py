@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from likeness.training.dataset import Dataset, assign_buckets, compose_caption, crop_to_bucket, plan_epoch
+from likeness.training.distributed import Ranks
 from likeness.training.spec import RunSpec
 
 log = logging.getLogger("likeness.training.trainer")
@@ -80,10 +81,10 @@ class Outcome:
     losses: list[float] = field(default_factory=list)
 
 
-def resolve_device() -> str:
+def resolve_device(local_rank: int = 0) -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -99,10 +100,11 @@ def resolve_precision(requested: str, device: str) -> str:
 
 class LoraTrainer:
     def __init__(self, spec: RunSpec, pipe, kind: str, dataset: Dataset, *, device: str = "cpu",
-                 run_id: str = "", gradient_checkpointing: bool = False):
+                 run_id: str = "", gradient_checkpointing: bool = False, ranks: Ranks | None = None):
         import torch
 
         self.spec, self.pipe, self.kind, self.dataset = spec, pipe, kind, dataset
+        self.ranks = ranks or Ranks()
         self.run_id = run_id
         self.gradient_checkpointing = gradient_checkpointing
         self.device = device
@@ -231,24 +233,33 @@ class LoraTrainer:
 
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device, dtype=self.weight_dtype)
+        return torch.autocast(torch.device(self.device).type, dtype=self.weight_dtype)
 
-    def _micro_batch_loss(self, indices: list[int], step: int, micro: int):
+    def _item_draws(self, index: int, step: int, micro: int, position: int, shape):
+        """(caption, noise, timestep) of one item: seeded by its place in the global batch, so a
+        rank sees the same draws as a single process training the whole batch."""
+        import torch
+
+        rng = random.Random(derived_seed(self.spec.seed, step, micro, position, "captions"))
+        caption = compose_caption(self.dataset.items[index].caption, self.spec.trigger_token,
+                                  shuffle=self.spec.shuffle_captions, dropout=self.spec.caption_dropout, rng=rng)
+        gen = torch.Generator(device="cpu").manual_seed(derived_seed(self.spec.seed, step, micro, position, "noise"))
+        noise = torch.randn(shape, generator=gen)
+        timestep = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (1,), generator=gen)
+        return caption, noise, timestep
+
+    def _micro_batch_loss(self, shard: list[tuple[int, int]], step: int, micro: int, total: int):
+        """This rank's items' share of the step's global mean loss (sum over items / `total`)."""
         import torch
         import torch.nn.functional as F
 
-        rng = random.Random(derived_seed(self.spec.seed, step, micro, "captions"))
-        captions = [compose_caption(self.dataset.items[i].caption, self.spec.trigger_token,
-                                    shuffle=self.spec.shuffle_captions, dropout=self.spec.caption_dropout,
-                                    rng=rng) for i in indices]
-        cached = [self._latent(i) for i in indices]
+        cached = [self._latent(i) for _, i in shard]
         latents = torch.stack([c[0] for c in cached]).float()
-        gen = torch.Generator(device="cpu").manual_seed(derived_seed(self.spec.seed, step, micro, "noise"))
-        noise = torch.randn(latents.shape, generator=gen).to(self.device)
-        n_train = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, n_train, (len(indices),), generator=gen).to(self.device)
+        draws = [self._item_draws(i, step, micro, pos, latents.shape[1:]) for pos, i in shard]
+        noise = torch.stack([d[1] for d in draws]).to(self.device)
+        timesteps = torch.cat([d[2] for d in draws]).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        states, pooled = self._encode_prompts(captions)
+        states, pooled = self._encode_prompts([d[0] for d in draws])
         kwargs = {}
         if self.sdxl:
             time_ids = torch.tensor([[*orig, *crop, *target] for _, orig, crop, target in cached],
@@ -264,7 +275,7 @@ class LoraTrainer:
         per_item = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if self.spec.min_snr_gamma > 0:
             per_item = per_item * self._min_snr_weights(timesteps)
-        return per_item.mean()
+        return per_item.sum() / total
 
     def _min_snr_weights(self, timesteps):
         """Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v."""
@@ -284,10 +295,15 @@ class LoraTrainer:
         self.pipe.unet.train()
         total, loss_sum = sum(len(b) for b in micro_batches), 0.0
         for micro, indices in enumerate(micro_batches):
-            loss = self._micro_batch_loss(indices, step, micro) * (len(indices) / total)
+            shard = self.ranks.shard(indices)
+            if not shard:  # a micro-batch smaller than the world: this rank adds nothing to it
+                continue
+            loss = self._micro_batch_loss(shard, step, micro, total)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += float(loss.detach())
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.ranks.sum_gradients(params)  # once per optimizer step, after every micro-batch
+        loss_sum = self.ranks.sum(loss_sum)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -312,7 +328,7 @@ class LoraTrainer:
             for pos in range(position, len(plan)):
                 if self.step >= self.total_steps:
                     break
-                if hooks.should_stop():
+                if self.ranks.main_decides(hooks.should_stop()):
                     return Outcome("cancelled", self.step, epoch + 1, losses)
                 result = self.train_step(plan[pos], epoch + 1, pos)
                 losses.append(result.loss)

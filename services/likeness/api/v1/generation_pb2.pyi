@@ -32,6 +32,12 @@ class QualityMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QUALITY_MODE_STANDARD: _ClassVar[QualityMode]
     QUALITY_MODE_QUALITY: _ClassVar[QualityMode]
     QUALITY_MODE_ULTRA: _ClassVar[QualityMode]
+
+class PasteMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PASTE_MODE_UNSPECIFIED: _ClassVar[PasteMode]
+    PASTE_MODE_MASK: _ClassVar[PasteMode]
+    PASTE_MODE_REGION: _ClassVar[PasteMode]
 TASK_UNSPECIFIED: Task
 TASK_TEXT_TO_IMAGE: Task
 TASK_IMAGE_TO_IMAGE: Task
@@ -47,6 +53,9 @@ QUALITY_MODE_FAST: QualityMode
 QUALITY_MODE_STANDARD: QualityMode
 QUALITY_MODE_QUALITY: QualityMode
 QUALITY_MODE_ULTRA: QualityMode
+PASTE_MODE_UNSPECIFIED: PasteMode
+PASTE_MODE_MASK: PasteMode
+PASTE_MODE_REGION: PasteMode
 
 class LoraAdapter(_message.Message):
     __slots__ = ("uri", "scale")
@@ -57,7 +66,7 @@ class LoraAdapter(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "task", "prompt", "negative_prompt", "seed", "count", "steps", "guidance_scale", "width", "height", "sampler", "quality_mode", "adapters", "init_image", "strength", "mask", "crop_padding", "refiner", "refiner_fraction", "reference_image", "reference_scale", "noise_injection", "return_inline", "output_prefix")
+    __slots__ = ("model", "task", "prompt", "negative_prompt", "seed", "count", "steps", "guidance_scale", "width", "height", "sampler", "quality_mode", "adapters", "init_image", "strength", "mask", "crop_padding", "refiner", "refiner_fraction", "reference_image", "reference_scale", "noise_injection", "return_inline", "output_prefix", "paste")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +91,7 @@ class GenerateRequest(_message.Message):
     NOISE_INJECTION_FIELD_NUMBER: _ClassVar[int]
     RETURN_INLINE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PASTE_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: Task
     prompt: str
@@ -106,7 +116,8 @@ class GenerateRequest(_message.Message):
     noise_injection: float
     return_inline: bool
     output_prefix: str
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., count: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., quality_mode: _Optional[_Union[QualityMode, str]] = ..., adapters: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., init_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., crop_padding: _Optional[int] = ..., refiner: _Optional[bool] = ..., refiner_fraction: _Optional[float] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ..., noise_injection: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ...) -> None: ...
+    paste: PasteMode
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., count: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., quality_mode: _Optional[_Union[QualityMode, str]] = ..., adapters: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., init_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., crop_padding: _Optional[int] = ..., refiner: _Optional[bool] = ..., refiner_fraction: _Optional[float] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ..., noise_injection: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., paste: _Optional[_Union[PasteMode, str]] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
     __slots__ = ("artifact", "seed", "work_id", "cached")

@@ -167,7 +167,7 @@ class StoryboardSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., require_all_frames: _Optional[bool] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ...) -> None: ...
 
 class OpenEyesSpec(_message.Message):
-    __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps")
+    __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps", "negative_prompt", "face_index")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,8 @@ class OpenEyesSpec(_message.Message):
     QUALITY_MODE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.ImageInput
     model: str
     prompt: str
@@ -188,7 +190,9 @@ class OpenEyesSpec(_message.Message):
     quality_mode: _generation_pb2.QualityMode
     seed: int
     steps: int
-    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., variations: _Optional[int] = ..., strength: _Optional[float] = ..., restore: _Optional[bool] = ..., fidelity: _Optional[float] = ..., quality_mode: _Optional[_Union[_generation_pb2.QualityMode, str]] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+    negative_prompt: str
+    face_index: int
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., variations: _Optional[int] = ..., strength: _Optional[float] = ..., restore: _Optional[bool] = ..., fidelity: _Optional[float] = ..., quality_mode: _Optional[_Union[_generation_pb2.QualityMode, str]] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., face_index: _Optional[int] = ...) -> None: ...
 
 class DiversitySetting(_message.Message):
     __slots__ = ("name", "seed_start", "count", "guidance_scale", "sampler", "noise_injection", "steps")
@@ -241,7 +245,7 @@ class JobSpec(_message.Message):
     def __init__(self, curate: _Optional[_Union[CurateSpec, _Mapping]] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., storyboard: _Optional[_Union[StoryboardSpec, _Mapping]] = ..., open_eyes: _Optional[_Union[OpenEyesSpec, _Mapping]] = ..., diversity: _Optional[_Union[DiversitySpec, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "spec", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at")
+    __slots__ = ("job_id", "kind", "state", "spec", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at", "trace_id")
     class SummaryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +265,7 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: JobState
@@ -273,7 +278,8 @@ class Job(_message.Message):
     attempts: int
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key")
@@ -298,7 +304,7 @@ class WatchRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "type", "stage", "message", "progress", "state")
+    __slots__ = ("job_id", "seq", "time", "type", "stage", "message", "progress", "state", "trace_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +313,7 @@ class WatchResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -315,7 +322,8 @@ class WatchResponse(_message.Message):
     message: str
     progress: _common_pb2.Progress
     state: JobState
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., stage: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., stage: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("job_id",)

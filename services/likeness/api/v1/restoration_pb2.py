@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from likeness.api.v1 import common_pb2 as likeness_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlikeness/v1/restoration.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"}\n\x0eRegionMaskItem\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12(\n\tlandmarks\x18\x03 \x03(\x0b\x32\x15.likeness.v1.Landmark\x12\"\n\x08\x66\x61\x63\x65_box\x18\x04 \x01(\x0b\x32\x10.likeness.v1.Box\"\xe0\x01\n\x11RegionMaskRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.likeness.v1.RegionMaskItem\x12#\n\x06region\x18\x02 \x01(\x0e\x32\x13.likeness.v1.Region\x12\x13\n\x0bpadding_iod\x18\x03 \x01(\x02\x12\x12\n\npadding_px\x18\x04 \x01(\x02\x12\r\n\x05\x61lign\x18\x05 \x01(\x05\x12\x14\n\x0c\x63rop_padding\x18\x06 \x01(\x05\x12\x15\n\rreturn_inline\x18\x07 \x01(\x08\x12\x15\n\routput_prefix\x18\x08 \x01(\t\"\x9f\x01\n\x10RegionMaskResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12#\n\x04mask\x18\x02 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12\"\n\x08\x63rop_box\x18\x03 \x01(\x0b\x32\x10.likeness.v1.Box\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x03\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.likeness.v1.ItemError\"D\n\x12RegionMaskResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.likeness.v1.RegionMaskResult\"\xaa\x01\n\rCompositeItem\x12%\n\x04\x62\x61se\x18\x01 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12&\n\x05patch\x18\x02 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12%\n\x04mask\x18\x03 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12#\n\tpatch_box\x18\x04 \x01(\x0b\x32\x10.likeness.v1.Box\"\x97\x01\n\x10\x43ompositeRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.likeness.v1.CompositeItem\x12\x15\n\rfeather_sigma\x18\x02 \x01(\x02\x12\x13\n\x0b\x64ilation_px\x18\x03 \x01(\x02\x12\x15\n\rreturn_inline\x18\x04 \x01(\x08\x12\x15\n\routput_prefix\x18\x05 \x01(\t\"m\n\x0f\x43ompositeResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.likeness.v1.ItemError\"B\n\x11\x43ompositeResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.likeness.v1.CompositeResult\"\x83\x01\n\x0bRestoreItem\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\"\n\x08\x66\x61\x63\x65_box\x18\x02 \x01(\x0b\x32\x10.likeness.v1.Box\x12(\n\tlandmarks\x18\x03 \x03(\x0b\x32\x15.likeness.v1.Landmark\"\x9a\x01\n\x0eRestoreRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.likeness.v1.RestoreItem\x12\x15\n\x08\x66idelity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rreturn_inline\x18\x04 \x01(\x08\x12\x15\n\routput_prefix\x18\x05 \x01(\tB\x0b\n\t_fidelity\"k\n\rRestoreResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.likeness.v1.ItemError\"_\n\x0fRestoreResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.likeness.v1.RestoreResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08stand_in\x18\x03 \x01(\t*r\n\x06Region\x12\x16\n\x12REGION_UNSPECIFIED\x10\x00\x12\x13\n\x0fREGION_LEFT_EYE\x10\x01\x12\x14\n\x10REGION_RIGHT_EYE\x10\x02\x12\x14\n\x10REGION_BOTH_EYES\x10\x03\x12\x0f\n\x0bREGION_FACE\x10\x04\x32\xf5\x01\n\x12RestorationService\x12M\n\nRegionMask\x12\x1e.likeness.v1.RegionMaskRequest\x1a\x1f.likeness.v1.RegionMaskResponse\x12J\n\tComposite\x12\x1d.likeness.v1.CompositeRequest\x1a\x1e.likeness.v1.CompositeResponse\x12\x44\n\x07Restore\x12\x1b.likeness.v1.RestoreRequest\x1a\x1c.likeness.v1.RestoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlikeness/v1/restoration.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"}\n\x0eRegionMaskItem\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12(\n\tlandmarks\x18\x03 \x03(\x0b\x32\x15.likeness.v1.Landmark\x12\"\n\x08\x66\x61\x63\x65_box\x18\x04 \x01(\x0b\x32\x10.likeness.v1.Box\"\xe0\x01\n\x11RegionMaskRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.likeness.v1.RegionMaskItem\x12#\n\x06region\x18\x02 \x01(\x0e\x32\x13.likeness.v1.Region\x12\x13\n\x0bpadding_iod\x18\x03 \x01(\x02\x12\x12\n\npadding_px\x18\x04 \x01(\x02\x12\r\n\x05\x61lign\x18\x05 \x01(\x05\x12\x14\n\x0c\x63rop_padding\x18\x06 \x01(\x05\x12\x15\n\rreturn_inline\x18\x07 \x01(\x08\x12\x15\n\routput_prefix\x18\x08 \x01(\t\"\x9f\x01\n\x10RegionMaskResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12#\n\x04mask\x18\x02 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12\"\n\x08\x63rop_box\x18\x03 \x01(\x0b\x32\x10.likeness.v1.Box\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x03\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.likeness.v1.ItemError\"D\n\x12RegionMaskResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.likeness.v1.RegionMaskResult\"\xaa\x01\n\rCompositeItem\x12%\n\x04\x62\x61se\x18\x01 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12&\n\x05patch\x18\x02 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12%\n\x04mask\x18\x03 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12#\n\tpatch_box\x18\x04 \x01(\x0b\x32\x10.likeness.v1.Box\"\x97\x01\n\x10\x43ompositeRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.likeness.v1.CompositeItem\x12\x15\n\rfeather_sigma\x18\x02 \x01(\x02\x12\x13\n\x0b\x64ilation_px\x18\x03 \x01(\x02\x12\x15\n\rreturn_inline\x18\x04 \x01(\x08\x12\x15\n\routput_prefix\x18\x05 \x01(\t\"b\n\x04Seam\x12\x19\n\x11\x62oundary_gradient\x18\x01 \x01(\x02\x12\x15\n\rhard_gradient\x18\x02 \x01(\x02\x12\x10\n\x08max_step\x18\x03 \x01(\x02\x12\x16\n\x0ereference_step\x18\x04 \x01(\x02\"\x8e\x01\n\x0f\x43ompositeResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.likeness.v1.ItemError\x12\x1f\n\x04seam\x18\x04 \x01(\x0b\x32\x11.likeness.v1.Seam\"B\n\x11\x43ompositeResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.likeness.v1.CompositeResult\"\x83\x01\n\x0bRestoreItem\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\"\n\x08\x66\x61\x63\x65_box\x18\x02 \x01(\x0b\x32\x10.likeness.v1.Box\x12(\n\tlandmarks\x18\x03 \x03(\x0b\x32\x15.likeness.v1.Landmark\"\x9a\x01\n\x0eRestoreRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.likeness.v1.RestoreItem\x12\x15\n\x08\x66idelity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rreturn_inline\x18\x04 \x01(\x08\x12\x15\n\routput_prefix\x18\x05 \x01(\tB\x0b\n\t_fidelity\"k\n\rRestoreResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.likeness.v1.ItemError\"_\n\x0fRestoreResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.likeness.v1.RestoreResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08stand_in\x18\x03 \x01(\t*r\n\x06Region\x12\x16\n\x12REGION_UNSPECIFIED\x10\x00\x12\x13\n\x0fREGION_LEFT_EYE\x10\x01\x12\x14\n\x10REGION_RIGHT_EYE\x10\x02\x12\x14\n\x10REGION_BOTH_EYES\x10\x03\x12\x0f\n\x0bREGION_FACE\x10\x04\x32\xf5\x01\n\x12RestorationService\x12M\n\nRegionMask\x12\x1e.likeness.v1.RegionMaskRequest\x1a\x1f.likeness.v1.RegionMaskResponse\x12J\n\tComposite\x12\x1d.likeness.v1.CompositeRequest\x1a\x1e.likeness.v1.CompositeResponse\x12\x44\n\x07Restore\x12\x1b.likeness.v1.RestoreRequest\x1a\x1c.likeness.v1.RestoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'likeness.v1.restoration_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGION']._serialized_start=1661
-  _globals['_REGION']._serialized_end=1775
+  _globals['_REGION']._serialized_start=1795
+  _globals['_REGION']._serialized_end=1909
   _globals['_REGIONMASKITEM']._serialized_start=72
   _globals['_REGIONMASKITEM']._serialized_end=197
   _globals['_REGIONMASKREQUEST']._serialized_start=200
@@ -47,18 +47,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPOSITEITEM']._serialized_end=829
   _globals['_COMPOSITEREQUEST']._serialized_start=832
   _globals['_COMPOSITEREQUEST']._serialized_end=983
-  _globals['_COMPOSITERESULT']._serialized_start=985
-  _globals['_COMPOSITERESULT']._serialized_end=1094
-  _globals['_COMPOSITERESPONSE']._serialized_start=1096
-  _globals['_COMPOSITERESPONSE']._serialized_end=1162
-  _globals['_RESTOREITEM']._serialized_start=1165
-  _globals['_RESTOREITEM']._serialized_end=1296
-  _globals['_RESTOREREQUEST']._serialized_start=1299
-  _globals['_RESTOREREQUEST']._serialized_end=1453
-  _globals['_RESTORERESULT']._serialized_start=1455
-  _globals['_RESTORERESULT']._serialized_end=1562
-  _globals['_RESTORERESPONSE']._serialized_start=1564
-  _globals['_RESTORERESPONSE']._serialized_end=1659
-  _globals['_RESTORATIONSERVICE']._serialized_start=1778
-  _globals['_RESTORATIONSERVICE']._serialized_end=2023
+  _globals['_SEAM']._serialized_start=985
+  _globals['_SEAM']._serialized_end=1083
+  _globals['_COMPOSITERESULT']._serialized_start=1086
+  _globals['_COMPOSITERESULT']._serialized_end=1228
+  _globals['_COMPOSITERESPONSE']._serialized_start=1230
+  _globals['_COMPOSITERESPONSE']._serialized_end=1296
+  _globals['_RESTOREITEM']._serialized_start=1299
+  _globals['_RESTOREITEM']._serialized_end=1430
+  _globals['_RESTOREREQUEST']._serialized_start=1433
+  _globals['_RESTOREREQUEST']._serialized_end=1587
+  _globals['_RESTORERESULT']._serialized_start=1589
+  _globals['_RESTORERESULT']._serialized_end=1696
+  _globals['_RESTORERESPONSE']._serialized_start=1698
+  _globals['_RESTORERESPONSE']._serialized_end=1793
+  _globals['_RESTORATIONSERVICE']._serialized_start=1912
+  _globals['_RESTORATIONSERVICE']._serialized_end=2157
 # @@protoc_insertion_point(module_scope)

@@ -100,15 +100,29 @@ class CompositeRequest(_message.Message):
     output_prefix: str
     def __init__(self, items: _Optional[_Iterable[_Union[CompositeItem, _Mapping]]] = ..., feather_sigma: _Optional[float] = ..., dilation_px: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ...) -> None: ...
 
+class Seam(_message.Message):
+    __slots__ = ("boundary_gradient", "hard_gradient", "max_step", "reference_step")
+    BOUNDARY_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    HARD_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_STEP_FIELD_NUMBER: _ClassVar[int]
+    boundary_gradient: float
+    hard_gradient: float
+    max_step: float
+    reference_step: float
+    def __init__(self, boundary_gradient: _Optional[float] = ..., hard_gradient: _Optional[float] = ..., max_step: _Optional[float] = ..., reference_step: _Optional[float] = ...) -> None: ...
+
 class CompositeResult(_message.Message):
-    __slots__ = ("index", "image", "error")
+    __slots__ = ("index", "image", "error", "seam")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SEAM_FIELD_NUMBER: _ClassVar[int]
     index: int
     image: _common_pb2.Artifact
     error: _common_pb2.ItemError
-    def __init__(self, index: _Optional[int] = ..., image: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
+    seam: Seam
+    def __init__(self, index: _Optional[int] = ..., image: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., seam: _Optional[_Union[Seam, _Mapping]] = ...) -> None: ...
 
 class CompositeResponse(_message.Message):
     __slots__ = ("results",)

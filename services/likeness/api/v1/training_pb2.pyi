@@ -71,7 +71,7 @@ class Toleration(_message.Message):
     def __init__(self, key: _Optional[str] = ..., operator: _Optional[str] = ..., value: _Optional[str] = ..., effect: _Optional[str] = ...) -> None: ...
 
 class KubernetesOptions(_message.Message):
-    __slots__ = ("gpus", "node_selector", "tolerations", "image", "memory", "cpu")
+    __slots__ = ("gpus", "node_selector", "tolerations", "image", "memory", "cpu", "nodes")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,13 +85,15 @@ class KubernetesOptions(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     gpus: int
     node_selector: _containers.ScalarMap[str, str]
     tolerations: _containers.RepeatedCompositeFieldContainer[Toleration]
     image: str
     memory: str
     cpu: str
-    def __init__(self, gpus: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., tolerations: _Optional[_Iterable[_Union[Toleration, _Mapping]]] = ..., image: _Optional[str] = ..., memory: _Optional[str] = ..., cpu: _Optional[str] = ...) -> None: ...
+    nodes: int
+    def __init__(self, gpus: _Optional[int] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., tolerations: _Optional[_Iterable[_Union[Toleration, _Mapping]]] = ..., image: _Optional[str] = ..., memory: _Optional[str] = ..., cpu: _Optional[str] = ..., nodes: _Optional[int] = ...) -> None: ...
 
 class RunSpec(_message.Message):
     __slots__ = ("name", "base_model", "dataset_uri", "trigger_token", "caption_dropout", "shuffle_captions", "aspect_buckets", "rank", "alpha", "unet_lr", "text_encoder_lr", "train_text_encoder", "batch_size", "gradient_accumulation", "epochs", "max_steps", "resolution", "precision", "seed", "lr_scheduler", "lr_warmup_steps", "min_snr_gamma", "checkpoint_every_epochs", "sample_prompts", "sample_seeds", "sample_steps", "executor", "kubernetes", "missing_caption_policy", "output_prefix")

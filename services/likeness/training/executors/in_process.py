@@ -20,10 +20,13 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
+from likeness.core import tracing
+from likeness.core.errors import FailedPrecondition
 from likeness.training.dataset import Dataset
 from likeness.training.registry import RunRecord
 from likeness.training.registry.store import now
 from likeness.training.runner import RunContext, execute
+from likeness.training.spec import RunSpec
 
 log = logging.getLogger("likeness.training.in_process")
 
@@ -45,13 +48,22 @@ class InProcessExecutor:
         self._beat = threading.Thread(target=self._heartbeat_loop, name="training-heartbeat", daemon=True)
         self._beat.start()
 
+    def check(self, spec: RunSpec) -> None:
+        """One process trains here: a data-parallel spec would leave its extra devices idle."""
+        k = spec.kubernetes
+        if k.world_size > 1:
+            raise FailedPrecondition("spec.kubernetes.gpus", f"{k.gpus} GPUs x {k.nodes} nodes needs "
+                                     f"{k.world_size} training processes; the in_process executor trains in one: "
+                                     "use executor KUBERNETES_JOB, or gpus <= 1 and nodes 1")
+
     def submit(self, run: RunRecord, dataset: Dataset | None = None) -> Future | None:
         if not self.ctx.registry.claim(run.run_id, self.owner):
             return None  # cancelled (or ended) before it could be queued here
         event = threading.Event()
         with self._lock:
             self._cancel[run.run_id] = event
-            future = self._pool.submit(self._run, run.run_id, dataset, event)
+            # bound to the StartRun call's context: the run's span joins its trace
+            future = self._pool.submit(tracing.bind(self._run), run.run_id, dataset, event)
             self._futures[run.run_id] = future
         return future
 
@@ -59,7 +71,8 @@ class InProcessExecutor:
         try:
             if event.is_set():  # cancelled while queued; the registry already says CANCELLED
                 return "cancelled"
-            return execute(self.ctx, run_id, dataset=dataset, cancel=event)
+            with tracing.span("training run", {"run.id": run_id}):
+                return execute(self.ctx, run_id, dataset=dataset, cancel=event)
         finally:
             with self._lock:
                 self._cancel.pop(run_id, None)

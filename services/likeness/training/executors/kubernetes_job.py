@@ -18,9 +18,12 @@ from __future__ import annotations
 import logging
 import re
 
+from likeness.core import tracing
 from likeness.core.errors import FailedPrecondition, Unavailable
+from likeness.training.executors import parallel
 from likeness.training.registry import FAILED, RunRecord, RunRegistry
 from likeness.training.settings import TrainingSettings
+from likeness.training.spec import RunSpec
 
 log = logging.getLogger("likeness.training.kubernetes")
 
@@ -30,7 +33,8 @@ RUN_LABEL = "likeness.dev/run-id"
 # Settings forwarded to the pod as plain env vars; credentials travel as secretKeyRefs instead.
 FORWARDED = ("store_uri", "s3_endpoint", "s3_secure", "s3_region", "allowed_buckets", "model_repository",
              "model_cache_dir", "training_embedding_address", "training_detection_address",
-             "training_eval_timeout_seconds", "log_level", "tls_ca_file")
+             "training_eval_timeout_seconds", "log_level", "tls_ca_file", "tracing_enabled", "tracing_endpoint",
+             "tracing_insecure", "tracing_sample_ratio", "tracing_keep_errors", "tracing_keep_slower_than_seconds")
 
 
 def job_name(run_id: str) -> str:
@@ -39,6 +43,18 @@ def job_name(run_id: str) -> str:
 
 
 def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
+    """The run's Job; a run over several nodes becomes an Indexed Job (see `parallel`)."""
+    spec = RunSpec.from_dict(run.spec)
+    manifest = _single_pod_job(run, settings)
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = parallel.command(run.run_id, spec, manifest["metadata"]["name"],
+                                            settings.training_rendezvous_port)
+    if spec.kubernetes.nodes > 1:
+        parallel.make_indexed(manifest, spec.kubernetes.nodes, settings.training_rendezvous_port)
+    return manifest
+
+
+def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
     k8s = run.spec.get("kubernetes", {}) or {}
     gpus = int(k8s.get("gpus", 0))
     labels = {"app.kubernetes.io/name": "likeness", "app.kubernetes.io/component": "training-run",
@@ -47,6 +63,9 @@ def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
            for name in FORWARDED if str(getattr(settings, name))]
     env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "LIKENESS_LOG_JSON", "value": "true"}]
+    parent = tracing.traceparent()
+    if parent:  # the pod's spans join the trace of the call that started the run
+        env.append({"name": "TRACEPARENT", "value": parent})
     # credentials only by reference, never as values in the manifest (same Secrets and keys as the
     # chart gives the services); store keys are optional: a file:// store needs none
     env += [_secret_env("LIKENESS_S3_ACCESS_KEY", settings.training_job_secret, STORE_ACCESS_KEY, optional=True),
@@ -145,27 +164,51 @@ class KubernetesJobExecutor:
         self.registry, self.settings = registry, settings
         self._api_client = api_client
 
+    def _api(self):
+        self._api_client = _api_client(self._api_client)
+        return self._api_client
+
     def _batch(self):
         from kubernetes import client
 
-        self._api_client = _api_client(self._api_client)
-        return client.BatchV1Api(self._api_client)
+        return client.BatchV1Api(self._api())
 
-    def submit(self, run: RunRecord) -> None:
-        from kubernetes.client.exceptions import ApiException
-
+    def check(self, spec: RunSpec) -> None:
+        """What StartRun refuses before the run exists: no registry the pod can reach, or a
+        data-parallel shape the pool or the backend cannot honour."""
         if self.registry.backend == "sqlite" or not self.settings.training_job_database_secret:
             raise FailedPrecondition("spec.executor", "KUBERNETES_JOB needs a registry the Job pod can reach: "
                                      "LIKENESS_TRAINING_DATABASE_URL on PostgreSQL and "
                                      "LIKENESS_TRAINING_JOB_DATABASE_SECRET naming a Secret with its `url`")
+        parallel.check(spec, gpus_per_node=self.settings.training_gpus_per_node,
+                       backend=self.settings.training_distributed_backend)
+
+    def submit(self, run: RunRecord) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        spec = RunSpec.from_dict(run.spec)
+        self.check(spec)
         manifest = job_manifest(run, self.settings)
+        name, ns = manifest["metadata"]["name"], self.settings.training_namespace
         try:
-            created = self._batch().create_namespaced_job(self.settings.training_namespace, manifest)
+            if spec.kubernetes.nodes > 1 and self.settings.training_multi_node == "pytorchjob":
+                from kubernetes import client
+
+                group, version, plural = parallel.PYTORCHJOB_API
+                client.CustomObjectsApi(self._api()).create_namespaced_custom_object(
+                    group, version, ns, plural, parallel.pytorchjob(manifest, spec, run.run_id))
+            else:
+                created = self._batch().create_namespaced_job(ns, manifest)
+                if spec.kubernetes.nodes > 1:  # rendezvous DNS for the pods, owned by the Job
+                    from kubernetes import client
+
+                    service = parallel.rendezvous_service(manifest, self.settings.training_rendezvous_port,
+                                                          created.metadata.uid or "")
+                    client.CoreV1Api(self._api()).create_namespaced_service(ns, service)
         except ApiException as exc:
-            raise Unavailable("spec.executor", f"Kubernetes refused Job {manifest['metadata']['name']}: "
-                              f"{exc.status} {exc.reason}") from exc
-        self.registry.set_external_id(run.run_id, created.metadata.name)
-        log.info("job created", extra={"run_id": run.run_id, "job": created.metadata.name})
+            raise Unavailable("spec.executor", f"Kubernetes refused Job {name}: {exc.status} {exc.reason}") from exc
+        self.registry.set_external_id(run.run_id, name)
+        log.info("job created", extra={"run_id": run.run_id, "job": name, "processes": spec.kubernetes.world_size})
 
     def cancel(self, run: RunRecord) -> None:
         """The registry flag stops a running pod at its next step (keeping its checkpoints); the
@@ -185,10 +228,23 @@ class KubernetesJobExecutor:
         for run in self.registry.unfinished(self.name):
             if not run.external_id:
                 continue
-            job = self._batch().read_namespaced_job_status(run.external_id, self.settings.training_namespace)
-            for cond in (job.status.conditions or []) if job.status else []:
-                if cond.type == "Failed" and cond.status == "True":
+            for cond in self._conditions(run):
+                if cond.get("type") == "Failed" and cond.get("status") == "True":
                     self.registry.finish(run.run_id, FAILED, f"Kubernetes Job {run.external_id} failed: "
-                                         f"{cond.reason}: {cond.message}")
+                                         f"{cond.get('reason')}: {cond.get('message')}")
                     changed += 1
         return changed
+
+    def _conditions(self, run: RunRecord) -> list[dict]:
+        ns = self.settings.training_namespace
+        spec = RunSpec.from_dict(run.spec)
+        if spec.kubernetes.nodes > 1 and self.settings.training_multi_node == "pytorchjob":
+            from kubernetes import client
+
+            group, version, plural = parallel.PYTORCHJOB_API
+            obj = client.CustomObjectsApi(self._api()).get_namespaced_custom_object_status(
+                group, version, ns, plural, run.external_id)
+            return list((obj.get("status") or {}).get("conditions") or [])
+        job = self._batch().read_namespaced_job_status(run.external_id, ns)
+        return [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
+                for c in ((job.status.conditions or []) if job.status else [])]
