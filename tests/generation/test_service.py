@@ -268,7 +268,7 @@ def test_full_queue_answers_resource_exhausted_with_retry_hint(service):
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue is full" in err.value.details()
         hint = dict(err.value.trailing_metadata() or ())
-        assert float(hint["retry-after-seconds"]) > 0
+        assert int(hint["grpc-retry-pushback-ms"]) > 0  # gRPC's own back-off hint, integer ms
     finally:
         busy.result()
         for f in waiting:

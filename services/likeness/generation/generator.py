@@ -15,13 +15,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from likeness.core import metrics
-from likeness.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissing, NotFound, require
 from likeness.core.images import encode_png
-from likeness.core.pngmeta import format_parameters
+from likeness.core.pngmeta import a1111_model_hash, format_parameters, lora_hashes
 from likeness.core.store import StoredObject
 from likeness.core.workid import sha256_hex, work_id
 from likeness.diffusion.lora import LoraFile, read_lora
@@ -81,7 +82,8 @@ class ImageGenerator:
         else:
             self.manager.engine.set_ip_adapter(model, "")
         files = {aid: lora for item in items for aid, lora in item.adapter_files.items()}
-        results = self.manager.engine.run(model, refiner, key, items, files)
+        controlnets = [self.manager.controlnet(c[0]) for c in key.controls]
+        results = self.manager.engine.run(model, refiner, key, items, files, controlnets)
         for phase in ("text_encoding", "denoising", "decoding"):
             metrics.GENERATION_PHASE.labels(key.model, phase).observe(results[0].timings[phase])
         _export_gpu_memory(self.manager.device)
@@ -121,6 +123,7 @@ class ImageGenerator:
         warnings += await asyncio.to_thread(self._prompt_warnings, req)
         adapter_files = await asyncio.to_thread(self._load_adapters, req)
         adapters = list(adapter_files)
+        control_specs = await asyncio.to_thread(self._control_specs, req, family)
 
         key = BatchKey(model=req.model, task=req.task, width=req.width, height=req.height, steps=req.steps,
                        sampler=req.sampler, guidance_scale=req.guidance_scale,
@@ -128,8 +131,9 @@ class ImageGenerator:
                        refiner=refiner_name if req.refiner else "", refiner_fraction=req.refiner_fraction,
                        adapters=tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True)),
                        reference_scale=req.reference_scale if ip_spec else None,
-                       ip_adapter=ip_spec.name if ip_spec else "")
-        inputs = self._canonical_inputs(req, adapters, refiner_spec, ip_spec)
+                       ip_adapter=ip_spec.name if ip_spec else "",
+                       controls=tuple((c.model, c.scale, c.start, c.end) for c in req.controls))
+        inputs = self._canonical_inputs(req, adapters, refiner_spec, ip_spec, control_specs)
         units = [(req.seed + i, work_id("generation", {**inputs, "seed": req.seed + i}, spec.digest))
                  for i in range(req.count)]
         keys = [f"{req.output_prefix}{wid}.png" for _, wid in units]
@@ -150,9 +154,10 @@ class ImageGenerator:
             items = [ImageItem(seed=units[i][0], prompt=req.prompt, negative_prompt=req.negative_prompt,
                                init_image=geometry[1], mask=geometry[2], noise_injection=req.noise_injection,
                                reference_image=req.reference_image, progress=progress, queued_at=now,
+                               control_images=self._control_images(req, geometry),
                                adapter_files=adapter_files) for i in todo]
             results = await self.batcher.submit(key, items)
-            parameters_extra = self._parameters_extra(req, adapters, refiner_name)
+            parameters_extra = self._parameters_extra(req, adapter_files, refiner_name)
             if spec.config.get("random_weights"):
                 parameters_extra["Model stand-in"] = "random weights"
             used = models_used(spec, refiner_spec if req.refiner else None, ip_spec)
@@ -262,7 +267,39 @@ class ImageGenerator:
             ids[aid] = lora
         return ids
 
-    def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec, ip_spec) -> dict:
+    def _control_specs(self, req: GenerationRequest, family: str) -> list:
+        """The ControlNet models of the request, checked: NOT_FOUND or INVALID_ARGUMENT naming the
+        field; ModelMissing naming absent files, before the request is queued."""
+        from likeness.diffusion.controlnet import KIND
+
+        specs = []
+        for i, c in enumerate(req.controls):
+            field_name = f"controls[{i}].model"
+            try:
+                spec = self.manager.spec(c.model)
+            except NotFound as exc:
+                raise NotFound(field_name, f"ControlNet '{c.model}' is not in the model repository "
+                                           f"{self.manager.repo.root}") from exc
+            require(spec.kind == KIND, field_name, f"model '{c.model}' is of kind {spec.kind!r}, not {KIND}")
+            require(spec.config.get("family", family) == family, field_name,
+                    f"ControlNet '{c.model}' is for {spec.config.get('family')} models, not {family}")
+            folder = Path(self.manager.repo.fetch(c.model))
+            if not (folder / "config.json").is_file():  # the weights' folder without its model
+                raise ModelMissing(c.model, str(folder / "config.json"))
+            specs.append(spec)
+        return specs
+
+    @staticmethod
+    def _control_images(req: GenerationRequest, geometry) -> tuple:
+        """Each control image cut and resized like the init image (image tasks) or as given."""
+        if req.task == "text-to-image":
+            return tuple(c.image for c in req.controls)
+        h, w = req.init_image.shape[:2]
+        box = geometry[0] or (0, 0, w, h)
+        return tuple(region.crop_for_denoising(c.image, None, box, req.width, req.height)[0] for c in req.controls)
+
+    def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec, ip_spec,
+                          control_specs=()) -> dict:
         def digest(a):
             return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
 
@@ -278,9 +315,11 @@ class ImageGenerator:
                 "reference_scale": req.reference_scale if ip_spec is not None else None,
                 "ip_adapter": ip_spec.digest if ip_spec is not None else None,
                 # only when not the default, so the work ids (and stored images) of earlier requests hold
-                **({"paste": req.paste} if req.paste != "mask" else {})}
+                **({"paste": req.paste} if req.paste != "mask" else {}),
+                **({"controls": [[s.digest, digest(c.image), c.scale, c.start, c.end]
+                                 for s, c in zip(control_specs, req.controls, strict=True)]} if req.controls else {})}
 
-    def _parameters_extra(self, req: GenerationRequest, adapters: list[str], refiner_name: str) -> dict:
+    def _parameters_extra(self, req: GenerationRequest, adapters: dict[str, LoraFile], refiner_name: str) -> dict:
         extra: dict = {}
         if req.task != "text-to-image":
             extra["Denoising strength"] = req.strength
@@ -294,7 +333,9 @@ class ImageGenerator:
         if req.reference_image is not None:
             extra["IP-Adapter scale"] = req.reference_scale
         if adapters:
-            extra["Lora hashes"] = ", ".join(f"{aid}: {a.scale:g}" for aid, a in zip(adapters, req.adapters, strict=True))
+            # A1111 names a LoRA by its file name; the scales travel in the `likeness` chunk
+            extra["Lora hashes"] = lora_hashes([(PurePosixPath(a.uri.rstrip("/")).stem, f.addnet_hash)
+                                                for a, f in zip(req.adapters, adapters.values(), strict=True)])
         return extra
 
     def _parameters(self, req: GenerationRequest, spec, seed: int, extra: dict) -> str:
@@ -305,7 +346,7 @@ class ImageGenerator:
         name = cls or (SAMPLERS[req.sampler][0] if req.sampler in SAMPLERS else "EulerDiscreteScheduler")
         return format_parameters(req.prompt, req.negative_prompt, req.steps, SAMPLER_LABELS.get(name, name),
                                  req.guidance_scale, seed, req.width, req.height, req.model,
-                                 model_hash=spec.digest[:10], extra=extra)
+                                 model_hash=a1111_model_hash(spec.files, spec.checksums), extra=extra)
 
 
 def models_used(spec, refiner_spec, ip_spec) -> list[dict]:

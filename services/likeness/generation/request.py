@@ -27,6 +27,21 @@ class AdapterRef:
     scale: float
 
 
+@dataclass(frozen=True)
+class ControlRef:
+    """One ControlNet conditioning: its image (HxWx3 uint8), model and schedule."""
+
+    image: np.ndarray
+    model: str
+    scale: float | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+MAX_CONTROLS = 4
+DEFAULT_CONTROL_SCALE = 1.0
+
+
 @dataclass
 class GenerationRequest:
     """Zero/None values take the quality mode's preset or the documented default."""
@@ -49,6 +64,7 @@ class GenerationRequest:
     mask: np.ndarray | None = None  # HxW bool, True = repaint
     crop_padding: int = 0
     paste: str = "mask"  # inpaint: through the hard mask, or the whole region for the caller to blend
+    controls: list[ControlRef] = field(default_factory=list)
     refiner: bool = False
     refiner_fraction: float | None = None
     reference_image: np.ndarray | None = None
@@ -134,13 +150,42 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
 
     reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
     check_range(reference_scale, "reference_scale", 0.0, 1.0)
+    controls = _controls(req, width, height)
     require(not req.output_prefix or (not req.output_prefix.startswith("/") and ".." not in req.output_prefix),
             "output_prefix", "must be a relative store prefix without '..'")
 
     resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
                        strength=strength, refiner=refiner, refiner_fraction=fraction,
-                       reference_scale=reference_scale, output_prefix=req.output_prefix or "generated/")
+                       reference_scale=reference_scale, controls=controls,
+                       output_prefix=req.output_prefix or "generated/")
     return resolved, warnings
+
+
+def _controls(req: GenerationRequest, width: int, height: int) -> list[ControlRef]:
+    """Each control checked and its defaults filled; the image must be the size it will be used at."""
+    require(len(req.controls) <= MAX_CONTROLS, "controls", f"{len(req.controls)} controls, over the limit of "
+                                                           f"{MAX_CONTROLS}")
+    if req.task == "text-to-image":
+        expected = (height, width)
+        what = f"the output size {width}x{height}"
+    else:
+        expected = req.init_image.shape[:2]
+        what = f"init_image's size {expected[1]}x{expected[0]}"
+    out = []
+    for i, c in enumerate(req.controls):
+        field_name = f"controls[{i}]"
+        require(bool(c.model), f"{field_name}.model", "is empty; name a ControlNet model of the repository")
+        h, w = c.image.shape[:2]
+        require((h, w) == tuple(expected), f"{field_name}.image", f"is {w}x{h}, but must be {what}")
+        scale = DEFAULT_CONTROL_SCALE if c.scale is None else c.scale
+        start = 0.0 if c.start is None else c.start
+        end = 1.0 if c.end is None else c.end
+        require(math.isfinite(scale), f"{field_name}.scale", "must be a finite number")
+        check_range(scale, f"{field_name}.scale", 0.0, 2.0)
+        require(0.0 <= start < 1.0, f"{field_name}.start", f"{start} is outside [0, 1)")
+        require(start < end <= 1.0, f"{field_name}.end", f"{end} is outside ({start}, 1]")
+        out.append(replace(c, scale=float(scale), start=float(start), end=float(end)))
+    return out
 
 
 def _size(req: GenerationRequest, default_side: int, preset, limits: Limits) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from likeness.core.convert import artifact_pb
 from likeness.core.errors import InvalidArgument
 from likeness.generation.generator import GenerationResult, ImageGenerator
 from likeness.generation.region import mask_from_rgb
-from likeness.generation.request import AdapterRef, GenerationRequest
+from likeness.generation.request import AdapterRef, ControlRef, GenerationRequest
 
 TASKS = {generation_pb2.TASK_UNSPECIFIED: "text-to-image", generation_pb2.TASK_TEXT_TO_IMAGE: "text-to-image",
          generation_pb2.TASK_IMAGE_TO_IMAGE: "image-to-image", generation_pb2.TASK_INPAINT: "inpaint"}
@@ -41,6 +41,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             return await self._images.load_one(getattr(pb, name), name) if pb.HasField(name) else None
 
         mask = await image("mask")
+        controls = [ControlRef(await self._images.load_one(c.image, f"controls[{i}].image"), c.model,
+                               c.scale if c.HasField("scale") else None, c.start if c.HasField("start") else None,
+                               c.end if c.HasField("end") else None) for i, c in enumerate(pb.controls)]
         return GenerationRequest(
             model=pb.model, task=_enum(TASKS, pb.task, "task"), prompt=pb.prompt, negative_prompt=pb.negative_prompt,
             seed=pb.seed, count=pb.count or 1, steps=pb.steps, guidance_scale=opt("guidance_scale"),
@@ -48,7 +51,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             quality_mode=_enum(QUALITY, pb.quality_mode, "quality_mode"),
             adapters=[AdapterRef(a.uri, a.scale) for a in pb.adapters], init_image=await image("init_image"),
             strength=opt("strength"), mask=None if mask is None else mask_from_rgb(mask), crop_padding=pb.crop_padding,
-            paste=_enum(PASTES, pb.paste, "paste"), refiner=pb.refiner, refiner_fraction=opt("refiner_fraction"),
+            paste=_enum(PASTES, pb.paste, "paste"), controls=controls, refiner=pb.refiner, refiner_fraction=opt("refiner_fraction"),
             reference_image=await image("reference_image"), reference_scale=opt("reference_scale"),
             noise_injection=pb.noise_injection, return_inline=pb.return_inline, output_prefix=pb.output_prefix)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from likeness.core.devices import DEVICE_PATTERN, DTYPE_PATTERN
 from likeness.core.settings import CommonSettings
 
 
 class GenerationSettings(CommonSettings):
     # `torch` (default) or `onnxruntime` (UNet, VAE decoder exported to ONNX on first use).
     generation_engine: str = Field("torch", pattern="^(torch|onnxruntime)$")
-    # torch device: `cpu`, `cuda`, `cuda:1`. float16 is used on CUDA, float32 on the CPU.
-    generation_device: str = "cpu"
+    # torch device: `cpu`, `cuda`, `cuda:1`; dtype `auto` (float16 on CUDA, float32 on the CPU),
+    # `float32`, `float16` or `bfloat16` (fp16/bf16 also run on the CPU, slowly: dtype tests).
+    generation_device: str = Field("cpu", pattern=DEVICE_PATTERN)
+    generation_dtype: str = Field("auto", pattern=DTYPE_PATTERN)
     # CPU threads for torch and ONNX Runtime intra-op work; 0 = the library default (all cores).
     # Set it to the pod's CPU limit: oversubscribed OpenMP pools slow tiny models down 10-50x.
     generation_cpu_threads: int = Field(0, ge=0, le=256)
@@ -20,6 +23,12 @@ class GenerationSettings(CommonSettings):
     generation_onnx_providers: str = "CPUExecutionProvider"
     # Exported ONNX graphs and TensorRT engine caches live here, one folder per model digest.
     generation_engine_cache_dir: str = "/tmp/likeness/engine-cache"
+    # Shape profile of the graphs (TensorRT min/opt/max): image side range in pixels; 0 = the
+    # model's quality-mode sizes (default side .. 1.25x for ULTRA). Batches outside it run on the
+    # torch engine when profiles are enforced: `auto` = when TensorRT is configured, `always`.
+    generation_profile_min_size: int = Field(0, ge=0, le=4096)
+    generation_profile_max_size: int = Field(0, ge=0, le=4096)
+    generation_profile_routing: str = Field("auto", pattern="^(auto|always)$")
 
     # Models loaded at warm-up and never unloaded (comma-separated); the first is the default model.
     generation_keep_warm: str = "tiny-sdxl"

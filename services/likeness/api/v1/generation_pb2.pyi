@@ -57,6 +57,20 @@ PASTE_MODE_UNSPECIFIED: PasteMode
 PASTE_MODE_MASK: PasteMode
 PASTE_MODE_REGION: PasteMode
 
+class ControlInput(_message.Message):
+    __slots__ = ("image", "model", "scale", "start", "end")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    image: _common_pb2.ImageInput
+    model: str
+    scale: float
+    start: float
+    end: float
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., scale: _Optional[float] = ..., start: _Optional[float] = ..., end: _Optional[float] = ...) -> None: ...
+
 class LoraAdapter(_message.Message):
     __slots__ = ("uri", "scale")
     URI_FIELD_NUMBER: _ClassVar[int]
@@ -66,7 +80,7 @@ class LoraAdapter(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "task", "prompt", "negative_prompt", "seed", "count", "steps", "guidance_scale", "width", "height", "sampler", "quality_mode", "adapters", "init_image", "strength", "mask", "crop_padding", "refiner", "refiner_fraction", "reference_image", "reference_scale", "noise_injection", "return_inline", "output_prefix", "paste")
+    __slots__ = ("model", "task", "prompt", "negative_prompt", "seed", "count", "steps", "guidance_scale", "width", "height", "sampler", "quality_mode", "adapters", "init_image", "strength", "mask", "crop_padding", "refiner", "refiner_fraction", "reference_image", "reference_scale", "noise_injection", "return_inline", "output_prefix", "paste", "controls")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +106,7 @@ class GenerateRequest(_message.Message):
     RETURN_INLINE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     PASTE_FIELD_NUMBER: _ClassVar[int]
+    CONTROLS_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: Task
     prompt: str
@@ -117,7 +132,8 @@ class GenerateRequest(_message.Message):
     return_inline: bool
     output_prefix: str
     paste: PasteMode
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., count: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., quality_mode: _Optional[_Union[QualityMode, str]] = ..., adapters: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., init_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., crop_padding: _Optional[int] = ..., refiner: _Optional[bool] = ..., refiner_fraction: _Optional[float] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ..., noise_injection: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., paste: _Optional[_Union[PasteMode, str]] = ...) -> None: ...
+    controls: _containers.RepeatedCompositeFieldContainer[ControlInput]
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., count: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., quality_mode: _Optional[_Union[QualityMode, str]] = ..., adapters: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., init_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., crop_padding: _Optional[int] = ..., refiner: _Optional[bool] = ..., refiner_fraction: _Optional[float] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ..., noise_injection: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., paste: _Optional[_Union[PasteMode, str]] = ..., controls: _Optional[_Iterable[_Union[ControlInput, _Mapping]]] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
     __slots__ = ("artifact", "seed", "work_id", "cached")

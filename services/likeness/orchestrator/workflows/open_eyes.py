@@ -25,7 +25,7 @@ from likeness.core.pngmeta import add_png_metadata, read_png_metadata
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.specs import OPEN_EYES_FIDELITY, OPEN_EYES_MASK_PADDING_IOD, OPEN_EYES_PROMPT
 from likeness.orchestrator.workflows import eye_views
-from likeness.orchestrator.workflows.common import stored_image_uri, uri_input
+from likeness.orchestrator.workflows.common import stored_uri, uri_input
 from likeness.orchestrator.workflows.open_eyes_report import outcome
 
 # Composite's default feather reaches dilation 4 + 3 x sigma 6 = 22 px beyond the mask; the
@@ -68,10 +68,7 @@ class Variation:
 
 
 def openness(face) -> float | None:
-    """Mean eye openness of a detected face, when its backend measures it (eyelid landmarks)."""
-    names = face.DESCRIPTOR.fields_by_name
-    if "left_eye_openness" not in names:
-        return None
+    """Mean eye openness of a detected face, when its backend measures it (the face mesh's lids)."""
     values = [getattr(face, n) for n in ("left_eye_openness", "right_eye_openness") if face.HasField(n)]
     return float(np.mean(values)) if values else None
 
@@ -213,7 +210,7 @@ async def run(ctx: JobContext, spec) -> Outcome:
     out_prefix = f"jobs/{ctx.job_id}/open_eyes/"
     await ctx.models.generation_model(ctx.clients, spec.model)
     async with ctx.stage("detect"):
-        src = await stored_image_uri(ctx, spec.image)
+        src = await stored_uri(ctx, spec.image)
         result = (await _detect(ctx, [src], "detect")).results[0]
         chosen = _chosen_faces(spec, result)
     base, repaired = src, []

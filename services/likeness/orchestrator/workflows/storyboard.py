@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from likeness.api.v1 import common_pb2, detection_pb2, embedding_pb2, generation_pb2
+from likeness.api.v1 import common_pb2, detection_pb2, embedding_pb2, generation_pb2, restoration_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.orchestrator.context import JobContext, Outcome
-from likeness.orchestrator.workflows.common import cosine, stored_image_uri, uri_input, vector
+from likeness.orchestrator.workflows.common import cosine, stored_uri, uri_input, vector
 
 GUIDANCE_STEP = 1.5
+CONTROL_SCALE = 0.8  # ControlNet conditioning of frames on the face-landmark map
 DEFAULT_GUIDANCE = 5.0
 SEED_STRIDE = 7919
 DEFAULT_REFERENCE_SCALE = 0.6
@@ -41,14 +42,19 @@ class Attempt:
     passed: bool
     failure: str
     fix: str = ""
+    control: str = ""  # the face-landmark map this attempt was conditioned on, if any
 
 
-def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float) -> str:
-    """The first failed check, or '' when the frame passes."""
+def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float,
+           eyes: float | None = None, eyes_min: float = 0.0) -> str:
+    """The first failed check, or '' when the frame passes. `eyes`: the face's mean eye openness
+    (None when not measured: the check is skipped); `eyes_min` 0 turns the check off."""
     if faces == 0:
         return "no_face"
     if faces > 1:
         return "multiple_faces"
+    if eyes_min > 0 and eyes is not None and eyes < eyes_min:
+        return "eyes_closed"
     if clip is not None and clip < clip_min:
         return "low_clip_score"
     if identity is not None and identity < id_min:
@@ -66,9 +72,26 @@ def next_try(failure: str, frame_seed: int, guidance: float, attempt: int) -> tu
     return seed, guidance, "new seed"
 
 
+async def landmark_control(ctx: JobContext, spec, image_uri: str) -> str:
+    """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face."""
+    det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
+    det = await ctx.call("control-detect", ctx.clients.detection, "Detect", det_req, detection_pb2.DetectResponse)
+    faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in det.results[0].faces]
+    if not faces:
+        await ctx.warn(f"no face in {image_uri}: frames are not conditioned on a face-landmark map", "control")
+        return ""
+    req = restoration_pb2.ControlImageRequest(
+        kind=restoration_pb2.CONTROL_KIND_FACE_LANDMARKS, width=spec.width, height=spec.height,
+        items=[restoration_pb2.ControlImageItem(image=uri_input(image_uri), faces=faces[:1])],
+        output_prefix="storyboard/")
+    resp = await ctx.call("control-image", ctx.clients.restoration, "ControlImage", req,
+                          restoration_pb2.ControlImageResponse)
+    return resp.results[0].image.uri
+
+
 async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str, seed: int, guidance: float,
                    reference: np.ndarray | None, clip_min: float, id_min: float,
-                   reference_uri: str) -> tuple[Attempt, np.ndarray | None]:
+                   reference_uri: str = "", control: str = "") -> tuple[Attempt, np.ndarray | None]:
     req = generation_pb2.GenerateRequest(model=spec.model, prompt=prompt, negative_prompt=spec.negative_prompt,
                                          seed=seed, count=1, steps=spec.steps, guidance_scale=guidance,
                                          width=spec.width, height=spec.height, adapters=spec.adapters,
@@ -76,6 +99,10 @@ async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str,
     if reference_uri:
         req.reference_image.CopyFrom(uri_input(reference_uri))
         req.reference_scale = spec.reference_scale if spec.HasField("reference_scale") else DEFAULT_REFERENCE_SCALE
+    if control:
+        scale = spec.control_scale if spec.HasField("control_scale") else CONTROL_SCALE
+        req.controls.append(generation_pb2.ControlInput(image=uri_input(control), model=spec.control_model,
+                                                         scale=scale))
     gen = await ctx.cached("generate", {"request": req.SerializeToString().hex()},
                            lambda: ctx.clients.generation.call("Generate", req), generation_pb2.GenerateResponse)
     art = gen.images[0].artifact
@@ -93,13 +120,18 @@ async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str,
         clip = float(score.score[0])
     emb = vector(faces[0].embedding) if len(faces) == 1 and faces[0].embedding.values else None
     identity = cosine(emb, reference) if emb is not None and reference is not None else None
-    failure = decide(len(faces), clip, identity, clip_min, id_min)
-    return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure), emb
+    eyes = None
+    if len(faces) == 1 and faces[0].HasField("left_eye_openness") and faces[0].HasField("right_eye_openness"):
+        eyes = (faces[0].left_eye_openness + faces[0].right_eye_openness) / 2
+    eyes_min = spec.min_eye_openness if spec.HasField("min_eye_openness") else 0.0
+    failure = decide(len(faces), clip, identity, clip_min, id_min, eyes, eyes_min)
+    return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure,
+                   control=control), emb
 
 
 async def _reference_identity(ctx: JobContext, image: common_pb2.ImageInput) -> tuple[str, np.ndarray]:
     """The reference image's store URI and the identity embedding of its one face."""
-    uri = await stored_image_uri(ctx, image)
+    uri = await stored_uri(ctx, image)
     req = detection_pb2.DetectRequest(images=[uri_input(uri)], with_embeddings=True)
     det = await ctx.cached("detect", {"image": uri, "emb": True}, lambda: ctx.clients.detection.call("Detect", req),
                            detection_pb2.DetectResponse)
@@ -142,6 +174,10 @@ async def run(ctx: JobContext, spec) -> Outcome:
     if spec.HasField("reference_image"):
         async with ctx.stage("reference"):
             cfg.reference_uri, reference = await _reference_identity(ctx, spec.reference_image)
+    control = ""  # the face-landmark map frames are conditioned on (from control_reference or frame 1)
+    if spec.control_model and spec.HasField("control_reference"):
+        async with ctx.stage("control"):
+            control = await landmark_control(ctx, spec, await stored_uri(ctx, spec.control_reference))
     total = len(spec.frame_prompts)
     failure = ""
     async with ctx.stage("frames"):
@@ -153,12 +189,14 @@ async def run(ctx: JobContext, spec) -> Outcome:
                 ctx.check_cancel()
                 await ctx.progress("frames", i, total, f"frame {i + 1} attempt {a + 1}")
                 att, emb = await _attempt(ctx, spec, i, a, prompt, seed, guidance, reference, cfg.clip_min, cfg.id_min,
-                                          cfg.reference_uri)
+                                          cfg.reference_uri, control)
                 attempts.append(att)
                 if att.passed:
                     chosen = att
                     if reference is None:
                         reference = emb  # no reference image: frame 1 establishes identity
+                    if i == 0 and spec.control_model and not control:  # and, with a ControlNet, face geometry
+                        control = await landmark_control(ctx, spec, att.uri)
                     await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {a + 1}")
                     break
                 if a < cfg.budget:
@@ -195,11 +233,13 @@ def outcome(ctx: JobContext, spec, cfg: Settings, frames: list[Attempt | None], 
             note = (f"{passed} of {total} frames passed; missing frames {summary['frames_missing']} "
                     "(require_all_frames is off)")
     status = lambda i: ("passed" if frames[i] else "failed") if i < len(frames) else "not attempted"  # noqa: E731
-    manifest = {"frames": [{"frame": i, "status": status(i), "uri": frames[i].uri if i < len(frames) and frames[i] else "",
-                            "seed": frames[i].seed if i < len(frames) and frames[i] else None} for i in range(total)],
+    done = lambda i: frames[i] if i < len(frames) else None  # noqa: E731
+    manifest = {"frames": [{"frame": i, "status": status(i), "uri": done(i).uri if done(i) else "",
+                            "seed": done(i).seed if done(i) else None, "control": done(i).control if done(i) else ""}
+                           for i in range(total)],
                 "attempts": [{"frame": a.frame, "attempt": a.attempt, "seed": a.seed, "guidance": a.guidance, "uri": a.uri,
-                              "faces": a.faces, "clip_score": a.clip, "identity": a.identity, "failure": a.failure}
-                             for a in attempts],
+                              "faces": a.faces, "clip_score": a.clip, "identity": a.identity, "failure": a.failure,
+                              "control": a.control} for a in attempts],
                 "settings": {"clip_threshold": cfg.clip_min, "identity_threshold": cfg.id_min, "retry_budget": cfg.budget,
                              "require_all_frames": cfg.require_all, "skip_clip_check": spec.skip_clip_check,
                              "reference_image": cfg.reference_uri}}
@@ -209,7 +249,9 @@ def outcome(ctx: JobContext, spec, cfg: Settings, frames: list[Attempt | None], 
         {"type": "gallery", "title": "Frames", "model": models.label("generator"),
          "groups": [{"name": f"frame {a.frame + 1}",
                      "items": [{"uri": x.uri, "caption": f"try {x.attempt + 1}: {'pass' if x.passed else x.failure}"}
-                               for x in attempts if x.frame == a.frame]} for a in attempts if a.attempt == 0]},
+                               for x in attempts if x.frame == a.frame]
+                     + ([{"uri": a.control, "caption": "control: face-landmark map"}] if a.control else [])}
+                    for a in attempts if a.attempt == 0]},
         {"type": "table", "title": "Attempts",
          "model": f"faces: {models.label('detector')}; identity: {models.label('identity')}; "
                   f"CLIP score: {models.label('encoder') if not spec.skip_clip_check else 'skipped'}",
@@ -219,6 +261,7 @@ def outcome(ctx: JobContext, spec, cfg: Settings, frames: list[Attempt | None], 
         {"type": "text", "title": "Thresholds",
          "body": f"CLIP score >= {cfg.clip_min:.2f}{' (skipped)' if spec.skip_clip_check else ''}; exactly one face; "
                  f"identity similarity to {identity_source} >= {cfg.id_min:.2f}; retry budget {cfg.budget} per frame; "
-                 f"require_all_frames {'on' if cfg.require_all else 'off'}."},
+                 f"require_all_frames {'on' if cfg.require_all else 'off'}"
+                 + (f"; eye openness >= {spec.min_eye_openness:.2f}" if spec.min_eye_openness else "") + "."},
     ]
     return Outcome(summary, manifest, {"sections": sections}, failure=failure, note=note)
