@@ -62,15 +62,16 @@ def outputs(store, job: dict) -> tuple[dict, str]:
 @pytest.fixture(scope="module")
 def curated(stack):
     state_dir, candidates, store = stack
-    done = likeness(state_dir, "curate", str(candidates), "--target", "8", "--quota", "dimension=seed,group=*,min=4,max=4",
-                    "--min-quality", "0.45", "--trigger-token", "ohwx person", "--json")
+    # eye gate off as in `make demo`: some demo people look down, which an eye-aspect-ratio reads as closed
+    done = likeness(state_dir, "curate", str(candidates), "--target", "6", "--quota", "dimension=seed,group=*,min=3,max=3",
+                    "--min-quality", "0.45", "--policy-min-eye-openness", "0", "--trigger-token", "ohwx person", "--json")
     return job_of(done)
 
 
 def test_curate_uploads_a_local_folder_to_the_stack_store(stack, curated):
     _, _, store = stack
     assert curated["state"] == "JOB_STATE_SUCCEEDED", curated
-    assert curated["summary"]["selected"] == "8" and curated["summary"]["dataset_uri"].startswith("s3://")
+    assert curated["summary"]["selected"] == "6" and curated["summary"]["dataset_uri"].startswith("s3://")
     manifest, report = outputs(store, curated)
     models = {m["role"]: m for m in manifest["models"]}
     assert models["encoder"]["name"] == "classical-v1" and models["encoder"]["stand_in"] == "classical features"
