@@ -24,6 +24,7 @@ class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLER_DPM_SOLVER_MULTISTEP: _ClassVar[Sampler]
     SAMPLER_EULER: _ClassVar[Sampler]
     SAMPLER_EULER_ANCESTRAL: _ClassVar[Sampler]
+    SAMPLER_LCM: _ClassVar[Sampler]
 
 class QualityMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,6 +49,7 @@ SAMPLER_PNDM: Sampler
 SAMPLER_DPM_SOLVER_MULTISTEP: Sampler
 SAMPLER_EULER: Sampler
 SAMPLER_EULER_ANCESTRAL: Sampler
+SAMPLER_LCM: Sampler
 QUALITY_MODE_UNSPECIFIED: QualityMode
 QUALITY_MODE_FAST: QualityMode
 QUALITY_MODE_STANDARD: QualityMode
@@ -162,16 +164,18 @@ class GenerationTimings(_message.Message):
     def __init__(self, queue_seconds: _Optional[float] = ..., text_encoding_seconds: _Optional[float] = ..., denoising_seconds: _Optional[float] = ..., decoding_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("images", "warnings", "timings", "model_digest")
+    __slots__ = ("images", "warnings", "timings", "model_digest", "lcm_lora")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LCM_LORA_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[GeneratedImage]
     warnings: _containers.RepeatedScalarFieldContainer[str]
     timings: GenerationTimings
     model_digest: str
-    def __init__(self, images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[GenerationTimings, _Mapping]] = ..., model_digest: _Optional[str] = ...) -> None: ...
+    lcm_lora: str
+    def __init__(self, images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[GenerationTimings, _Mapping]] = ..., model_digest: _Optional[str] = ..., lcm_lora: _Optional[str] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request",)
