@@ -51,6 +51,14 @@ async def abort_with(context: grpc.aio.ServicerContext, error: errors.LikenessEr
     await context.abort(status_of(error), message)
 
 
+async def abort_internal(context: grpc.aio.ServicerContext, error: BaseException, rid: str) -> None:
+    """An unexpected exception: INTERNAL (not gRPC's UNKNOWN) with the request id, so the caller can
+    find the traceback in the service log; the exception's own text stays in the log."""
+    tracing.record_exception(error)
+    await context.abort(grpc.StatusCode.INTERNAL,
+                        f"internal error ({type(error).__name__}); request id {rid}: the service log has the details")
+
+
 class Undecodable:
     """What a request that is not valid protobuf deserialises to (a truncated or foreign body):
     the call then ends INVALID_ARGUMENT instead of gRPC's UNKNOWN."""
@@ -134,9 +142,12 @@ def _wrap_unary(behavior, service, method, log_ok):
         except errors.LikenessError as exc:
             error = exc
             await abort_with(context, exc)
-        except BaseException as exc:
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
             error = exc
             raise
+        except Exception as exc:
+            error = exc
+            await abort_internal(context, exc, call.rid)
         finally:
             call.finish(context, error)
             request_id.reset(token)
@@ -156,9 +167,12 @@ def _wrap_stream(behavior, service, method, log_ok):
         except errors.LikenessError as exc:
             error = exc
             await abort_with(context, exc)
-        except BaseException as exc:
+        except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError) as exc:
             error = exc
             raise
+        except Exception as exc:
+            error = exc
+            await abort_internal(context, exc, call.rid)
         finally:
             call.finish(context, error)
             # A stream closed because its client cancelled is finalised in another context, where

@@ -144,6 +144,14 @@ def mark_failed(message: str) -> None:
     trace.get_current_span().set_status(Status(StatusCode.ERROR, message[:500]))
 
 
+def record_exception(error: BaseException) -> None:
+    """The exception as an event of the current span (a no-op outside a recorded span): an error the
+    server answers with a status of its own would otherwise leave no traceback in the trace."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.record_exception(error)
+
+
 def traceparent() -> str:
     """The W3C `traceparent` of the current span ("" when none): stored with a job, or passed to a
     training Job as its TRACEPARENT environment variable."""

@@ -172,10 +172,15 @@ class ImageGenerator:
             results = await self.batcher.submit(key, items)
             # the request's own adapters (the LCM-LoRA is named on its own line)
             parameters_extra = self._parameters_extra(req, {aid: adapter_files[aid] for aid in adapters}, refiner_name)
+            if spec.config.get("random_weights"):
+                parameters_extra["Model stand-in"] = "random weights"
+            used = models_used(spec, refiner_spec if req.refiner else None, ip_spec)
+
             def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
                 rgb = self._finish(req, geometry, result.rgb)
                 return encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
-                                  {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1]})
+                                  {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1],
+                                   "models": used})
 
             for i, result in zip(todo, results, strict=True):
                 png = await asyncio.to_thread(encode, i, result)
@@ -382,6 +387,17 @@ class ImageGenerator:
         return format_parameters(req.prompt, req.negative_prompt, req.steps, SAMPLER_LABELS.get(name, name),
                                  req.guidance_scale, seed, req.width, req.height, req.model,
                                  model_hash=a1111_model_hash(spec.files, spec.checksums), extra=extra)
+
+
+def models_used(spec, refiner_spec, ip_spec) -> list[dict]:
+    """Provenance written into every PNG: each model that shaped the pixels, and whether it is a
+    stand-in (model.yaml `random_weights: true`: the images are noise)."""
+    out = []
+    for role, s in (("generator", spec), ("refiner", refiner_spec), ("ip_adapter", ip_spec)):
+        if s is not None:
+            out.append({"role": role, "name": s.name, "backend": s.backend, "digest": s.digest,
+                        "stand_in": "random weights" if s.config.get("random_weights") else ""})
+    return out
 
 
 def require_seed_room(req: GenerationRequest) -> None:

@@ -102,6 +102,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         return generation_pb2.ListModelsResponse(
             models=[generation_pb2.ModelInfo(name=s.name, kind=s.kind, backend=s.backend, digest=s.digest,
                                              loaded=s.name in loaded,
-                                             memory_bytes=loaded[s.name].memory_bytes if s.name in loaded else 0)
+                                             memory_bytes=loaded[s.name].memory_bytes if s.name in loaded else 0,
+                                             stand_in="random weights" if s.config.get("random_weights") else "")
                     for s in sorted(specs, key=lambda s: s.name)],
             engine=self._engine_name)
