@@ -133,7 +133,8 @@ def test_storyboard_conditions_frames_on_a_face_landmark_map(jobs_client, store)
     photo = skimage_photo("astronaut")
     src = put_png(store, "e2e-inputs/astronaut-control.png", photo)
     common = dict(model="tiny-sdxl", character="an astronaut", frame_prompts=["smiling", "looking left"], seed=4,
-                  retry_budget=0, width=64, height=64, steps=2, skip_clip_check=True)
+                  retry_budget=0, width=64, height=64, steps=2, skip_clip_check=True,
+                  require_all_frames=False)  # tiny-sdxl frames hold no face: every frame "fails"
     plain = run(jobs_client, o.JobSpec(storyboard=o.StoryboardSpec(**common)))
     steered = run(jobs_client, o.JobSpec(storyboard=o.StoryboardSpec(
         **common, control_model="tiny-controlnet-sdxl", control_scale=1.0,

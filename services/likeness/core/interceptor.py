@@ -54,6 +54,8 @@ async def abort_with(context: grpc.aio.ServicerContext, error: errors.LikenessEr
 async def abort_internal(context: grpc.aio.ServicerContext, error: BaseException, rid: str) -> None:
     """An unexpected exception: INTERNAL (not gRPC's UNKNOWN) with the request id, so the caller can
     find the traceback in the service log; the exception's own text stays in the log."""
+    if isinstance(error, NotImplementedError):  # a method the servicer does not implement (grpc's stubs)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented by this service")
     tracing.record_exception(error)
     await context.abort(grpc.StatusCode.INTERNAL,
                         f"internal error ({type(error).__name__}); request id {rid}: the service log has the details")
