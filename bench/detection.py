@@ -2,8 +2,10 @@
 
     python bench/detection.py [--quick]
 
-1. detect: the embedded BlazeFace pipeline per image (flip averaging on, the default, and off) and
-   the bare detector; dlib identity embedding per face (what `with_embeddings` adds).
+1. detect: the embedded BlazeFace pipeline per image (the default: flip averaging + face mesh and
+   iris on the first face; without the mesh, which was the default before it; flip averaging off)
+   and the bare detector; dlib identity embedding per face (what `with_embeddings` adds); the gates
+   the mesh made possible (blur on the face normalised to 128x128, eye openness) alone.
 2. quality: the Assess measures + combined score alone (face box given) and a whole assess.
 3. service vs in-process: `Detect` over gRPC with a store URI, served by a real
    `likeness serve detection` process pinned to the measured core, against the same work
@@ -118,17 +120,31 @@ def main() -> None:
     pipeline = create_pipeline(settings)
     pipeline.load()
     pipeline.warmup()
-    plain = create_pipeline(settings.model_copy(update={"detection_flip_tta": False}))
+    plain = create_pipeline(settings.model_copy(update={"detection_flip_tta": False, "detection_mesh_faces": 0}))
     plain.load()
+    no_mesh = create_pipeline(settings.model_copy(update={"detection_mesh_faces": 0}))
+    no_mesh.load()
     faces = {k: pipeline.find_faces(v) for k, v in photos.items()}
     counts = {k: len(v) for k, v in faces.items()}
     rows: dict[str, tuple[float, float]] = {}
 
     # 1. detect: per photo medians, averaged over the three photos
+    from likeness.detection.quality import laplacian_variance, luminance, normalised_face
+    from likeness.detection.validation import validate
+
+    def added_gates(img, found):
+        # what the blur and eye gates add to a detection: the face's sharpness at 128x128 and the
+        # validation with the eye gate on (quality's other measures existed before)
+        if found:
+            laplacian_variance(normalised_face(luminance(img), found[0].box))
+        validate(found, img.shape[1], img.shape[0], ValidationPolicy(min_eye_openness=0.35))
+
     per_photo = [timed({"detect": lambda img=img: pipeline.find_faces(img),
+                        "detect_no_mesh": lambda img=img: no_mesh.find_faces(img),
                         "detect_no_flip": lambda img=img: plain.find_faces(img),
-                        "detector_only": lambda img=img: pipeline.detector.detect(img)}, reps)
-                 for img in photos.values()]
+                        "detector_only": lambda img=img: pipeline.detector.detect(img),
+                        "added_gates": lambda img=img, k=k: added_gates(img, faces[k])}, reps)
+                 for k, img in photos.items()]
     for key in per_photo[0]:
         rows[key] = mean_of(per_photo, key)
     astro, best = photos["astronaut"], faces["astronaut"][0]
@@ -178,13 +194,17 @@ def main() -> None:
         return (rows[a][0] / rows[b][0], rows[a][1] / rows[b][1])
 
     ratios = {"service_over_in_process": ratio("service", "in_process"),
-              "flip_over_no_flip": ratio("detect", "detect_no_flip")}
+              "flip_over_no_flip": ratio("detect_no_mesh", "detect_no_flip"),
+              "mesh_over_no_mesh": ratio("detect", "detect_no_mesh"),
+              "gates_over_detect": ratio("added_gates", "detect")}
 
     print(f"detection bench: measured on core {core} (gRPC client on core {client_core}), 1024x1024 photos, "
           f"faces found {counts}, {reps} interleaved rounds\n")
     print(f"{'what':<56}{'wall ms':>10}{'CPU ms':>10}{'target':>9}")
-    labels = [("detect", "detect, BlazeFace + flip averaging (default)", "<= 20"),
-              ("detect_no_flip", "detect, flip averaging off", ""),
+    labels = [("detect", "detect, BlazeFace + flip + face mesh/iris (default)", "<= 20"),
+              ("detect_no_mesh", "detect, BlazeFace + flip averaging (no mesh)", ""),
+              ("detect_no_flip", "detect, flip averaging off, no mesh", ""),
+              ("added_gates", "blur (face at 128x128) + eye gates", ""),
               ("detector_only", "bare BlazeFace inference + decoding", ""),
               ("embed_per_face", "dlib 128-d identity embedding, per face", ""),
               ("quality", "quality measures + combined score", "<= 5"),
@@ -195,8 +215,12 @@ def main() -> None:
         print(f"{label + ', per image':<56}{rows[key][0]:>10.2f}{rows[key][1]:>10.2f}{target:>9}")
     print(f"{'ratio: service (URI) / in-process':<56}{ratios['service_over_in_process'][0]:>10.3f}"
           f"{ratios['service_over_in_process'][1]:>10.3f}{'<= 1.15':>9}")
-    print(f"{'ratio: flip averaging on / off':<56}{ratios['flip_over_no_flip'][0]:>10.3f}"
+    print(f"{'ratio: flip averaging on / off (no mesh)':<56}{ratios['flip_over_no_flip'][0]:>10.3f}"
           f"{ratios['flip_over_no_flip'][1]:>10.3f}")
+    print(f"{'ratio: default with mesh / BlazeFace + flip only':<56}{ratios['mesh_over_no_mesh'][0]:>10.3f}"
+          f"{ratios['mesh_over_no_mesh'][1]:>10.3f}{'<= 1.3':>9}")
+    print(f"{'ratio: added gates / default detect':<56}{ratios['gates_over_detect'][0]:>10.3f}"
+          f"{ratios['gates_over_detect'][1]:>10.3f}{'<= 0.10':>9}")
     figures = {f"{k}_{kind}_ms": round(v[i], 3) for k, v in rows.items() for i, kind in enumerate(("wall", "cpu"))}
     figures |= {f"{k}_{kind}": round(v[i], 4) for k, v in ratios.items() for i, kind in enumerate(("wall", "cpu"))}
     print(json.dumps({"bench": "detection", "quick": args.quick, "reps": reps, "faces": counts, **figures}))

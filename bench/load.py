@@ -36,9 +36,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services"))
-
-from machine import Machine  # noqa: E402
-
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -294,6 +291,8 @@ def main() -> int:
     ap.add_argument("--callers", type=int, default=4)
     ap.add_argument("--state", type=Path, default=None, help="stack folder (default: a temp folder)")
     a = ap.parse_args()
+    from bench.machine import Machine  # here, not at import: tests import this module as bench.load
+
     machine = Machine()
     seconds = 10.0 if a.quick else (a.minutes * 60 if a.minutes else a.seconds)
     with tempfile.TemporaryDirectory(prefix="likeness-load-") as tmp:

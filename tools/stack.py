@@ -16,6 +16,11 @@ Environment:
   LIKENESS_STACK_SERVICES   comma-separated subset of services (default: all six)
   LIKENESS_STACK_PORTS      `default` (the chart's ports, S3 8333, PostgreSQL 55432, Prometheus
                             9090) or `auto` (free ports, e.g. beside another stack)
+  LIKENESS_STACK_VALUES     comma-separated Helm values files rendered over the defaults, e.g.
+                            charts/likeness/values-gpu.yaml: the production shape, with only the
+                            device (cpu) and GPU-only providers changed (production_overrides);
+                            its models (sdxl-base, open-clip-vit-b-32, codeformer, buffalo_l) must
+                            be in the stack's model repository
 """
 
 from __future__ import annotations
@@ -116,7 +121,10 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     # ---- up ---------------------------------------------------------------------------------
-    def up(self, services: list[str], port_mode: str) -> dict:
+    def up(self, services: list[str], port_mode: str, values_files: list[str] = (), before_services=None) -> dict:
+        """Starts the stack. `values_files` (e.g. values-gpu.yaml) are rendered over the chart's
+        defaults, then production_overrides applies; `before_services(state, envs)` runs once S3 and
+        PostgreSQL are up, before any service starts (tests put models into the repository there)."""
         if self.load().get("running"):
             sys.exit(f"[stack] already up (state in {self.dir}); `make down` first")
         for d in (self.dir, self.pids, self.logs):
@@ -136,10 +144,14 @@ class Stack:
             self.start_seaweed(ports)
             state["database_url"] = self.start_postgres(ports["postgres"])
             self.save(state)
-            envs = service_environments(services, ports, state["database_url"], self.dir)
+            envs = service_environments(services, ports, state["database_url"], self.dir, values_files)
+            if values_files:
+                envs = {name: production_overrides(env) for name, env in envs.items()}
             (self.dir / "env.json").write_text(json.dumps(envs, indent=2, sort_keys=True))
+            if before_services is not None:
+                before_services(state, envs)
             procs = {name: self.spawn(name, [sys.executable, "-m", "likeness", "serve", name],
-                                      env={**os.environ, **envs[name]}) for name in services}
+                                      env={**os.environ, **absolute_pythonpath(), **envs[name]}) for name in services}
             self.start_prometheus(services, ports)
             self.wait_services(procs, ports)
             self.wait_targets(state["prometheus"], len(services))
@@ -350,15 +362,32 @@ def wait_gone(info: dict, seconds: float) -> bool:
     return False
 
 
+def absolute_pythonpath() -> dict[str, str]:
+    """PYTHONPATH with relative entries made absolute: services run in the state folder, and a
+    `PYTHONPATH=services:.` meant for this checkout would silently load another copy of the code."""
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return {"PYTHONPATH": os.pathsep.join(str(Path(e).resolve()) for e in entries)} if entries else {}
+
+
 def helm_objects(values: list[str]) -> list[dict]:
     out = subprocess.run([venv_tool("helm"), "template", "likeness", str(CHART), *values],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def service_environments(services: list[str], ports: dict, database_url: str, state_dir: Path) -> dict:
-    """The LIKENESS_* environment of each service, taken from its Deployment in the rendered chart."""
-    values = ["--set", f"store.endpoint=127.0.0.1:{ports['s3']}", "--set", f"store.accessKey={ACCESS_KEY}",
+POD_CACHE_MOUNT = "/var/cache/likeness/models"  # modelCache.mountPath in values.yaml and values-gpu.yaml
+
+
+def service_environments(services: list[str], ports: dict, database_url: str, state_dir: Path,
+                         values_files: list[str] = ()) -> dict:
+    """The LIKENESS_* environment of each service, taken from its Deployment in the rendered chart
+    (with `values_files`, e.g. values-gpu.yaml, applied first; see production_overrides)."""
+    values = [arg for f in values_files for arg in ("-f", str(f))]
+    if values_files:  # the chart creates the Secrets from the keys below instead of expecting existing ones
+        values += ["--set", "store.existingSecret=", "--set", "database.existingSecret=",
+                   "--set", "store.secure=false", "--set", "store.uri=s3://likeness",
+                   "--set", "modelRepository=s3://likeness/models"]
+    values += ["--set", f"store.endpoint=127.0.0.1:{ports['s3']}", "--set", f"store.accessKey={ACCESS_KEY}",
               "--set", f"store.secretKey={SECRET_KEY}", "--set", "minio.enabled=false",
               "--set", f"database.url={database_url}",
               "--set", f"modelCache.mountPath={state_dir / 'model-cache'}"]
@@ -385,10 +414,35 @@ def service_environments(services: list[str], ports: dict, database_url: str, st
         # a pod binds every interface and reaches peers by headless Service name; here: loopback
         env["LIKENESS_HOST"] = "127.0.0.1"
         env = {k: re.sub(r"likeness-\w+-headless", "127.0.0.1", v) for k, v in env.items()}
+        # paths a values file pins under the pod's model-cache mount (the TensorRT engine cache) move with it
+        env = {k: v.replace(POD_CACHE_MOUNT, str(state_dir / "model-cache")) for k, v in env.items()}
         env["HOME"] = os.environ.get("HOME", "/tmp")
         env["PYTHONUNBUFFERED"] = "1"
         envs[name] = env
     return envs
+
+
+# What a machine without a GPU cannot do: the device, and the GPU-only ONNX Runtime providers.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEVICE_SETTINGS = ("LIKENESS_GENERATION_DEVICE", "LIKENESS_EMBEDDING_DEVICE", "LIKENESS_RESTORATION_DEVICE",
+                   "LIKENESS_DETECTION_DEVICE")
+PROVIDER_SETTINGS = ("LIKENESS_GENERATION_ONNX_PROVIDERS", "LIKENESS_DETECTION_PROVIDERS")
+
+
+def production_overrides(env: dict[str, str]) -> dict[str, str]:
+    """A rendered GPU environment made runnable on a CPU machine, changing only what a CPU cannot
+    do: every `*_DEVICE` that names CUDA becomes `cpu`, and GPU-only providers leave the provider
+    lists (CPUExecutionProvider stays or is added). dtypes, engines, batch sizes, presets and
+    backends stay as rendered, so float16/bfloat16 paths run on the CPU."""
+    out = dict(env)
+    for key in DEVICE_SETTINGS:
+        if out.get(key, "").startswith("cuda"):
+            out[key] = "cpu"
+    for key in PROVIDER_SETTINGS:
+        if key in out and out[key].strip().lower() != "auto":
+            kept = [p.strip() for p in out[key].split(",") if p.strip() and p.strip() not in GPU_PROVIDERS]
+            out[key] = ",".join(kept or ["CPUExecutionProvider"])
+    return out
 
 
 def main() -> int:
@@ -403,7 +457,7 @@ def main() -> int:
         mode = os.environ.get("LIKENESS_STACK_PORTS", "default")
         if mode not in ("default", "auto"):
             sys.exit("[stack] LIKENESS_STACK_PORTS must be `default` or `auto`")
-        stack.up(services, mode)
+        stack.up(services, mode, [f for f in os.environ.get("LIKENESS_STACK_VALUES", "").split(",") if f])
         return 0
     if command == "down":
         survivors = stack.down()

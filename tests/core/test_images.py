@@ -162,6 +162,13 @@ def test_zip_and_real_gif_are_named():
     assert "GIF" in rejects(pil_bytes(Image.new("RGB", (32, 32)), "GIF"))
 
 
+def test_svg_is_named_as_svg_not_plain_text():
+    svg = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>\n'
+    msg = rejects(svg)
+    assert "unsupported image format: SVG;" in msg and "plain text" not in msg
+    assert "unsupported image format: plain text" in rejects(b"an <svgish> word is not an svg tag\n")
+
+
 def test_header_over_pixel_limit_is_rejected_before_decoding():
     msg = rejects(png_header_only(50000, 50000))
     assert "50000x50000 (2,500,000,000 pixels), over the limit of 40,000,000 pixels" in msg
@@ -174,7 +181,8 @@ def test_pillow_bomb_guard_is_reported_as_over_the_limit():
     jpeg = bytearray(encode_jpeg(rgb_image(64, 64)))
     sof = jpeg.index(b"\xff\xc0")
     jpeg[sof + 5:sof + 9] = struct.pack(">HH", 65000, 65000)  # SOF0: height, width
-    assert "image is 4,225,000,000 pixels, over the limit of 40,000,000 pixels" in rejects(bytes(jpeg))
+    # the JPEG's own SOF header gives width x height (Pillow's guard reports pixels only)
+    assert "image is 65000x65000 (4,225,000,000 pixels), over the limit of 40,000,000 pixels" in rejects(bytes(jpeg))
     jpeg[sof + 5:sof + 9] = struct.pack(">HH", 9000, 9000)  # 81 MP: under Pillow's guard, over ours
     assert "9000x9000 (81,000,000 pixels), over the limit of 40,000,000 pixels" in rejects(bytes(jpeg))
 

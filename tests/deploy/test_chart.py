@@ -85,8 +85,9 @@ def test_pods_are_hardened_with_grpc_probes_and_resources(rendered):
             if dep["metadata"]["name"].endswith("minio"):
                 continue
             grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for probe in ("startupProbe", "readinessProbe"):
                 assert c[probe]["grpc"] == {"port": grpc_port}, (dep["metadata"]["name"], probe)
+            assert c["livenessProbe"]["grpc"] == {"port": grpc_port, "service": "liveness"}
             # every writable path is a volume: scratch and the model cache
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
             assert "/tmp" in mounts and "/var/cache/likeness/models" in mounts
@@ -102,7 +103,7 @@ def test_startup_probe_allows_model_warm_up():
 
 def test_gpu_values_put_model_services_on_gpu_nodes():
     deps = by_kind(render(*VALUES["gpu"]), "Deployment")
-    for name in ("detection", "generation", "embedding", "restoration", "training"):
+    for name in ("detection", "generation", "embedding", "restoration"):
         dep = deps[f"likeness-{name}"]
         pod, c = dep["spec"]["template"]["spec"], containers(dep)[0]
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -111,6 +112,8 @@ def test_gpu_values_put_model_services_on_gpu_nodes():
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     orch = containers(deps["likeness-orchestrator"])[0]
     assert "nvidia.com/gpu" not in orch["resources"]["limits"] and "likeness-gpu" not in orch["image"]
+    # training runs go to Kubernetes Jobs, which hold the GPU (test_training_jobs_and_probes.py)
+    assert "nvidia.com/gpu" not in containers(deps["likeness-training"])[0]["resources"]["limits"]
     # default values: no GPU anywhere; the slim image for the orchestrator, the model image (it
     # runs on the CPU too) for the model services
     deps = by_kind(render(), "Deployment")

@@ -19,6 +19,17 @@ def pipeline() -> FacePipeline:
 
 
 @pytest.fixture(scope="session")
+def mesh_pipeline() -> FacePipeline:
+    """The service's default pipeline: BlazeFace + flip averaging + face mesh and iris; no identity."""
+    from likeness.detection.backends.factory import create_pipeline
+    from likeness.detection.settings import DetectionSettings
+
+    p = create_pipeline(DetectionSettings(detection_identity="none"))
+    p.load()
+    return p
+
+
+@pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     return skimage_photo("astronaut")
 

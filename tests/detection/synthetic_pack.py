@@ -19,15 +19,16 @@ PLANTED_KPS = np.array([[-0.7, -0.8], [0.7, -0.8], [0.0, 0.0], [-0.6, 1.2], [0.6
 PLANTED_SCORE = 0.9
 
 
-def scrfd_outputs() -> list[np.ndarray]:
+def scrfd_outputs(det_size: int = DET_SIZE, cell: tuple[int, int] = (3, 4)) -> list[np.ndarray]:
     scores, boxes, kps = [], [], []
+    index = (cell[0] * (det_size // PLANTED_STRIDE) + cell[1]) * 2  # the cell's first anchor
     for stride in STRIDES:
-        n = (DET_SIZE // stride) ** 2 * 2
+        n = (det_size // stride) ** 2 * 2
         s, b, k = np.full((n, 1), 0.01, np.float32), np.ones((n, 4), np.float32), np.zeros((n, 10), np.float32)
         if stride == PLANTED_STRIDE:
-            s[PLANTED_INDEX, 0] = PLANTED_SCORE
-            b[PLANTED_INDEX] = PLANTED_DISTANCES
-            k[PLANTED_INDEX] = PLANTED_KPS.ravel()
+            s[index, 0] = PLANTED_SCORE
+            b[index] = PLANTED_DISTANCES
+            k[index] = PLANTED_KPS.ravel()
         scores.append(s)
         boxes.append(b)
         kps.append(k)
@@ -64,11 +65,14 @@ def _projection_model(dim: int = 512):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def write_pack(folder: Path, with_recognition: bool = True) -> Path:
+def write_pack(folder: Path, with_recognition: bool = True, det_size: int = DET_SIZE,
+               cell: tuple[int, int] = (3, 4)) -> Path:
+    """`cell` (row, col) of the stride-16 grid holds the planted face; the grid's centre cell puts it
+    mid-image, where the mirrored pass of flip averaging finds it again."""
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = _constant_model(scrfd_outputs(), "input.1", [1, 3, DET_SIZE, DET_SIZE])
+    model = _constant_model(scrfd_outputs(det_size, cell), "input.1", [1, 3, det_size, det_size])
     model.ir_version = 8
     onnx.save(model, str(folder / "det_10g.onnx"))
     if with_recognition:

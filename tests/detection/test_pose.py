@@ -13,6 +13,7 @@ from likeness.detection.faces import Box, Face, Landmark, mirror_face
 from likeness.detection.pose import HEAD_MODEL_MM, angles_from_rotation, camera_matrix, estimate_pose
 
 W, H = 640, 480
+BOX = Box(270, 190, 370, 290)  # the face's box sets the camera (pose.camera_matrix)
 BLAZEFACE_POINTS = (Landmark.LEFT_EYE, Landmark.RIGHT_EYE, Landmark.NOSE_TIP, Landmark.MOUTH_CENTER,
                     Landmark.LEFT_EAR, Landmark.RIGHT_EAR)
 SCRFD_POINTS = (Landmark.LEFT_EYE, Landmark.RIGHT_EYE, Landmark.NOSE_TIP, Landmark.MOUTH_LEFT,
@@ -38,7 +39,7 @@ def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 def project(rot: np.ndarray, kinds, distance_mm: float = 600.0) -> dict[Landmark, tuple[float, float]]:
     rvec, _ = cv2.Rodrigues(rot)
     points = np.array([HEAD_MODEL_MM[k] for k in kinds], dtype=np.float64)
-    image, _ = cv2.projectPoints(points, rvec, np.array([10.0, -20.0, distance_mm]), camera_matrix(W, H), None)
+    image, _ = cv2.projectPoints(points, rvec, np.array([10.0, -20.0, distance_mm]), camera_matrix(BOX), None)
     return {k: (float(x), float(y)) for k, (x, y) in zip(kinds, image.reshape(-1, 2), strict=True)}
 
 
@@ -50,7 +51,7 @@ def test_known_rotations_are_recovered(kinds, yaw, pitch, roll):
     truth = angles_from_rotation(rot)
     # the test's own construction agrees with the documented conventions
     assert (truth.yaw, truth.pitch, truth.roll) == pytest.approx((yaw, pitch, roll), abs=1e-6)
-    pose = estimate_pose(project(rot, kinds), W, H)
+    pose = estimate_pose(project(rot, kinds), BOX)
     assert (pose.yaw, pose.pitch, pose.roll) == pytest.approx((yaw, pitch, roll), abs=0.5)
 
 
@@ -58,17 +59,17 @@ def test_turn_to_image_right_moves_nose_right_of_eye_midpoint():
     marks = project(rotation(30, 0, 0), BLAZEFACE_POINTS)
     eye_mid = (marks[Landmark.LEFT_EYE][0] + marks[Landmark.RIGHT_EYE][0]) / 2
     assert marks[Landmark.NOSE_TIP][0] > eye_mid
-    assert estimate_pose(marks, W, H).yaw > 25
+    assert estimate_pose(marks, BOX).yaw > 25
 
 
 def test_mirroring_landmarks_negates_yaw_and_roll_exactly():
     marks = project(rotation(28, 12, -9), BLAZEFACE_POINTS)
-    face = Face(box=Box(0, 0, W, H), score=1.0, landmarks=marks)
-    mirrored = mirror_face(face, W).landmarks
-    a, b = estimate_pose(marks, W, H), estimate_pose(mirrored, W, H)
+    face = Face(box=BOX, score=1.0, landmarks=marks)
+    mirror = mirror_face(face, W)
+    a, b = estimate_pose(marks, BOX), estimate_pose(mirror.landmarks, mirror.box)
     assert (b.yaw, b.pitch, b.roll) == pytest.approx((-a.yaw, a.pitch, -a.roll), abs=1e-3)
 
 
 def test_too_few_points_give_no_pose():
     marks = project(rotation(0, 0, 0), (Landmark.LEFT_EYE, Landmark.RIGHT_EYE, Landmark.NOSE_TIP))
-    assert estimate_pose(marks, W, H) is None
+    assert estimate_pose(marks, BOX) is None

@@ -26,10 +26,10 @@ def test_measures_of_a_flat_image():
 def test_measures_of_a_half_black_half_white_image():
     img = np.zeros((64, 64, 3), np.uint8)
     img[:, 32:] = 255
-    m = measure(img, Box(0, 0, 16, 64), 0.9)
+    m = measure(img, Box(0, 0, 16, 16), 0.9)
     assert m.brightness == pytest.approx(127.5) and m.contrast == pytest.approx(127.5)
     assert m.shadows_clipped == pytest.approx(0.5) and m.highlights_clipped == pytest.approx(0.5)
-    assert m.sharpness_face == 0  # the face box lies inside the flat black half
+    assert m.sharpness_face == 0  # the face's square lies inside the flat black half
     assert m.sharpness_image > 0 and m.face_confidence == pytest.approx(0.9)
 
 
@@ -80,6 +80,8 @@ def test_score_without_a_face_uses_image_sharpness(pipeline):
 
 def test_min_quality_rejects_an_accepted_image(pipeline, astronaut):
     blurred = cv2.GaussianBlur(astronaut, (0, 0), 4)
-    a = pipeline.assess(blurred, POLICY, WEIGHTS, min_quality=0.55)
+    no_blur_gate = ValidationPolicy(min_sharpness=0)
+    a = pipeline.assess(blurred, no_blur_gate, WEIGHTS, min_quality=0.55)
     assert not a.verdict.accepted and a.verdict.reason.value == "LOW_QUALITY"
     assert pipeline.assess(astronaut, POLICY, WEIGHTS, min_quality=0.55).verdict.accepted
+    assert a.verdict.detail == f"quality score {a.score:.3f} < 0.55"  # the limit as set

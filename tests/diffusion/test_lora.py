@@ -42,7 +42,8 @@ def test_roundtrip_scale_and_removal(pipe, tmp_path, fmt):
     trained = _run(pipe)
     assert np.abs(trained - base).max() > 1e-3  # the adapter changes the output
     pipe.unet.delete_adapters("default")
-    path = save_lora(tmp_path / "a.safetensors", layers, fmt=fmt, alpha=8, metadata={"run": "r1"})
+    path = save_lora(tmp_path / "a.safetensors", layers, fmt=fmt, alpha=8, metadata={"run": "r1"},
+                     unet_config=dict(pipe.unet.config))
 
     lora = read_lora(path)
     assert (lora.format, lora.rank, lora.components) == (fmt, 4, ("unet",))
@@ -70,7 +71,7 @@ def test_corrupt_and_foreign_files(pipe, tmp_path, tiny_folders):
 
     # a LoRA trained on the SD 1.5 layout does not fit SDXL's attention shapes
     sd15 = load_pipeline(tiny_folders["sd15"], "sd15")
-    path = save_lora(tmp_path / "sd15.safetensors", _trained_like_lora(sd15), fmt="diffusers")
+    path = save_lora(tmp_path / "sd15.safetensors", _trained_like_lora(sd15), fmt="diffusers", family="sd15")
     with pytest.raises(InvalidArgument, match="does not fit"):
         load_into_pipeline(pipe, read_lora(path), "foreign")
     assert not pipe.get_list_adapters() or "foreign" not in str(pipe.get_list_adapters())

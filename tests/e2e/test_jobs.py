@@ -11,7 +11,7 @@ from PIL import Image
 
 from likeness.api.v1 import common_pb2, generation_pb2, training_pb2
 from likeness.api.v1 import orchestrator_pb2 as o
-from likeness.core.images import encode_png
+from likeness.core.images import decode_image, encode_png
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
 from likeness.core.workid import sha256_hex
@@ -117,6 +117,25 @@ def test_storyboard_retries_and_records_every_attempt(clip_jobs_client, e2e_stac
     assert job.summary["retries"] == "4"
     html = store.get(job.report.uri).decode()
     assert "Attempts" in html and "CLIP score" in html
+
+
+def test_storyboard_conditions_frames_on_a_face_landmark_map(jobs_client, store):
+    photo = skimage_photo("astronaut")
+    src = put_png(store, "e2e-inputs/astronaut-control.png", photo)
+    common = dict(model="tiny-sdxl", character="an astronaut", frame_prompts=["smiling", "looking left"], seed=4,
+                  retry_budget=0, width=64, height=64, steps=2, skip_clip_check=True)
+    plain = run(jobs_client, o.JobSpec(storyboard=o.StoryboardSpec(**common)))
+    steered = run(jobs_client, o.JobSpec(storyboard=o.StoryboardSpec(
+        **common, control_model="tiny-controlnet-sdxl", control_scale=1.0,
+        control_reference=common_pb2.ImageInput(uri=src))))
+    assert steered.state == o.JOB_STATE_SUCCEEDED, steered.error
+    tries, plain_tries = manifest(store, steered)["attempts"], manifest(store, plain)["attempts"]
+    controls = {a["control"] for a in tries}
+    assert len(controls) == 1 and "" not in controls  # every frame on the reference's map
+    landmarks = decode_image(store.get(controls.pop()), "image")
+    assert landmarks.shape == (64, 64, 3) and landmarks.max() == 255 and (landmarks == 0).mean() > 0.5
+    assert [a["uri"] for a in tries] != [a["uri"] for a in plain_tries]  # the control changed the frames
+    assert "control: face-landmark map" in store.get(steered.report.uri).decode()
 
 
 def test_diversity_tabulates_settings(jobs_client, store):

@@ -39,3 +39,28 @@ def service(gen_root):
             yield thread, generation_pb2_grpc.GenerationServiceStub(channel), open_store(settings)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def onnx_service(gen_root, service):
+    """(ServiceThread, stub, store) of a warm onnxruntime-engine service sharing `service`'s model
+    repository and store (requests give their own output_prefix: work ids do not name the engine)."""
+    import torch
+
+    from likeness.api.v1 import generation_pb2_grpc
+    from likeness.core.store import open_store
+    from likeness.generation.app import create_service
+    from tests.helpers import ServiceThread
+
+    threads = torch.get_num_threads()
+    settings = make_settings(gen_root, generation_engine="onnxruntime",
+                             generation_engine_cache_dir=str(gen_root / "engine-cache"))
+    try:
+        with ServiceThread(create_service(settings), settings) as thread, thread.channel() as channel:
+            yield thread, generation_pb2_grpc.GenerationServiceStub(channel), open_store(settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def engine_of(thread):
+    return thread.runtime.service.servicers[0][1]._generator.manager.engine

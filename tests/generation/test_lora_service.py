@@ -26,7 +26,7 @@ def _make_lora(folder, path, fmt: str, seed: int):
     for name, param in pipe.unet.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.5)
-    return save_lora(path, peft_state_dict(pipe.unet), fmt=fmt)
+    return save_lora(path, peft_state_dict(pipe.unet), fmt=fmt, unet_config=dict(pipe.unet.config))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_sd15_lora_runs_on_sd15_and_fails_alone_on_sdxl(service, tmp_path):
     for name, param in pipe.unet.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.5)
-    path = save_lora(tmp_path / "sd15.safetensors", peft_state_dict(pipe.unet), fmt="kohya")
+    path = save_lora(tmp_path / "sd15.safetensors", peft_state_dict(pipe.unet), fmt="kohya", family="sd15")
     uri = store.put("adapters/sd15.safetensors", path.read_bytes(), "application/octet-stream").uri
 
     def sd15(prefix, adapters=()):
@@ -153,3 +153,69 @@ def test_sd15_lora_runs_on_sd15_and_fails_alone_on_sdxl(service, tmp_path):
     assert outcome["bad"].code() == grpc.StatusCode.INVALID_ARGUMENT and "does not fit" in outcome["bad"].details()
     assert health_status(thread.port) == "SERVING"
     assert np.array_equal(_gen(stub, "mixed/after/"), outcome["good"])  # the failed load left the model clean
+
+
+def test_png_parameters_parse_in_sd_parsers_with_a1111_hashes(service, adapters):
+    """Every field of the `parameters` chunk read back by sd-parsers (an independent A1111 reader),
+    and the hashes recomputed here the way A1111 computes them."""
+    import hashlib
+    import io
+
+    from PIL import Image
+    from sd_parsers import ParserManager
+    from sd_parsers.data import Generators
+
+    from likeness.core.pngmeta import parse_parameters, read_png_metadata
+
+    _, stub, store = service
+    uris, _ = adapters
+    resp = stub.Generate(G.GenerateRequest(model="tiny-sdxl", prompt="a portrait, soft light", negative_prompt="blurry",
+                                           seed=77, steps=3, guidance_scale=6.5, width=64, height=64,
+                                           return_inline=True, output_prefix="lora/meta/",
+                                           adapters=[G.LoraAdapter(uri=uris["a"], scale=0.7),
+                                                     G.LoraAdapter(uri=uris["b"], scale=0.3)]))
+    png = resp.images[0].artifact.data
+    info = ParserManager().parse(Image.open(io.BytesIO(png)))
+    assert info is not None and info.generator == Generators.AUTOMATIC1111
+    sampler = info.samplers[0]
+    assert [p.value for p in sampler.prompts] == ["a portrait, soft light"]
+    assert [p.value for p in sampler.negative_prompts] == ["blurry"]
+    assert sampler.parameters == {"steps": "3", "cfg_scale": "6.5", "seed": "77"}
+    assert sampler.name  # the scheduler's A1111 label
+    # tiny-sdxl is a diffusers folder: A1111 cannot hash it, so only its name is given
+    assert sampler.model.name == "tiny-sdxl" and sampler.model.hash is None
+    assert info.metadata["Size"] == "64x64"
+    # sd-parsers 0.6 splits the settings line on every ',' and ':' and so drops A1111's quoted
+    # `Lora hashes: "a: ..., b: ..."`; its raw text is read here with A1111's own grammar
+    fields = parse_parameters(info.raw_parameters["parameters"])
+    assert "Model hash" not in fields
+
+    def a1111_lora_hash(data: bytes) -> str:  # A1111's addnet hash: sha256 after the header, 12 hex
+        n = int.from_bytes(data[:8], "little")
+        return hashlib.sha256(data[8 + n:]).hexdigest()[:12]
+
+    expected = ", ".join(f"{name}: {a1111_lora_hash(store.get(uris[name]))}" for name in ("a", "b"))
+    assert fields["Lora hashes"] == expected
+    assert read_png_metadata(png)["parameters"] == info.raw_parameters["parameters"]
+
+
+def test_single_file_checkpoint_gets_a1111_model_hash(tmp_path):
+    import hashlib
+    import io
+
+    from PIL import Image
+    from sd_parsers import ParserManager
+
+    from likeness.core.pngmeta import a1111_model_hash, add_png_metadata, format_parameters
+
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      weights")
+    full = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert a1111_model_hash(["model.safetensors"], {"model.safetensors": full}) == full[:10]
+    folder = {"unet/diffusion_pytorch_model.safetensors": full, "model_index.json": full}
+    assert a1111_model_hash(list(folder), folder) == ""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    text = format_parameters("p", "", 4, "Euler", 7.0, 1, 8, 8, "one-file", full[:10])
+    model = ParserManager().parse(Image.open(io.BytesIO(add_png_metadata(buf.getvalue(), text)))).samplers[0].model
+    assert (model.name, model.hash) == ("one-file", full[:10])

@@ -37,7 +37,8 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize("sampler", [G.SAMPLER_UNSPECIFIED, G.SAMPLER_DDIM, G.SAMPLER_PNDM,
-                                     G.SAMPLER_DPM_SOLVER_MULTISTEP, G.SAMPLER_EULER, G.SAMPLER_EULER_ANCESTRAL])
+                                     G.SAMPLER_DPM_SOLVER_MULTISTEP, G.SAMPLER_EULER, G.SAMPLER_EULER_ANCESTRAL,
+                                     G.SAMPLER_LCM])
 def test_every_sampler_runs(service, sampler):
     _, stub, _ = service
     resp = stub.Generate(req(sampler=sampler, output_prefix=f"samplers/{sampler}/"))
@@ -268,7 +269,7 @@ def test_full_queue_answers_resource_exhausted_with_retry_hint(service):
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue is full" in err.value.details()
         hint = dict(err.value.trailing_metadata() or ())
-        assert float(hint["retry-after-seconds"]) > 0
+        assert int(hint["grpc-retry-pushback-ms"]) > 0  # gRPC's own back-off hint, integer ms
     finally:
         busy.result()
         for f in waiting:

@@ -13,7 +13,7 @@ from likeness.core.errors import InvalidArgument
 from likeness.core.images import decode_image
 from likeness.orchestrator.demo_set import DEMO_MIN_QUALITY, KEPT, MANIFEST, OUTCOMES, build_demo_set
 
-SEEDS = 6
+SEEDS = 5
 LAYOUT = re.compile(r"^(\d+)/(original|scenario)/([a-z_]+)\.png$")
 
 
@@ -61,8 +61,10 @@ def test_layout_manifest_and_captions(demo):
 
 def test_every_outcome_occurs_and_enough_are_kept(demo):
     counts = demo.counts()
-    assert counts == {KEPT: 48, "no_face": 6, "multiple_faces": 6, "face_too_small": 6, "turned_away": 6,
-                      "low_confidence": 6, "low_quality": 6}
+    # blurred portraits: the face mesh sees no face in four of them; dark or flat ones: four fall under
+    # the blur gate (likeness.orchestrator.demo_set)
+    assert counts == {KEPT: 40, "no_face": 9, "multiple_faces": 5, "face_too_small": 5, "turned_away": 5,
+                      "low_confidence": 1, "low_quality": 1, "blurry": 4}
     assert demo.kept_per_seed() == {s: {"original": 3, "scenario": 5} for s in range(1, SEEDS + 1)}
 
 
@@ -91,25 +93,25 @@ def test_same_bytes_on_every_build_and_seeds_are_a_prefix(demo, tmp_path):
 
 @pytest.mark.slow
 def test_balanced_selection_is_feasible(demo, verdicts):
-    """The demo's selection: 24 of the kept files, exactly 4 per seed, at least 6 originals, at
+    """The demo's selection: 20 of the kept files, exactly 4 per seed, at least one original per seed, at
     most 8 per cluster label (here: one cluster per seed, a tighter case than any clustering)."""
     from likeness.embedding.selection import Candidate, Quota, select
 
     pool = [Candidate(i.path, verdicts[i.path][1], {"seed": str(i.seed), "image_type": i.image_type,
                                                      "cluster": str(i.seed)})
             for i in demo.items if i.expected == KEPT]
-    quotas = [Quota("seed", "*", 4, 4), Quota("image_type", "original", 6, 0), Quota("cluster", "*", 0, 8)]
-    chosen = select(pool, 24, quotas)
-    assert len(chosen.selected_ids) == 24
+    quotas = [Quota("seed", "*", 4, 4), Quota("image_type", "original", SEEDS, 0), Quota("cluster", "*", 0, 8)]
+    chosen = select(pool, 4 * SEEDS, quotas)
+    assert len(chosen.selected_ids) == 4 * SEEDS
     assert all(chosen.counts[("seed", str(s))] == 4 for s in range(1, SEEDS + 1))
-    assert chosen.counts[("image_type", "original")] >= 6
-    # without quotas the best 24 by quality are not balanced: the quotas do real work in the demo
-    best = sorted(pool, key=lambda c: -c.quality)[:24]
+    assert chosen.counts[("image_type", "original")] >= SEEDS
+    # without quotas the best 20 by quality are not balanced: the quotas do real work in the demo
+    best = sorted(pool, key=lambda c: -c.quality)[:4 * SEEDS]
     per_seed = {s: sum(c.groups["seed"] == str(s) for c in best) for s in range(1, SEEDS + 1)}
     assert max(per_seed.values()) - min(per_seed.values()) >= 3
 
 
-@pytest.mark.parametrize("seeds", [0, 7])
+@pytest.mark.parametrize("seeds", [0, 6])
 def test_seed_count_out_of_range_is_refused(tmp_path, seeds):
     with pytest.raises(InvalidArgument, match="seeds"):
         build_demo_set(tmp_path, seeds=seeds)

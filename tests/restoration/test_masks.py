@@ -153,3 +153,35 @@ def test_masks_follow_the_detection_services_landmarks():
     eyes = region_mask(geo, Region.BOTH_EYES, MaskOptions()).mask
     assert at(eyes, A.LEFT_EYE) == 255 and at(eyes, A.RIGHT_EYE) == 255 and at(eyes, A.MOUTH_CENTER) == 0
     assert at(region_mask(geo, Region.FACE, MaskOptions()).mask, A.MOUTH_CENTER) == 255
+
+
+def _lids(cx: float, cy: float, half: float, open_: float, tilt: float = 0.0) -> tuple:
+    """An eye's lid contour (lower lid, then upper lid reversed), `open_` px between the lids."""
+    t = math.radians(tilt)
+    pts = []
+    for s, sign in ((np.linspace(-1, 1, 9), 1), (np.linspace(1, -1, 7), -1)):
+        for u in s:
+            x, y = u * half, sign * open_ / 2 * (1 - u * u)
+            pts.append((cx + x * math.cos(t) - y * math.sin(t), cy + x * math.sin(t) + y * math.cos(t)))
+    return tuple(pts)
+
+
+def test_eye_masks_follow_the_lid_contours_when_present():
+    base = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0))  # IOD 100
+    # a long, tilted eye whose corners lie outside the generic ellipse (semi-axis 30 px)
+    lids = _lids(250, 150, 40, 14, tilt=20)
+    with_lids = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0), left_eye_lids=lids)
+    plain = region_mask(base, Region.LEFT_EYE, MaskOptions()).mask
+    shaped = region_mask(with_lids, Region.LEFT_EYE, MaskOptions()).mask
+    for x, y in (lids[0], lids[8]):  # both corners are inside the contour-built mask, not the ellipse
+        assert shaped[int(y), int(x)] == 255 and plain[int(y), int(x)] == 0
+    # a shut eye's thin contour still leaves room for an open eye (0.18 IOD across the eye line)
+    shut = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0), left_eye_lids=_lids(250, 150, 25, 1))
+    column = region_mask(shut, Region.LEFT_EYE, MaskOptions()).mask[:, 250]
+    assert np.count_nonzero(column) >= 2 * 18 - 2
+    # the right eye without lids keeps the generic ellipse
+    both = region_mask(with_lids, Region.BOTH_EYES, MaskOptions()).mask
+    assert np.array_equal(both[:, :200], region_mask(base, Region.BOTH_EYES, MaskOptions()).mask[:, :200])
+    bad = FaceGeometry(400, 300, left_eye=(250.0, 150.0), right_eye=(150.0, 150.0), left_eye_lids=((math.nan, 1.0),) * 16)
+    with pytest.raises(InvalidArgument, match=r"LEFT_\*_LID"):
+        region_mask(bad, Region.LEFT_EYE, MaskOptions())

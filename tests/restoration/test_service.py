@@ -227,3 +227,31 @@ def test_a_default_restorer_without_weights_fails_start_up_naming_the_files(tmp_
     with pytest.raises(ModelMissing) as err:
         asyncio.run(service.warmup())
     assert f"{tmp_path}/models/codeformer" in str(err.value) and "codeformer.pth" in str(err.value)
+
+
+def test_control_images_face_landmarks_and_canny(server):
+    _, stub, _ = server
+    photo = A.photo()
+    face = restoration_pb2.ControlFace(box=FACE_BOX, landmarks=ASTRONAUT_LANDMARKS)
+    item = restoration_pb2.ControlImageItem(image=common_pb2.ImageInput(data=encode_png(photo)), faces=[face])
+    landmarks = stub.ControlImage(restoration_pb2.ControlImageRequest(
+        kind=restoration_pb2.CONTROL_KIND_FACE_LANDMARKS, items=[item], return_inline=True), timeout=30)
+    drawn = decode(landmarks.results[0].image.data)
+    assert drawn.shape == photo.shape
+    assert drawn[:20].max() == 0  # black above the face
+    lx, ly = (int(v) for v in A.LEFT_EYE)
+    eye = drawn[ly - 30:ly + 30, lx - 40:lx + 40]
+    assert (eye[..., 1] == 255).sum() > 20 and (eye[..., 0] == 0).any()  # the green eye outline is there
+    canny = stub.ControlImage(restoration_pb2.ControlImageRequest(
+        kind=restoration_pb2.CONTROL_KIND_CANNY, items=[item], canny_low=50, canny_high=150, return_inline=True),
+        timeout=30)
+    edges = decode(canny.results[0].image.data)
+    assert set(np.unique(edges)) <= {0, 255} and 0.01 < (edges > 0).mean() < 0.5
+    no_face = restoration_pb2.ControlImageItem(image=common_pb2.ImageInput(data=encode_png(photo)))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ControlImage(restoration_pb2.ControlImageRequest(kind=restoration_pb2.CONTROL_KIND_FACE_LANDMARKS,
+                                                               items=[no_face]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("items[0].faces")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ControlImage(restoration_pb2.ControlImageRequest(items=[item]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("kind")

@@ -102,7 +102,8 @@ def sniff_format(data: bytes) -> str:
         if data.startswith(magic):
             return name
     if _looks_like_text(data[:512]):
-        return "plain text"
+        # SVG is text too, but it is an image format: name it (it is rejected all the same)
+        return "SVG" if re.search(rb"<svg[\s>]", data[:4096].lower()) else "plain text"
     return "unrecognised"
 
 
@@ -152,8 +153,9 @@ def decode_image(data: bytes, field: str, limits: ImageLimits | None = None) -> 
         img = Image.open(io.BytesIO(data), formats=[fmt])  # parses the header only
     except Image.DecompressionBombError as exc:
         # Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) fired inside open(): same message as ours
-        if fmt == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
-            width, height = struct.unpack(">II", data[16:24])
+        dims = header_size(fmt, data)
+        if dims is not None:
+            width, height = dims
             measured = f"{width}x{height} ({_px(width * height)})"
         else:
             m = _BOMB_PIXELS.search(str(exc))
@@ -183,6 +185,45 @@ def decode_image(data: bytes, field: str, limits: ImageLimits | None = None) -> 
         except Exception:  # noqa: BLE001 - a broken EXIF block must not reject good pixels
             oriented = img
         return to_rgb(oriented)
+
+
+def header_size(fmt: str, data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG, JPEG or WebP header without Pillow, or None when the
+    header does not say (used for the bomb message, where Pillow's own guard gives pixels only)."""
+    if fmt == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if fmt == "JPEG":
+        return _jpeg_size(data)
+    if fmt == "WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+        if chunk == b"VP8 ":
+            return struct.unpack("<H", data[26:28])[0] & 0x3FFF, struct.unpack("<H", data[28:30])[0] & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The frame size from the first SOFn marker (segments walked by their lengths)."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
 
 
 def _short(exc: Exception) -> str:

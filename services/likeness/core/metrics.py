@@ -37,3 +37,7 @@ GENERATION_PHASE = Histogram(
 MODEL_MEMORY = Gauge(
     "likeness_model_memory_bytes", "Memory held by loaded models.", ["service", "model", "device"])
 GPU_MEMORY = Gauge("likeness_gpu_memory_bytes", "GPU memory allocated by this process.", ["device"])
+GENERATION_ENGINE_BATCHES = Counter(
+    "likeness_generation_engine_batches_total",
+    "Generation batches by the path that ran them: onnx, or torch:<reason> (adapters, reference_image, "
+    "outside_profile) on the onnxruntime engine.", ["model", "path"])

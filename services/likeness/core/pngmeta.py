@@ -5,7 +5,14 @@ readers parse:
 
     a portrait of a woman, soft light
     Negative prompt: blurry, lowres
-    Steps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 1, Size: 1024x1024, Model hash: 31e35c80fc, Model: sdxl
+    Steps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 1, Size: 1024x1024, Model hash: 31e35c80fc, Model: sdxl,
+    Lora hashes: "anna: 3c1f07ab9d2e"
+
+The hashes are computed as A1111 computes them, so Civitai and A1111 match them to files:
+`Model hash` is the first 10 hex digits of the sha256 of a single-file checkpoint (omitted, with
+the model name kept, when the model is a diffusers folder, which A1111 cannot hash); `Lora hashes`
+holds each adapter's first 12 hex digits of the sha256 of the .safetensors payload after its header
+(A1111's "addnet" hash, which ignores metadata edits).
 
 The `likeness` chunk holds the full request as canonical JSON, so an image alone says how to make
 it again. Chunks are spliced in right after IHDR with their CRCs computed by zlib.crc32: the
@@ -15,6 +22,7 @@ bytes stay identical. Existing chunks with the same keyword are replaced.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -32,6 +40,41 @@ MAX_TEXT_BYTES = 8 * 1024 * 1024  # a compressed text chunk may not inflate past
 # A1111's parser (modules/infotext_utils.py): `key: value` pairs, values optionally JSON-quoted.
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _KEY = re.compile(r"^\w[\w \-/]*\w$|^\w$")
+
+
+# --- A1111's hashes -------------------------------------------------------------------------------
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def a1111_model_hash(files, checksums: dict[str, str]) -> str:
+    """`Model hash` of a model: A1111's short hash (sha256 of the file, first 10 hex) when the model
+    is one checkpoint file, "" (the field is then omitted) when it is a folder of files."""
+    weights = [f for f in files if f.endswith(CHECKPOINT_SUFFIXES)]
+    if len(weights) != 1 or len(files) != 1 or weights[0] not in checksums:
+        return ""
+    return checksums[weights[0]][:10]
+
+
+def addnet_hash(safetensors: bytes) -> str:
+    """sha256 of a .safetensors file's tensor payload (everything after the 8-byte length and the
+    JSON header), as A1111 and sd-scripts compute it for LoRA files; A1111 shows its first 12 hex."""
+    n = int.from_bytes(safetensors[:8], "little")
+    return hashlib.sha256(memoryview(safetensors)[8 + n:]).hexdigest()
+
+
+def lora_hashes(named: list[tuple[str, str]]) -> str:
+    """The `Lora hashes` value: `name: shorthash, ...`. A1111 splits it on ',' and ':', so those
+    characters are replaced in names; a repeated name gets a numeric suffix."""
+    seen: dict[str, int] = {}
+    parts = []
+    for name, full_hash in named:
+        clean = re.sub(r"[,:\s]+", "_", name).strip("_") or "lora"
+        seen[clean] = seen.get(clean, 0) + 1
+        if seen[clean] > 1:
+            clean = f"{clean}_{seen[clean]}"
+        parts.append(f"{clean}: {full_hash[:12]}")
+    return ", ".join(parts)
 
 
 # --- the A1111 `parameters` text ------------------------------------------------------------------

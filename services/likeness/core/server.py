@@ -1,8 +1,9 @@
 """The one server runtime every service uses.
 
 `Service` describes what a service serves; `ServiceRuntime` runs it on an asyncio gRPC server with
-health (NOT_SERVING until warm-up ends and again while shutting down), reflection, the
-observability interceptor, a Prometheus /metrics port and graceful SIGTERM handling:
+health (NOT_SERVING until warm-up ends and again while shutting down; the `liveness` name SERVING
+throughout), reflection (v1 and v1alpha), the observability interceptor, a Prometheus /metrics port
+and graceful SIGTERM handling:
 
     SIGTERM -> health NOT_SERVING -> wait `drain_seconds` (load balancers stop sending)
             -> stop accepting, in-flight calls get `grace_seconds` -> service.shutdown()
@@ -20,10 +21,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from likeness.core import metrics, tracing
+from likeness.core import metrics, reflection, tracing
 from likeness.core.errors import LikenessError
 from likeness.core.interceptor import ObservabilityInterceptor
 from likeness.core.logging import configure as configure_logging
@@ -33,6 +33,10 @@ log = logging.getLogger("likeness.server")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Health service name of the liveness probe: SERVING from start to exit, whatever readiness says
+# (warming up, busy, draining). It is answered on the event loop, which the model workers never
+# block (they run in threads), so an answer means the process is alive; no answer means it is not.
+LIVENESS = "liveness"
 
 
 @dataclass
@@ -106,10 +110,10 @@ class ServiceRuntime:
         for add, servicer in self.service.servicers:
             add(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [*self.service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], self.server)
+        reflection.enable([*self.service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
+                          self.server)
         await self._set_health(NOT_SERVING)
+        await self.health.set(LIVENESS, SERVING)
         address = f"{self.settings.host}:{self.settings.resolved_port(self.service.name)}"
         creds = server_credentials(self.settings)
         self.port = (self.server.add_secure_port(address, creds) if creds

@@ -23,7 +23,8 @@ SERVICE_NAME = detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].ful
 
 def default_policy(s: DetectionSettings) -> ValidationPolicy:
     return ValidationPolicy(s.detection_min_face_fraction, s.detection_max_yaw, s.detection_max_pitch,
-                            s.detection_min_confidence).checked("LIKENESS_DETECTION")
+                            s.detection_min_confidence, s.detection_min_sharpness,
+                            s.detection_min_eye_openness).checked("LIKENESS_DETECTION")
 
 
 def default_weights(s: DetectionSettings) -> QualityWeights:
@@ -57,7 +58,8 @@ def create_service(settings: DetectionSettings | None = None, pipeline=None) -> 
         warmup=warmup,
         shutdown=shutdown,
         description={"backend": settings.detection_backend, "identity": identity_model(settings),
-                     "max_batch": settings.detection_max_batch},
+                     "max_batch": settings.detection_max_batch, "device": settings.detection_device,
+                     "providers": settings.detection_providers},
     )
 
 

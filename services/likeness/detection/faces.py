@@ -65,6 +65,23 @@ class Pose:
 
 
 @dataclass(frozen=True)
+class Eye:
+    """One eye in source pixels (from the iris model): lid contours corner to corner, iris centre,
+    eye aspect ratio and the openness in [0, 1] mapped from it (mesh.py)."""
+
+    upper_lid: tuple[tuple[float, float], ...]  # 7 points
+    lower_lid: tuple[tuple[float, float], ...]  # 9 points, both corners included
+    iris: tuple[float, float]
+    aspect_ratio: float
+    openness: float
+
+    def mirrored(self, width: int) -> Eye:
+        flip = lambda pts: tuple((width - x, y) for x, y in pts)  # noqa: E731
+        return replace(self, upper_lid=flip(self.upper_lid), lower_lid=flip(self.lower_lid),
+                       iris=(width - self.iris[0], self.iris[1]))
+
+
+@dataclass(frozen=True)
 class Face:
     box: Box
     score: float
@@ -72,6 +89,8 @@ class Face:
     pose: Pose | None = None
     embedding: np.ndarray | None = None  # float32, L2-normalised
     embedding_model: str = ""
+    left_eye: Eye | None = None  # the subject's; set when the face mesh and iris models ran
+    right_eye: Eye | None = None
 
     def with_(self, **changes) -> Face:
         return replace(self, **changes)
@@ -90,7 +109,9 @@ def mirror_face(face: Face, width: int) -> Face:
     b = face.box
     box = Box(width - b.x_max, b.y_min, width - b.x_min, b.y_max)
     marks = {MIRRORED.get(k, k): (width - x, y) for k, (x, y) in face.landmarks.items()}
-    return face.with_(box=box, landmarks=marks)
+    left = face.right_eye.mirrored(width) if face.right_eye else None
+    right = face.left_eye.mirrored(width) if face.left_eye else None
+    return face.with_(box=box, landmarks=marks, left_eye=left, right_eye=right)
 
 
 def iou(a: Box, b: Box) -> float:

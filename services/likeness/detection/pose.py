@@ -2,8 +2,13 @@
 
 Method: `cv2.solvePnP` fits the rotation of a mean adult head model (millimetres, below) to
 whichever of its points the detector gave (BlazeFace: eyes, nose tip, mouth centre, ear tragions;
-SCRFD: eyes, nose tip, mouth corners), with a pinhole camera whose focal length is the image's
-longer side (a ~53 degree field of view) and whose principal point is the image centre.
+SCRFD: eyes, nose tip, mouth corners; the face mesh: all eight), with a pinhole camera built from
+the FACE, not the image: focal length `FOCAL_FACE_SIDES` times the face box's longer side and the
+principal point at the box centre. So the same face pixels give the same pose whatever canvas
+surrounds them and however large it is (a camera from the image's size made one face yaw -50
+degrees alone and -30 degrees pasted beside another photo). The focal length equals that of a
+portrait framed ~3 face sides wide seen through a ~53 degree lens, the framing the demo
+portraits use; it sets how much perspective the fit expects, not the angles' scale.
 
 Conventions (common.proto `Pose`), camera view, image x right and y down:
 - yaw   > 0: the subject turns to the image's right (their left);
@@ -25,7 +30,7 @@ import math
 import cv2
 import numpy as np
 
-from likeness.detection.faces import Landmark, Pose
+from likeness.detection.faces import Box, Landmark, Pose
 
 # Generic head in the camera's axes for a frontal face: x toward the image's right (the subject's
 # left), y down, z away from the camera; origin at the nose tip. Millimetres, from average adult
@@ -47,9 +52,14 @@ HEAD_MODEL_MM: dict[Landmark, tuple[float, float, float]] = {
 REQUIRED = (Landmark.LEFT_EYE, Landmark.RIGHT_EYE, Landmark.NOSE_TIP)
 
 
-def camera_matrix(width: int, height: int) -> np.ndarray:
-    f = float(max(width, height))
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+FOCAL_FACE_SIDES = 3.0
+
+
+def camera_matrix(box: Box) -> np.ndarray:
+    """Pinhole camera of a face: focal length from the face box's size, principal point at its centre."""
+    f = FOCAL_FACE_SIDES * max(box.width, box.height, 1.0)
+    cx, cy = (box.x_min + box.x_max) / 2.0, (box.y_min + box.y_max) / 2.0
+    return np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
 
 
 def rotation_from_angles(pose: Pose) -> np.ndarray:
@@ -71,15 +81,15 @@ def angles_from_rotation(rotation: np.ndarray) -> Pose:
     return Pose(yaw=yaw, pitch=pitch, roll=roll)
 
 
-def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], width: int, height: int) -> Pose | None:
-    """Pose of one face, or None when fewer than 4 model points (or not both eyes and the nose
+def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], box: Box) -> Pose | None:
+    """Pose of one face (`box`: its box, which sets the camera), or None when fewer than 4 model points (or not both eyes and the nose
     tip) are present."""
     kinds = [k for k in HEAD_MODEL_MM if k in landmarks]
     if len(kinds) < 4 or any(k not in landmarks for k in REQUIRED):
         return None
     model = np.array([HEAD_MODEL_MM[k] for k in kinds], dtype=np.float64)
     image = np.array([landmarks[k] for k in kinds], dtype=np.float64)
-    cam = camera_matrix(width, height)
+    cam = camera_matrix(box)
     # start from a frontal head at a distance that matches the eye spacing, then refine (LM);
     # a good start keeps the iterative solver out of the mirrored (behind-the-camera) solution
     eye_px = math.dist(landmarks[Landmark.LEFT_EYE], landmarks[Landmark.RIGHT_EYE])
@@ -96,3 +106,42 @@ def estimate_pose(landmarks: dict[Landmark, tuple[float, float]], width: int, he
     if not all(math.isfinite(v) for v in (pose.yaw, pose.pitch, pose.roll)):
         return None
     return pose
+
+
+# --- pose from the face mesh ------------------------------------------------------------------
+
+# Mirror pairs of the MediaPipe face mesh (subject's right, subject's left): eye corners and
+# eyebrows, features that stay visible on a turned head. The face oval and the jaw are left out
+# (their far side is guessed on a turned head), so are the mouth corners (they move with a smile).
+MESH_PAIRS = ((33, 263), (133, 362), (70, 300), (105, 334))
+MESH_FOREHEAD, MESH_SUBNASALE = 10, 2
+# The mesh's depth (z) is flatter than a head: a turned head's ear-to-ear axis reads ~2/3 of its
+# true depth swing. Scaled so that the tuning faces' yaw matches the landmark model's (turned heads
+# of the demo and evaluation sets ~50-60 degrees, frontal ones ~0).
+MESH_DEPTH_SCALE = 1.6
+# The forehead-to-subnasale line leans back from the face plane; its angle, measured as the mean
+# pitch of the six faces of the group photo t1.jpg (people facing the camera), is removed.
+MESH_PITCH_OFFSET = -8.4
+
+
+def pose_from_mesh(points: np.ndarray) -> Pose | None:
+    """Yaw, pitch, roll from the face mesh's 468 3-D points (x, y in pixels, z in the same scale,
+    away from the camera), with no camera model at all: the head's axes are read off the mesh
+    (left-right: the mean direction of its mirror pairs; down: forehead to subnasale, made
+    orthogonal), so the result depends on the face's pixels only, not on the canvas or its size."""
+    p = np.asarray(points, np.float64).copy()
+    p[:, 2] *= MESH_DEPTH_SCALE
+    across = [p[left] - p[right] for right, left in MESH_PAIRS]
+    x = np.mean([v / max(float(np.linalg.norm(v)), 1e-9) for v in across], axis=0)
+    x /= max(float(np.linalg.norm(x)), 1e-9)
+    y = p[MESH_SUBNASALE] - p[MESH_FOREHEAD]
+    y = y - (y @ x) * x
+    if float(np.linalg.norm(y)) < 1e-9:
+        return None
+    y /= np.linalg.norm(y)
+    rotation = np.stack([x, y, np.cross(x, y)], axis=1)
+    pose = angles_from_rotation(rotation)
+    pitch = pose.pitch - MESH_PITCH_OFFSET
+    if not all(math.isfinite(v) for v in (pose.yaw, pitch, pose.roll)):
+        return None
+    return Pose(pose.yaw, pitch, pose.roll)

@@ -1,8 +1,14 @@
 """Image quality measures and the combined quality score.
 
 Measures (luminance Y = 0.299 R + 0.587 G + 0.114 B on the 0-255 scale, OpenCV's RGB2GRAY):
-- sharpness_face / sharpness_image: variance of the 3x3 Laplacian ([0 1 0; 1 -4 1; 0 1 0]) of Y
-  inside the best face's box / over the whole image (0 for the face when there is none);
+- sharpness_face: variance of the 3x3 Laplacian ([0 1 0; 1 -4 1; 0 1 0]) of Y on the best face
+  NORMALISED TO `FACE_SIDE` x `FACE_SIDE` px: the square around the box centre whose side is the
+  box's longer side (edge-replicated beyond the image), resized (area averaging down, bicubic up).
+  Measured in the face's own pixels, a Laplacian variance falls with the face's size for the same
+  blur (a Gaussian of sigma 2 ruins a 90 px face and barely touches a 234 px one), so no single
+  threshold separated sharp from blurred; on the fixed-size face it does (the blur gate,
+  validation.py). 0 when there is no face;
+- sharpness_image: the same Laplacian variance over the whole image, at its own size;
 - contrast: standard deviation of Y; brightness: mean of Y;
 - shadows_clipped / highlights_clipped: share of pixels with Y <= 5 / Y >= 250;
 - face_confidence: the best face's detector confidence, 0 when none.
@@ -34,6 +40,7 @@ from likeness.detection.faces import Box
 
 SHADOW_LEVEL = 5
 HIGHLIGHT_LEVEL = 250
+FACE_SIDE = 128
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,21 @@ def laplacian_variance(grey: np.ndarray) -> float:
     return float(std[0, 0]) ** 2
 
 
+def normalised_face(grey: np.ndarray, box: Box, side: int = FACE_SIDE) -> np.ndarray:
+    """The face's square (side = the box's longer side, around its centre) resized to side x side."""
+    height, width = grey.shape[:2]
+    s = max(2, int(round(max(box.width, box.height))))
+    x0 = int(round((box.x_min + box.x_max) / 2 - s / 2))
+    y0 = int(round((box.y_min + box.y_max) / 2 - s / 2))
+    pad = ((max(0, -y0), max(0, y0 + s - height)), (max(0, -x0), max(0, x0 + s - width)))
+    window = grey[max(0, y0):min(height, y0 + s), max(0, x0):min(width, x0 + s)]
+    if window.size == 0:
+        return np.zeros((side, side), dtype=grey.dtype)
+    if any(p for pair in pad for p in pair):
+        window = np.pad(window, pad, mode="edge")
+    return cv2.resize(window, (side, side), interpolation=cv2.INTER_AREA if s > side else cv2.INTER_CUBIC)
+
+
 def measure(rgb: np.ndarray, face_box: Box | None, face_confidence: float) -> QualityMeasures:
     grey = luminance(rgb)
     height, width = grey.shape
@@ -98,8 +120,7 @@ def measure(rgb: np.ndarray, face_box: Box | None, face_confidence: float) -> Qu
     total = float(grey.size)
     face_sharpness = 0.0
     if face_box is not None:
-        rows, cols = face_box.pixel_slices(width, height)
-        face_sharpness = laplacian_variance(grey[rows, cols])
+        face_sharpness = laplacian_variance(normalised_face(grey, face_box))
     return QualityMeasures(
         sharpness_face=face_sharpness,
         sharpness_image=laplacian_variance(grey),

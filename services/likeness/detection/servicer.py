@@ -14,7 +14,7 @@ from likeness.detection.pipeline import FacePipeline
 from likeness.detection.quality import QualityMeasures, QualityWeights
 from likeness.detection.validation import ValidationPolicy, Verdict
 
-POLICY_FIELDS = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence")
+POLICY_FIELDS = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence", "min_sharpness", "min_eye_openness")
 WEIGHT_FIELDS = ("sharpness", "contrast", "exposure", "face_confidence")
 
 
@@ -29,6 +29,15 @@ def face_pb(face: Face) -> common_pb2.Face:
     for kind, (x, y) in face.landmarks.items():
         pb.landmarks.add(kind=common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{kind.value}"),
                          point=common_pb2.Point(x=x, y=y))
+    for side, eye in (("LEFT", face.left_eye), ("RIGHT", face.right_eye)):
+        if eye is None:
+            continue
+        kind = common_pb2.LandmarkKind.Value
+        pb.landmarks.add(kind=kind(f"LANDMARK_KIND_{side}_IRIS"), point=common_pb2.Point(x=eye.iris[0], y=eye.iris[1]))
+        for name, contour in (("UPPER_LID", eye.upper_lid), ("LOWER_LID", eye.lower_lid)):
+            for x, y in contour:
+                pb.landmarks.add(kind=kind(f"LANDMARK_KIND_{side}_{name}"), point=common_pb2.Point(x=x, y=y))
+        setattr(pb, f"{side.lower()}_eye_openness", eye.openness)
     if face.pose is not None:
         pb.pose.CopyFrom(common_pb2.Pose(yaw=face.pose.yaw, pitch=face.pose.pitch, roll=face.pose.roll))
     if face.embedding is not None:

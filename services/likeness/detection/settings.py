@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from likeness.core.settings import CommonSettings
+from likeness.detection.validation import DEFAULT_MIN_SHARPNESS
 
 
 class DetectionSettings(CommonSettings):
@@ -27,6 +28,9 @@ class DetectionSettings(CommonSettings):
     # Average each face with its sighting in the mirrored image (pipeline.py): mirror-consistent
     # pose and steadier landmarks for one more detector inference.
     detection_flip_tta: bool = True
+    # Faces (highest score first) re-measured by the face mesh + iris models (pipeline.py): mesh
+    # landmarks, eyelid contours, iris centres, eye openness; 0 turns the mesh off.
+    detection_mesh_faces: int = Field(1, ge=0, le=64)
 
     # InsightFace backend: model pack name in the model repository, SCRFD input side, ONNX Runtime
     # execution providers (`auto` = TensorRT, CUDA, then CPU, whichever this onnxruntime build has;
@@ -34,12 +38,20 @@ class DetectionSettings(CommonSettings):
     detection_insightface_pack: str = "buffalo_l"
     detection_det_size: int = Field(640, ge=128, le=2048, multiple_of=32)
     detection_providers: str = "auto"
+    # Where the InsightFace graphs run: `auto` (whatever the providers give), `cpu` (GPU providers
+    # dropped) or `cuda[:N]` (a GPU provider required, on device N). The pack's graphs are float32:
+    # there is no dtype setting (BlazeFace and dlib always run on the CPU).
+    detection_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
     # Default validation policy (a request's ValidationPolicy overrides field by field).
     detection_min_face_fraction: float = Field(0.08, gt=0.0, le=1.0)
     detection_max_yaw: float = Field(45.0, ge=0.0, le=90.0)
     detection_max_pitch: float = Field(35.0, ge=0.0, le=90.0)
     detection_min_confidence: float = Field(0.6, ge=0.0, le=1.0)
+    # Blur gate of Assess (validation.py): face sharpness on the face normalised to 128x128; 0 = off.
+    detection_min_sharpness: float = Field(DEFAULT_MIN_SHARPNESS, ge=0.0)
+    # Eye gate: mean openness of both eyes in [0, 1]; 0 = off (the curate job turns it on per request).
+    detection_min_eye_openness: float = Field(0.0, ge=0.0, le=1.0)
 
     # Combined quality score (quality.py): default weights and half-saturation points.
     detection_weight_sharpness: float = Field(0.6, ge=0.0, le=1.0)

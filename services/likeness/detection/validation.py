@@ -1,13 +1,23 @@
 """Face validation: does an image hold exactly one usable face?
 
-Checks, in this order (the first failing one is the reason):
-1. NO_FACE         the detector found nothing;
-2. LOW_CONFIDENCE  faces were found, but none reaches `min_confidence`;
-3. MULTIPLE_FACES  two or more faces reach `min_confidence` (however small: a second face in the
+Gates, in this order (the first failing one is the reason):
+1. NO_FACE         the detector found nothing (at its floor, `min_score`);
+2. MULTIPLE_FACES  two or more faces reach `min_confidence` (however small: a second face in the
                    background still puts a second identity into a training image);
-4. FACE_TOO_SMALL  the face box's shorter side / the image's shorter side < `min_face_fraction`;
+3. FACE_TOO_SMALL  the face (the confident one, else the best-scoring one) has a box whose shorter
+                   side / the image's shorter side < `min_face_fraction`. Size comes BEFORE
+                   confidence: small faces score low, and a 40 px face that scores 0.55 is too
+                   small, not "maybe no face";
+4. LOW_CONFIDENCE  no face reaches `min_confidence`;
 5. TURNED_AWAY     |yaw| > `max_yaw` or |pitch| > `max_pitch` (skipped when no pose could be
-                   estimated from the landmarks).
+                   estimated from the landmarks);
+6. EYES_CLOSED     `min_eye_openness` > 0 and the mean openness of the face's two eyes is under it
+                   (skipped when the eyes were not measured: no face mesh);
+then, in Assess only (pipeline.py), on the measured quality:
+7. BLURRY          face sharpness (on the face normalised to 128x128) < `min_sharpness` (0: off);
+8. LOW_QUALITY     combined score < the request's `min_quality` (when set).
+
+Every detail prints the measured value and the limit as it was set (`limit_text`).
 """
 
 from __future__ import annotations
@@ -29,6 +39,19 @@ class Rejection(StrEnum):
     TURNED_AWAY = "TURNED_AWAY"
     LOW_CONFIDENCE = "LOW_CONFIDENCE"
     LOW_QUALITY = "LOW_QUALITY"
+    BLURRY = "BLURRY"
+    EYES_CLOSED = "EYES_CLOSED"
+
+
+# Calibrated on the tuning part of bench/face_set.py (bench/faces.py --calibrate): sharp faces
+# (no blur up to sigma 0.004 face sides, contrast down to x0.35) measure >= 13.3, faces blurred by
+# sigma >= 0.025 face sides <= 6.0 wherever a face is still found; 9 is about their geometric mean.
+DEFAULT_MIN_SHARPNESS = 9.0
+
+
+def limit_text(value: float) -> str:
+    """A limit as the caller set it: a float32 from protobuf (0.44999998807907104) prints as 0.45."""
+    return f"{float(value):.6g}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +60,8 @@ class ValidationPolicy:
     max_yaw: float = 45.0  # degrees
     max_pitch: float = 35.0  # degrees
     min_confidence: float = 0.6
+    min_sharpness: float = DEFAULT_MIN_SHARPNESS  # Assess only; 0 disables
+    min_eye_openness: float = 0.0  # 0 disables
 
     def checked(self, field: str = "policy") -> ValidationPolicy:
         """Self, or InvalidArgument naming the offending field and its range."""
@@ -45,6 +70,8 @@ class ValidationPolicy:
         check_range(self.max_yaw, f"{field}.max_yaw", 0.0, 90.0, unit="degrees")
         check_range(self.max_pitch, f"{field}.max_pitch", 0.0, 90.0, unit="degrees")
         check_range(self.min_confidence, f"{field}.min_confidence", 0.0, 1.0)
+        check_range(self.min_sharpness, f"{field}.min_sharpness", 0.0, 1e6)
+        check_range(self.min_eye_openness, f"{field}.min_eye_openness", 0.0, 1.0)
         return self
 
     def overridden(self, **values: float | None) -> ValidationPolicy:
@@ -60,25 +87,37 @@ class Verdict:
     detail: str = ""
 
 
+def eye_openness(face: Face) -> float | None:
+    """Mean openness of the face's two eyes, or None when they were not measured."""
+    if face.left_eye is None or face.right_eye is None:
+        return None
+    return (face.left_eye.openness + face.right_eye.openness) / 2
+
+
 def validate(faces: list[Face], width: int, height: int, policy: ValidationPolicy) -> Verdict:
     if not faces:
         return Verdict(False, Rejection.NO_FACE, "no face found")
     confident = [f for f in faces if f.score >= policy.min_confidence]
-    if not confident:
-        best = max(f.score for f in faces)
-        return Verdict(False, Rejection.LOW_CONFIDENCE,
-                       f"best face confidence {best:.3f} < {policy.min_confidence}")
     if len(confident) > 1:
         return Verdict(False, Rejection.MULTIPLE_FACES,
-                       f"{len(confident)} faces with confidence >= {policy.min_confidence}")
-    face = confident[0]
+                       f"{len(confident)} faces with confidence >= {limit_text(policy.min_confidence)}")
+    face = confident[0] if confident else max(faces, key=lambda f: f.score)
     fraction = min(face.box.width, face.box.height) / min(width, height)
     if fraction < policy.min_face_fraction:
         return Verdict(False, Rejection.FACE_TOO_SMALL,
-                       f"face side fraction {fraction:.3f} < {policy.min_face_fraction}")
+                       f"face side fraction {fraction:.3f} < {limit_text(policy.min_face_fraction)}")
+    if not confident:
+        return Verdict(False, Rejection.LOW_CONFIDENCE,
+                       f"best face confidence {face.score:.3f} < {limit_text(policy.min_confidence)}")
     if face.pose is not None:
         if abs(face.pose.yaw) > policy.max_yaw:
-            return Verdict(False, Rejection.TURNED_AWAY, f"|yaw| {abs(face.pose.yaw):.1f} > {policy.max_yaw}")
+            return Verdict(False, Rejection.TURNED_AWAY,
+                           f"|yaw| {abs(face.pose.yaw):.1f} > {limit_text(policy.max_yaw)}")
         if abs(face.pose.pitch) > policy.max_pitch:
-            return Verdict(False, Rejection.TURNED_AWAY, f"|pitch| {abs(face.pose.pitch):.1f} > {policy.max_pitch}")
+            return Verdict(False, Rejection.TURNED_AWAY,
+                           f"|pitch| {abs(face.pose.pitch):.1f} > {limit_text(policy.max_pitch)}")
+    openness = eye_openness(face)
+    if policy.min_eye_openness > 0 and openness is not None and openness < policy.min_eye_openness:
+        return Verdict(False, Rejection.EYES_CLOSED,
+                       f"eye openness {openness:.3f} < {limit_text(policy.min_eye_openness)}")
     return Verdict(True)

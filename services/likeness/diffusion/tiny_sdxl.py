@@ -12,6 +12,7 @@ Built models (all with the real 49,408-token CLIP tokenizer, VAE scale factor 8 
   tiny-sd15          kind `sd15`          SD 1.5 layout: one text encoder, no added conditioning
   tiny-ip-adapter-sdxl  kind `ip-adapter` IP-Adapter for tiny-sdxl: tiny CLIP image encoder +
                                           image projection + to_k_ip/to_v_ip per cross-attention
+  tiny-controlnet-sdxl  kind `controlnet` ControlNet for tiny-sdxl (3-channel control image)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ TINY_MODELS = {
     "tiny-sdxl-refiner": "sdxl-refiner",
     "tiny-sd15": "sd15",
     "tiny-ip-adapter-sdxl": "ip-adapter",
+    "tiny-controlnet-sdxl": "controlnet",
 }
 IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
 
@@ -80,6 +82,7 @@ def tiny_model_config(kind: str) -> dict:
         "architecture": kind,
         **({"refiner": "tiny-sdxl-refiner", "ip_adapter": "tiny-ip-adapter-sdxl"} if kind == "sdxl" else {}),
         **({"weight_name": IP_ADAPTER_WEIGHTS, "image_encoder": "image_encoder"} if kind == "ip-adapter" else {}),
+        **({"family": "sdxl"} if kind == "controlnet" else {}),
     }
 
 
@@ -87,12 +90,18 @@ def build_tiny_model(kind: str, folder: Path) -> Path:
     """Builds one tiny pipeline of `kind` and saves it (diffusers layout, safetensors) to `folder`."""
 
     builders = {"sdxl": _sdxl_base, "sdxl-refiner": _sdxl_refiner, "sd15": _sd15}
-    if kind not in builders and kind != "ip-adapter":
+    if kind not in builders and kind not in ("ip-adapter", "controlnet"):
         raise ValueError(f"no tiny builder for kind {kind!r}")
     if folder.exists():
         shutil.rmtree(folder)
     if kind == "ip-adapter":
         return _ip_adapter(folder)
+    if kind == "controlnet":
+        from likeness.diffusion.controlnet import build_tiny_controlnet
+
+        unet = _unet(2 * TEXT_HIDDEN, 6 * TIME_EMBED + TEXT_HIDDEN)  # tiny-sdxl's UNet
+        build_tiny_controlnet(unet, SEED + 30).save_pretrained(str(folder), safe_serialization=True)
+        return folder
     with tempfile.TemporaryDirectory() as tok_dir:
         pipe = builders[kind](Path(tok_dir))
         pipe.save_pretrained(str(folder), safe_serialization=True)

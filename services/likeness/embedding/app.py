@@ -27,7 +27,8 @@ def create_encoder(settings: EmbeddingSettings, store=None) -> Encoder:
 
     repository = ModelRepository.from_settings(settings, store)
     return OpenClipEncoder(repository, settings.embedding_open_clip_model, threads=settings.embedding_threads,
-                           batch_size=settings.embedding_encoder_batch)
+                           batch_size=settings.embedding_encoder_batch, device=settings.embedding_device,
+                           dtype=settings.embedding_dtype)
 
 
 def cluster_defaults(settings: EmbeddingSettings) -> ClusterParams:
@@ -64,7 +65,8 @@ def create_service(settings: EmbeddingSettings | None = None, encoder: Encoder |
                    "max_batch": settings.embedding_max_batch,
                    "compute_threads": settings.embedding_compute_threads}
     if settings.embedding_encoder == "open_clip":
-        description["open_clip_model"] = settings.embedding_open_clip_model
+        description.update(open_clip_model=settings.embedding_open_clip_model, device=encoder.device,
+                           dtype=encoder.dtype_name)
     return Service(
         name="embedding",
         servicers=[(embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server, servicer)],

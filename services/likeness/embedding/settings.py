@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from likeness.core.devices import DEVICE_PATTERN, DTYPE_PATTERN
 from likeness.core.settings import CommonSettings
 
 
@@ -20,6 +21,10 @@ class EmbeddingSettings(CommonSettings):
     # torch threads for open_clip inference (0 = torch's default, one per core); images per pass.
     embedding_threads: int = Field(0, ge=0, le=64)
     embedding_encoder_batch: int = Field(16, ge=1, le=256)
+    # Where open_clip runs: torch device (`cpu`, `cuda`, `cuda:N`) and dtype (`auto` = float16 on
+    # CUDA, float32 on the CPU; or float32, float16, bfloat16). Vectors are returned as float32.
+    embedding_device: str = Field("cpu", pattern=DEVICE_PATTERN)
+    embedding_dtype: str = Field("auto", pattern=DTYPE_PATTERN)
     # BLAS/OpenMP threads for Cluster, Select and Diversity (0 = the libraries' default, one per
     # core of the NODE, which oversubscribes a pod with a CPU limit). Measured on 2 busy cores:
     # one thread is 5-7x faster for 250 x 512 K-Means (bench/embedding.py).

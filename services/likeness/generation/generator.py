@@ -15,13 +15,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from likeness.core import metrics
-from likeness.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissing, NotFound, require
 from likeness.core.images import encode_png
-from likeness.core.pngmeta import format_parameters
+from likeness.core.pngmeta import a1111_model_hash, format_parameters, lora_hashes
 from likeness.core.store import StoredObject
 from likeness.core.workid import sha256_hex, work_id
 from likeness.diffusion.lora import LoraFile, read_lora
@@ -37,7 +38,8 @@ log = logging.getLogger("likeness.generation")
 MAX_PROMPT_TOKENS = 77  # CLIP context, BOS and EOS included
 # A1111 names of the samplers (PNG `parameters`), by diffusers scheduler class
 SAMPLER_LABELS = {"DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "DPMSolverMultistepScheduler": "DPM++ 2M",
-                  "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a"}
+                  "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a",
+                  "LCMScheduler": "LCM"}
 
 
 @dataclass
@@ -55,6 +57,7 @@ class GenerationResult:
     warnings: list[str]
     model_digest: str
     timings: dict = field(default_factory=dict)  # queue, text_encoding, denoising, decoding, batch_size
+    lcm_lora: str = ""  # the LCM-LoRA the FAST preset ran with
 
 
 class ImageGenerator:
@@ -81,7 +84,8 @@ class ImageGenerator:
         else:
             self.manager.engine.set_ip_adapter(model, "")
         files = {aid: lora for item in items for aid, lora in item.adapter_files.items()}
-        results = self.manager.engine.run(model, refiner, key, items, files)
+        controlnets = [self.manager.controlnet(c[0]) for c in key.controls]
+        results = self.manager.engine.run(model, refiner, key, items, files, controlnets)
         for phase in ("text_encoding", "denoising", "decoding"):
             metrics.GENERATION_PHASE.labels(key.model, phase).observe(results[0].timings[phase])
         _export_gpu_memory(self.manager.device)
@@ -109,7 +113,9 @@ class ImageGenerator:
         default_side = int(spec.config.get("default_size") or presets.DEFAULT_SIZE[family])
         refiner_name = str(spec.config.get("refiner") or "")
         limits = replace(self.limits, max_size=min(self.limits.max_size, int(spec.config.get("max_size") or 10**6)))
-        req, warnings = validate(req, family, default_side, bool(refiner_name), limits)
+        lcm_name, lcm_warnings = await asyncio.to_thread(self._lcm_lora_for, req)
+        req, warnings = validate(req, family, default_side, bool(refiner_name), limits, lcm_lora=lcm_name)
+        warnings = lcm_warnings + warnings
         require_seed_room(req)
         refiner_spec = await asyncio.to_thread(self.manager.spec, refiner_name) if req.refiner else None
         ip_spec = None
@@ -121,15 +127,26 @@ class ImageGenerator:
         warnings += await asyncio.to_thread(self._prompt_warnings, req)
         adapter_files = await asyncio.to_thread(self._load_adapters, req)
         adapters = list(adapter_files)
+        key_adapters = tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True))
+        lcm_spec = None
+        if req.lcm_lora:  # runs first, at scale 1, under the request's own adapters
+            lcm_spec, lcm_id, lcm_file = await asyncio.to_thread(self._load_lcm_lora, req.lcm_lora)
+            if lcm_id not in adapter_files:
+                adapter_files = {lcm_id: lcm_file, **adapter_files}
+                key_adapters = ((lcm_id, 1.0), *key_adapters)
+        control_specs = await asyncio.to_thread(self._control_specs, req, family)
 
         key = BatchKey(model=req.model, task=req.task, width=req.width, height=req.height, steps=req.steps,
                        sampler=req.sampler, guidance_scale=req.guidance_scale,
                        strength=req.strength if req.task != "text-to-image" else None,
                        refiner=refiner_name if req.refiner else "", refiner_fraction=req.refiner_fraction,
-                       adapters=tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True)),
+                       adapters=key_adapters,
                        reference_scale=req.reference_scale if ip_spec else None,
-                       ip_adapter=ip_spec.name if ip_spec else "")
-        inputs = self._canonical_inputs(req, adapters, refiner_spec, ip_spec)
+                       ip_adapter=ip_spec.name if ip_spec else "",
+                       controls=tuple((c.model, c.scale, c.start, c.end) for c in req.controls))
+        inputs = self._canonical_inputs(req, adapters, refiner_spec, ip_spec, control_specs)
+        if lcm_spec is not None:  # only then: work ids of other requests stay as they were
+            inputs["lcm_lora"] = lcm_spec.digest
         units = [(req.seed + i, work_id("generation", {**inputs, "seed": req.seed + i}, spec.digest))
                  for i in range(req.count)]
         keys = [f"{req.output_prefix}{wid}.png" for _, wid in units]
@@ -150,9 +167,11 @@ class ImageGenerator:
             items = [ImageItem(seed=units[i][0], prompt=req.prompt, negative_prompt=req.negative_prompt,
                                init_image=geometry[1], mask=geometry[2], noise_injection=req.noise_injection,
                                reference_image=req.reference_image, progress=progress, queued_at=now,
+                               control_images=self._control_images(req, geometry),
                                adapter_files=adapter_files) for i in todo]
             results = await self.batcher.submit(key, items)
-            parameters_extra = self._parameters_extra(req, adapters, refiner_name)
+            # the request's own adapters (the LCM-LoRA is named on its own line)
+            parameters_extra = self._parameters_extra(req, {aid: adapter_files[aid] for aid in adapters}, refiner_name)
             def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
                 rgb = self._finish(req, geometry, result.rgb)
                 return encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
@@ -166,7 +185,7 @@ class ImageGenerator:
             first = results[0].timings
             timings = {**{k: first[k] for k in ("queue", "text_encoding", "denoising", "decoding")},
                        "batch_size": max(r.batch_size for r in results)}
-        return GenerationResult(images, warnings, spec.digest, timings)
+        return GenerationResult(images, warnings, spec.digest, timings, req.lcm_lora)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -231,6 +250,39 @@ class ImageGenerator:
                                              if (folder / sub / "tokenizer_config.json").is_file()]
         return self._tokenizers[spec.digest]
 
+    def _lcm_lora_for(self, req: GenerationRequest) -> tuple[str, list[str]]:
+        """The LCM-LoRA registered for the request's model when FAST could use it, and why not."""
+        from likeness.diffusion.lcm import lcm_lora_for
+
+        if req.quality_mode != presets.LCM_MODE:
+            return "", []
+        name = lcm_lora_for(self.manager.repo, req.model)
+        if name and not self.manager.engine.supports_adapters:
+            return "", [f"quality_mode fast: the LCM-LoRA {name!r} needs the torch engine; "
+                        f"{self.manager.engine.name} runs the standard FAST preset"]
+        return name, []
+
+    def _load_lcm_lora(self, name: str) -> tuple:
+        """(spec, adapter id, parsed file) of LCM-LoRA `name` from the model repository."""
+        from likeness.diffusion.lcm import weight_file
+
+        data = weight_file(self.manager.repo, name).read_bytes()
+        aid = adapter_id(sha256_hex(data))
+        return self.manager.repo.spec(name), aid, self._parsed_lora(aid, data, f"model {name}")
+
+    def _parsed_lora(self, aid: str, data: bytes, field: str) -> LoraFile:
+        """The parsed LoRA of `data`, from the LRU of parsed files (within the LoRA budget)."""
+        with self._lora_lock:
+            lora = self._lora_files.get(aid)
+        if lora is None:
+            lora = read_lora(data, field)
+        with self._lora_lock:
+            self._lora_files[aid] = lora
+            self._lora_files.move_to_end(aid)
+            while sum(f.nbytes for f in self._lora_files.values()) > self._lora_budget and len(self._lora_files) > 1:
+                self._lora_files.popitem(last=False)
+        return lora
+
     def _load_adapters(self, req: GenerationRequest) -> dict[str, LoraFile]:
         """Reads, size-checks and validates each adapter file; returns {id (sha-based): parsed file}
         in request order. Parsed files are kept (LRU, within the LoRA budget) for later requests;
@@ -245,19 +297,42 @@ class ImageGenerator:
             aid = adapter_id(sha256_hex(data))
             if aid in ids:
                 raise InvalidArgument(field, "has the same content as an earlier adapter of this request")
-            with self._lora_lock:
-                lora = self._lora_files.get(aid)
-            if lora is None:
-                lora = read_lora(data, field)
-            with self._lora_lock:
-                self._lora_files[aid] = lora
-                self._lora_files.move_to_end(aid)
-                while sum(f.nbytes for f in self._lora_files.values()) > self._lora_budget and len(self._lora_files) > 1:
-                    self._lora_files.popitem(last=False)
-            ids[aid] = lora
+            ids[aid] = self._parsed_lora(aid, data, field)
         return ids
 
-    def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec, ip_spec) -> dict:
+    def _control_specs(self, req: GenerationRequest, family: str) -> list:
+        """The ControlNet models of the request, checked: NOT_FOUND or INVALID_ARGUMENT naming the
+        field; ModelMissing naming absent files, before the request is queued."""
+        from likeness.diffusion.controlnet import KIND
+
+        specs = []
+        for i, c in enumerate(req.controls):
+            field_name = f"controls[{i}].model"
+            try:
+                spec = self.manager.spec(c.model)
+            except NotFound as exc:
+                raise NotFound(field_name, f"ControlNet '{c.model}' is not in the model repository "
+                                           f"{self.manager.repo.root}") from exc
+            require(spec.kind == KIND, field_name, f"model '{c.model}' is of kind {spec.kind!r}, not {KIND}")
+            require(spec.config.get("family", family) == family, field_name,
+                    f"ControlNet '{c.model}' is for {spec.config.get('family')} models, not {family}")
+            folder = Path(self.manager.repo.fetch(c.model))
+            if not (folder / "config.json").is_file():  # the weights' folder without its model
+                raise ModelMissing(c.model, str(folder / "config.json"))
+            specs.append(spec)
+        return specs
+
+    @staticmethod
+    def _control_images(req: GenerationRequest, geometry) -> tuple:
+        """Each control image cut and resized like the init image (image tasks) or as given."""
+        if req.task == "text-to-image":
+            return tuple(c.image for c in req.controls)
+        h, w = req.init_image.shape[:2]
+        box = geometry[0] or (0, 0, w, h)
+        return tuple(region.crop_for_denoising(c.image, None, box, req.width, req.height)[0] for c in req.controls)
+
+    def _canonical_inputs(self, req: GenerationRequest, adapters: list[str], refiner_spec, ip_spec,
+                          control_specs=()) -> dict:
         def digest(a):
             return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
 
@@ -273,9 +348,11 @@ class ImageGenerator:
                 "reference_scale": req.reference_scale if ip_spec is not None else None,
                 "ip_adapter": ip_spec.digest if ip_spec is not None else None,
                 # only when not the default, so the work ids (and stored images) of earlier requests hold
-                **({"paste": req.paste} if req.paste != "mask" else {})}
+                **({"paste": req.paste} if req.paste != "mask" else {}),
+                **({"controls": [[s.digest, digest(c.image), c.scale, c.start, c.end]
+                                 for s, c in zip(control_specs, req.controls, strict=True)]} if req.controls else {})}
 
-    def _parameters_extra(self, req: GenerationRequest, adapters: list[str], refiner_name: str) -> dict:
+    def _parameters_extra(self, req: GenerationRequest, adapters: dict[str, LoraFile], refiner_name: str) -> dict:
         extra: dict = {}
         if req.task != "text-to-image":
             extra["Denoising strength"] = req.strength
@@ -288,8 +365,12 @@ class ImageGenerator:
             extra["Noise injection"] = req.noise_injection
         if req.reference_image is not None:
             extra["IP-Adapter scale"] = req.reference_scale
+        if req.lcm_lora:
+            extra["LCM-LoRA"] = req.lcm_lora
         if adapters:
-            extra["Lora hashes"] = ", ".join(f"{aid}: {a.scale:g}" for aid, a in zip(adapters, req.adapters, strict=True))
+            # A1111 names a LoRA by its file name; the scales travel in the `likeness` chunk
+            extra["Lora hashes"] = lora_hashes([(PurePosixPath(a.uri.rstrip("/")).stem, f.addnet_hash)
+                                                for a, f in zip(req.adapters, adapters.values(), strict=True)])
         return extra
 
     def _parameters(self, req: GenerationRequest, spec, seed: int, extra: dict) -> str:
@@ -300,7 +381,7 @@ class ImageGenerator:
         name = cls or (SAMPLERS[req.sampler][0] if req.sampler in SAMPLERS else "EulerDiscreteScheduler")
         return format_parameters(req.prompt, req.negative_prompt, req.steps, SAMPLER_LABELS.get(name, name),
                                  req.guidance_scale, seed, req.width, req.height, req.model,
-                                 model_hash=spec.digest[:10], extra=extra)
+                                 model_hash=a1111_model_hash(spec.files, spec.checksums), extra=extra)
 
 
 def require_seed_room(req: GenerationRequest) -> None:

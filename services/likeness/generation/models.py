@@ -58,6 +58,15 @@ class LoadedModel:
             self._derived[task] = derive_pipeline(self.pipe, self.kind, task)
         return self._derived[task]
 
+    def control_pipeline(self, task: str, names: tuple[str, ...], controlnets: list):
+        """The ControlNet pipeline for `task` with the ControlNets `names` (built once per set)."""
+        from likeness.diffusion.controlnet import derive_control_pipeline
+
+        key = ("controlnet", task, names)
+        if key not in self._derived:
+            self._derived[key] = derive_control_pipeline(self.pipe, self.family, task, controlnets)
+        return self._derived[key]
+
     def forget_derived(self) -> None:
         """Derived pipelines are rebuilt (they must see an image encoder added or removed)."""
         self._derived.clear()
@@ -82,6 +91,17 @@ class ModelManager:
         self.lora_budget_bytes = lora_budget_bytes
         self.device = device
         self._loaded: dict[str, LoadedModel] = {}
+        self._controlnets: dict[str, object] = {}
+
+    def controlnet(self, name: str):
+        """The ControlNet module `name`, loaded once on the engine's device and dtype (worker thread)."""
+        if name not in self._controlnets:
+            from likeness.diffusion.controlnet import load_controlnet
+
+            self._controlnets[name] = load_controlnet(self.repo.fetch(name), name, dtype=self.engine.dtype,
+                                                      device=self.engine.device)
+            log.info("controlnet loaded", extra={"model": name, "engine": self.engine.name})
+        return self._controlnets[name]
 
     def spec(self, name: str):
         """The model's spec; NotFound (from the repository) names the available models."""

@@ -27,6 +27,21 @@ class AdapterRef:
     scale: float
 
 
+@dataclass(frozen=True)
+class ControlRef:
+    """One ControlNet conditioning: its image (HxWx3 uint8), model and schedule."""
+
+    image: np.ndarray
+    model: str
+    scale: float | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+MAX_CONTROLS = 4
+DEFAULT_CONTROL_SCALE = 1.0
+
+
 @dataclass
 class GenerationRequest:
     """Zero/None values take the quality mode's preset or the documented default."""
@@ -49,6 +64,7 @@ class GenerationRequest:
     mask: np.ndarray | None = None  # HxW bool, True = repaint
     crop_padding: int = 0
     paste: str = "mask"  # inpaint: through the hard mask, or the whole region for the caller to blend
+    controls: list[ControlRef] = field(default_factory=list)
     refiner: bool = False
     refiner_fraction: float | None = None
     reference_image: np.ndarray | None = None
@@ -56,6 +72,7 @@ class GenerationRequest:
     noise_injection: float = 0.0
     return_inline: bool = False
     output_prefix: str = ""
+    lcm_lora: str = ""  # resolved by validate(): the LCM-LoRA the FAST preset runs with, "" for none
 
 
 @dataclass(frozen=True)
@@ -66,22 +83,29 @@ class Limits:
 
 
 def validate(req: GenerationRequest, family: str, default_side: int, has_refiner: bool,
-             limits: Limits) -> tuple[GenerationRequest, list[str]]:
+             limits: Limits, lcm_lora: str = "") -> tuple[GenerationRequest, list[str]]:
     """Checks every field and returns the request with presets and defaults resolved, plus
-    warnings. `family` is `sdxl` or `sd15`; `default_side` the model's default image side."""
+    warnings. `family` is `sdxl` or `sd15`; `default_side` the model's default image side;
+    `lcm_lora` the LCM-LoRA registered for the model ("" for none), which FAST then runs with
+    (LCM sampler, presets.LCM_STEPS steps, guidance presets.LCM_GUIDANCE) unless the request
+    names another sampler."""
     warnings: list[str] = []
     require(req.task in TASKS, "task", f"unknown task {req.task!r}")
     require(req.quality_mode in presets.PRESETS, "quality_mode", f"unknown quality mode {req.quality_mode!r}")
     require(req.sampler in SAMPLERS or req.sampler == DEFAULT_SAMPLER, "sampler",
             f"unknown sampler {req.sampler!r}; known: {', '.join(SAMPLERS)}")
     preset = presets.PRESETS[req.quality_mode]
+    use_lcm = bool(lcm_lora) and req.quality_mode == presets.LCM_MODE and req.sampler in (DEFAULT_SAMPLER, "lcm")
+    if lcm_lora and req.quality_mode == presets.LCM_MODE and not use_lcm:
+        warnings.append(f"sampler {req.sampler} was requested: the LCM-LoRA {lcm_lora!r} is not used")
 
     check_range(req.seed, "seed", 0, MAX_SEED)
     check_range(req.count, "count", 1, limits.max_count)
     require(req.steps == 0 or 1 <= req.steps <= limits.max_steps, "steps",
             f"{req.steps} is outside [1, {limits.max_steps}] (0 takes the quality mode's preset)")
-    steps = req.steps or preset.steps
-    guidance = presets.DEFAULT_GUIDANCE[family] if req.guidance_scale is None else req.guidance_scale
+    steps = req.steps or (presets.LCM_STEPS if use_lcm else preset.steps)
+    default_guidance = presets.LCM_GUIDANCE if use_lcm else presets.DEFAULT_GUIDANCE[family]
+    guidance = default_guidance if req.guidance_scale is None else req.guidance_scale
     require(math.isfinite(guidance), "guidance_scale", "must be a finite number")
     check_range(guidance, "guidance_scale", 0.0, 30.0)
     check_range(req.noise_injection, "noise_injection", 0.0, 1.0)
@@ -134,13 +158,43 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
 
     reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
     check_range(reference_scale, "reference_scale", 0.0, 1.0)
+    controls = _controls(req, width, height)
     require(not req.output_prefix or (not req.output_prefix.startswith("/") and ".." not in req.output_prefix),
             "output_prefix", "must be a relative store prefix without '..'")
 
     resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
+                       sampler="lcm" if use_lcm else req.sampler, lcm_lora=lcm_lora if use_lcm else "",
                        strength=strength, refiner=refiner, refiner_fraction=fraction,
-                       reference_scale=reference_scale, output_prefix=req.output_prefix or "generated/")
+                       reference_scale=reference_scale, controls=controls,
+                       output_prefix=req.output_prefix or "generated/")
     return resolved, warnings
+
+
+def _controls(req: GenerationRequest, width: int, height: int) -> list[ControlRef]:
+    """Each control checked and its defaults filled; the image must be the size it will be used at."""
+    require(len(req.controls) <= MAX_CONTROLS, "controls", f"{len(req.controls)} controls, over the limit of "
+                                                           f"{MAX_CONTROLS}")
+    if req.task == "text-to-image":
+        expected = (height, width)
+        what = f"the output size {width}x{height}"
+    else:
+        expected = req.init_image.shape[:2]
+        what = f"init_image's size {expected[1]}x{expected[0]}"
+    out = []
+    for i, c in enumerate(req.controls):
+        field_name = f"controls[{i}]"
+        require(bool(c.model), f"{field_name}.model", "is empty; name a ControlNet model of the repository")
+        h, w = c.image.shape[:2]
+        require((h, w) == tuple(expected), f"{field_name}.image", f"is {w}x{h}, but must be {what}")
+        scale = DEFAULT_CONTROL_SCALE if c.scale is None else c.scale
+        start = 0.0 if c.start is None else c.start
+        end = 1.0 if c.end is None else c.end
+        require(math.isfinite(scale), f"{field_name}.scale", "must be a finite number")
+        check_range(scale, f"{field_name}.scale", 0.0, 2.0)
+        require(0.0 <= start < 1.0, f"{field_name}.start", f"{start} is outside [0, 1)")
+        require(start < end <= 1.0, f"{field_name}.end", f"{end} is outside ({start}, 1]")
+        out.append(replace(c, scale=float(scale), start=float(start), end=float(end)))
+    return out
 
 
 def _size(req: GenerationRequest, default_side: int, preset, limits: Limits) -> tuple[int, int]:

@@ -9,13 +9,14 @@ from likeness.core.convert import artifact_pb
 from likeness.core.errors import InvalidArgument
 from likeness.generation.generator import GenerationResult, ImageGenerator
 from likeness.generation.region import mask_from_rgb
-from likeness.generation.request import AdapterRef, GenerationRequest
+from likeness.generation.request import AdapterRef, ControlRef, GenerationRequest
 
 TASKS = {generation_pb2.TASK_UNSPECIFIED: "text-to-image", generation_pb2.TASK_TEXT_TO_IMAGE: "text-to-image",
          generation_pb2.TASK_IMAGE_TO_IMAGE: "image-to-image", generation_pb2.TASK_INPAINT: "inpaint"}
 SAMPLERS = {generation_pb2.SAMPLER_UNSPECIFIED: "default", generation_pb2.SAMPLER_DDIM: "ddim",
             generation_pb2.SAMPLER_PNDM: "pndm", generation_pb2.SAMPLER_DPM_SOLVER_MULTISTEP: "dpm_solver_multistep",
-            generation_pb2.SAMPLER_EULER: "euler", generation_pb2.SAMPLER_EULER_ANCESTRAL: "euler_ancestral"}
+            generation_pb2.SAMPLER_EULER: "euler", generation_pb2.SAMPLER_EULER_ANCESTRAL: "euler_ancestral",
+            generation_pb2.SAMPLER_LCM: "lcm"}
 QUALITY = {generation_pb2.QUALITY_MODE_UNSPECIFIED: "standard", generation_pb2.QUALITY_MODE_FAST: "fast",
            generation_pb2.QUALITY_MODE_STANDARD: "standard", generation_pb2.QUALITY_MODE_QUALITY: "quality",
            generation_pb2.QUALITY_MODE_ULTRA: "ultra"}
@@ -41,6 +42,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             return await self._images.load_one(getattr(pb, name), name) if pb.HasField(name) else None
 
         mask = await image("mask")
+        controls = [ControlRef(await self._images.load_one(c.image, f"controls[{i}].image"), c.model,
+                               c.scale if c.HasField("scale") else None, c.start if c.HasField("start") else None,
+                               c.end if c.HasField("end") else None) for i, c in enumerate(pb.controls)]
         return GenerationRequest(
             model=pb.model, task=_enum(TASKS, pb.task, "task"), prompt=pb.prompt, negative_prompt=pb.negative_prompt,
             seed=pb.seed, count=pb.count or 1, steps=pb.steps, guidance_scale=opt("guidance_scale"),
@@ -48,7 +52,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             quality_mode=_enum(QUALITY, pb.quality_mode, "quality_mode"),
             adapters=[AdapterRef(a.uri, a.scale) for a in pb.adapters], init_image=await image("init_image"),
             strength=opt("strength"), mask=None if mask is None else mask_from_rgb(mask), crop_padding=pb.crop_padding,
-            paste=_enum(PASTES, pb.paste, "paste"), refiner=pb.refiner, refiner_fraction=opt("refiner_fraction"),
+            paste=_enum(PASTES, pb.paste, "paste"), controls=controls, refiner=pb.refiner, refiner_fraction=opt("refiner_fraction"),
             reference_image=await image("reference_image"), reference_scale=opt("reference_scale"),
             noise_injection=pb.noise_injection, return_inline=pb.return_inline, output_prefix=pb.output_prefix)
 
@@ -58,7 +62,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         return generation_pb2.GenerateResponse(
             images=[generation_pb2.GeneratedImage(artifact=artifact_pb(i.stored, i.data), seed=i.seed,
                                                   work_id=i.work_id, cached=i.cached) for i in result.images],
-            warnings=result.warnings, model_digest=result.model_digest,
+            warnings=result.warnings, model_digest=result.model_digest, lcm_lora=result.lcm_lora,
             timings=generation_pb2.GenerationTimings(
                 queue_seconds=t.get("queue", 0.0), text_encoding_seconds=t.get("text_encoding", 0.0),
                 denoising_seconds=t.get("denoising", 0.0), decoding_seconds=t.get("decoding", 0.0),

@@ -21,6 +21,7 @@ from likeness.api.v1 import (
 )
 from likeness.core import errors
 from likeness.core.channels import aio_channel
+from likeness.core.interceptor import PUSHBACK
 from likeness.orchestrator.settings import OrchestratorSettings
 
 log = logging.getLogger("likeness.orchestrator.clients")
@@ -85,8 +86,7 @@ class ServiceClient:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code in RETRYABLE and time.monotonic() + delay < deadline:
-                    hint = dict(exc.trailing_metadata() or ()).get("retry-after-seconds")
-                    wait = max(delay, float(hint)) if hint else delay
+                    wait = max(delay, pushback_seconds(exc.trailing_metadata()))
                     log.warning("retrying", extra={"service": self.name, "method": method, "code": code.name,
                                                    "attempt": attempt, "wait_s": round(wait, 2)})
                     await asyncio.sleep(wait * (0.8 + 0.4 * random.random()))
@@ -102,6 +102,13 @@ class ServiceClient:
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
+
+
+def pushback_seconds(trailers) -> float:
+    """The server's back-off hint (`grpc-retry-pushback-ms`), in seconds; 0 when absent or malformed.
+    A negative value means "do not retry" to gRPC's own retries; here the call's budget decides."""
+    value = dict(trailers or ()).get(PUSHBACK, "")
+    return int(value) / 1000 if value.isdigit() else 0.0
 
 
 class ServiceClients:

@@ -8,15 +8,23 @@ everything "generated" for it:
 - `original` (3 per seed): the portrait, its mirror image, a close-up;
 - `scenario` (5 kept per seed): a wide crop, a tilted head, changed light, a backdrop composite, a
   black-and-white version;
-- `scenario` (6 rejected per seed, one per reason): no face, two faces, a face too small,
-  a head turned away, a face too blurred to be confident, an underexposed or flat photo.
+- `scenario` (6 rejected per seed): no face, two faces, a face too small, a head turned away, a
+  face too blurred to be seen (no_face; low_confidence for one person), an underexposed or flat
+  photo (blurry: its face falls under the blur gate; low_quality for the astronaut).
 
 Every expected outcome is the verdict of the detection service's defaults (BlazeFace full range,
-flip averaging, ValidationPolicy 0.08 / 45 / 35 / 0.6, detector floor 0.5) plus the curate job's
-`min_quality` gate at `DEMO_MIN_QUALITY`; tests/orchestrator/test_demo_set.py checks each file
+flip averaging, face mesh, ValidationPolicy 0.08 / 45 / 35 / 0.6 with the blur gate, detector
+floor 0.5) plus the curate job's `min_quality` gate at `DEMO_MIN_QUALITY`; tests/orchestrator/test_demo_set.py checks each file
 against the detection domain code. The per-identity numbers below (blur radius, paste size and
 place) were tuned against that detector: a face's confidence is not monotonic in blur or size,
 so a value chosen for one photo does not carry over to another.
+
+Near-duplicates: the portrait, its mirror image, the changed-light and the black-and-white versions
+of one seed are the same picture to the curate job's duplicate removal (perceptual hashes 0 bits
+apart, mirrors counted), so it keeps the best-scored of the four and rejects the other three as
+`duplicate`; their `expected` stays the detection verdict (`kept`) and `duplicate_group` names the
+group. The demo's curate spec turns the eye gate off: two of the six people (group_left,
+group_right) look down, and an eye-aspect-ratio cannot tell lowered lids from closed eyes.
 
 Deterministic: no randomness, Pillow resampling only, PNGs through `encode_png`; the same
 software gives the same bytes (the manifest records each sha256). Needs scikit-image and
@@ -45,7 +53,8 @@ from likeness.core.images import encode_png
 DEMO_MIN_QUALITY = 0.45
 KEPT = "kept"
 MANIFEST = "manifest.json"
-OUTCOMES = (KEPT, "no_face", "multiple_faces", "face_too_small", "turned_away", "low_confidence", "low_quality")
+OUTCOMES = (KEPT, "no_face", "multiple_faces", "face_too_small", "turned_away", "low_confidence", "low_quality",
+            "blurry")
 BACKDROP = (118, 118, 118)  # fills the corners a rotation uncovers
 
 
@@ -168,25 +177,32 @@ class Identity:
     portrait: Portrait
     description: str
     small: tuple[str, int, int, int]  # face_too_small: backdrop photo, portrait side, x, y on 512x512
-    blur_radius: float  # low_confidence: detector score lands in [0.5, 0.6)
+    blur_radius: float  # out_of_focus: BlazeFace's score lands in [0.5, 0.6)
     backdrop: str  # the kept backdrop composite
+    # what the blurred portrait gets: `no_face` where the face mesh sees no face in it (presence
+    # < 0.5, so the detection is dropped), `low_confidence` where it still does
+    out_of_focus: str = "no_face"
+    # what the dark or flat portrait gets: `blurry` where its face sharpness at 128x128 falls under
+    # the blur gate (which comes before the quality gate), `low_quality` where it does not
+    degraded: str = "blurry"
 
 
 GROUP = "insightface:t1.jpg"
 IDENTITIES: tuple[Identity, ...] = (
     Identity(Portrait("astronaut", "skimage:astronaut", (174, 69, 106)), "a woman astronaut",
-             ("skimage:rocket", 112, 200, 200), 8.5, "skimage:brick"),
+             ("skimage:rocket", 112, 200, 200), 8.5, "skimage:brick", degraded="low_quality"),
     Identity(Portrait("group_second_row", GROUP, (737, 365, 95)), "a man with short dark hair",
              ("skimage:gravel", 100, 120, 80), 12.25, "skimage:brick"),
     Identity(Portrait("group_centre", GROUP, (458, 288, 116)), "a dark-haired man",
              ("skimage:rocket", 94, 300, 120), 8.75, "skimage:grass"),
     Identity(Portrait("group_left", GROUP, (57, 276, 112)), "a blonde woman",
-             ("skimage:brick", 106, 300, 120), 7.25, "skimage:grass"),
+             ("skimage:brick", 106, 300, 120), 7.25, "skimage:grass", out_of_focus="low_confidence"),
     Identity(Portrait("group_right", GROUP, (1123, 291, 100)), "a blonde woman",
              ("skimage:brick", 112, 200, 200), 7.75, "skimage:brick"),
-    Identity(Portrait("group_back", GROUP, (263, 168, 108)), "a dark-haired woman",
-             ("skimage:rocket", 112, 200, 200), 6.75, "skimage:grass"),
 )
+# t1.jpg's sixth person ("group_back", box (263, 168, 108)) was a seed until pose came from the face
+# mesh: it reads her yaw at 45-50 degrees, as turned as the turned heads, so every portrait of her
+# was TURNED_AWAY.
 # The second face of every `multiple_faces` file, no seed's identity. (Its photo is a 112 px
 # aligned face crop: too tight for the wide crops of a seed's portraits.)
 PARTNER = Portrait("tom_hanks", "insightface:Tom_Hanks_54745.png", (6, 15, 95))
@@ -269,10 +285,10 @@ def recipes(index: int) -> list[Recipe]:
                lambda: pasted(background(bg_photo, 512), p.crop(2.8, side), x, y)),
         Recipe(s, "turned_away", turned_source, turned_aug, "turned_away", "a person looking aside", turned_render),
         Recipe(s, "out_of_focus", src, f"crop 2.8, 320 px, Gaussian blur radius {ident.blur_radius}",
-               "low_confidence", f"{who}, out of focus", lambda: blurred(p.crop(2.8, 320), ident.blur_radius)),
-        (Recipe(s, "underexposed", src, "crop 2.8, 320 px, brightness x0.2", "low_quality", f"{who}, dark",
+               ident.out_of_focus, f"{who}, out of focus", lambda: blurred(p.crop(2.8, 320), ident.blur_radius)),
+        (Recipe(s, "underexposed", src, "crop 2.8, 320 px, brightness x0.2", ident.degraded, f"{who}, dark",
                 lambda: brightness(p.crop(2.8, 320), 0.2)) if index % 2 == 0 else
-         Recipe(s, "flat", src, "crop 2.8, 320 px, contrast x0.1", "low_quality", f"{who}, washed out",
+         Recipe(s, "flat", src, "crop 2.8, 320 px, contrast x0.1", ident.degraded, f"{who}, washed out",
                 lambda: contrast(p.crop(2.8, 320), 0.1))),
     ]
 
@@ -292,6 +308,11 @@ class DemoItem:
     sha256: str
     width: int
     height: int
+    duplicate_group: str = ""  # items of one group: the curate job keeps one, rejects the rest as `duplicate`
+
+
+# the recipes whose files are the same picture (perceptual hash) within a seed
+DUPLICATE_GROUP = ("portrait", "portrait_mirrored", "bright_light", "evening_light", "black_and_white")
 
 
 @dataclass(frozen=True)
@@ -318,7 +339,7 @@ class DemoSet:
                 "counts": self.counts(), "items": [asdict(i) for i in self.items]}
 
 
-def build_demo_set(out_dir: Path, seeds: int = 6) -> DemoSet:
+def build_demo_set(out_dir: Path, seeds: int = len(IDENTITIES)) -> DemoSet:
     """Writes `seeds` groups of 14 candidates (8 kept, 6 rejected: one per reason) under
     `out_dir` and returns their manifest (also written to `out_dir/manifest.json`).
 
@@ -340,7 +361,8 @@ def build_demo_set(out_dir: Path, seeds: int = 6) -> DemoSet:
             target.write_bytes(png)
             target.with_suffix(".txt").write_text(r.caption + "\n", encoding="utf-8")
             items.append(DemoItem(seed, r.image_type, r.name, rel, r.source, r.augmentation, r.expected, r.caption,
-                                  hashlib.sha256(png).hexdigest(), pixels.shape[1], pixels.shape[0]))
+                                  hashlib.sha256(png).hexdigest(), pixels.shape[1], pixels.shape[0],
+                                  f"{seed}/portrait" if r.name in DUPLICATE_GROUP else ""))
     demo = DemoSet(root, items)
     (root / MANIFEST).write_text(json.dumps(demo.manifest(), indent=1) + "\n", encoding="utf-8")
     return demo
@@ -373,7 +395,7 @@ def main() -> None:
 
     if len(sys.argv) not in (2, 3):
         sys.exit("usage: python -m likeness.orchestrator.demo_set OUT_DIR [SEEDS]")
-    demo = build_demo_set(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) == 3 else 6)
+    demo = build_demo_set(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) == 3 else len(IDENTITIES))
     print(json.dumps({"root": str(demo.root), "files": len(demo.items), "min_quality": demo.min_quality,
                       "counts": demo.counts()}))
 

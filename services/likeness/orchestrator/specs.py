@@ -37,6 +37,11 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
             f"{c.top_k} keeps fewer candidates than target_count {c.target_count}")
     require(0 <= c.clusters <= 100, "spec.curate.clusters", f"{c.clusters} is outside [0, 100]")
     check_range(c.min_quality, "spec.curate.min_quality", 0.0, 1.0)
+    if c.policy.HasField("min_eye_openness"):
+        check_range(c.policy.min_eye_openness, "spec.curate.policy.min_eye_openness", 0.0, 1.0)
+    if c.policy.HasField("min_sharpness"):
+        require(c.policy.min_sharpness >= 0, "spec.curate.policy.min_sharpness",
+                f"{c.policy.min_sharpness} is negative")
     candidates = None
     if source == "generate":
         g = c.generate
@@ -97,9 +102,18 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
         check_range(s.identity_threshold, "spec.storyboard.identity_threshold", -1.0, 1.0)
     if s.HasField("retry_budget"):
         _count(s.retry_budget, "spec.storyboard.retry_budget", 0, 20)
+    if s.HasField("min_eye_openness"):
+        check_range(s.min_eye_openness, "spec.storyboard.min_eye_openness", 0.0, 1.0)
     require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
     if s.HasField("guidance_scale"):
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
+    if s.HasField("control_scale"):
+        check_range(s.control_scale, "spec.storyboard.control_scale", 0.0, 2.0)
+    require(len(s.control_model) <= 200, "spec.storyboard.control_model",
+            f"has {len(s.control_model)} characters, over the limit of 200")
+    if s.HasField("control_reference") or s.HasField("control_scale"):
+        require(bool(s.control_model), "spec.storyboard.control_model",
+                "is empty; control_reference and control_scale need a ControlNet model")
 
 
 # open_eyes defaults: the inpainting prompt, the face-restoration fidelity, how far the eye

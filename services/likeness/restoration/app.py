@@ -43,10 +43,21 @@ class Restorers:
             if name not in self._loaded:
                 s = self._settings
                 restorer = create_restorer(name, self._model_dir, threads=s.restoration_threads,
-                                           sharpen=s.restoration_sharpen, local_contrast=s.restoration_local_contrast)
+                                           sharpen=s.restoration_sharpen, local_contrast=s.restoration_local_contrast,
+                                           device=s.restoration_device, dtype=s.restoration_dtype)
                 restorer.load()
                 self._loaded[name] = restorer
             return self._loaded[name]
+
+
+def placement(settings: RestorationSettings) -> dict:
+    """Device and dtype of the network restorers, as start-up logs and Service.description name them."""
+    if settings.restoration_backend == "classical":
+        return {"device": "cpu", "dtype": "n/a (classical restorer: no network)"}
+    from likeness.core.devices import dtype_name, torch_dtype
+
+    return {"device": settings.restoration_device,
+            "dtype": dtype_name(torch_dtype(settings.restoration_dtype, settings.restoration_device))}
 
 
 def create_service(settings: RestorationSettings | None = None, model_dir=None) -> Service:
@@ -74,7 +85,8 @@ def create_service(settings: RestorationSettings | None = None, model_dir=None) 
         service_names=[SERVICE_NAME],
         warmup=warmup,
         shutdown=shutdown,
-        description={"restorer": settings.restoration_backend, "scratch_prefix": settings.restoration_scratch_prefix},
+        description={"restorer": settings.restoration_backend, "scratch_prefix": settings.restoration_scratch_prefix,
+                     **placement(settings)},
     )
 
 

@@ -5,6 +5,12 @@ Geometry (all in pixels of the source image; IOD = inter-ocular distance, eye ce
   `0.30 * IOD + pad` along the eye line and `0.18 * IOD + pad` across it. An adult eye opening is
   about 0.5 IOD wide and the lids about 0.3 IOD tall, so the bare ellipse covers lids, lashes and
   the eye corners; `pad = padding_iod * IOD + padding_px`.
+  With eyelid contours (Detect's LANDMARK_KIND_*_UPPER_LID / *_LOWER_LID, from the iris model) an
+  eye's region is built from them instead: the lid polygon grown by `LID_MARGIN_IOD * IOD + pad`
+  (lashes and lid creases), united with an ellipse along the corner line whose semi-axes are half
+  the corner distance + that margin and `0.18 * IOD + pad`: a closed eye's thin contour still
+  leaves room for an open eye to be painted, and the mask follows the real eye's corners and
+  tilt rather than a generic ellipse around the iris.
 - face region: the ellipse inscribed in the face box, grown by `pad`, rotated with the eye line
   when eyes are given. Without eyes, IOD (for `padding_iod`) is estimated as 0.4 x the box width,
   the ratio of a frontal face.
@@ -33,6 +39,7 @@ MAX_SIDE = 16384
 EYE_HALF_LENGTH_IOD = 0.30  # semi-axis along the eye line, in IOD
 EYE_HALF_HEIGHT_IOD = 0.18  # semi-axis across it
 IOD_PER_FACE_WIDTH = 0.40  # IOD estimate when only a face box is known
+LID_MARGIN_IOD = 0.08  # growth of a lid polygon, in IOD
 
 
 class Region(StrEnum):
@@ -73,6 +80,9 @@ class FaceGeometry:
     left_eye: tuple[float, float] | None = None  # the SUBJECT's left eye
     right_eye: tuple[float, float] | None = None
     face_box: tuple[float, float, float, float] | None = None  # x_min, y_min, x_max, y_max
+    # eyelid contours, lower lid (corner to corner) then upper lid: (x, y) points, or None
+    left_eye_lids: tuple[tuple[float, float], ...] | None = None
+    right_eye_lids: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,9 @@ def check_geometry(geo: FaceGeometry, field: str = "items[0]", max_pixels: int |
                                      f"over the limit of {max_pixels / 1e6:.1f} MP (LIKENESS_MAX_IMAGE_PIXELS)")
     _check_point(geo.left_eye, f"{field}.landmarks[LEFT_EYE]", geo)
     _check_point(geo.right_eye, f"{field}.landmarks[RIGHT_EYE]", geo)
+    for side, lids in (("LEFT", geo.left_eye_lids), ("RIGHT", geo.right_eye_lids)):
+        if lids is not None and not all(math.isfinite(v) and abs(v) <= 4 * MAX_SIDE for p in lids for v in p):
+            raise InvalidArgument(f"{field}.landmarks[{side}_*_LID]", "holds a non-finite or far-off point")
     if geo.face_box is not None:
         x0, y0, x1, y1 = geo.face_box
         box_field = f"{field}.face_box"
@@ -161,11 +174,35 @@ def eye_mask(geo: FaceGeometry, region: Region, opts: MaskOptions, field: str = 
     pad = opts.padding_iod * iod + opts.padding_px
     axes = (EYE_HALF_LENGTH_IOD * iod + pad, EYE_HALF_HEIGHT_IOD * iod + pad)
     mask = np.zeros((geo.height, geo.width), np.uint8)
-    eyes = {Region.LEFT_EYE: [geo.left_eye], Region.RIGHT_EYE: [geo.right_eye],
-            Region.BOTH_EYES: [geo.left_eye, geo.right_eye]}[region]
-    for centre in eyes:
-        _draw_ellipse(mask, centre, axes, angle)
+    left, right = (geo.left_eye, geo.left_eye_lids), (geo.right_eye, geo.right_eye_lids)
+    eyes = {Region.LEFT_EYE: [left], Region.RIGHT_EYE: [right], Region.BOTH_EYES: [left, right]}[region]
+    for centre, lids in eyes:
+        if lids is not None and len(lids) >= 3:
+            _draw_lids(mask, lids, iod, pad)
+        else:
+            _draw_ellipse(mask, centre, axes, angle)
     return mask
+
+
+def _draw_lids(mask: np.ndarray, lids: tuple[tuple[float, float], ...], iod: float, pad: float) -> None:
+    """The lid polygon grown by the lid margin, united with an ellipse along its corner line."""
+    points = np.asarray(lids, np.float64)
+    # the corners: the two contour points farthest apart
+    d = np.linalg.norm(points[:, None] - points[None], axis=2)
+    a, b = np.unravel_index(int(np.argmax(d)), d.shape)
+    (ax, ay), (bx, by) = points[a], points[b]
+    if ax > bx:
+        (ax, ay), (bx, by) = (bx, by), (ax, ay)
+    margin = LID_MARGIN_IOD * iod + pad
+    angle = math.degrees(math.atan2(by - ay, bx - ax))
+    _draw_ellipse(mask, ((ax + bx) / 2, (ay + by) / 2), (math.hypot(bx - ax, by - ay) / 2 + margin,
+                                                          EYE_HALF_HEIGHT_IOD * iod + pad), angle)
+    lid = np.zeros_like(mask)
+    cv2.fillPoly(lid, [np.round(points).astype(np.int32)], 255)
+    if margin >= 0.5:
+        k = int(2 * round(margin) + 1)
+        lid = cv2.dilate(lid, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    np.maximum(mask, lid, out=mask)
 
 
 def face_mask(geo: FaceGeometry, opts: MaskOptions, field: str = "items[0]") -> np.ndarray:

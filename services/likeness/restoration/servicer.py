@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
+import cv2
 import numpy as np
 
 from likeness.api.v1 import common_pb2, restoration_pb2, restoration_pb2_grpc
@@ -23,6 +24,7 @@ from likeness.core.images import encode_mask_png, encode_png
 from likeness.core.uris import validate_key
 from likeness.core.workid import sha256_hex, work_id
 from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA, feathered_blend
+from likeness.restoration.control_images import canny_map, face_landmark_map, scale_faces
 from likeness.restoration.face_restore import FaceToRestore, restore_face
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region, region_mask
 from likeness.restoration.restorers.base import FaceRestorer
@@ -31,12 +33,15 @@ from likeness.restoration.seams import seam_measure
 MAX_MASKS = 64
 MAX_COMPOSITES = 64
 MAX_RESTORES = 32
+MAX_CONTROL_IMAGES = 16
+MAX_CONTROL_FACES = 32
 DEFAULT_ALIGN = 8
 DEFAULT_CROP_PADDING = 32
 DEFAULT_FIDELITY = 0.5
 # Algorithm versions in the work ids of masks and composites: bump when their output changes.
 MASKS_VERSION = "masks/1"
 COMPOSITE_VERSION = "composite/1"
+CONTROL_VERSION = "control/1"
 REGIONS = {restoration_pb2.REGION_LEFT_EYE: Region.LEFT_EYE, restoration_pb2.REGION_RIGHT_EYE: Region.RIGHT_EYE,
            restoration_pb2.REGION_BOTH_EYES: Region.BOTH_EYES, restoration_pb2.REGION_FACE: Region.FACE}
 
@@ -51,6 +56,19 @@ def landmarks_of(pbs) -> dict[str, tuple[float, float]]:
             name = common_pb2.LandmarkKind.Name(lm.kind).removeprefix("LANDMARK_KIND_").lower()
             out[name] = (lm.point.x, lm.point.y)
     return out
+
+
+def lids_of(pbs, side: str) -> tuple[tuple[float, float], ...] | None:
+    """The closed lid contour of the subject's `side` eye (`left`/`right`): its lower lid then its
+    upper lid reversed, from the repeated LANDMARK_KIND_<SIDE>_LOWER_LID / _UPPER_LID points in the
+    order sent; None unless both lids have 2 or more points."""
+    lower_kind = common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{side.upper()}_LOWER_LID")
+    upper_kind = common_pb2.LandmarkKind.Value(f"LANDMARK_KIND_{side.upper()}_UPPER_LID")
+    lower = [(lm.point.x, lm.point.y) for lm in pbs if lm.kind == lower_kind]
+    upper = [(lm.point.x, lm.point.y) for lm in pbs if lm.kind == upper_kind]
+    if len(lower) < 2 or len(upper) < 2:
+        return None
+    return tuple(lower + upper[::-1])
 
 
 def box_of(msg, name: str) -> tuple[float, float, float, float] | None:
@@ -165,7 +183,8 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         def build(i: int, item) -> restoration_pb2.RegionMaskResult:
             geo = FaceGeometry(item.width, item.height, *(landmarks_of(item.landmarks).get(k)
                                                          for k in ("left_eye", "right_eye")),
-                               face_box=box_of(item, "face_box"))
+                               face_box=box_of(item, "face_box"), left_eye_lids=lids_of(item.landmarks, "left"),
+                               right_eye_lids=lids_of(item.landmarks, "right"))
             built = region_mask(geo, region, opts, field=f"items[{i}]", max_pixels=self._max_mask_pixels)
             wid = work_id("region_mask", {"region": region.value, "geometry": asdict(geo), "options": asdict(opts)},
                           MASKS_VERSION)
@@ -278,3 +297,56 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
             metrics.ITEMS.labels("restoration", "restore", "ok").inc()
         _raise_single(errors)
         return response
+
+    async def ControlImage(self, request, context):
+        _batch(len(request.items), MAX_CONTROL_IMAGES)
+        kinds = {restoration_pb2.CONTROL_KIND_FACE_LANDMARKS: "face_landmarks", restoration_pb2.CONTROL_KIND_CANNY: "canny"}
+        if request.kind not in kinds:
+            raise InvalidArgument("kind", f"{request.kind} is not set or unknown; CONTROL_KIND_FACE_LANDMARKS or "
+                                          "CONTROL_KIND_CANNY")
+        kind = kinds[request.kind]
+        low = request.canny_low if request.HasField("canny_low") else 100.0
+        high = request.canny_high if request.HasField("canny_high") else 200.0
+        prefix = self._outputs.prefix(request.output_prefix)
+
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value and not 64 <= value <= 4096:
+                raise InvalidArgument(name, f"{value} is outside [64, 4096] px (0 keeps the photo's size)")
+
+        def render(image, faces, field: str) -> common_pb2.Artifact:
+            h, w = image.shape[:2]
+            size = (request.width or w, request.height or h)
+            if kind == "face_landmarks":
+                out = face_landmark_map(size[0], size[1], scale_faces(faces, size[0] / w, size[1] / h), field)
+            else:
+                out = canny_map(cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (w, h) else image,
+                                low, high)
+            params = {"kind": kind, "faces": faces, "size": size, "canny": [low, high] if kind == "canny" else None}
+            wid = work_id("control_image", {"image": pixels_id(image), **params}, CONTROL_VERSION)
+            return (self._outputs.find(prefix, "controls", wid, request.return_inline)
+                    or self._outputs.put(prefix, "controls", wid, encode_png(out), request.return_inline))
+
+        async def one(i: int, item):
+            field = f"items[{i}]"
+            try:
+                if len(item.faces) > MAX_CONTROL_FACES:
+                    raise InvalidArgument(f"{field}.faces", f"{len(item.faces)} faces, over the limit of "
+                                                            f"{MAX_CONTROL_FACES}")
+                faces = [(box_of(f, "box"), landmarks_of(f.landmarks)) for f in item.faces]
+                image = await self._images.load_one(item.image, f"{field}.image")
+                artifact = await self._cpu_run(render, image, faces, field)
+            except LikenessError as exc:
+                metrics.ITEMS.labels("restoration", "control_image", "failed").inc()
+                return None, exc
+            metrics.ITEMS.labels("restoration", "control_image", "ok").inc()
+            return restoration_pb2.ControlImageResult(index=i, image=artifact), None
+
+        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.items)))
+        _raise_single([e for _, e in results])
+        response = restoration_pb2.ControlImageResponse()
+        for i, (result, error) in enumerate(results):
+            response.results.append(result if error is None else restoration_pb2.ControlImageResult(
+                index=i, error=item_error_pb(i, error)))
+        return response
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from likeness.core.devices import DEVICE_PATTERN, DTYPE_PATTERN
 from likeness.core.settings import CommonSettings
 
 
@@ -16,6 +17,10 @@ class RestorationSettings(CommonSettings):
     restoration_scratch_prefix: str = "scratch/restoration"
     # Threads for a network restorer's torch inference (one pod = one core's worth by default).
     restoration_threads: int = Field(1, ge=1, le=64)
+    # Where CodeFormer/GFPGAN run: torch device and dtype (`auto` = float16 on CUDA, float32 on the
+    # CPU; or float32, float16, bfloat16). The classical restorer has no network and ignores them.
+    restoration_device: str = Field("cpu", pattern=DEVICE_PATTERN)
+    restoration_dtype: str = Field("auto", pattern=DTYPE_PATTERN)
     # Classical restorer: unsharp-mask amount on a noise-free crop (lowered as noise rises) and
     # wide-radius local-contrast amount (restorers/classical.py).
     restoration_sharpen: float = Field(1.0, ge=0.0, le=3.0)

@@ -62,9 +62,9 @@ class CheckpointWriter:
             "likeness_run_id": run.run_id, "base_model": spec.base_model, "base_model_digest": run.base_model_digest,
             "trigger_token": spec.trigger_token, "dataset_digest": run.dataset_digest,
             "captions_digest": run.captions_digest, "resolution": str(spec.resolution),
-            # the keys kohya-ss writes, so A1111/ComfyUI show rank and alpha (seed doc 004)
-            "ss_network_dim": str(spec.rank), "ss_network_alpha": str(spec.alpha),
-            "ss_base_model_version": "sdxl_base_v1-0" if trainer.sdxl else "sd_v1",
+            # save_lora adds the ss_* / modelspec.* keys kohya-ss writes (rank, alpha, architecture)
+            "ss_output_name": spec.name or run.run_id, "ss_sd_model_name": spec.base_model,
+            "ss_seed": str(spec.seed), "ss_unet_lr": str(spec.unet_lr), "ss_text_encoder_lr": str(spec.text_encoder_lr),
         }
 
     def _put(self, key: str, path: Path, media_type: str = SAFETENSORS) -> ArtifactRef:
@@ -72,7 +72,8 @@ class CheckpointWriter:
 
     def write(self, epoch: int, step: int, loss: float) -> CheckpointRecord:
         t0 = time.perf_counter()
-        meta = {**self.metadata, "epoch": str(epoch), "step": str(step)}
+        meta = {**self.metadata, "epoch": str(epoch), "step": str(step), "ss_epoch": str(epoch),
+                "ss_steps": str(step)}
         d = self.workdir / f"epoch-{epoch:04d}"
         folder = f"checkpoints/epoch-{epoch:04d}"
         diffusers = self._put(f"{folder}/lora.safetensors",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import json
+
+from pydantic import Field, ValidationInfo, field_validator
 
 from likeness.core.settings import CommonSettings
 
@@ -37,6 +39,17 @@ class TrainingSettings(CommonSettings):
     training_model_cache_claim: str = ""
     training_job_ttl_seconds: int = Field(86_400, ge=0)
     training_job_backoff_limit: int = Field(2, ge=0, le=20)
+    # What a run's Job pod gets when its spec's `kubernetes` options leave a field unset (the chart
+    # renders these from services.training.job): GPUs, CPU request, memory request and limit,
+    # scheduling, and the labels the NetworkPolicies select the pod by. Dicts/lists are JSON.
+    training_job_gpus: int = Field(0, ge=0, le=8)
+    training_job_cpu: str = "2"
+    training_job_memory: str = "16Gi"
+    training_job_node_selector: dict[str, str] = Field(default_factory=dict)
+    training_job_tolerations: list[dict[str, str]] = Field(default_factory=list)
+    training_job_priority_class: str = ""
+    training_job_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    training_job_pod_labels: dict[str, str] = Field(default_factory=dict)
     # Data-parallel runs (spec.kubernetes.gpus > 1 or nodes > 1) start one process per GPU under
     # torchrun. `auto` uses NCCL on GPUs and gloo on CPUs.
     training_distributed_backend: str = Field("auto", pattern="^(auto|gloo|nccl)$")
@@ -49,3 +62,17 @@ class TrainingSettings(CommonSettings):
     training_rendezvous_port: int = Field(29500, ge=1024, le=65535)
     # Seconds between WatchRun polls of the registry (works across replicas and executors).
     training_watch_interval_seconds: float = Field(0.25, gt=0, le=10)
+
+    @field_validator("training_job_node_selector", "training_job_tolerations", "training_job_pod_labels",
+                     mode="before")
+    @classmethod
+    def _json(cls, value, info: ValidationInfo):
+        """The chart passes these as JSON strings; Python callers pass dicts and lists."""
+        if isinstance(value, str):
+            if not value.strip():
+                return [] if info.field_name == "training_job_tolerations" else {}
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from exc
+        return value

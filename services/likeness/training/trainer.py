@@ -360,7 +360,9 @@ class LoraTrainer:
     def save_weights(self, path: Path, fmt: str, metadata: dict) -> Path:
         from likeness.diffusion.lora import save_lora
 
-        return save_lora(path, **self.lora_layers(), fmt=fmt, alpha=self.spec.alpha, metadata=metadata)
+        return save_lora(path, **self.lora_layers(), fmt=fmt, alpha=self.spec.alpha, metadata=metadata,
+                         family="sdxl" if self.sdxl else "sd15", unet_config=dict(self.pipe.unet.config),
+                         title=self.spec.name or self.run_id, resolution=self.spec.resolution)
 
     def save_state(self, path: Path) -> Path:
         """Everything an exact resume needs (loaded with torch.load(weights_only=True))."""

@@ -19,6 +19,12 @@ class LandmarkKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LANDMARK_KIND_MOUTH_RIGHT: _ClassVar[LandmarkKind]
     LANDMARK_KIND_LEFT_EAR: _ClassVar[LandmarkKind]
     LANDMARK_KIND_RIGHT_EAR: _ClassVar[LandmarkKind]
+    LANDMARK_KIND_LEFT_IRIS: _ClassVar[LandmarkKind]
+    LANDMARK_KIND_RIGHT_IRIS: _ClassVar[LandmarkKind]
+    LANDMARK_KIND_LEFT_UPPER_LID: _ClassVar[LandmarkKind]
+    LANDMARK_KIND_LEFT_LOWER_LID: _ClassVar[LandmarkKind]
+    LANDMARK_KIND_RIGHT_UPPER_LID: _ClassVar[LandmarkKind]
+    LANDMARK_KIND_RIGHT_LOWER_LID: _ClassVar[LandmarkKind]
 LANDMARK_KIND_UNSPECIFIED: LandmarkKind
 LANDMARK_KIND_LEFT_EYE: LandmarkKind
 LANDMARK_KIND_RIGHT_EYE: LandmarkKind
@@ -28,6 +34,12 @@ LANDMARK_KIND_MOUTH_LEFT: LandmarkKind
 LANDMARK_KIND_MOUTH_RIGHT: LandmarkKind
 LANDMARK_KIND_LEFT_EAR: LandmarkKind
 LANDMARK_KIND_RIGHT_EAR: LandmarkKind
+LANDMARK_KIND_LEFT_IRIS: LandmarkKind
+LANDMARK_KIND_RIGHT_IRIS: LandmarkKind
+LANDMARK_KIND_LEFT_UPPER_LID: LandmarkKind
+LANDMARK_KIND_LEFT_LOWER_LID: LandmarkKind
+LANDMARK_KIND_RIGHT_UPPER_LID: LandmarkKind
+LANDMARK_KIND_RIGHT_LOWER_LID: LandmarkKind
 
 class ImageInput(_message.Message):
     __slots__ = ("data", "uri")
@@ -96,20 +108,24 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Face(_message.Message):
-    __slots__ = ("box", "score", "landmarks", "pose", "embedding", "embedding_model")
+    __slots__ = ("box", "score", "landmarks", "pose", "embedding", "embedding_model", "left_eye_openness", "right_eye_openness")
     BOX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     POSE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LEFT_EYE_OPENNESS_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_EYE_OPENNESS_FIELD_NUMBER: _ClassVar[int]
     box: Box
     score: float
     landmarks: _containers.RepeatedCompositeFieldContainer[Landmark]
     pose: Pose
     embedding: Vector
     embedding_model: str
-    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+    left_eye_openness: float
+    right_eye_openness: float
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., landmarks: _Optional[_Iterable[_Union[Landmark, _Mapping]]] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., embedding_model: _Optional[str] = ..., left_eye_openness: _Optional[float] = ..., right_eye_openness: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total", "message")

@@ -26,35 +26,35 @@ _sym_db = _symbol_database.Default()
 from likeness.api.v1 import common_pb2 as likeness_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blikeness/v1/detection.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"\xc0\x01\n\x10ValidationPolicy\x12\x1e\n\x11min_face_fraction\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07max_yaw\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\tmax_pitch\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\x14\n\x12_min_face_fractionB\n\n\x08_max_yawB\x0c\n\n_max_pitchB\x11\n\x0f_min_confidence\"Y\n\x07Verdict\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.likeness.v1.RejectionReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x80\x01\n\rDetectRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\x12\x17\n\x0fwith_embeddings\x18\x02 \x01(\x08\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.likeness.v1.ValidationPolicy\"\xac\x01\n\x0c\x44\x65tectResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12 \n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x11.likeness.v1.Face\x12%\n\x07verdict\x18\x03 \x01(\x0b\x32\x14.likeness.v1.Verdict\x12%\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.likeness.v1.ItemError\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\"M\n\x0e\x44\x65tectResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.likeness.v1.DetectResult\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"\xb0\x01\n\x0eQualityWeights\x12\x16\n\tsharpness\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x15\n\x08\x63ontrast\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\x08\x65xposure\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1c\n\x0f\x66\x61\x63\x65_confidence\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\x0c\n\n_sharpnessB\x0b\n\t_contrastB\x0b\n\t_exposureB\x12\n\x10_face_confidence\"\xbd\x01\n\x07Quality\x12\x16\n\x0esharpness_face\x18\x01 \x01(\x02\x12\x17\n\x0fsharpness_image\x18\x02 \x01(\x02\x12\x10\n\x08\x63ontrast\x18\x03 \x01(\x02\x12\x12\n\nbrightness\x18\x04 \x01(\x02\x12\x17\n\x0fshadows_clipped\x18\x05 \x01(\x02\x12\x1a\n\x12highlights_clipped\x18\x06 \x01(\x02\x12\x17\n\x0f\x66\x61\x63\x65_confidence\x18\x07 \x01(\x02\x12\r\n\x05score\x18\x08 \x01(\x02\"\xd8\x01\n\rAssessRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\x12,\n\x07weights\x18\x02 \x01(\x0b\x32\x1b.likeness.v1.QualityWeights\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.likeness.v1.ValidationPolicy\x12\x17\n\x0fwith_embeddings\x18\x04 \x01(\x08\x12\x18\n\x0bmin_quality\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_min_quality\"\xd3\x01\n\x0c\x41ssessResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12 \n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x11.likeness.v1.Face\x12%\n\x07quality\x18\x03 \x01(\x0b\x32\x14.likeness.v1.Quality\x12%\n\x07verdict\x18\x04 \x01(\x0b\x32\x14.likeness.v1.Verdict\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.likeness.v1.ItemError\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\"M\n\x0e\x41ssessResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.likeness.v1.AssessResult\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t*\x84\x02\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18REJECTION_REASON_NO_FACE\x10\x01\x12#\n\x1fREJECTION_REASON_MULTIPLE_FACES\x10\x02\x12#\n\x1fREJECTION_REASON_FACE_TOO_SMALL\x10\x03\x12 \n\x1cREJECTION_REASON_TURNED_AWAY\x10\x04\x12#\n\x1fREJECTION_REASON_LOW_CONFIDENCE\x10\x05\x12 \n\x1cREJECTION_REASON_LOW_QUALITY\x10\x06\x32\x98\x01\n\x10\x44\x65tectionService\x12\x41\n\x06\x44\x65tect\x12\x1a.likeness.v1.DetectRequest\x1a\x1b.likeness.v1.DetectResponse\x12\x41\n\x06\x41ssess\x12\x1a.likeness.v1.AssessRequest\x1a\x1b.likeness.v1.AssessResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blikeness/v1/detection.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"\xa2\x02\n\x10ValidationPolicy\x12\x1e\n\x11min_face_fraction\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07max_yaw\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\tmax_pitch\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1a\n\rmin_sharpness\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10min_eye_openness\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\x14\n\x12_min_face_fractionB\n\n\x08_max_yawB\x0c\n\n_max_pitchB\x11\n\x0f_min_confidenceB\x10\n\x0e_min_sharpnessB\x13\n\x11_min_eye_openness\"Y\n\x07Verdict\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.likeness.v1.RejectionReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x80\x01\n\rDetectRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\x12\x17\n\x0fwith_embeddings\x18\x02 \x01(\x08\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.likeness.v1.ValidationPolicy\"\xac\x01\n\x0c\x44\x65tectResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12 \n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x11.likeness.v1.Face\x12%\n\x07verdict\x18\x03 \x01(\x0b\x32\x14.likeness.v1.Verdict\x12%\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.likeness.v1.ItemError\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\"M\n\x0e\x44\x65tectResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.likeness.v1.DetectResult\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"\xb0\x01\n\x0eQualityWeights\x12\x16\n\tsharpness\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x15\n\x08\x63ontrast\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\x08\x65xposure\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1c\n\x0f\x66\x61\x63\x65_confidence\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\x0c\n\n_sharpnessB\x0b\n\t_contrastB\x0b\n\t_exposureB\x12\n\x10_face_confidence\"\xbd\x01\n\x07Quality\x12\x16\n\x0esharpness_face\x18\x01 \x01(\x02\x12\x17\n\x0fsharpness_image\x18\x02 \x01(\x02\x12\x10\n\x08\x63ontrast\x18\x03 \x01(\x02\x12\x12\n\nbrightness\x18\x04 \x01(\x02\x12\x17\n\x0fshadows_clipped\x18\x05 \x01(\x02\x12\x1a\n\x12highlights_clipped\x18\x06 \x01(\x02\x12\x17\n\x0f\x66\x61\x63\x65_confidence\x18\x07 \x01(\x02\x12\r\n\x05score\x18\x08 \x01(\x02\"\xd8\x01\n\rAssessRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\x12,\n\x07weights\x18\x02 \x01(\x0b\x32\x1b.likeness.v1.QualityWeights\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.likeness.v1.ValidationPolicy\x12\x17\n\x0fwith_embeddings\x18\x04 \x01(\x08\x12\x18\n\x0bmin_quality\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_min_quality\"\xd3\x01\n\x0c\x41ssessResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12 \n\x05\x66\x61\x63\x65s\x18\x02 \x03(\x0b\x32\x11.likeness.v1.Face\x12%\n\x07quality\x18\x03 \x01(\x0b\x32\x14.likeness.v1.Quality\x12%\n\x07verdict\x18\x04 \x01(\x0b\x32\x14.likeness.v1.Verdict\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.likeness.v1.ItemError\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\"M\n\x0e\x41ssessResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.likeness.v1.AssessResult\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t*\xc3\x02\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18REJECTION_REASON_NO_FACE\x10\x01\x12#\n\x1fREJECTION_REASON_MULTIPLE_FACES\x10\x02\x12#\n\x1fREJECTION_REASON_FACE_TOO_SMALL\x10\x03\x12 \n\x1cREJECTION_REASON_TURNED_AWAY\x10\x04\x12#\n\x1fREJECTION_REASON_LOW_CONFIDENCE\x10\x05\x12 \n\x1cREJECTION_REASON_LOW_QUALITY\x10\x06\x12\x1b\n\x17REJECTION_REASON_BLURRY\x10\x07\x12 \n\x1cREJECTION_REASON_EYES_CLOSED\x10\x08\x32\x98\x01\n\x10\x44\x65tectionService\x12\x41\n\x06\x44\x65tect\x12\x1a.likeness.v1.DetectRequest\x1a\x1b.likeness.v1.DetectResponse\x12\x41\n\x06\x41ssess\x12\x1a.likeness.v1.AssessRequest\x1a\x1b.likeness.v1.AssessResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'likeness.v1.detection_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REJECTIONREASON']._serialized_start=1625
-  _globals['_REJECTIONREASON']._serialized_end=1885
+  _globals['_REJECTIONREASON']._serialized_start=1723
+  _globals['_REJECTIONREASON']._serialized_end=2046
   _globals['_VALIDATIONPOLICY']._serialized_start=71
-  _globals['_VALIDATIONPOLICY']._serialized_end=263
-  _globals['_VERDICT']._serialized_start=265
-  _globals['_VERDICT']._serialized_end=354
-  _globals['_DETECTREQUEST']._serialized_start=357
-  _globals['_DETECTREQUEST']._serialized_end=485
-  _globals['_DETECTRESULT']._serialized_start=488
-  _globals['_DETECTRESULT']._serialized_end=660
-  _globals['_DETECTRESPONSE']._serialized_start=662
-  _globals['_DETECTRESPONSE']._serialized_end=739
-  _globals['_QUALITYWEIGHTS']._serialized_start=742
-  _globals['_QUALITYWEIGHTS']._serialized_end=918
-  _globals['_QUALITY']._serialized_start=921
-  _globals['_QUALITY']._serialized_end=1110
-  _globals['_ASSESSREQUEST']._serialized_start=1113
-  _globals['_ASSESSREQUEST']._serialized_end=1329
-  _globals['_ASSESSRESULT']._serialized_start=1332
-  _globals['_ASSESSRESULT']._serialized_end=1543
-  _globals['_ASSESSRESPONSE']._serialized_start=1545
-  _globals['_ASSESSRESPONSE']._serialized_end=1622
-  _globals['_DETECTIONSERVICE']._serialized_start=1888
-  _globals['_DETECTIONSERVICE']._serialized_end=2040
+  _globals['_VALIDATIONPOLICY']._serialized_end=361
+  _globals['_VERDICT']._serialized_start=363
+  _globals['_VERDICT']._serialized_end=452
+  _globals['_DETECTREQUEST']._serialized_start=455
+  _globals['_DETECTREQUEST']._serialized_end=583
+  _globals['_DETECTRESULT']._serialized_start=586
+  _globals['_DETECTRESULT']._serialized_end=758
+  _globals['_DETECTRESPONSE']._serialized_start=760
+  _globals['_DETECTRESPONSE']._serialized_end=837
+  _globals['_QUALITYWEIGHTS']._serialized_start=840
+  _globals['_QUALITYWEIGHTS']._serialized_end=1016
+  _globals['_QUALITY']._serialized_start=1019
+  _globals['_QUALITY']._serialized_end=1208
+  _globals['_ASSESSREQUEST']._serialized_start=1211
+  _globals['_ASSESSREQUEST']._serialized_end=1427
+  _globals['_ASSESSRESULT']._serialized_start=1430
+  _globals['_ASSESSRESULT']._serialized_end=1641
+  _globals['_ASSESSRESPONSE']._serialized_start=1643
+  _globals['_ASSESSRESPONSE']._serialized_end=1720
+  _globals['_DETECTIONSERVICE']._serialized_start=2049
+  _globals['_DETECTIONSERVICE']._serialized_end=2201
 # @@protoc_insertion_point(module_scope)

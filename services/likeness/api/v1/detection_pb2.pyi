@@ -18,6 +18,8 @@ class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTION_REASON_TURNED_AWAY: _ClassVar[RejectionReason]
     REJECTION_REASON_LOW_CONFIDENCE: _ClassVar[RejectionReason]
     REJECTION_REASON_LOW_QUALITY: _ClassVar[RejectionReason]
+    REJECTION_REASON_BLURRY: _ClassVar[RejectionReason]
+    REJECTION_REASON_EYES_CLOSED: _ClassVar[RejectionReason]
 REJECTION_REASON_UNSPECIFIED: RejectionReason
 REJECTION_REASON_NO_FACE: RejectionReason
 REJECTION_REASON_MULTIPLE_FACES: RejectionReason
@@ -25,18 +27,24 @@ REJECTION_REASON_FACE_TOO_SMALL: RejectionReason
 REJECTION_REASON_TURNED_AWAY: RejectionReason
 REJECTION_REASON_LOW_CONFIDENCE: RejectionReason
 REJECTION_REASON_LOW_QUALITY: RejectionReason
+REJECTION_REASON_BLURRY: RejectionReason
+REJECTION_REASON_EYES_CLOSED: RejectionReason
 
 class ValidationPolicy(_message.Message):
-    __slots__ = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence")
+    __slots__ = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence", "min_sharpness", "min_eye_openness")
     MIN_FACE_FRACTION_FIELD_NUMBER: _ClassVar[int]
     MAX_YAW_FIELD_NUMBER: _ClassVar[int]
     MAX_PITCH_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHARPNESS_FIELD_NUMBER: _ClassVar[int]
+    MIN_EYE_OPENNESS_FIELD_NUMBER: _ClassVar[int]
     min_face_fraction: float
     max_yaw: float
     max_pitch: float
     min_confidence: float
-    def __init__(self, min_face_fraction: _Optional[float] = ..., max_yaw: _Optional[float] = ..., max_pitch: _Optional[float] = ..., min_confidence: _Optional[float] = ...) -> None: ...
+    min_sharpness: float
+    min_eye_openness: float
+    def __init__(self, min_face_fraction: _Optional[float] = ..., max_yaw: _Optional[float] = ..., max_pitch: _Optional[float] = ..., min_confidence: _Optional[float] = ..., min_sharpness: _Optional[float] = ..., min_eye_openness: _Optional[float] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("accepted", "reason", "detail")

@@ -24,6 +24,7 @@ class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLER_DPM_SOLVER_MULTISTEP: _ClassVar[Sampler]
     SAMPLER_EULER: _ClassVar[Sampler]
     SAMPLER_EULER_ANCESTRAL: _ClassVar[Sampler]
+    SAMPLER_LCM: _ClassVar[Sampler]
 
 class QualityMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,6 +49,7 @@ SAMPLER_PNDM: Sampler
 SAMPLER_DPM_SOLVER_MULTISTEP: Sampler
 SAMPLER_EULER: Sampler
 SAMPLER_EULER_ANCESTRAL: Sampler
+SAMPLER_LCM: Sampler
 QUALITY_MODE_UNSPECIFIED: QualityMode
 QUALITY_MODE_FAST: QualityMode
 QUALITY_MODE_STANDARD: QualityMode
@@ -56,6 +58,20 @@ QUALITY_MODE_ULTRA: QualityMode
 PASTE_MODE_UNSPECIFIED: PasteMode
 PASTE_MODE_MASK: PasteMode
 PASTE_MODE_REGION: PasteMode
+
+class ControlInput(_message.Message):
+    __slots__ = ("image", "model", "scale", "start", "end")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    image: _common_pb2.ImageInput
+    model: str
+    scale: float
+    start: float
+    end: float
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., model: _Optional[str] = ..., scale: _Optional[float] = ..., start: _Optional[float] = ..., end: _Optional[float] = ...) -> None: ...
 
 class LoraAdapter(_message.Message):
     __slots__ = ("uri", "scale")
@@ -66,7 +82,7 @@ class LoraAdapter(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "task", "prompt", "negative_prompt", "seed", "count", "steps", "guidance_scale", "width", "height", "sampler", "quality_mode", "adapters", "init_image", "strength", "mask", "crop_padding", "refiner", "refiner_fraction", "reference_image", "reference_scale", "noise_injection", "return_inline", "output_prefix", "paste")
+    __slots__ = ("model", "task", "prompt", "negative_prompt", "seed", "count", "steps", "guidance_scale", "width", "height", "sampler", "quality_mode", "adapters", "init_image", "strength", "mask", "crop_padding", "refiner", "refiner_fraction", "reference_image", "reference_scale", "noise_injection", "return_inline", "output_prefix", "paste", "controls")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +108,7 @@ class GenerateRequest(_message.Message):
     RETURN_INLINE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     PASTE_FIELD_NUMBER: _ClassVar[int]
+    CONTROLS_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: Task
     prompt: str
@@ -117,7 +134,8 @@ class GenerateRequest(_message.Message):
     return_inline: bool
     output_prefix: str
     paste: PasteMode
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., count: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., quality_mode: _Optional[_Union[QualityMode, str]] = ..., adapters: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., init_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., crop_padding: _Optional[int] = ..., refiner: _Optional[bool] = ..., refiner_fraction: _Optional[float] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ..., noise_injection: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., paste: _Optional[_Union[PasteMode, str]] = ...) -> None: ...
+    controls: _containers.RepeatedCompositeFieldContainer[ControlInput]
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., count: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., quality_mode: _Optional[_Union[QualityMode, str]] = ..., adapters: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., init_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., crop_padding: _Optional[int] = ..., refiner: _Optional[bool] = ..., refiner_fraction: _Optional[float] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ..., noise_injection: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., paste: _Optional[_Union[PasteMode, str]] = ..., controls: _Optional[_Iterable[_Union[ControlInput, _Mapping]]] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
     __slots__ = ("artifact", "seed", "work_id", "cached")
@@ -146,16 +164,18 @@ class GenerationTimings(_message.Message):
     def __init__(self, queue_seconds: _Optional[float] = ..., text_encoding_seconds: _Optional[float] = ..., denoising_seconds: _Optional[float] = ..., decoding_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("images", "warnings", "timings", "model_digest")
+    __slots__ = ("images", "warnings", "timings", "model_digest", "lcm_lora")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LCM_LORA_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[GeneratedImage]
     warnings: _containers.RepeatedScalarFieldContainer[str]
     timings: GenerationTimings
     model_digest: str
-    def __init__(self, images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[GenerationTimings, _Mapping]] = ..., model_digest: _Optional[str] = ...) -> None: ...
+    lcm_lora: str
+    def __init__(self, images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[GenerationTimings, _Mapping]] = ..., model_digest: _Optional[str] = ..., lcm_lora: _Optional[str] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request",)

@@ -97,7 +97,7 @@ class ImportSource(_message.Message):
     def __init__(self, uri: _Optional[str] = ...) -> None: ...
 
 class CurateSpec(_message.Message):
-    __slots__ = ("generate", "import_source", "top_k", "clusters", "target_count", "quotas", "policy", "trigger_token", "output_prefix", "min_quality", "seed")
+    __slots__ = ("generate", "import_source", "top_k", "clusters", "target_count", "quotas", "policy", "trigger_token", "output_prefix", "min_quality", "seed", "keep_duplicates", "mirrors_distinct")
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     IMPORT_SOURCE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,8 @@ class CurateSpec(_message.Message):
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    MIRRORS_DISTINCT_FIELD_NUMBER: _ClassVar[int]
     generate: GenerateSource
     import_source: ImportSource
     top_k: int
@@ -120,7 +122,9 @@ class CurateSpec(_message.Message):
     output_prefix: str
     min_quality: float
     seed: int
-    def __init__(self, generate: _Optional[_Union[GenerateSource, _Mapping]] = ..., import_source: _Optional[_Union[ImportSource, _Mapping]] = ..., top_k: _Optional[int] = ..., clusters: _Optional[int] = ..., target_count: _Optional[int] = ..., quotas: _Optional[_Iterable[_Union[_common_pb2.Quota, _Mapping]]] = ..., policy: _Optional[_Union[_detection_pb2.ValidationPolicy, _Mapping]] = ..., trigger_token: _Optional[str] = ..., output_prefix: _Optional[str] = ..., min_quality: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    keep_duplicates: bool
+    mirrors_distinct: bool
+    def __init__(self, generate: _Optional[_Union[GenerateSource, _Mapping]] = ..., import_source: _Optional[_Union[ImportSource, _Mapping]] = ..., top_k: _Optional[int] = ..., clusters: _Optional[int] = ..., target_count: _Optional[int] = ..., quotas: _Optional[_Iterable[_Union[_common_pb2.Quota, _Mapping]]] = ..., policy: _Optional[_Union[_detection_pb2.ValidationPolicy, _Mapping]] = ..., trigger_token: _Optional[str] = ..., output_prefix: _Optional[str] = ..., min_quality: _Optional[float] = ..., seed: _Optional[int] = ..., keep_duplicates: _Optional[bool] = ..., mirrors_distinct: _Optional[bool] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
     __slots__ = ("run",)
@@ -129,7 +133,7 @@ class TrainSpec(_message.Message):
     def __init__(self, run: _Optional[_Union[_training_pb2.RunSpec, _Mapping]] = ...) -> None: ...
 
 class StoryboardSpec(_message.Message):
-    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check")
+    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check", "min_eye_openness", "control_model", "control_scale", "control_reference")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     FRAME_PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +148,10 @@ class StoryboardSpec(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SKIP_CLIP_CHECK_FIELD_NUMBER: _ClassVar[int]
+    MIN_EYE_OPENNESS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     character: str
     frame_prompts: _containers.RepeatedScalarFieldContainer[str]
@@ -158,7 +166,11 @@ class StoryboardSpec(_message.Message):
     height: int
     negative_prompt: str
     skip_clip_check: bool
-    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ...) -> None: ...
+    min_eye_openness: float
+    control_model: str
+    control_scale: float
+    control_reference: _common_pb2.ImageInput
+    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., min_eye_openness: _Optional[float] = ..., control_model: _Optional[str] = ..., control_scale: _Optional[float] = ..., control_reference: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ...) -> None: ...
 
 class OpenEyesSpec(_message.Message):
     __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps", "negative_prompt", "face_index")

@@ -16,11 +16,20 @@ class Region(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REGION_RIGHT_EYE: _ClassVar[Region]
     REGION_BOTH_EYES: _ClassVar[Region]
     REGION_FACE: _ClassVar[Region]
+
+class ControlKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTROL_KIND_UNSPECIFIED: _ClassVar[ControlKind]
+    CONTROL_KIND_FACE_LANDMARKS: _ClassVar[ControlKind]
+    CONTROL_KIND_CANNY: _ClassVar[ControlKind]
 REGION_UNSPECIFIED: Region
 REGION_LEFT_EYE: Region
 REGION_RIGHT_EYE: Region
 REGION_BOTH_EYES: Region
 REGION_FACE: Region
+CONTROL_KIND_UNSPECIFIED: ControlKind
+CONTROL_KIND_FACE_LANDMARKS: ControlKind
+CONTROL_KIND_CANNY: ControlKind
 
 class RegionMaskItem(_message.Message):
     __slots__ = ("width", "height", "landmarks", "face_box")
@@ -171,3 +180,55 @@ class RestoreResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[RestoreResult]
     model: str
     def __init__(self, results: _Optional[_Iterable[_Union[RestoreResult, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ControlFace(_message.Message):
+    __slots__ = ("box", "landmarks")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    LANDMARKS_FIELD_NUMBER: _ClassVar[int]
+    box: _common_pb2.Box
+    landmarks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Landmark]
+    def __init__(self, box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., landmarks: _Optional[_Iterable[_Union[_common_pb2.Landmark, _Mapping]]] = ...) -> None: ...
+
+class ControlImageItem(_message.Message):
+    __slots__ = ("image", "faces")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    image: _common_pb2.ImageInput
+    faces: _containers.RepeatedCompositeFieldContainer[ControlFace]
+    def __init__(self, image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., faces: _Optional[_Iterable[_Union[ControlFace, _Mapping]]] = ...) -> None: ...
+
+class ControlImageRequest(_message.Message):
+    __slots__ = ("items", "kind", "canny_low", "canny_high", "return_inline", "output_prefix", "width", "height")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CANNY_LOW_FIELD_NUMBER: _ClassVar[int]
+    CANNY_HIGH_FIELD_NUMBER: _ClassVar[int]
+    RETURN_INLINE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ControlImageItem]
+    kind: ControlKind
+    canny_low: float
+    canny_high: float
+    return_inline: bool
+    output_prefix: str
+    width: int
+    height: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ControlImageItem, _Mapping]]] = ..., kind: _Optional[_Union[ControlKind, str]] = ..., canny_low: _Optional[float] = ..., canny_high: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class ControlImageResult(_message.Message):
+    __slots__ = ("index", "image", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    image: _common_pb2.Artifact
+    error: _common_pb2.ItemError
+    def __init__(self, index: _Optional[int] = ..., image: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
+
+class ControlImageResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ControlImageResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ControlImageResult, _Mapping]]] = ...) -> None: ...

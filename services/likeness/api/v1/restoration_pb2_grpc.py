@@ -51,6 +51,11 @@ class RestorationServiceStub:
                 request_serializer=likeness_dot_v1_dot_restoration__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=likeness_dot_v1_dot_restoration__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.ControlImage = channel.unary_unary(
+                '/likeness.v1.RestorationService/ControlImage',
+                request_serializer=likeness_dot_v1_dot_restoration__pb2.ControlImageRequest.SerializeToString,
+                response_deserializer=likeness_dot_v1_dot_restoration__pb2.ControlImageResponse.FromString,
+                _registered_method=True)
 
 
 class RestorationServiceServicer:
@@ -78,6 +83,13 @@ class RestorationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlImage(self, request, context):
+        """Control images for ControlNet: a face-landmark map or a canny edge map of each image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RestorationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +107,11 @@ def add_RestorationServiceServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=likeness_dot_v1_dot_restoration__pb2.RestoreRequest.FromString,
                     response_serializer=likeness_dot_v1_dot_restoration__pb2.RestoreResponse.SerializeToString,
+            ),
+            'ControlImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlImage,
+                    request_deserializer=likeness_dot_v1_dot_restoration__pb2.ControlImageRequest.FromString,
+                    response_serializer=likeness_dot_v1_dot_restoration__pb2.ControlImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +196,33 @@ class RestorationService:
             '/likeness.v1.RestorationService/Restore',
             likeness_dot_v1_dot_restoration__pb2.RestoreRequest.SerializeToString,
             likeness_dot_v1_dot_restoration__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/likeness.v1.RestorationService/ControlImage',
+            likeness_dot_v1_dot_restoration__pb2.ControlImageRequest.SerializeToString,
+            likeness_dot_v1_dot_restoration__pb2.ControlImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,7 +37,8 @@ def create_pipeline(settings: DetectionSettings, pack_folder: Path | None = None
         from likeness.detection.backends.insightface import ScrfdDetector
 
         detector = ScrfdDetector(folder, pack, settings.detection_providers, settings.detection_det_size,
-                                 settings.detection_min_score, threads, need_recognition=identity == "arcface")
+                                 settings.detection_min_score, threads, need_recognition=identity == "arcface",
+                                 device=settings.detection_device)
     else:
         from likeness.detection.backends.blazeface import BlazeFaceDetector
 
@@ -51,9 +52,14 @@ def create_pipeline(settings: DetectionSettings, pack_folder: Path | None = None
     elif identity == "arcface":
         from likeness.detection.backends.insightface import ArcFaceEncoder
 
-        encoder = ArcFaceEncoder(folder, pack, settings.detection_providers, threads)
+        encoder = ArcFaceEncoder(folder, pack, settings.detection_providers, threads, device=settings.detection_device)
 
+    mesh = None
+    if settings.detection_mesh_faces:
+        from likeness.detection.mesh import FaceMesh
+
+        mesh = FaceMesh(threads)
     scales = QualityScales(settings.detection_sharpness_half, settings.detection_contrast_half)
     return FacePipeline(detector, encoder, large_face_fraction=settings.detection_large_face_fraction,
                         pad_fraction=settings.detection_pad_fraction, flip_tta=settings.detection_flip_tta,
-                        scales=scales)
+                        scales=scales, mesh=mesh, mesh_faces=settings.detection_mesh_faces)

@@ -28,6 +28,7 @@ from likeness.detection.faces import Box, Face, Landmark, l2_normalise
 DETECTOR_FILE = "det_10g.onnx"
 RECOGNITION_FILE = "w600k_r50.onnx"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 STRIDES = (8, 16, 32)
 ANCHORS_PER_CELL = 2
@@ -61,27 +62,37 @@ def resolve_pack(folder: Path, pack: str, need_recognition: bool = True) -> Pack
     return paths
 
 
-def select_providers(requested: str, available: list[str]) -> list[str]:
-    """ONNX Runtime providers to use, best first. `auto`: the preferred ones that are available."""
+def select_providers(requested: str, available: list[str], device: str = "auto") -> list[str]:
+    """ONNX Runtime providers to use, best first. `auto`: the preferred ones that are available.
+    `device` (LIKENESS_DETECTION_DEVICE): `cpu` drops the GPU providers; `cuda[:N]` requires one
+    (a GPU pod that would silently run on its CPU fails instead); `auto` takes what is there."""
     if requested.strip().lower() == "auto":
-        chosen = [p for p in PREFERRED_PROVIDERS if p in available]
-        return chosen or list(available)
-    chosen = [p.strip() for p in requested.split(",") if p.strip()]
-    missing = [p for p in chosen if p not in available]
-    if not chosen or missing:
-        raise FailedPrecondition("LIKENESS_DETECTION_PROVIDERS",
-                                 f"provider(s) {', '.join(missing) or '(none)'} not available in this "
-                                 f"onnxruntime build; available: {', '.join(available)}")
+        chosen = [p for p in PREFERRED_PROVIDERS if p in available] or list(available)
+    else:
+        chosen = [p.strip() for p in requested.split(",") if p.strip()]
+        missing = [p for p in chosen if p not in available]
+        if not chosen or missing:
+            raise FailedPrecondition("LIKENESS_DETECTION_PROVIDERS",
+                                     f"provider(s) {', '.join(missing) or '(none)'} not available in this "
+                                     f"onnxruntime build; available: {', '.join(available)}")
+    if device == "cpu":
+        return [p for p in chosen if p not in GPU_PROVIDERS] or ["CPUExecutionProvider"]
+    if device.startswith("cuda") and not any(p in GPU_PROVIDERS for p in chosen):
+        raise FailedPrecondition("LIKENESS_DETECTION_DEVICE",
+                                 f"{device} needs CUDAExecutionProvider or TensorrtExecutionProvider; the providers "
+                                 f"are {', '.join(chosen)} (this onnxruntime build has {', '.join(available)})")
     return chosen
 
 
-def _session(path: Path, providers: list[str], threads: int):
+def _session(path: Path, providers: list[str], threads: int, device: str = "auto"):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    placed = [(p, {"device_id": index}) if p in GPU_PROVIDERS else p for p in providers]
+    return ort.InferenceSession(str(path), sess_options=options, providers=placed)
 
 
 def anchor_centres(height: int, width: int, stride: int) -> np.ndarray:
@@ -141,8 +152,9 @@ class ScrfdDetector:
     name = "insightface"
 
     def __init__(self, pack_dir: Path, pack: str = "buffalo_l", providers: str = "auto",
-                 det_size: int = 640, min_score: float = 0.5, threads: int = 1, need_recognition: bool = True):
-        self.pack_dir, self.pack, self.requested = Path(pack_dir), pack, providers
+                 det_size: int = 640, min_score: float = 0.5, threads: int = 1, need_recognition: bool = True,
+                 device: str = "auto"):
+        self.pack_dir, self.pack, self.requested, self.device = Path(pack_dir), pack, providers, device
         self.det_size, self.min_score, self.threads = det_size, min_score, threads
         self.input_side = det_size
         self.need_recognition = need_recognition
@@ -153,8 +165,8 @@ class ScrfdDetector:
         import onnxruntime as ort
 
         paths = resolve_pack(self.pack_dir, self.pack, self.need_recognition)
-        self.providers = select_providers(self.requested, ort.get_available_providers())
-        self._session = _session(paths.detector, self.providers, self.threads)
+        self.providers = select_providers(self.requested, ort.get_available_providers(), self.device)
+        self._session = _session(paths.detector, self.providers, self.threads, self.device)
         self._input = self._session.get_inputs()[0].name
 
     def describe(self) -> dict:
@@ -214,16 +226,18 @@ class ArcFaceEncoder:
     name = "arcface-w600k-r50"
     dim = 512
 
-    def __init__(self, pack_dir: Path, pack: str = "buffalo_l", providers: str = "auto", threads: int = 1):
+    def __init__(self, pack_dir: Path, pack: str = "buffalo_l", providers: str = "auto", threads: int = 1,
+                 device: str = "auto"):
         self.pack_dir, self.pack, self.requested, self.threads = Path(pack_dir), pack, providers, threads
+        self.device = device
         self._session = None
 
     def load(self) -> None:
         import onnxruntime as ort
 
         paths = resolve_pack(self.pack_dir, self.pack, need_recognition=True)
-        providers = select_providers(self.requested, ort.get_available_providers())
-        self._session = _session(paths.recognition, providers, self.threads)
+        providers = select_providers(self.requested, ort.get_available_providers(), self.device)
+        self._session = _session(paths.recognition, providers, self.threads, self.device)
         self._input = self._session.get_inputs()[0].name
 
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:

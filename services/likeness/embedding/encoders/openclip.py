@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from likeness.core.devices import dtype_name, require_device, torch_dtype
 from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissing
 from likeness.embedding.encoders.base import Encoder
 
@@ -33,9 +34,13 @@ MAX_TEXT_CHARS = 2_000
 class OpenClipEncoder(Encoder):
     has_text = True
 
-    def __init__(self, repository, model_name: str, *, threads: int = 0, batch_size: int = 16):
+    def __init__(self, repository, model_name: str, *, threads: int = 0, batch_size: int = 16, device: str = "cpu",
+                 dtype: str = "auto"):
         self._repository, self._model_name = repository, model_name
         self._threads, self._batch_size = threads, batch_size
+        self.device = require_device(device, "LIKENESS_EMBEDDING_DEVICE")
+        self._dtype = torch_dtype(dtype, self.device)
+        self.dtype_name = dtype_name(self._dtype)
         self._lock = threading.Lock()
         self._model = self._preprocess = self._tokenizer = None
         self.name = f"open_clip:{model_name}"
@@ -67,18 +72,18 @@ class OpenClipEncoder(Encoder):
             if self._threads:  # 0 keeps torch's default (one per core)
                 torch.set_num_threads(self._threads)
             model, _, preprocess = open_clip.create_model_and_transforms(architecture, pretrained=str(checkpoint))
-            model.eval()
+            model.to(device=self.device, dtype=self._dtype).eval()
             self._tokenizer = open_clip.get_tokenizer(architecture)
             self._preprocess = preprocess
             self.name = f"open_clip:{architecture}"
             self.random_weights = bool(config.get("random_weights", False))
             with torch.no_grad():
-                self.dimension = int(model.encode_text(self._tokenizer(["a"])).shape[-1])
+                self.dimension = int(model.encode_text(self._tokenizer(["a"]).to(self.device)).shape[-1])
             self._model = model
             (log.warning if self.random_weights else log.info)(
                 "open_clip model loaded" + (" (RANDOM WEIGHTS: vectors and scores are meaningless)"
                                             if self.random_weights else ""), extra={"model": spec.name, "architecture": architecture, "dimension": self.dimension,
-                       "digest": spec.digest[:16], "random_weights": self.random_weights})
+                       "device": self.device, "dtype": self.dtype_name, "digest": spec.digest[:16], "random_weights": self.random_weights})
 
     def _require_loaded(self):
         if self._model is None:
@@ -94,7 +99,8 @@ class OpenClipEncoder(Encoder):
         with torch.no_grad():
             for start in range(0, len(images), self._batch_size):
                 batch = torch.stack([self._preprocess(Image.fromarray(img)) for img in images[start:start + self._batch_size]])
-                out.append(model.encode_image(batch, normalize=True).float().numpy())
+                batch = batch.to(device=self.device, dtype=self._dtype)
+                out.append(model.encode_image(batch, normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -109,8 +115,8 @@ class OpenClipEncoder(Encoder):
         out = []
         with torch.no_grad():
             for start in range(0, len(texts), 64):
-                tokens = self._tokenizer(texts[start:start + 64])  # truncated to the context length (77)
-                out.append(model.encode_text(tokens, normalize=True).float().numpy())
+                tokens = self._tokenizer(texts[start:start + 64]).to(self.device)  # truncated to 77 tokens
+                out.append(model.encode_text(tokens, normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
 
     def warmup(self) -> None:

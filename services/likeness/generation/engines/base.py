@@ -28,6 +28,7 @@ class BatchKey:
     adapters: tuple[tuple[str, float], ...]  # (adapter id, scale), in request order
     reference_scale: float | None  # None: no IP-Adapter
     ip_adapter: str = ""  # IP-Adapter model name when reference_scale is set
+    controls: tuple[tuple[str, float, float, float], ...] = ()  # (ControlNet, scale, start, end)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ImageItem:
     mask: np.ndarray | None = None  # HxW bool, True = repaint
     noise_injection: float = 0.0
     reference_image: np.ndarray | None = None
+    control_images: tuple[np.ndarray, ...] = ()  # one per BatchKey.controls, at the key's size
     progress: Progress | None = None
     queued_at: float = 0.0
     adapter_files: dict = field(default_factory=dict)  # adapter id -> parsed LoraFile, held until run

@@ -1,234 +1,197 @@
-"""The ONNX Runtime engine: the UNet, the VAE decoder and the text encoders run as ONNX graphs.
+"""The ONNX Runtime engine: plain batches run the UNet, VAE decoder and text encoders as ONNX graphs
+(TensorRT or CUDA providers on GPU nodes); every other batch runs on a torch engine in the same pod.
 
-On first load of a model the two are exported from the torch modules (`torch.onnx.export`,
-opset 17, dynamic batch and spatial axes; text encoders with dynamic batch) into `<engine cache>/<model>-<digest[:16]>/`; later
-loads reuse the files (a new model digest gets new files). Sessions use the providers from
-`LIKENESS_GENERATION_ONNX_PROVIDERS`: the CPU provider here, CUDA or TensorRT on GPU nodes (the
-TensorRT provider keeps its engine cache in the same folder). Everything else (schedulers, prompt
-encoding, the per-image generators) is the torch engine's, so the two engines differ only in the
-arithmetic of those two networks; the parity test bounds that difference.
+It composes a `TorchEngine`, which loads each model as usual (weights on the configured device and
+dtype). On first load the networks are exported from a float32 CPU copy (onnx_export.py) into
+`<engine cache>/<model>-<digest[:16]>/`; later loads reuse the files. Per batch:
 
-LoRA adapters change UNet weights that are baked into the graph, so they need the torch engine.
+- LoRA adapters or an IP-Adapter reference: the torch modules run (PEFT layers and IP-Adapter
+  attention processors live there; the graphs hold the base weights only).
+- a size or batch outside the graphs' shape profile (profiles.py), when profiles are enforced
+  (`LIKENESS_GENERATION_PROFILE_ROUTING`: `auto` = with TensorRT configured, `always`): torch.
+- otherwise the graphs: their `forward`s are installed on the shared modules for the duration of
+  the batch (all batches run on the one worker thread), so schedulers, prompt encoding and the
+  per-image generators are the torch engine's and the two paths differ only in the arithmetic of
+  the networks; the parity tests bound that difference.
+
+Memory: the torch weights stay loaded next to the graphs' sessions (the cost of serving adapter
+batches without a reload); see docs/operations.md for the figures.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import warnings
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from likeness.core import metrics
 from likeness.core.errors import FailedPrecondition
+from likeness.generation import presets
+from likeness.generation.engines import onnx_export
+from likeness.generation.engines.profiles import ShapeProfile, provider_options
 from likeness.generation.engines.torch_engine import TorchEngine
+from likeness.generation.models import family_of
 
 log = logging.getLogger("likeness.generation.onnx")
-OPSET = 17
 _export_lock = threading.Lock()
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
-class OnnxEngine(TorchEngine):
+class OnnxEngine:
     name = "onnxruntime"
-    supports_adapters = False
-    supports_reference = False  # IP-Adapter adds attention processors the exported graph lacks
+    supports_adapters = True  # served by the composed torch engine
+    supports_reference = True
 
     def __init__(self, settings):
-        super().__init__(settings)
+        self.torch = TorchEngine(settings)
+        self.device, self.dtype, self.cpu_threads = self.torch.device, self.torch.dtype, self.torch.cpu_threads
         self.providers = [p.strip() for p in settings.generation_onnx_providers.split(",") if p.strip()]
         self.cache_dir = Path(settings.generation_engine_cache_dir)
+        self.max_images = getattr(settings, "generation_max_batch", 4)
+        self.profile_sizes = (getattr(settings, "generation_profile_min_size", 0),
+                              getattr(settings, "generation_profile_max_size", 0))
+        routing = getattr(settings, "generation_profile_routing", "auto")
+        self.enforce_profiles = routing == "always" or "TensorrtExecutionProvider" in self.providers
+        self.batches: Counter[str] = Counter()  # batches by path: "onnx", "torch:<reason>"
 
     def describe(self) -> dict:
-        return {**super().describe(), "onnx_providers": self.providers, "engine_cache": str(self.cache_dir)}
+        return {**self.torch.describe(), "engine": self.name, "onnx_providers": self.providers,
+                "engine_cache": str(self.cache_dir), "profiles_enforced": self.enforce_profiles}
+
+    def profile_for(self, spec) -> ShapeProfile:
+        config = spec.config or {}
+        default_side = int(config.get("default_size") or presets.DEFAULT_SIZE[family_of(spec.kind)])
+        return ShapeProfile.for_model(default_side, self.max_images, *self.profile_sizes,
+                                      model_max=int(config.get("max_size") or 0))
+
+    # -- loading --------------------------------------------------------------------------------
 
     def load(self, folder, spec):
-        pipe = super().load(folder, spec)
+        pipe = self.torch.load(folder, spec)
         target = self.cache_dir / f"{spec.name}-{spec.digest[:16]}"
-        unet_path, vae_path = target / "unet.onnx", target / "vae_decoder.onnx"
+        names = ["unet", "vae_decoder", *(n for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None)]
         with _export_lock:
-            if not unet_path.is_file():
-                export_unet(pipe.unet, unet_path, pipe.vae_scale_factor)
-            if not vae_path.is_file():
-                export_vae_decoder(pipe.vae, vae_path, pipe.unet.config.in_channels)
-            for name in ("text_encoder", "text_encoder_2"):
-                encoder = getattr(pipe, name, None)
-                if encoder is not None and not (target / f"{name}.onnx").is_file():
-                    export_text_encoder(encoder, target / f"{name}.onnx")
-        unet_session = self._session(unet_path, target)
-        pipe.unet.forward = _ort_unet_forward(unet_session, pipe.unet)
-        pipe.vae._likeness_ort_decoder = self._session(vae_path, target)
-        for name in ("text_encoder", "text_encoder_2"):
-            encoder = getattr(pipe, name, None)
-            if encoder is not None:
-                encoder.forward = _ort_text_forward(self._session(target / f"{name}.onnx", target), encoder)
-        log.info("onnx graphs ready", extra={"model": spec.name, "folder": str(target), "providers": self.providers})
+            if any(not (target / f"{n}.onnx").is_file() for n in names):
+                source = onnx_export.float32_cpu_copy(pipe, folder, spec.kind)
+                self._export_missing(source, target, names)
+                del source
+        profile = self.profile_for(spec)
+        graphs = {"profile": profile}
+        for n in names:
+            graphs[n] = self._session(target / f"{n}.onnx", target, profile, n, _graph_dims(pipe, n))
+        pipe._likeness_graphs = graphs
+        log.info("onnx graphs ready", extra={"model": spec.name, "folder": str(target), "providers": self.providers,
+                                             "profile": profile.describe()})
         return pipe
 
-    def run(self, model, refiner, key, items, files):
-        if key.adapters:
-            raise FailedPrecondition("adapters", "LoRA adapters need LIKENESS_GENERATION_ENGINE=torch; the ONNX "
-                                                 "graphs hold the base weights only")
-        return super().run(model, refiner, key, items, files)
+    def _export_missing(self, source, target: Path, names: list[str]) -> None:
+        for n in names:
+            path = target / f"{n}.onnx"
+            if path.is_file():
+                continue
+            if n == "unet":
+                onnx_export.export_unet(source, path)
+            elif n == "vae_decoder":
+                onnx_export.export_vae_decoder(source.vae, path, source.unet.config.in_channels)
+            else:
+                onnx_export.export_text_encoder(getattr(source, n), path)
 
-    def vae_decode(self, vae, latents):
-        import torch
-
-        session = vae._likeness_ort_decoder
-        out = session.run(None, {"latents": latents.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out).to(latents.device, latents.dtype)
-
-    def _session(self, path: Path, cache: Path):
+    def _session(self, path: Path, cache: Path, profile: ShapeProfile, graph: str, dims: dict):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if self.cpu_threads:
-            options.intra_op_num_threads = self.cpu_threads
-            options.inter_op_num_threads = 1
-        providers = []
-        for p in self.providers:
-            if p == "TensorrtExecutionProvider":
-                providers.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / "trt"),
-                                      "trt_fp16_enable": True}))
-            else:
-                providers.append(p)
         available = set(ort.get_available_providers())
         missing = [p for p in self.providers if p not in available]
         if missing:
             raise FailedPrecondition("LIKENESS_GENERATION_ONNX_PROVIDERS", f"providers {missing} are not available in "
                                      f"this onnxruntime build (available: {sorted(available)})")
-        return ort.InferenceSession(str(path), options, providers=providers)
+        options = ort.SessionOptions()
+        if self.cpu_threads:
+            options.intra_op_num_threads = self.cpu_threads
+            options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), options,
+                                    providers=provider_options(self.providers, profile, graph, dims, cache))
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def set_ip_adapter(self, model, name: str, folder=None, config: dict | None = None) -> None:
+        self.torch.set_ip_adapter(model, name, folder, config)
+
+    def route(self, model, refiner, key, images: int) -> str:
+        """`onnx`, or `torch:<reason>` for a batch the graphs cannot serve."""
+        if key.adapters:
+            return "torch:adapters"
+        if key.reference_scale is not None:
+            return "torch:reference_image"
+        if key.controls:
+            return "torch:controlnet"
+        if self.enforce_profiles:
+            for m in (model, refiner):
+                if m is not None and not m.pipe._likeness_graphs["profile"].covers(key.width, key.height, images):
+                    return "torch:outside_profile"
+        return "onnx"
+
+    def run(self, model, refiner, key, items, files, controlnets=None):
+        path = self.route(model, refiner, key, len(items))
+        self.batches[path] += 1
+        metrics.GENERATION_ENGINE_BATCHES.labels(key.model, path).inc()
+        if path != "onnx":
+            if path == "torch:outside_profile":
+                log.warning("batch outside the graphs' shape profile: torch engine", extra={
+                    "model": key.model, "width": key.width, "height": key.height, "images": len(items),
+                    "profile": model.pipe._likeness_graphs["profile"].describe()})
+            return self.torch.run(model, refiner, key, items, files, controlnets)
+        with _graphs_installed(model.pipe), _graphs_installed(refiner.pipe if refiner else None):
+            return self.torch.run(model, refiner, key, items, files)
 
 
-# -- export ------------------------------------------------------------------------------------
+def _graph_dims(pipe, graph: str) -> dict:
+    if graph == "unet":
+        config = pipe.unet.config
+        dims = {"in_channels": config.in_channels, "cross_attention_dim": config.cross_attention_dim}
+        if config.addition_embed_type == "text_time":
+            text_dim, n_ids = onnx_export.unet_text_dims(pipe)
+            dims.update(text_embeds=text_dim, time_ids=n_ids)
+        return dims
+    if graph == "vae_decoder":
+        return {"latent_channels": pipe.vae.config.latent_channels}
+    return {}
 
-def _unet_wrapper(unet):
+
+@contextmanager
+def _graphs_installed(pipe):
+    """The graphs replace the modules' forwards while the block runs; the torch forwards come back
+    afterwards (adapter batches need them)."""
+    if pipe is None:
+        yield
+        return
+    graphs = pipe._likeness_graphs
+    patched = [(pipe.unet, "forward", onnx_export.ort_unet_forward(graphs["unet"], pipe.unet)),
+               (pipe.vae, "decode", _ort_vae_decode(graphs["vae_decoder"]))]
+    for n in TEXT_ENCODERS:
+        if n in graphs:
+            encoder = getattr(pipe, n)
+            patched.append((encoder, "forward", onnx_export.ort_text_forward(graphs[n], encoder)))
+    for module, attr, fn in patched:
+        setattr(module, attr, fn)
+    try:
+        yield
+    finally:
+        for module, attr, _ in patched:
+            vars(module).pop(attr, None)
+
+
+def _ort_vae_decode(session):
+    """A replacement for `AutoencoderKL.decode` that runs the decoder graph."""
     import torch
+    from diffusers.models.autoencoders.vae import DecoderOutput
 
-    sdxl = unet.config.addition_embed_type == "text_time"
+    def decode(latents, return_dict=True, **_):
+        out = session.run(None, {"latents": latents.detach().cpu().float().numpy()})[0]
+        image = torch.from_numpy(np.ascontiguousarray(out)).to(latents.device, latents.dtype)
+        return DecoderOutput(sample=image) if return_dict else (image,)
 
-    class UNetForExport(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unet = unet
-
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-            added = {"text_embeds": text_embeds, "time_ids": time_ids} if sdxl else None
-            return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                             added_cond_kwargs=added, return_dict=False)[0]
-
-    return UNetForExport().eval(), sdxl
-
-
-def export_unet(unet, path: Path, vae_scale_factor: int) -> Path:
-    import torch
-
-    wrapper, sdxl = _unet_wrapper(unet)
-    side = max(8, unet.config.sample_size)
-    sample = torch.randn(2, unet.config.in_channels, side, side)
-    timestep = torch.tensor([999.0])
-    hidden = torch.randn(2, 77, unet.config.cross_attention_dim)
-    args, names = [sample, timestep, hidden], ["sample", "timestep", "encoder_hidden_states"]
-    axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "encoder_hidden_states": {0: "batch"},
-            "noise_pred": {0: "batch", 2: "height", 3: "width"}}
-    if sdxl:
-        text_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        n_ids = 6
-        if text_dim <= 0 or unet.add_embedding.linear_1.in_features != text_dim + n_ids * unet.config.addition_time_embed_dim:
-            n_ids = 5  # refiner: aesthetic score instead of target size
-            text_dim = unet.config.projection_class_embeddings_input_dim - 5 * unet.config.addition_time_embed_dim
-        args += [torch.randn(2, text_dim), torch.ones(2, n_ids)]
-        names += ["text_embeds", "time_ids"]
-        axes.update(text_embeds={0: "batch"}, time_ids={0: "batch"})
-    return _export(wrapper, tuple(args), names, ["noise_pred"], axes, path)
-
-
-def export_vae_decoder(vae, path: Path, latent_channels: int) -> Path:
-    import torch
-
-    class DecoderForExport(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, latents):
-            return self.vae.decode(latents, return_dict=False)[0]
-
-    latents = torch.randn(1, latent_channels, 8, 8)
-    axes = {"latents": {0: "batch", 2: "height", 3: "width"}, "image": {0: "batch", 2: "h", 3: "w"}}
-    return _export(DecoderForExport().eval(), (latents,), ["latents"], ["image"], axes, path)
-
-
-def export_text_encoder(encoder, path: Path) -> Path:
-    """CLIP text encoder -> graph with outputs (first output, last hidden state, penultimate hidden
-    state): what SD 1.5 (`[0]`) and SDXL (`hidden_states[-2]`, pooled `text_embeds`) read."""
-    import torch
-
-    class EncoderForExport(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids):
-            out = self.encoder(input_ids, output_hidden_states=True)
-            return out[0], out.last_hidden_state, out.hidden_states[-2]
-
-    ids = torch.ones(1, encoder.config.max_position_embeddings, dtype=torch.int64)
-    axes = {"input_ids": {0: "batch"}, "first": {0: "batch"}, "last_hidden_state": {0: "batch"},
-            "penultimate": {0: "batch"}}
-    return _export(EncoderForExport().eval(), (ids,), ["input_ids"], ["first", "last_hidden_state", "penultimate"],
-                   axes, path)
-
-
-def _ort_text_forward(session, encoder):
-    """A replacement for a CLIP text encoder's `forward` returning the same output class."""
-    import torch
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-    from transformers.models.clip.modeling_clip import CLIPTextModelOutput
-
-    projected = "WithProjection" in type(encoder).__name__
-
-    def forward(input_ids, attention_mask=None, position_ids=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **_):
-        first, last, penultimate = (torch.from_numpy(a) for a in
-                                    session.run(None, {"input_ids": input_ids.detach().cpu().numpy().astype(np.int64)}))
-        hidden = (penultimate, last)  # callers index [-2] (penultimate) and [-1]
-        if projected:
-            return CLIPTextModelOutput(text_embeds=first, last_hidden_state=last, hidden_states=hidden)
-        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=first, hidden_states=hidden)
-
-    return forward
-
-
-def _export(module, args, inputs, outputs, axes, path: Path) -> Path:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts traced as constants: expected
-        torch.onnx.export(module, args, str(tmp), input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False)
-    tmp.replace(path)  # a crash mid-export never leaves a half-written graph under the final name
-    return path
-
-
-def _ort_unet_forward(session, unet):
-    """A replacement for `unet.forward` that runs the graph (same call signature as diffusers')."""
-    import torch
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-    input_names = {i.name for i in session.get_inputs()}
-
-    def forward(sample, timestep, encoder_hidden_states, timestep_cond=None, attention_mask=None,
-                cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=True, **_):
-        t = timestep if torch.is_tensor(timestep) else torch.tensor(timestep)
-        feeds = {"sample": sample.detach().cpu().float().numpy(),
-                 "timestep": np.asarray(t.detach().cpu().float().reshape(-1)[:1].numpy(), np.float32),
-                 "encoder_hidden_states": encoder_hidden_states.detach().cpu().float().numpy()}
-        if "text_embeds" in input_names:
-            feeds["text_embeds"] = added_cond_kwargs["text_embeds"].detach().cpu().float().numpy()
-            feeds["time_ids"] = added_cond_kwargs["time_ids"].detach().cpu().float().numpy()
-        out = torch.from_numpy(session.run(None, feeds)[0]).to(sample.device, sample.dtype)
-        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
-
-    return forward
+    return decode

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
+from likeness.core.devices import dtype_name, require_device, torch_dtype
 from likeness.diffusion.pipelines import load_pipeline
 from likeness.diffusion.samplers import make_scheduler
 from likeness.generation.engines.base import BatchKey, ImageItem, ImageResult
@@ -41,18 +43,41 @@ class TorchEngine:
 
         diffusers_logging.disable_progress_bar()  # progress goes to metrics and GenerateStream, not stderr
         transformers_logging.disable_progress_bar()
-        self.device = settings.generation_device
+        self.device = require_device(settings.generation_device, "LIKENESS_GENERATION_DEVICE")
         self.cpu_threads = settings.generation_cpu_threads
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
-        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.dtype = torch_dtype(getattr(settings, "generation_dtype", "auto"), self.device)
+        self.unet_quantization = getattr(settings, "generation_unet_quantization", "none")
+        self.channels_last = getattr(settings, "generation_channels_last", False)
+        self.compile_mode = getattr(settings, "generation_torch_compile", "none")
 
     def describe(self) -> dict:
-        return {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
-                "cpu_threads": self.cpu_threads}
+        return {"engine": self.name, "device": self.device, "dtype": dtype_name(self.dtype),
+                "cpu_threads": self.cpu_threads, "unet_quantization": self.unet_quantization,
+                "channels_last": self.channels_last, "torch_compile": self.compile_mode}
 
     def load(self, folder, spec):
-        return load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
+        pipe = load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
+        if self.unet_quantization == "int8_weight_only":
+            from likeness.diffusion.quantize import quantize_unet_int8
+
+            quantize_unet_int8(pipe.unet)
+        if self.name == TorchEngine.name:  # subclasses export the UNet: they get the eager module
+            self.speed_up(pipe)
+        return pipe
+
+    def speed_up(self, pipe) -> None:
+        """Channels-last and torch.compile of the UNet, as the settings ask (no-ops by default).
+        The compiled module wraps the same weights; LoRA adapters on a compiled UNet are not
+        verified (keep compile off where adapters are served)."""
+        import torch
+
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if self.compile_mode != "none":
+            pipe.unet = torch.compile(pipe.unet, mode=self.compile_mode)
 
     # -- one batch ------------------------------------------------------------------------------
 
@@ -72,14 +97,18 @@ class TorchEngine:
             model.ip_adapter = name
         model.forget_derived()
 
-    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict) -> list[ImageResult]:
+    def run(self, model, refiner, key: BatchKey, items: list[ImageItem], files: dict,
+            controlnets: list | None = None) -> list[ImageResult]:
         """Runs `items` as one pipeline call; `refiner` is the loaded refiner model or None;
         `files` maps adapter ids to parsed LoRA files not yet loaded. The IP-Adapter state must
         match `key` (see set_ip_adapter)."""
         import torch
 
         started = time.monotonic()
-        pipe = model.pipeline(key.task)
+        if key.controls:
+            pipe = model.control_pipeline(key.task, tuple(c[0] for c in key.controls), controlnets)
+        else:
+            pipe = model.pipeline(key.task)
         pipe.scheduler = make_scheduler(key.sampler, model.default_scheduler_config)
         model.adapters.activate(pipe, key.adapters, files)
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
@@ -98,6 +127,11 @@ class TorchEngine:
                 kwargs.update(image=[_pil(i.init_image) for i in items], strength=key.strength)
                 if key.task == "inpaint":
                     kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+            if key.controls:
+                from likeness.diffusion.controlnet import control_kwargs
+
+                images = [[item.control_images[c] for item in items] for c in range(len(key.controls))]
+                kwargs.update(control_kwargs(key.task, images, *([c[n] for c in key.controls] for n in (1, 2, 3))))
             if key.reference_scale is not None:
                 pipe.set_ip_adapter_scale(key.reference_scale)
                 kwargs["ip_adapter_image"] = [[_pil(i.reference_image) for i in items]]
@@ -108,7 +142,8 @@ class TorchEngine:
             if refiner is not None:
                 latents, refine_encoding = self.refine(refiner, key, items, latents, generators, cfg)
             t2 = time.monotonic()
-            images = [self.decode(pipe, latents[i : i + 1]) for i in range(len(items))]
+            with upcast_vae(pipe.vae):  # once per batch, not per image
+                images = [self.decode(pipe, latents[i : i + 1]) for i in range(len(items))]
             t3 = time.monotonic()
 
         timings = {"text_encoding": t1 - t0 + refine_encoding, "denoising": t2 - t1 - refine_encoding,
@@ -168,12 +203,21 @@ class TorchEngine:
                       guidance_scale=key.guidance_scale, generator=generators, output_type="latent",
                       callback_on_step_end=_progress_callback(items, "refine"), **embeds)
         if task == "inpaint":
-            kwargs["mask_image"] = [_pil_mask(i.mask) for i in items]
+            # the inpaint pipeline sizes the mask from height/width (default: the model's size),
+            # not from the latents it is given
+            kwargs.update(mask_image=[_pil_mask(i.mask) for i in items], height=key.height, width=key.width)
         return pipe(**kwargs).images, encoding
 
     def decode(self, pipe, latents) -> np.ndarray:
-        """Latents of one image -> HxWx3 uint8 (diffusers' own rounding: round(x * 255))."""
+        """Latents of one image -> HxWx3 uint8 (diffusers' own rounding: round(x * 255)).
+
+        A float16 VAE whose config sets `force_upcast` (the stock SDXL VAE overflows in float16 and
+        decodes to NaN, i.e. black images) decodes in float32, as diffusers' pipelines do."""
         vae = pipe.vae
+        with upcast_vae(vae):
+            return self._decode(pipe, vae, latents)
+
+    def _decode(self, pipe, vae, latents) -> np.ndarray:
         latents = latents.to(vae.dtype)
         mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
         if mean is not None and std is not None:
@@ -190,6 +234,22 @@ class TorchEngine:
 
     def vae_decode(self, vae, latents):
         return vae.decode(latents, return_dict=False)[0]
+
+
+@contextmanager
+def upcast_vae(vae):
+    """float32 for the duration of a decode when diffusers would upcast (float16 + force_upcast);
+    the VAE goes back to float16 afterwards, so img2img encoding and memory stay as loaded."""
+    import torch
+
+    if vae.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+        yield
+        return
+    vae.to(dtype=torch.float32)
+    try:
+        yield
+    finally:
+        vae.to(dtype=torch.float16)
 
 
 def _progress_callback(items: list[ImageItem], stage: str):

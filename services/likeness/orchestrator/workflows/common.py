@@ -19,11 +19,24 @@ REASONS = {
     detection_pb2.REJECTION_REASON_TURNED_AWAY: "turned_away",
     detection_pb2.REJECTION_REASON_LOW_CONFIDENCE: "low_confidence",
     detection_pb2.REJECTION_REASON_LOW_QUALITY: "low_quality",
+    detection_pb2.REJECTION_REASON_BLURRY: "blurry",
+    detection_pb2.REJECTION_REASON_EYES_CLOSED: "eyes_closed",
 }
 
 
 def uri_input(uri: str) -> common_pb2.ImageInput:
     return common_pb2.ImageInput(uri=uri)
+
+
+async def stored_uri(ctx, image: common_pb2.ImageInput) -> str:
+    """An ImageInput as a store URI (inline bytes are stored once, content-addressed)."""
+    if image.WhichOneof("source") == "uri":
+        return image.uri
+    from likeness.core.workid import sha256_hex
+
+    data = image.data
+    obj = await asyncio.to_thread(ctx.store.put, f"inputs/{sha256_hex(data)}", data, "application/octet-stream")
+    return obj.uri
 
 
 def batched(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -1,5 +1,6 @@
-"""Curate a LoRA training set (seed doc 000): candidates -> exactly one usable face -> quality ->
-top K -> embed, cluster, drop outliers -> balanced selection under quotas -> dataset + manifest.
+"""Curate a LoRA training set: candidates -> exactly one usable face (eyes open: the eye gate is
+on by default here) -> quality -> top K -> embed -> remove near-duplicates -> cluster, drop
+outliers -> balanced selection under quotas -> dataset + manifest.
 
 Every candidate ends with a decision and a reason in the manifest. Service calls go through
 `ctx.cached`, keyed by content (image sha256s, policy, model), so a resumed job redoes nothing.
@@ -23,9 +24,22 @@ from likeness.orchestrator.workflows.common import (
     safe_name,
     uri_input,
 )
+from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
 
 ASSESS_BATCH = 8
 EMBED_BATCH = 32
+# Eye gate of curation when the spec's policy leaves min_eye_openness unset (mean openness of both
+# eyes; synthetic shut eyes measure <= 0.03, open ones >= 0.95; bench/eyes.py).
+CURATE_MIN_EYE_OPENNESS = 0.35
+
+
+def curate_policy(spec) -> detection_pb2.ValidationPolicy:
+    """The spec's policy with curation's defaults filled in (the eye gate on)."""
+    policy = detection_pb2.ValidationPolicy()
+    policy.CopyFrom(spec.policy)
+    if not policy.HasField("min_eye_openness"):
+        policy.min_eye_openness = CURATE_MIN_EYE_OPENNESS
+    return policy
 
 
 @dataclass
@@ -107,11 +121,12 @@ def imported_candidates(ctx: JobContext, spec) -> list[Candidate]:
 async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
     batches = batched(cands, ASSESS_BATCH)
     done = 0
+    policy = curate_policy(spec)
 
     async def one(batch) -> None:
         nonlocal done
-        req = detection_pb2.AssessRequest(images=[uri_input(c.uri) for c in batch], policy=spec.policy)
-        key = {"images": [c.sha256 for c in batch], "policy": spec.policy.SerializeToString().hex()}
+        req = detection_pb2.AssessRequest(images=[uri_input(c.uri) for c in batch], policy=policy)
+        key = {"images": [c.sha256 for c in batch], "policy": policy.SerializeToString().hex()}
         resp = await ctx.cached("assess", key, lambda: ctx.clients.detection.call("Assess", req),
                                 detection_pb2.AssessResponse)
         finished = []
@@ -123,7 +138,7 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
             elif not r.verdict.accepted:
                 c.reject(REASONS.get(r.verdict.reason, "rejected"), r.verdict.detail)
             elif c.quality < spec.min_quality:
-                c.reject("low_quality", f"quality {c.quality:.3f} < min_quality {spec.min_quality:.3f}")
+                c.reject("low_quality", f"quality {c.quality:.3f} < min_quality {spec.min_quality:.6g}")
             finished.append((c.reason or "accepted", f"{c.id}: {c.reason or 'accepted'} {c.detail}".strip()))
         await ctx.items_done("validate", finished)
         done += len(batch)
@@ -147,6 +162,8 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
     for c, v in pairs:
         if not len(v.values):
             c.reject("unreadable", "embedding failed")
+    if not spec.keep_duplicates:
+        usable = await remove_duplicates(ctx, spec, usable)
     if len(usable) < 3:
         for c, _ in usable:
             c.cluster = 0
@@ -164,6 +181,23 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
             c.reject("outlier", a.outlier_reason)
             await ctx.item_done("cluster", "outlier", f"{c.id}: outlier {a.outlier_reason}")
     return resp.k
+
+
+async def remove_duplicates(ctx: JobContext, spec, usable: list) -> list:
+    """Rejects near-duplicates (duplicates.py) as `duplicate`, naming the kept image; returns the rest."""
+    def hashes():
+        return [image_hashes(ctx.store.get(c.uri)) for c, _ in usable]
+
+    found = find_duplicates([c.id for c, _ in usable], [c.quality for c, _ in usable], await asyncio.to_thread(hashes),
+                            [list(v.values) for _, v in usable], mirrors_count=not spec.mirrors_distinct)
+    by_id = {c.id: c for c, _ in usable}
+    for d in found:
+        c = by_id[d.id]
+        c.reject("duplicate", d.detail())
+        c.extra["duplicate_of"] = d.of
+        await ctx.item_done("dedupe", "duplicate", f"{c.id}: {d.detail()}")
+    gone = {d.id for d in found}
+    return [(c, v) for c, v in usable if c.id not in gone]
 
 
 async def select(ctx: JobContext, spec, pool: list[Candidate]) -> list[Candidate]:
@@ -234,7 +268,9 @@ async def run(ctx: JobContext, spec) -> Outcome:
         "dataset": dataset,
         "candidates": [{"id": c.id, "source": c.uri, "sha256": c.sha256, "seed": c.seed, "image_type": c.image_type,
                         "decision": c.decision, "reason": c.reason, "detail": c.detail, "quality": round(c.quality, 6),
-                        "cluster": c.cluster} for c in sorted(cands, key=lambda c: c.id)],
+                        "cluster": c.cluster, **({"duplicate_of": c.extra["duplicate_of"]}
+                                                 if "duplicate_of" in c.extra else {})}
+                       for c in sorted(cands, key=lambda c: c.id)],
         "selection_digest": sha256_hex("\n".join(d["sha256"] for d in dataset).encode()),
     }
     return Outcome(summary, manifest, report_sections(cands, selected, reasons))
@@ -257,6 +293,9 @@ def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: 
          "groups": [{"name": f"cluster {k}", "items": [item(c) for c in v]} for k, v in sorted(clusters.items())]},
         {"type": "table", "title": "Rejections", "columns": ["reason", "count"],
          "rows": [[k, v] for k, v in sorted(reasons.items())]},
+        {"type": "table", "title": "Duplicates removed", "columns": ["removed", "duplicate of", "detail"],
+         "rows": [[c.id, c.extra["duplicate_of"], c.detail] for c in sorted(cands, key=lambda c: c.id)
+                  if "duplicate_of" in c.extra]},
         {"type": "bars", "title": "Selected per seed", "unit": "images", "data": sorted(seeds.items())},
         {"type": "gallery", "title": "Rejected candidates by reason",
          "groups": [{"name": k, "items": [{"uri": c.uri, "caption": f"{c.id}: {c.detail or k}"} for c in v[:24]]}

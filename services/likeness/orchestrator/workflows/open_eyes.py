@@ -25,7 +25,7 @@ from likeness.core.pngmeta import add_png_metadata, read_png_metadata
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.specs import OPEN_EYES_FIDELITY, OPEN_EYES_MASK_PADDING_IOD, OPEN_EYES_PROMPT
 from likeness.orchestrator.workflows import eye_views
-from likeness.orchestrator.workflows.common import uri_input
+from likeness.orchestrator.workflows.common import stored_uri, uri_input
 from likeness.orchestrator.workflows.open_eyes_report import outcome
 
 # Composite's default feather reaches dilation 4 + 3 x sigma 6 = 22 px beyond the mask; the
@@ -68,23 +68,9 @@ class Variation:
 
 
 def openness(face) -> float | None:
-    """Mean eye openness of a detected face, when its backend measures it (eyelid landmarks)."""
-    names = face.DESCRIPTOR.fields_by_name
-    if "left_eye_openness" not in names:
-        return None
+    """Mean eye openness of a detected face, when its backend measures it (the face mesh's lids)."""
     values = [getattr(face, n) for n in ("left_eye_openness", "right_eye_openness") if face.HasField(n)]
     return float(np.mean(values)) if values else None
-
-
-async def _source_uri(ctx: JobContext, spec) -> str:
-    """The photo as a store URI (inline bytes are stored once, content-addressed)."""
-    if spec.image.WhichOneof("source") == "uri":
-        return spec.image.uri
-    from likeness.core.workid import sha256_hex
-
-    data = spec.image.data
-    obj = await asyncio.to_thread(ctx.store.put, f"inputs/{sha256_hex(data)}", data, "application/octet-stream")
-    return obj.uri
 
 
 async def _detect(ctx: JobContext, uris: list[str], kind: str) -> detection_pb2.DetectResponse:
@@ -220,7 +206,7 @@ def _chosen_faces(spec, result) -> list[int]:
 async def run(ctx: JobContext, spec) -> Outcome:
     out_prefix = f"jobs/{ctx.job_id}/open_eyes/"
     async with ctx.stage("detect"):
-        src = await _source_uri(ctx, spec)
+        src = await stored_uri(ctx, spec.image)
         result = (await _detect(ctx, [src], "detect")).results[0]
         chosen = _chosen_faces(spec, result)
     base, repaired = src, []

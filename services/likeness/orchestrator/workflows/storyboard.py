@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2
+from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, restoration_pb2
 from likeness.orchestrator.context import JobContext, Outcome
-from likeness.orchestrator.workflows.common import cosine, uri_input, vector
+from likeness.orchestrator.workflows.common import cosine, stored_uri, uri_input, vector
 
 GUIDANCE_STEP = 1.5
+CONTROL_SCALE = 0.8  # ControlNet conditioning of frames on the face-landmark map
 DEFAULT_GUIDANCE = 5.0
 SEED_STRIDE = 7919
 
@@ -36,14 +37,19 @@ class Attempt:
     passed: bool
     failure: str
     fix: str = ""
+    control: str = ""  # the face-landmark map this attempt was conditioned on, if any
 
 
-def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float) -> str:
-    """The first failed check, or '' when the frame passes."""
+def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float,
+           eyes: float | None = None, eyes_min: float = 0.0) -> str:
+    """The first failed check, or '' when the frame passes. `eyes`: the face's mean eye openness
+    (None when not measured: the check is skipped); `eyes_min` 0 turns the check off."""
     if faces == 0:
         return "no_face"
     if faces > 1:
         return "multiple_faces"
+    if eyes_min > 0 and eyes is not None and eyes < eyes_min:
+        return "eyes_closed"
     if clip is not None and clip < clip_min:
         return "low_clip_score"
     if identity is not None and identity < id_min:
@@ -60,12 +66,34 @@ def next_try(failure: str, seed: int, guidance: float, attempt: int) -> tuple[in
     return seed, guidance, "new seed"
 
 
+async def landmark_control(ctx: JobContext, spec, image_uri: str) -> str:
+    """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face."""
+    det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
+    det = await ctx.call("control-detect", ctx.clients.detection, "Detect", det_req, detection_pb2.DetectResponse)
+    faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in det.results[0].faces]
+    if not faces:
+        await ctx.warn(f"no face in {image_uri}: frames are not conditioned on a face-landmark map", "control")
+        return ""
+    req = restoration_pb2.ControlImageRequest(
+        kind=restoration_pb2.CONTROL_KIND_FACE_LANDMARKS, width=spec.width, height=spec.height,
+        items=[restoration_pb2.ControlImageItem(image=uri_input(image_uri), faces=faces[:1])],
+        output_prefix="storyboard/")
+    resp = await ctx.call("control-image", ctx.clients.restoration, "ControlImage", req,
+                          restoration_pb2.ControlImageResponse)
+    return resp.results[0].image.uri
+
+
 async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str, seed: int, guidance: float,
-                   reference: np.ndarray | None, clip_min: float, id_min: float) -> tuple[Attempt, np.ndarray | None]:
+                   reference: np.ndarray | None, clip_min: float, id_min: float,
+                   control: str = "") -> tuple[Attempt, np.ndarray | None]:
     req = generation_pb2.GenerateRequest(model=spec.model, prompt=prompt, negative_prompt=spec.negative_prompt,
                                          seed=seed, count=1, steps=spec.steps, guidance_scale=guidance,
                                          width=spec.width, height=spec.height, adapters=spec.adapters,
                                          output_prefix="storyboard/")
+    if control:
+        scale = spec.control_scale if spec.HasField("control_scale") else CONTROL_SCALE
+        req.controls.append(generation_pb2.ControlInput(image=uri_input(control), model=spec.control_model,
+                                                         scale=scale))
     gen = await ctx.cached("generate", {"request": req.SerializeToString().hex()},
                            lambda: ctx.clients.generation.call("Generate", req), generation_pb2.GenerateResponse)
     art = gen.images[0].artifact
@@ -81,8 +109,13 @@ async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str,
         clip = float(score.score[0])
     emb = vector(faces[0].embedding) if len(faces) == 1 and faces[0].embedding.values else None
     identity = cosine(emb, reference) if emb is not None and reference is not None else None
-    failure = decide(len(faces), clip, identity, clip_min, id_min)
-    return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure), emb
+    eyes = None
+    if len(faces) == 1 and faces[0].HasField("left_eye_openness") and faces[0].HasField("right_eye_openness"):
+        eyes = (faces[0].left_eye_openness + faces[0].right_eye_openness) / 2
+    eyes_min = spec.min_eye_openness if spec.HasField("min_eye_openness") else 0.0
+    failure = decide(len(faces), clip, identity, clip_min, id_min, eyes, eyes_min)
+    return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure,
+                   control=control), emb
 
 
 async def run(ctx: JobContext, spec) -> Outcome:
@@ -95,6 +128,10 @@ async def run(ctx: JobContext, spec) -> Outcome:
     attempts: list[Attempt] = []
     frames: list[Attempt | None] = []
     reference = None
+    control = ""  # the face-landmark map frames are conditioned on (from control_reference or frame 1)
+    if spec.control_model and spec.HasField("control_reference"):
+        async with ctx.stage("control"):
+            control = await landmark_control(ctx, spec, await stored_uri(ctx, spec.control_reference))
     for i, frame_prompt in enumerate(spec.frame_prompts):
         prompt = f"{spec.character}, {frame_prompt}" if spec.character else frame_prompt
         seed, guidance = spec.seed + i, base_guidance
@@ -102,12 +139,15 @@ async def run(ctx: JobContext, spec) -> Outcome:
         async with ctx.stage("frame"):
             for a in range(budget + 1):
                 ctx.check_cancel()
-                att, emb = await _attempt(ctx, spec, i, a, prompt, seed, guidance, reference, clip_min, id_min)
+                att, emb = await _attempt(ctx, spec, i, a, prompt, seed, guidance, reference, clip_min, id_min,
+                                          control)
                 attempts.append(att)
                 if att.passed:
                     chosen = att
                     if i == 0:
                         reference = emb  # frame 1 establishes identity
+                        if spec.control_model and not control:  # and, with a ControlNet, face geometry
+                            control = await landmark_control(ctx, spec, att.uri)
                     await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {a + 1}")
                     break
                 if a < budget:
@@ -124,14 +164,17 @@ async def run(ctx: JobContext, spec) -> Outcome:
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     summary = {"frames": len(frames), "frames_passed": passed, "attempts": len(attempts),
                "retries": len(attempts) - len(frames)}
-    manifest = {"frames": [{"frame": i, "uri": f.uri if f else "", "seed": f.seed if f else None} for i, f in enumerate(frames)],
+    manifest = {"frames": [{"frame": i, "uri": f.uri if f else "", "seed": f.seed if f else None,
+                            "control": f.control if f else ""} for i, f in enumerate(frames)],
                 "attempts": [{"frame": a.frame, "attempt": a.attempt, "seed": a.seed, "guidance": a.guidance, "uri": a.uri,
-                              "failure": a.failure} for a in attempts]}
+                              "failure": a.failure, "control": a.control} for a in attempts]}
     sections = [
         {"type": "gallery", "title": "Frames",
          "groups": [{"name": f"frame {a.frame + 1}",
                      "items": [{"uri": x.uri, "caption": f"try {x.attempt + 1}: {'pass' if x.passed else x.failure}"}
-                               for x in attempts if x.frame == a.frame]} for a in attempts if a.attempt == 0]},
+                               for x in attempts if x.frame == a.frame]
+                     + ([{"uri": a.control, "caption": "control: face-landmark map"}] if a.control else [])}
+                    for a in attempts if a.attempt == 0]},
         {"type": "table", "title": "Attempts",
          "columns": ["frame", "attempt", "seed", "guidance", "faces", "CLIP score", "identity", "result", "fix applied next"],
          "rows": [[a.frame + 1, a.attempt + 1, a.seed, f"{a.guidance:.1f}", a.faces, fmt(a.clip), fmt(a.identity),

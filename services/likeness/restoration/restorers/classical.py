@@ -37,6 +37,7 @@ def noise_sigma(rgb: np.ndarray) -> float:
 class ClassicalRestorer:
     name = "classical"
     input_size = None
+    keeps_input_at_full_fidelity = True
 
     VERSION = 1  # bump when the algorithm's output changes
 

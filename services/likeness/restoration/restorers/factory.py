@@ -12,8 +12,10 @@ RESTORERS = ("classical", "codeformer", "gfpgan")
 
 
 def create_restorer(name: str, model_dir: Callable[[str], Path | None], *, threads: int = 1,
-                    sharpen: float = 1.0, local_contrast: float = 0.0) -> FaceRestorer:
-    """`model_dir(name)` returns the local folder of a model (or None, or raises ModelMissing)."""
+                    sharpen: float = 1.0, local_contrast: float = 0.0, device: str = "cpu",
+                    dtype: str = "auto") -> FaceRestorer:
+    """`model_dir(name)` returns the local folder of a model (or None, or raises ModelMissing);
+    `device`/`dtype` place the network restorers (settings values, `auto` dtype as in core.devices)."""
     if name == "classical":
         from likeness.restoration.restorers.classical import ClassicalRestorer
 
@@ -21,11 +23,11 @@ def create_restorer(name: str, model_dir: Callable[[str], Path | None], *, threa
     if name == "codeformer":
         from likeness.restoration.restorers.codeformer import WEIGHTS_FILE, CodeFormerRestorer
 
-        return CodeFormerRestorer(_folder(model_dir, name, WEIGHTS_FILE), threads=threads)
+        return CodeFormerRestorer(_folder(model_dir, name, WEIGHTS_FILE), threads=threads, device=device, dtype=dtype)
     if name == "gfpgan":
         from likeness.restoration.restorers.gfpgan import WEIGHTS_FILE, GFPGANRestorer
 
-        return GFPGANRestorer(_folder(model_dir, name, WEIGHTS_FILE), threads=threads)
+        return GFPGANRestorer(_folder(model_dir, name, WEIGHTS_FILE), threads=threads, device=device, dtype=dtype)
     raise InvalidArgument("model", f"unknown restorer {name!r}; one of {', '.join(RESTORERS)}")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from likeness.core.devices import dtype_name, require_device, torch_dtype
 from likeness.core.errors import FailedPrecondition, ModelMissing
 from likeness.core.store import sha256_file
 
@@ -30,10 +31,13 @@ class NetworkRestorer:
     weights_file = ""
     checkpoint_label = ""  # how the error names the expected checkpoint
     input_size = INPUT_SIZE
+    keeps_input_at_full_fidelity = True  # a pixel blend with the input (CodeFormer overrides)
 
-    def __init__(self, model_dir: Path | None, threads: int = 0):
+    def __init__(self, model_dir: Path | None, threads: int = 0, device: str = "cpu", dtype: str = "auto"):
         self.model_dir = model_dir
         self.threads = threads
+        self.device = require_device(device, "LIKENESS_RESTORATION_DEVICE")
+        self.dtype = torch_dtype(dtype, self.device)
         self.net = None
         self.identity = self.name  # + the weights' digest once loaded
 
@@ -42,7 +46,8 @@ class NetworkRestorer:
         return (self.model_dir or Path(self.name)) / self.weights_file
 
     def describe(self) -> dict:
-        return {"restorer": self.name, "weights": str(self.weights_path)}
+        return {"restorer": self.name, "weights": str(self.weights_path), "device": self.device,
+                "dtype": dtype_name(self.dtype)}
 
     def build(self):
         """The untrained network (subclasses)."""
@@ -70,7 +75,7 @@ class NetworkRestorer:
         except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched file is the same error
             raise FailedPrecondition("model", f"{self.weights_path} is not a {self.checkpoint_label} checkpoint: "
                                               f"{str(exc)[:300]}") from None
-        self.net = net.eval()
+        self.net = net.to(device=self.device, dtype=self.dtype).eval()
         self.identity = f"{self.name}:{sha256_file(self.weights_path)[0][:16]}"
 
     def run(self, face: np.ndarray, fidelity: float) -> np.ndarray:
@@ -80,5 +85,5 @@ class NetworkRestorer:
         self.load()
         x = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with torch.inference_mode():
-            y = self.forward(x, fidelity)
+            y = self.forward(x.to(device=self.device, dtype=self.dtype), fidelity).float().cpu()
         return ((y[0].clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -8,13 +8,17 @@ in-process executor, writing progress, checkpoints and the final state to the sa
   from the run's last saved state, so a retry costs only the steps since that state;
 - `reconcile` marks a run FAILED when its Job failed without the pod recording why.
 
-The manifest is built from the run spec (GPUs, node selector, tolerations, image, memory, CPU)
-and the service settings (store, model repository, the Secrets holding the store keys and the
-registry URL, the model cache volume). Tests validate it against the Kubernetes schema.
+The manifest is built from the run spec (GPUs, node selector, tolerations, image, memory, CPU);
+what the spec leaves unset comes from the service settings, which the chart renders from
+services.training.job (GPUs, resources, node selector, tolerations, priority class, image) together
+with the store, model repository, the Secrets holding the store keys and the registry URL, the
+model cache volume and the release labels the NetworkPolicies select Job pods by. Tests validate it
+against the Kubernetes schema and evaluate the chart's NetworkPolicies against its pod labels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -42,9 +46,17 @@ def job_name(run_id: str) -> str:
     return "likeness-train-" + re.sub(r"[^a-z0-9-]", "-", run_id.lower())[:40].strip("-")
 
 
+def with_default_gpus(spec: RunSpec, settings: TrainingSettings) -> RunSpec:
+    """The spec as the Job runs it: `gpus` 0 takes the chart's default (LIKENESS_TRAINING_JOB_GPUS),
+    so the process count under torchrun matches the GPUs the pod gets."""
+    if spec.kubernetes.gpus or not settings.training_job_gpus:
+        return spec
+    return dataclasses.replace(spec, kubernetes=dataclasses.replace(spec.kubernetes, gpus=settings.training_job_gpus))
+
+
 def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
     """The run's Job; a run over several nodes becomes an Indexed Job (see `parallel`)."""
-    spec = RunSpec.from_dict(run.spec)
+    spec = with_default_gpus(RunSpec.from_dict(run.spec), settings)
     manifest = _single_pod_job(run, settings)
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     container["command"] = parallel.command(run.run_id, spec, manifest["metadata"]["name"],
@@ -56,8 +68,10 @@ def job_manifest(run: RunRecord, settings: TrainingSettings) -> dict:
 
 def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
     k8s = run.spec.get("kubernetes", {}) or {}
-    gpus = int(k8s.get("gpus", 0))
-    labels = {"app.kubernetes.io/name": "likeness", "app.kubernetes.io/component": "training-run",
+    gpus = int(k8s.get("gpus") or settings.training_job_gpus)
+    # the release labels first (the NetworkPolicies admit Job pods by them), then the fixed ones
+    labels = {"app.kubernetes.io/name": "likeness", **settings.training_job_pod_labels,
+              "app.kubernetes.io/component": "training-run",
               "app.kubernetes.io/managed-by": "likeness-training", RUN_LABEL: run.run_id}
     env = [{"name": "LIKENESS_" + name.upper(), "value": str(getattr(settings, name))}
            for name in FORWARDED if str(getattr(settings, name))]
@@ -71,8 +85,9 @@ def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
     env += [_secret_env("LIKENESS_S3_ACCESS_KEY", settings.training_job_secret, STORE_ACCESS_KEY, optional=True),
             _secret_env("LIKENESS_S3_SECRET_KEY", settings.training_job_secret, STORE_SECRET_KEY, optional=True),
             _secret_env("LIKENESS_TRAINING_DATABASE_URL", settings.training_job_database_secret, DATABASE_URL_KEY)]
-    requests = {"cpu": k8s.get("cpu") or ("4" if gpus else "2"), "memory": k8s.get("memory") or "16Gi"}
-    limits = {"memory": k8s.get("memory") or "16Gi"}
+    memory = k8s.get("memory") or settings.training_job_memory
+    requests = {"cpu": k8s.get("cpu") or settings.training_job_cpu, "memory": memory}
+    limits = {"memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
         requests["nvidia.com/gpu"] = str(gpus)
@@ -81,7 +96,7 @@ def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
     container = {
         "name": CONTAINER,
         "image": k8s.get("image") or settings.training_job_image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": settings.training_job_pull_policy,
         "command": ["python", "-m", "likeness.training.job", "--run-id", run.run_id],
         "env": env,
         "resources": {"requests": requests, "limits": limits},
@@ -101,16 +116,21 @@ def _single_pod_job(run: RunRecord, settings: TrainingSettings) -> dict:
         "volumes": [cache_volume, {"name": "tmp", "emptyDir": {}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
         "terminationGracePeriodSeconds": 60,
+        "automountServiceAccountToken": False,  # the run never calls the Kubernetes API
     }
     if settings.training_job_service_account:
         pod_spec["serviceAccountName"] = settings.training_job_service_account
-    if k8s.get("node_selector"):
-        pod_spec["nodeSelector"] = dict(k8s["node_selector"])
-    tolerations = [_toleration(t) for t in k8s.get("tolerations", ())]
+    if settings.training_job_priority_class:
+        pod_spec["priorityClassName"] = settings.training_job_priority_class
+    node_selector = k8s.get("node_selector") or settings.training_job_node_selector
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    tolerations = [_toleration(t) for t in (*settings.training_job_tolerations, *k8s.get("tolerations", ()))]
     if gpus:  # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
+    unique = [t for i, t in enumerate(tolerations) if t not in tolerations[:i]]
+    if unique:
+        pod_spec["tolerations"] = unique
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -180,7 +200,7 @@ class KubernetesJobExecutor:
             raise FailedPrecondition("spec.executor", "KUBERNETES_JOB needs a registry the Job pod can reach: "
                                      "LIKENESS_TRAINING_DATABASE_URL on PostgreSQL and "
                                      "LIKENESS_TRAINING_JOB_DATABASE_SECRET naming a Secret with its `url`")
-        parallel.check(spec, gpus_per_node=self.settings.training_gpus_per_node,
+        parallel.check(with_default_gpus(spec, self.settings), gpus_per_node=self.settings.training_gpus_per_node,
                        backend=self.settings.training_distributed_backend)
 
     def submit(self, run: RunRecord) -> None:

@@ -1,0 +1,119 @@
+"""The production shape, run here: every service started by tools/stack.py with exactly the
+environment `charts/likeness/values-gpu.yaml` renders (engine onnxruntime, float16, open_clip,
+CodeFormer, InsightFace + ArcFace, Kubernetes-Job training, PostgreSQL, S3), changed only where a
+CPU machine cannot follow it (tools.stack.production_overrides: devices -> cpu, GPU-only ONNX
+Runtime providers dropped). Store and database are real: SeaweedFS (S3) and PostgreSQL.
+
+The model repository holds STAND-INS under the production names, since no real weights can be
+downloaded here (their outputs are meaningless; tests check mechanics, never content):
+  sdxl-base           tiny-sdxl architecture, random weights (refiner/IP-Adapter: the tiny ones)
+  open-clip-vit-b-32  tiny-clip, random weights
+  codeformer          the real CodeFormer architecture, random weights (official checkpoint layout)
+  buffalo_l           synthetic InsightFace pack: real graph interfaces, a planted face per image
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tools.stack import SERVICES, Stack
+
+VALUES_GPU = Path(__file__).resolve().parents[2] / "charts" / "likeness" / "values-gpu.yaml"
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def settings_of(env: dict[str, str]):
+    from likeness.core.settings import CommonSettings
+
+    with environment(env):
+        return CommonSettings()
+
+
+def seed_stand_in_models(env: dict[str, str]) -> None:
+    """Registers the stand-ins (module docstring) in the S3 model repository of `env`."""
+    import torch
+
+    from likeness.core.modelrepo import ModelRepository
+    from likeness.core.store import open_store
+    from likeness.diffusion.tiny_sdxl import build_tiny_model, ensure_tiny_model, tiny_model_config
+    from likeness.embedding.encoders.tiny_clip import ensure_tiny_clip
+    from likeness.restoration.restorers.codeformer_arch import CodeFormer
+    from tests.detection import synthetic_pack
+
+    settings = settings_of(env)
+    repo = ModelRepository.from_settings(settings, open_store(settings))
+    with tempfile.TemporaryDirectory(prefix="stand-ins-") as tmp:
+        root = Path(tmp)
+        for name in ("tiny-sdxl-refiner", "tiny-ip-adapter-sdxl"):
+            ensure_tiny_model(repo, name)
+        build_tiny_model("sdxl", root / "sdxl-base")
+        repo.register("sdxl-base", root / "sdxl-base", kind="sdxl", backend="diffusers",
+                      config={**tiny_model_config("sdxl"), "stand_in": "tiny-sdxl architecture, random weights"})
+        ensure_tiny_clip(repo, "open-clip-vit-b-32")
+        torch.manual_seed(0)
+        (root / "codeformer").mkdir()
+        torch.save({"params_ema": CodeFormer().state_dict()}, root / "codeformer" / "codeformer.pth")
+        repo.register("codeformer", root / "codeformer", kind="restorer", backend="codeformer",
+                      config={"random_weights": True, "stand_in": "CodeFormer architecture, random weights"})
+        det_size = int(env.get("LIKENESS_DETECTION_DET_SIZE", "640"))
+        middle = det_size // synthetic_pack.PLANTED_STRIDE // 2
+        synthetic_pack.write_pack(root / "buffalo_l", det_size=det_size, cell=(middle, middle))
+        repo.register("buffalo_l", root / "buffalo_l", kind="face-pack", backend="insightface",
+                      config={"stand_in": "synthetic graphs with a planted face"})
+
+
+@pytest.fixture(scope="session")
+def production_stack():
+    """(Stack state, {service: env}) of a running production-shape stack."""
+    # not under pytest's tmp folder: PostgreSQL runs as its own user and must reach the state folder
+    state_dir = Path(tempfile.mkdtemp(prefix="likeness-production-"))
+    state_dir.chmod(0o755)
+    stack = Stack(state_dir)
+    envs: dict[str, dict] = {}
+
+    def before_services(state, rendered):
+        for env in rendered.values():  # no hub look-ups (not a LIKENESS_* setting; nothing is downloaded)
+            env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        envs.update(rendered)
+        seed_stand_in_models(rendered["generation"])
+
+    try:
+        state = stack.up(list(SERVICES), "auto", [str(VALUES_GPU)], before_services=before_services)
+        yield state, envs
+    finally:
+        stack.down(quiet=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def production_client(production_stack):
+    from likeness.jobs_client import JobsClient
+
+    state, _ = production_stack
+    client = JobsClient(f"127.0.0.1:{state['ports']['orchestrator']}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def production_store(production_stack):
+    from likeness.core.store import open_store
+
+    _, envs = production_stack
+    return open_store(settings_of(envs["orchestrator"]))
