@@ -82,11 +82,18 @@ class ServiceRuntime:
         self.settings = settings
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
-        # the tracing interceptor comes first: its server span is current in everything after it
-        traced = tracing.server_interceptors() if tracing.configure(service.name, settings) else []
-        self.server = grpc.aio.server(
-            interceptors=[*traced, *(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all")],
-            options=server_options(settings))
+        # A call's SERVER span is current in everything the call runs. With no other interceptor, the
+        # observability one starts it (one interceptor layer less per call); with others (auth), a
+        # span interceptor comes first, so a call they reject still has its span.
+        tracer = tracing.server_tracer() if tracing.configure(service.name, settings) else None
+        log_ok = settings.log_calls == "all"
+        if tracer is not None and interceptors:
+            from likeness.core.tracing_grpc import ServerSpanInterceptor
+
+            self.interceptors = [ServerSpanInterceptor(tracer), *interceptors, ObservabilityInterceptor(log_ok)]
+        else:
+            self.interceptors = [*(interceptors or []), ObservabilityInterceptor(log_ok, span_tracer=tracer)]
+        self.server = grpc.aio.server(interceptors=self.interceptors, options=server_options(settings))
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
