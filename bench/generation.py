@@ -5,8 +5,10 @@ Measures side by side in one run:
   2. ONNX Runtime vs torch, seconds per denoising step (batch 1 and batch 4, CFG on);
   3. Generate over gRPC (loopback) vs the same call in-process (service overhead).
 CPU only: SDXL latency at 1024x1024 needs a GPU to measure; these ratios describe the mechanics.
+`--sdxl-shaped` measures the full-size SDXL architecture instead (bench/sdxl_shaped.py).
 
     .venv/bin/python bench/generation.py [--quick]
+    .venv/bin/python bench/generation.py --sdxl-shaped [--steps 2] [--rounds 2] [--int8]
 """
 
 from __future__ import annotations
@@ -31,7 +33,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller images (< 30 s)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch/onnxruntime (default 1)")
+    ap.add_argument("--sdxl-shaped", action="store_true",
+                    help="full-size SDXL architecture, random weights, 512x512 (bench/sdxl_shaped.py)")
+    ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="sdxl-shaped weights")
+    ap.add_argument("--steps", type=int, default=2, help="sdxl-shaped denoising steps per image")
+    ap.add_argument("--rounds", type=int, default=2, help="sdxl-shaped measured rounds")
+    ap.add_argument("--int8", action="store_true", help="sdxl-shaped: also the weight-only int8 UNet")
+    ap.add_argument("--models", default="/tmp/likeness-sdxl-shaped",
+                    help="sdxl-shaped: folder of its model repository (the ~7 GB build is kept for reruns)")
     args = ap.parse_args()
+    if args.sdxl_shaped:
+        from bench.sdxl_shaped import run
+
+        run(args)
+        return
     rounds, side, steps = (2, 64, 4) if args.quick else (5, 128, 8)
 
     import grpc

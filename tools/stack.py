@@ -157,6 +157,11 @@ class Stack:
             if values_files:
                 envs = {name: production_overrides(env) for name, env in envs.items()}
             write_private(self.dir / "env.json", json.dumps(envs, indent=2, sort_keys=True))
+            if "orchestrator" in services:  # what `likeness` needs to submit jobs and upload inputs here
+                from likeness.stack_state import client_block
+
+                state["client"] = client_block(f"127.0.0.1:{ports['orchestrator']}", envs["orchestrator"])
+                self.save(state)
             if before_services is not None:
                 before_services(state, envs)
             procs = {name: self.spawn(name, [sys.executable, "-m", "likeness", "serve", name],
@@ -177,8 +182,17 @@ class Stack:
     def start_seaweed(self, ports: dict) -> None:
         data = self.dir / "seaweed"
         data.mkdir(exist_ok=True)
-        flags = {f"{p}.port": free_port() for p in ("master", "volume", "filer", "admin")}
-        flags.update({f"{p}.port.grpc": free_port() for p in ("master", "volume", "filer", "admin", "s3")})
+        # free ports, but none the services were given (not bound yet) or their metrics ports
+        taken = set(ports.values()) | {p + 1000 for p in ports.values()}
+
+        def spare() -> int:
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
+        flags = {f"{p}.port": spare() for p in ("master", "volume", "filer", "admin")}
+        flags.update({f"{p}.port.grpc": spare() for p in ("master", "volume", "filer", "admin", "s3")})
         flags["s3.port"] = ports["s3"]
         cmd = [venv_tool("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-s3.port.iceberg=0",

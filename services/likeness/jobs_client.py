@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import grpc
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from likeness.api.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from likeness.core.channels import sync_channel
@@ -46,20 +53,23 @@ class JobsClient:
         return self.stub.Watch(orchestrator_pb2.WatchRequest(job_id=job_id, after_seq=after_seq), metadata=self.metadata)
 
     def follow(self, job_id: str, console: Console | None = None, quiet: bool = False) -> orchestrator_pb2.Job:
-        """Streams the job's events (re-attaching after a broken stream) until it ends."""
+        """Streams the job's events (re-attaching after a broken stream) until it ends. The bar
+        restarts at each stage and moves with every progress event (per item, frame or training
+        step), with the time remaining estimated from the stage's pace so far."""
         console = console or Console(stderr=True)
         seq = 0
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, disable=quiet, transient=False) as bar:
-            task = bar.add_task("queued", total=None)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"),
+                      console=console, disable=quiet, transient=False) as bar:
+            task = bar.add_task("queued", total=None, detail="")
             while True:
                 try:
                     for ev in self.events(job_id, seq):
                         seq = ev.seq
                         if ev.type == orchestrator_pb2.EVENT_TYPE_STAGE_STARTED:
-                            bar.update(task, description=f"[bold]{ev.stage}", completed=0, total=None)
+                            bar.reset(task, description=f"[bold]{ev.stage}", total=None, detail="")
                         elif ev.type == orchestrator_pb2.EVENT_TYPE_PROGRESS and ev.progress.total:
-                            bar.update(task, completed=ev.progress.done, total=ev.progress.total)
+                            bar.update(task, completed=ev.progress.done, total=ev.progress.total, detail=ev.message)
                         elif ev.type == orchestrator_pb2.EVENT_TYPE_WARNING and not quiet:
                             bar.console.print(f"[yellow]warning[/]: {ev.message}")
                         if ev.type == orchestrator_pb2.EVENT_TYPE_FINISHED:

@@ -115,7 +115,7 @@ CASES = [
     ("PNG header claiming 50000x50000", {"data": png_claiming(50000, 50000)}, "INVALID_ARGUMENT",
      ["50000x50000 (2,500,000,000 pixels), over the limit of 100,000 pixels"]),
     ("JPEG header claiming 65000x65000", {"data": jpeg_claiming(65000, 65000)}, "INVALID_ARGUMENT",
-     ["image is 4,225,000,000 pixels, over the limit of 100,000 pixels"]),
+     ["image is 65000x65000 (4,225,000,000 pixels), over the limit of 100,000 pixels"]),
     ("valid image over the pixel limit", {"data": encode_png(rgb(400, 300))}, "INVALID_ARGUMENT",
      ["image is 400x300 (120,000 pixels), over the limit of 100,000 pixels"]),
     ("over the byte limit", {"data": GOOD_PNG + b"\0" * MAX_BYTES}, "INVALID_ARGUMENT",

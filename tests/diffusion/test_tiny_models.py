@@ -68,7 +68,8 @@ def test_clear_errors(tmp_path, tiny_folders):
         load_pipeline(tiny_folders["sdxl-refiner"], "sdxl-refiner", "text-to-image")
 
 
-@pytest.mark.parametrize("sampler", ["default", "ddim", "pndm", "dpm_solver_multistep", "euler", "euler_ancestral"])
+@pytest.mark.parametrize("sampler", ["default", "ddim", "pndm", "dpm_solver_multistep", "euler", "euler_ancestral",
+                                     "lcm"])
 def test_every_sampler_runs_without_reloading(sdxl_pipe, sampler):
     from likeness.diffusion.samplers import make_scheduler
 

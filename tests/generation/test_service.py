@@ -37,7 +37,8 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize("sampler", [G.SAMPLER_UNSPECIFIED, G.SAMPLER_DDIM, G.SAMPLER_PNDM,
-                                     G.SAMPLER_DPM_SOLVER_MULTISTEP, G.SAMPLER_EULER, G.SAMPLER_EULER_ANCESTRAL])
+                                     G.SAMPLER_DPM_SOLVER_MULTISTEP, G.SAMPLER_EULER, G.SAMPLER_EULER_ANCESTRAL,
+                                     G.SAMPLER_LCM])
 def test_every_sampler_runs(service, sampler):
     _, stub, _ = service
     resp = stub.Generate(req(sampler=sampler, output_prefix=f"samplers/{sampler}/"))

@@ -323,7 +323,7 @@ CASES: list[Case] = [
     Case("res-mask-bad-region", "restoration", "RegionMask", lambda ctx: r.RegionMaskRequest(items=[mask_item()], region=77), IA, ("region",)),
     Case("res-mask-absurd-size", "restoration", "RegionMask", lambda ctx: r.RegionMaskRequest(items=[mask_item(width=1_000_000_000, height=1_000_000_000)], region=r.REGION_BOTH_EYES), IA, ("items[0]",)),
     Case("res-mask-nan-landmark", "restoration", "RegionMask", lambda ctx: r.RegionMaskRequest(items=[mask_item(landmarks=[c.Landmark(kind=c.LANDMARK_KIND_LEFT_EYE, point=c.Point(x=NAN, y=1))] + EYES[1:])], region=r.REGION_LEFT_EYE), IA, ("items[0]",)),
-    Case("res-mask-bad-landmark-kind", "restoration", "RegionMask", lambda ctx: r.RegionMaskRequest(items=[mask_item(landmarks=[c.Landmark(kind=10, point=c.Point(x=1, y=1))] + EYES)], region=r.REGION_BOTH_EYES), IA, ("landmarks", "LandmarkKind")),
+    Case("res-mask-bad-landmark-kind", "restoration", "RegionMask", lambda ctx: r.RegionMaskRequest(items=[mask_item(landmarks=[c.Landmark(kind=999, point=c.Point(x=1, y=1))] + EYES)], region=r.REGION_BOTH_EYES), IA, ("landmarks", "LandmarkKind")),
     Case("res-restore-bad-landmark-kind", "restoration", "Restore", lambda ctx: r.RestoreRequest(items=[r.RestoreItem(image=good(ctx), face_box=box(80, 60, 180, 200), landmarks=[c.Landmark(kind=-1)])]), IA, ("landmarks", "LandmarkKind")),
     Case("res-mask-padding-nan", "restoration", "RegionMask", lambda ctx: r.RegionMaskRequest(items=[mask_item()], region=r.REGION_BOTH_EYES, padding_iod=NAN), IA, ("padding_iod",)),
     Case("res-mask-prefix-traversal", "restoration", "RegionMask", lambda ctx: r.RegionMaskRequest(items=[mask_item()], region=r.REGION_BOTH_EYES, output_prefix="/../../etc/"), IA, ("output_prefix",)),

@@ -87,6 +87,7 @@ class Brighten:
     aligned 512 crop lands back in the image."""
 
     name, input_size = "brighten", 512
+    keeps_input_at_full_fidelity = True
 
     def load(self):
         pass
@@ -94,6 +95,22 @@ class Brighten:
     def restore(self, face, fidelity):
         assert face.shape == (512, 512, 3)
         return blend_fidelity(face, np.clip(face.astype(np.int16) + 40, 0, 255).astype(np.uint8), fidelity)
+
+
+def test_fidelity_one_still_runs_a_restorer_that_restores_there():
+    """CodeFormer restores at w = 1 (upstream semantics): restore_face must not skip it."""
+    calls = []
+
+    class CodebookLike(Brighten):
+        keeps_input_at_full_fidelity = False
+
+        def restore(self, face, fidelity):
+            calls.append(fidelity)
+            return np.clip(face.astype(np.int16) + 40, 0, 255).astype(np.uint8)
+
+    photo = A.photo()
+    out = restore_face(photo, FACE, CodebookLike(), fidelity=1.0)
+    assert calls == [1.0] and not np.array_equal(out, photo)
 
 
 def test_landmarks_align_the_face_onto_the_ffhq_template():

@@ -119,14 +119,21 @@ class ServiceRuntime:
         self.settings = settings
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
+        # A call's SERVER span is current in everything the call runs. With no other interceptor, the
+        # observability one starts it (one interceptor layer less per call); with others (auth), a
+        # span interceptor comes first, so a call they reject still has its span.
         interceptors = [*(interceptors or []), *service_auth(settings, interceptors or [])]
-        # the tracing interceptor comes first: its server span is current in everything after it;
-        # LimitsInterceptor sits inside the observability one, which maps its INVALID_ARGUMENT
-        traced = tracing.server_interceptors() if tracing.configure(service.name, settings) else []
-        self.server = grpc.aio.server(
-            interceptors=[*traced, *interceptors, ObservabilityInterceptor(settings.log_calls == "all"),
-                          LimitsInterceptor(), FaultsInterceptor()],
-            options=server_options(settings))
+        # LimitsInterceptor and FaultsInterceptor sit inside the observability one, which maps errors
+        inner = [LimitsInterceptor(), FaultsInterceptor()]
+        tracer = tracing.server_tracer() if tracing.configure(service.name, settings) else None
+        log_ok = settings.log_calls == "all"
+        if tracer is not None and interceptors:
+            from likeness.core.tracing_grpc import ServerSpanInterceptor
+
+            self.interceptors = [ServerSpanInterceptor(tracer), *interceptors, ObservabilityInterceptor(log_ok), *inner]
+        else:
+            self.interceptors = [*interceptors, ObservabilityInterceptor(log_ok, span_tracer=tracer), *inner]
+        self.server = grpc.aio.server(interceptors=self.interceptors, options=server_options(settings))
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()

@@ -14,6 +14,8 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "dpm_solver_multistep": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    # Latent Consistency Models: a few steps with an LCM-distilled UNet or an LCM-LoRA
+    "lcm": ("LCMScheduler", {}),
 }
 DEFAULT = "default"  # the scheduler the model ships with (Euler for SDXL)
 

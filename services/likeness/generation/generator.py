@@ -38,7 +38,8 @@ log = logging.getLogger("likeness.generation")
 MAX_PROMPT_TOKENS = 77  # CLIP context, BOS and EOS included
 # A1111 names of the samplers (PNG `parameters`), by diffusers scheduler class
 SAMPLER_LABELS = {"DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "DPMSolverMultistepScheduler": "DPM++ 2M",
-                  "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a"}
+                  "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a",
+                  "LCMScheduler": "LCM"}
 
 
 @dataclass
@@ -56,6 +57,7 @@ class GenerationResult:
     warnings: list[str]
     model_digest: str
     timings: dict = field(default_factory=dict)  # queue, text_encoding, denoising, decoding, batch_size
+    lcm_lora: str = ""  # the LCM-LoRA the FAST preset ran with
 
 
 class ImageGenerator:
@@ -111,7 +113,9 @@ class ImageGenerator:
         default_side = int(spec.config.get("default_size") or presets.DEFAULT_SIZE[family])
         refiner_name = str(spec.config.get("refiner") or "")
         limits = replace(self.limits, max_size=min(self.limits.max_size, int(spec.config.get("max_size") or 10**6)))
-        req, warnings = validate(req, family, default_side, bool(refiner_name), limits)
+        lcm_name, lcm_warnings = await asyncio.to_thread(self._lcm_lora_for, req)
+        req, warnings = validate(req, family, default_side, bool(refiner_name), limits, lcm_lora=lcm_name)
+        warnings = lcm_warnings + warnings
         require_seed_room(req)
         refiner_spec = await asyncio.to_thread(self.manager.spec, refiner_name) if req.refiner else None
         ip_spec = None
@@ -123,17 +127,26 @@ class ImageGenerator:
         warnings += await asyncio.to_thread(self._prompt_warnings, req)
         adapter_files = await asyncio.to_thread(self._load_adapters, req)
         adapters = list(adapter_files)
+        key_adapters = tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True))
+        lcm_spec = None
+        if req.lcm_lora:  # runs first, at scale 1, under the request's own adapters
+            lcm_spec, lcm_id, lcm_file = await asyncio.to_thread(self._load_lcm_lora, req.lcm_lora)
+            if lcm_id not in adapter_files:
+                adapter_files = {lcm_id: lcm_file, **adapter_files}
+                key_adapters = ((lcm_id, 1.0), *key_adapters)
         control_specs = await asyncio.to_thread(self._control_specs, req, family)
 
         key = BatchKey(model=req.model, task=req.task, width=req.width, height=req.height, steps=req.steps,
                        sampler=req.sampler, guidance_scale=req.guidance_scale,
                        strength=req.strength if req.task != "text-to-image" else None,
                        refiner=refiner_name if req.refiner else "", refiner_fraction=req.refiner_fraction,
-                       adapters=tuple((aid, a.scale) for aid, a in zip(adapters, req.adapters, strict=True)),
+                       adapters=key_adapters,
                        reference_scale=req.reference_scale if ip_spec else None,
                        ip_adapter=ip_spec.name if ip_spec else "",
                        controls=tuple((c.model, c.scale, c.start, c.end) for c in req.controls))
         inputs = self._canonical_inputs(req, adapters, refiner_spec, ip_spec, control_specs)
+        if lcm_spec is not None:  # only then: work ids of other requests stay as they were
+            inputs["lcm_lora"] = lcm_spec.digest
         units = [(req.seed + i, work_id("generation", {**inputs, "seed": req.seed + i}, spec.digest))
                  for i in range(req.count)]
         keys = [f"{req.output_prefix}{wid}.png" for _, wid in units]
@@ -157,11 +170,17 @@ class ImageGenerator:
                                control_images=self._control_images(req, geometry),
                                adapter_files=adapter_files) for i in todo]
             results = await self.batcher.submit(key, items)
-            parameters_extra = self._parameters_extra(req, adapter_files, refiner_name)
+            # the request's own adapters (the LCM-LoRA is named on its own line)
+            parameters_extra = self._parameters_extra(req, {aid: adapter_files[aid] for aid in adapters}, refiner_name)
+            if spec.config.get("random_weights"):
+                parameters_extra["Model stand-in"] = "random weights"
+            used = models_used(spec, refiner_spec if req.refiner else None, ip_spec)
+
             def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
                 rgb = self._finish(req, geometry, result.rgb)
                 return encode_png(rgb, self._parameters(req, spec, units[i][0], parameters_extra),
-                                  {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1]})
+                                  {**inputs, "seed": units[i][0], "model_digest": spec.digest, "work_id": units[i][1],
+                                   "models": used})
 
             for i, result in zip(todo, results, strict=True):
                 png = await asyncio.to_thread(encode, i, result)
@@ -171,7 +190,7 @@ class ImageGenerator:
             first = results[0].timings
             timings = {**{k: first[k] for k in ("queue", "text_encoding", "denoising", "decoding")},
                        "batch_size": max(r.batch_size for r in results)}
-        return GenerationResult(images, warnings, spec.digest, timings)
+        return GenerationResult(images, warnings, spec.digest, timings, req.lcm_lora)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -236,6 +255,39 @@ class ImageGenerator:
                                              if (folder / sub / "tokenizer_config.json").is_file()]
         return self._tokenizers[spec.digest]
 
+    def _lcm_lora_for(self, req: GenerationRequest) -> tuple[str, list[str]]:
+        """The LCM-LoRA registered for the request's model when FAST could use it, and why not."""
+        from likeness.diffusion.lcm import lcm_lora_for
+
+        if req.quality_mode != presets.LCM_MODE:
+            return "", []
+        name = lcm_lora_for(self.manager.repo, req.model)
+        if name and not self.manager.engine.supports_adapters:
+            return "", [f"quality_mode fast: the LCM-LoRA {name!r} needs the torch engine; "
+                        f"{self.manager.engine.name} runs the standard FAST preset"]
+        return name, []
+
+    def _load_lcm_lora(self, name: str) -> tuple:
+        """(spec, adapter id, parsed file) of LCM-LoRA `name` from the model repository."""
+        from likeness.diffusion.lcm import weight_file
+
+        data = weight_file(self.manager.repo, name).read_bytes()
+        aid = adapter_id(sha256_hex(data))
+        return self.manager.repo.spec(name), aid, self._parsed_lora(aid, data, f"model {name}")
+
+    def _parsed_lora(self, aid: str, data: bytes, field: str) -> LoraFile:
+        """The parsed LoRA of `data`, from the LRU of parsed files (within the LoRA budget)."""
+        with self._lora_lock:
+            lora = self._lora_files.get(aid)
+        if lora is None:
+            lora = read_lora(data, field)
+        with self._lora_lock:
+            self._lora_files[aid] = lora
+            self._lora_files.move_to_end(aid)
+            while sum(f.nbytes for f in self._lora_files.values()) > self._lora_budget and len(self._lora_files) > 1:
+                self._lora_files.popitem(last=False)
+        return lora
+
     def _load_adapters(self, req: GenerationRequest) -> dict[str, LoraFile]:
         """Reads, size-checks and validates each adapter file; returns {id (sha-based): parsed file}
         in request order. Parsed files are kept (LRU, within the LoRA budget) for later requests;
@@ -250,16 +302,7 @@ class ImageGenerator:
             aid = adapter_id(sha256_hex(data))
             if aid in ids:
                 raise InvalidArgument(field, "has the same content as an earlier adapter of this request")
-            with self._lora_lock:
-                lora = self._lora_files.get(aid)
-            if lora is None:
-                lora = read_lora(data, field)
-            with self._lora_lock:
-                self._lora_files[aid] = lora
-                self._lora_files.move_to_end(aid)
-                while sum(f.nbytes for f in self._lora_files.values()) > self._lora_budget and len(self._lora_files) > 1:
-                    self._lora_files.popitem(last=False)
-            ids[aid] = lora
+            ids[aid] = self._parsed_lora(aid, data, field)
         return ids
 
     def _control_specs(self, req: GenerationRequest, family: str) -> list:
@@ -327,6 +370,8 @@ class ImageGenerator:
             extra["Noise injection"] = req.noise_injection
         if req.reference_image is not None:
             extra["IP-Adapter scale"] = req.reference_scale
+        if req.lcm_lora:
+            extra["LCM-LoRA"] = req.lcm_lora
         if adapters:
             # A1111 names a LoRA by its file name; the scales travel in the `likeness` chunk
             extra["Lora hashes"] = lora_hashes([(PurePosixPath(a.uri.rstrip("/")).stem, f.addnet_hash)
@@ -342,6 +387,17 @@ class ImageGenerator:
         return format_parameters(req.prompt, req.negative_prompt, req.steps, SAMPLER_LABELS.get(name, name),
                                  req.guidance_scale, seed, req.width, req.height, req.model,
                                  model_hash=a1111_model_hash(spec.files, spec.checksums), extra=extra)
+
+
+def models_used(spec, refiner_spec, ip_spec) -> list[dict]:
+    """Provenance written into every PNG: each model that shaped the pixels, and whether it is a
+    stand-in (model.yaml `random_weights: true`: the images are noise)."""
+    out = []
+    for role, s in (("generator", spec), ("refiner", refiner_spec), ("ip_adapter", ip_spec)):
+        if s is not None:
+            out.append({"role": role, "name": s.name, "backend": s.backend, "digest": s.digest,
+                        "stand_in": "random weights" if s.config.get("random_weights") else ""})
+    return out
 
 
 def require_seed_room(req: GenerationRequest) -> None:

@@ -24,6 +24,13 @@ PRESETS: dict[str, Preset] = {
 }
 DEFAULT_MODE = "standard"
 
+# FAST when an LCM-LoRA is registered for the model: the LCM sampler in its few-step regime
+# (the LCM-LoRA authors sample in 4-8 steps with guidance 1-2; 1 turns classifier-free guidance off,
+# which also halves the UNet work per step).
+LCM_STEPS = 6
+LCM_GUIDANCE = 1.0
+LCM_MODE = "fast"
+
 # classifier-free guidance scale when the request leaves it unset, by model family
 DEFAULT_GUIDANCE = {"sdxl": 5.0, "sd15": 7.5}
 DEFAULT_REFINER_FRACTION = 0.2

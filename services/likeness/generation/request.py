@@ -73,6 +73,7 @@ class GenerationRequest:
     noise_injection: float = 0.0
     return_inline: bool = False
     output_prefix: str = ""
+    lcm_lora: str = ""  # resolved by validate(): the LCM-LoRA the FAST preset runs with, "" for none
 
 
 @dataclass(frozen=True)
@@ -83,22 +84,29 @@ class Limits:
 
 
 def validate(req: GenerationRequest, family: str, default_side: int, has_refiner: bool,
-             limits: Limits) -> tuple[GenerationRequest, list[str]]:
+             limits: Limits, lcm_lora: str = "") -> tuple[GenerationRequest, list[str]]:
     """Checks every field and returns the request with presets and defaults resolved, plus
-    warnings. `family` is `sdxl` or `sd15`; `default_side` the model's default image side."""
+    warnings. `family` is `sdxl` or `sd15`; `default_side` the model's default image side;
+    `lcm_lora` the LCM-LoRA registered for the model ("" for none), which FAST then runs with
+    (LCM sampler, presets.LCM_STEPS steps, guidance presets.LCM_GUIDANCE) unless the request
+    names another sampler."""
     warnings: list[str] = []
     require(req.task in TASKS, "task", f"unknown task {req.task!r}")
     require(req.quality_mode in presets.PRESETS, "quality_mode", f"unknown quality mode {req.quality_mode!r}")
     require(req.sampler in SAMPLERS or req.sampler == DEFAULT_SAMPLER, "sampler",
             f"unknown sampler {req.sampler!r}; known: {', '.join(SAMPLERS)}")
     preset = presets.PRESETS[req.quality_mode]
+    use_lcm = bool(lcm_lora) and req.quality_mode == presets.LCM_MODE and req.sampler in (DEFAULT_SAMPLER, "lcm")
+    if lcm_lora and req.quality_mode == presets.LCM_MODE and not use_lcm:
+        warnings.append(f"sampler {req.sampler} was requested: the LCM-LoRA {lcm_lora!r} is not used")
 
     check_range(req.seed, "seed", 0, MAX_SEED)
     check_range(req.count, "count", 1, limits.max_count)
     require(req.steps == 0 or 1 <= req.steps <= limits.max_steps, "steps",
             f"{req.steps} is outside [1, {limits.max_steps}] (0 takes the quality mode's preset)")
-    steps = req.steps or preset.steps
-    guidance = presets.DEFAULT_GUIDANCE[family] if req.guidance_scale is None else req.guidance_scale
+    steps = req.steps or (presets.LCM_STEPS if use_lcm else preset.steps)
+    default_guidance = presets.LCM_GUIDANCE if use_lcm else presets.DEFAULT_GUIDANCE[family]
+    guidance = default_guidance if req.guidance_scale is None else req.guidance_scale
     require(math.isfinite(guidance), "guidance_scale", "must be a finite number")
     check_range(guidance, "guidance_scale", 0.0, 30.0)
     check_range(req.noise_injection, "noise_injection", 0.0, 1.0)
@@ -155,6 +163,7 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
     validate_prefix(req.output_prefix, "output_prefix")
 
     resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
+                       sampler="lcm" if use_lcm else req.sampler, lcm_lora=lcm_lora if use_lcm else "",
                        strength=strength, refiner=refiner, refiner_fraction=fraction,
                        reference_scale=reference_scale, controls=controls,
                        output_prefix=req.output_prefix or "generated/")

@@ -16,7 +16,8 @@ TASKS = {generation_pb2.TASK_UNSPECIFIED: "text-to-image", generation_pb2.TASK_T
          generation_pb2.TASK_IMAGE_TO_IMAGE: "image-to-image", generation_pb2.TASK_INPAINT: "inpaint"}
 SAMPLERS = {generation_pb2.SAMPLER_UNSPECIFIED: "default", generation_pb2.SAMPLER_DDIM: "ddim",
             generation_pb2.SAMPLER_PNDM: "pndm", generation_pb2.SAMPLER_DPM_SOLVER_MULTISTEP: "dpm_solver_multistep",
-            generation_pb2.SAMPLER_EULER: "euler", generation_pb2.SAMPLER_EULER_ANCESTRAL: "euler_ancestral"}
+            generation_pb2.SAMPLER_EULER: "euler", generation_pb2.SAMPLER_EULER_ANCESTRAL: "euler_ancestral",
+            generation_pb2.SAMPLER_LCM: "lcm"}
 QUALITY = {generation_pb2.QUALITY_MODE_UNSPECIFIED: "standard", generation_pb2.QUALITY_MODE_FAST: "fast",
            generation_pb2.QUALITY_MODE_STANDARD: "standard", generation_pb2.QUALITY_MODE_QUALITY: "quality",
            generation_pb2.QUALITY_MODE_ULTRA: "ultra"}
@@ -64,7 +65,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         return generation_pb2.GenerateResponse(
             images=[generation_pb2.GeneratedImage(artifact=artifact_pb(i.stored, i.data), seed=i.seed,
                                                   work_id=i.work_id, cached=i.cached) for i in result.images],
-            warnings=result.warnings, model_digest=result.model_digest,
+            warnings=result.warnings, model_digest=result.model_digest, lcm_lora=result.lcm_lora,
             timings=generation_pb2.GenerationTimings(
                 queue_seconds=t.get("queue", 0.0), text_encoding_seconds=t.get("text_encoding", 0.0),
                 denoising_seconds=t.get("denoising", 0.0), decoding_seconds=t.get("decoding", 0.0),
@@ -104,6 +105,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         return generation_pb2.ListModelsResponse(
             models=[generation_pb2.ModelInfo(name=s.name, kind=s.kind, backend=s.backend, digest=s.digest,
                                              loaded=s.name in loaded,
-                                             memory_bytes=loaded[s.name].memory_bytes if s.name in loaded else 0)
+                                             memory_bytes=loaded[s.name].memory_bytes if s.name in loaded else 0,
+                                             stand_in="random weights" if s.config.get("random_weights") else "")
                     for s in sorted(specs, key=lambda s: s.name)],
             engine=self._engine_name)

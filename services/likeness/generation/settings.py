@@ -21,6 +21,15 @@ class GenerationSettings(CommonSettings):
     # ONNX Runtime execution providers in order of preference; on GPU nodes
     # `TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider`.
     generation_onnx_providers: str = "CPUExecutionProvider"
+    # `int8_weight_only`: the torch engine stores the UNet's linear weights as int8 (torchao), which
+    # halves their memory against bf16/fp16; `none` keeps them in the engine's dtype.
+    generation_unet_quantization: str = Field("none", pattern="^(none|int8_weight_only)$")
+    # GPU speed-ups of the torch engine (attention is always PyTorch's scaled_dot_product_attention,
+    # diffusers' default): channels-last memory format for the UNet and VAE, and torch.compile of
+    # the UNet. `reduce-overhead` also records CUDA graphs, which pay off when the shapes repeat
+    # (fixed sizes and batch); every new shape compiles once (tens of seconds for SDXL).
+    generation_channels_last: bool = False
+    generation_torch_compile: str = Field("none", pattern="^(none|default|reduce-overhead|max-autotune)$")
     # Exported ONNX graphs and TensorRT engine caches live here, one folder per model digest.
     generation_engine_cache_dir: str = "/tmp/likeness/engine-cache"
     # Shape profile of the graphs (TensorRT min/opt/max): image side range in pixels; 0 = the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from likeness.core.store import ArtifactStore
 from likeness.core.workid import work_id
 from likeness.orchestrator.clients import ServiceClients
 from likeness.orchestrator.jobstore import JobRecord, JobStore
+from likeness.orchestrator.provenance import ModelLedger
 
 
 @dataclass
@@ -25,6 +27,12 @@ class Outcome:
     manifest: dict
     report: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Why the job did not deliver what it promised (a storyboard frame missing, ...): the job ends
+    # FAILED with this reason, and its manifest and report are still written with what it has.
+    failure: str = ""
+    # One line on how the job ended when it succeeded with a caveat, for example the frames a
+    # storyboard run without `require_all_frames` is missing.
+    note: str = ""
 
 
 class JobContext:
@@ -40,6 +48,9 @@ class JobContext:
         self.warnings: list[str] = []
         self.reused = 0  # work items answered from the job store instead of a service call
         self.computed = 0
+        self.models = ModelLedger()
+        # What the workflow has so far, for the manifest and report of a job that stops early.
+        self.partial: Callable[[], Outcome] | None = None
         self._last_progress = 0.0
         self.current_stage = ""
         self.faults: list[Fault] = []  # survived faults (core.faults), shown as events and in the report

@@ -40,7 +40,10 @@ def _bars_svg(data: list, unit: str = "") -> dict:
             "unit": unit, "height": 22 * len(data) + 4}
 
 
-def render_report(job, outcome, timings: dict[str, float], warnings: list[str], store=None) -> str:
+def render_report(job, outcome, timings: dict[str, float], warnings: list[str], store=None, *, state: str = "",
+                  reason: str = "", models=None) -> str:
+    """`state` and `reason` head the report; `models` (a provenance.ModelLedger) names the model behind
+    every figure, and each stand-in is announced at the top in plain words."""
     sections = []
     for section in outcome.report.get("sections", []):
         s = dict(section)
@@ -70,4 +73,6 @@ def render_report(job, outcome, timings: dict[str, float], warnings: list[str], 
     timing_rows = [[k, f"{v:.3f}"] for k, v in timings.items()]
     return _env.get_template("report.html.j2").render(
         job=job, summary=outcome.summary, sections=sections, timings=timing_rows, warnings=warnings,
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), state=state or job.state,
+        reason=reason or outcome.failure or outcome.note, stand_ins=models.warnings() if models else [],
+        models=models.as_list() if models else [])

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from likeness.api.v1 import common_pb2, generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from likeness.api.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 from likeness.core import pages, tracing
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
-from likeness.orchestrator import imports, specs
+from likeness.orchestrator import capabilities, imports, specs
 from likeness.orchestrator.clients import ServiceClients
 from likeness.orchestrator.jobstore import TERMINAL, EventRecord, JobRecord, JobStore
 
@@ -81,15 +80,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 imports.layout(uri, prefix, keys)
             elif not keys:
                 raise InvalidArgument(field, f"'{uri}' holds no objects")
-        model = specs.model_of(spec)
-        if model:
-            try:
-                listed = await self.clients.generation.stub.ListModels(generation_pb2.ListModelsRequest(), timeout=5)
-            except grpc.aio.AioRpcError:
-                return  # generation unreachable now: the job retries it when it runs
-            names = sorted(m.name for m in listed.models)
-            if model not in names:
-                raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: {', '.join(names) or 'none'}")
+        await capabilities.check(spec, self.clients)
 
     async def Submit(self, request, context):
         size = request.spec.ByteSize()

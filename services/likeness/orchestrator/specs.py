@@ -107,6 +107,12 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
     require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
     if s.HasField("guidance_scale"):
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
+    if s.HasField("reference_image"):
+        require(s.reference_image.WhichOneof("source") is not None, "spec.storyboard.reference_image",
+                "set `data` or `uri`")
+    if s.HasField("reference_scale"):
+        require(s.HasField("reference_image"), "spec.storyboard.reference_scale", "needs reference_image")
+        check_range(s.reference_scale, "spec.storyboard.reference_scale", 0.0, 1.0)
     if s.HasField("control_scale"):
         check_range(s.control_scale, "spec.storyboard.control_scale", 0.0, 2.0)
     require(len(s.control_model) <= 200, "spec.storyboard.control_model",
@@ -172,14 +178,17 @@ def validate(spec: orchestrator_pb2.JobSpec) -> str:
     return kind
 
 
-def model_of(spec: orchestrator_pb2.JobSpec) -> str:
+def model_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
+    """(field, name) of the generation-repository model the job needs; ("", "") when none."""
     kind = spec.WhichOneof("kind")
     inner = getattr(spec, kind)
     if kind == "curate":
-        return inner.generate.model if inner.WhichOneof("source") == "generate" else ""
+        if inner.WhichOneof("source") == "generate":
+            return "spec.curate.generate.model", inner.generate.model
+        return "", ""
     if kind == "train":
-        return ""
-    return inner.model
+        return "spec.train.run.base_model", inner.run.base_model
+    return f"spec.{kind}.model", inner.model
 
 
 def dataset_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:

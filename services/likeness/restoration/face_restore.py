@@ -9,7 +9,8 @@
 3. Paste back through `feathered_blend` with the face ellipse (masks.face_mask) as mask, feathered
    by `FEATHER_PER_FACE` x the box's shorter side: pixels outside the ellipse's feather support
    keep the input's exact bytes.
-`fidelity == 1` returns the input unchanged without running the restorer.
+`fidelity == 1` returns the input unchanged without running a restorer that would only blend back to
+the input there (classical, GFPGAN); CodeFormer still restores at 1, as upstream.
 """
 
 from __future__ import annotations
@@ -104,10 +105,11 @@ def _restore_crop(crop: np.ndarray, crop_rect: Rect, face: FaceToRestore, box, r
 
 def restore_face(image: np.ndarray, face: FaceToRestore, restorer: FaceRestorer, fidelity: float,
                  field: str = "items[0]") -> np.ndarray:
-    """A new image with the face restored and pasted back; the input when fidelity is 1."""
+    """A new image with the face restored and pasted back; the input when fidelity is 1 and the
+    restorer blends pixels."""
     check_range(fidelity, "fidelity", 0.0, 1.0)
     box = _check_face(image, face, field)
-    if fidelity >= 1.0:
+    if fidelity >= 1.0 and restorer.keeps_input_at_full_fidelity:
         return image.copy()
     height, width = image.shape[:2]
     bw, bh = box[2] - box[0], box[3] - box[1]

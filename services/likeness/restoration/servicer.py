@@ -280,7 +280,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         restorer = await self._model_run(self._restorer, name)  # unknown or missing weights: whole call fails
         prefix = self._outputs.prefix(request.output_prefix)
         errors: list[LikenessError | None] = [None] * len(request.items)
-        response = restoration_pb2.RestoreResponse(model=restorer.name)
+        response = restoration_pb2.RestoreResponse(model=restorer.name, stand_in=getattr(restorer, "stand_in", ""))
         for i, item in enumerate(request.items):  # one at a time: the model worker is serial anyway
             field = f"items[{i}]"
             try:

@@ -24,6 +24,7 @@ class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLER_DPM_SOLVER_MULTISTEP: _ClassVar[Sampler]
     SAMPLER_EULER: _ClassVar[Sampler]
     SAMPLER_EULER_ANCESTRAL: _ClassVar[Sampler]
+    SAMPLER_LCM: _ClassVar[Sampler]
 
 class QualityMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,6 +49,7 @@ SAMPLER_PNDM: Sampler
 SAMPLER_DPM_SOLVER_MULTISTEP: Sampler
 SAMPLER_EULER: Sampler
 SAMPLER_EULER_ANCESTRAL: Sampler
+SAMPLER_LCM: Sampler
 QUALITY_MODE_UNSPECIFIED: QualityMode
 QUALITY_MODE_FAST: QualityMode
 QUALITY_MODE_STANDARD: QualityMode
@@ -162,16 +164,18 @@ class GenerationTimings(_message.Message):
     def __init__(self, queue_seconds: _Optional[float] = ..., text_encoding_seconds: _Optional[float] = ..., denoising_seconds: _Optional[float] = ..., decoding_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("images", "warnings", "timings", "model_digest")
+    __slots__ = ("images", "warnings", "timings", "model_digest", "lcm_lora")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LCM_LORA_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[GeneratedImage]
     warnings: _containers.RepeatedScalarFieldContainer[str]
     timings: GenerationTimings
     model_digest: str
-    def __init__(self, images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[GenerationTimings, _Mapping]] = ..., model_digest: _Optional[str] = ...) -> None: ...
+    lcm_lora: str
+    def __init__(self, images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[GenerationTimings, _Mapping]] = ..., model_digest: _Optional[str] = ..., lcm_lora: _Optional[str] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request",)
@@ -192,20 +196,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "backend", "digest", "loaded", "memory_bytes")
+    __slots__ = ("name", "kind", "backend", "digest", "loaded", "memory_bytes", "stand_in")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STAND_IN_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     backend: str
     digest: str
     loaded: bool
     memory_bytes: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., backend: _Optional[str] = ..., digest: _Optional[str] = ..., loaded: _Optional[bool] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    stand_in: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., backend: _Optional[str] = ..., digest: _Optional[str] = ..., loaded: _Optional[bool] = ..., memory_bytes: _Optional[int] = ..., stand_in: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "engine")

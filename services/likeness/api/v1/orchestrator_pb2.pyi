@@ -133,7 +133,7 @@ class TrainSpec(_message.Message):
     def __init__(self, run: _Optional[_Union[_training_pb2.RunSpec, _Mapping]] = ...) -> None: ...
 
 class StoryboardSpec(_message.Message):
-    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check", "min_eye_openness", "control_model", "control_scale", "control_reference")
+    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check", "min_eye_openness", "control_model", "control_scale", "control_reference", "require_all_frames", "reference_image", "reference_scale")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     FRAME_PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,9 @@ class StoryboardSpec(_message.Message):
     CONTROL_MODEL_FIELD_NUMBER: _ClassVar[int]
     CONTROL_SCALE_FIELD_NUMBER: _ClassVar[int]
     CONTROL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_ALL_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     model: str
     character: str
     frame_prompts: _containers.RepeatedScalarFieldContainer[str]
@@ -170,7 +173,10 @@ class StoryboardSpec(_message.Message):
     control_model: str
     control_scale: float
     control_reference: _common_pb2.ImageInput
-    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., min_eye_openness: _Optional[float] = ..., control_model: _Optional[str] = ..., control_scale: _Optional[float] = ..., control_reference: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ...) -> None: ...
+    require_all_frames: bool
+    reference_image: _common_pb2.ImageInput
+    reference_scale: float
+    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., min_eye_openness: _Optional[float] = ..., control_model: _Optional[str] = ..., control_scale: _Optional[float] = ..., control_reference: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., require_all_frames: _Optional[bool] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ...) -> None: ...
 
 class OpenEyesSpec(_message.Message):
     __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps", "negative_prompt", "face_index")

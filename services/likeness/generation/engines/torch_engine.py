@@ -48,13 +48,36 @@ class TorchEngine:
         if self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
         self.dtype = torch_dtype(getattr(settings, "generation_dtype", "auto"), self.device)
+        self.unet_quantization = getattr(settings, "generation_unet_quantization", "none")
+        self.channels_last = getattr(settings, "generation_channels_last", False)
+        self.compile_mode = getattr(settings, "generation_torch_compile", "none")
 
     def describe(self) -> dict:
         return {"engine": self.name, "device": self.device, "dtype": dtype_name(self.dtype),
-                "cpu_threads": self.cpu_threads}
+                "cpu_threads": self.cpu_threads, "unet_quantization": self.unet_quantization,
+                "channels_last": self.channels_last, "torch_compile": self.compile_mode}
 
     def load(self, folder, spec):
-        return load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
+        pipe = load_pipeline(folder, spec.kind, main_task(spec.kind), dtype=self.dtype, device=self.device)
+        if self.unet_quantization == "int8_weight_only":
+            from likeness.diffusion.quantize import quantize_unet_int8
+
+            quantize_unet_int8(pipe.unet)
+        if self.name == TorchEngine.name:  # subclasses export the UNet: they get the eager module
+            self.speed_up(pipe)
+        return pipe
+
+    def speed_up(self, pipe) -> None:
+        """Channels-last and torch.compile of the UNet, as the settings ask (no-ops by default).
+        The compiled module wraps the same weights; LoRA adapters on a compiled UNet are not
+        verified (keep compile off where adapters are served)."""
+        import torch
+
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if self.compile_mode != "none":
+            pipe.unet = torch.compile(pipe.unet, mode=self.compile_mode)
 
     # -- one batch ------------------------------------------------------------------------------
 

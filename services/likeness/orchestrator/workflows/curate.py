@@ -122,6 +122,7 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
         key = {"images": [c.sha256 for c in batch], "policy": policy.SerializeToString().hex()}
         resp = await ctx.cached("assess", key, lambda: ctx.clients.detection.call("Assess", req),
                                 detection_pb2.AssessResponse)
+        ctx.models.detection(resp)
         finished = []
         for c, r in zip(batch, resp.results, strict=True):
             c.quality = r.quality.score
@@ -148,6 +149,7 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
         req = embedding_pb2.EmbedImagesRequest(images=[uri_input(c.uri) for c in batch])
         resp = await ctx.cached("embed", {"images": [c.sha256 for c in batch]},
                                 lambda: ctx.clients.embedding.call("EmbedImages", req), embedding_pb2.EmbedImagesResponse)
+        ctx.models.embedding(resp)
         return list(zip(batch, resp.embeddings, strict=True))
 
     pairs = [p for chunk in await gather_ordered(lambda b=b: embed(b) for b in batches) for p in chunk]
@@ -230,8 +232,16 @@ async def run(ctx: JobContext, spec) -> Outcome:
     prefix = spec.output_prefix or f"datasets/{ctx.job_id}/"
     if not prefix.endswith("/"):
         prefix += "/"
+    cands: list[Candidate] = []
+    selected: list[Candidate] = []
+    dataset: list[dict] = []
+    k = 0
+    # A job that stops early (every candidate rejected, too few left for target_count) still
+    # reports every decision made so far.
+    ctx.partial = lambda: outcome(ctx, prefix, cands, selected, dataset, k)
     async with ctx.stage("source"):
         if spec.WhichOneof("source") == "generate":
+            await ctx.models.generation_model(ctx.clients, spec.generate.model)
             cands = await generated_candidates(ctx, spec)
         else:
             cands = await asyncio.to_thread(imported_candidates, ctx, spec)
@@ -249,11 +259,16 @@ async def run(ctx: JobContext, spec) -> Outcome:
         selected = await select(ctx, spec, pool)
     async with ctx.stage("write"):
         dataset = await write_dataset(ctx, ctx.store.key_of(prefix, field="spec.curate.output_prefix"), selected)
+    return outcome(ctx, prefix, cands, selected, dataset, k)
+
+
+def outcome(ctx: JobContext, prefix: str, cands: list[Candidate], selected: list[Candidate], dataset: list[dict],
+            k: int) -> Outcome:
     reasons: dict[str, int] = {}
     for c in cands:
         if c.decision == "rejected":
             reasons[c.reason] = reasons.get(c.reason, 0) + 1
-    summary = {"candidates": len(cands), "selected": len(selected), "dataset_uri": ctx.store.uri(prefix),
+    summary = {"candidates": len(cands), "selected": len(selected), "dataset_uri": ctx.store.uri(prefix) if dataset else "",
                "clusters": k, "selected_quality_mean": round(sum(c.quality for c in selected) / max(len(selected), 1), 4),
                **{f"rejected_{k}": v for k, v in sorted(reasons.items())}}
     manifest = {
@@ -266,10 +281,10 @@ async def run(ctx: JobContext, spec) -> Outcome:
                        for c in sorted(cands, key=lambda c: c.id)],
         "selection_digest": sha256_hex("\n".join(d["sha256"] for d in dataset).encode()),
     }
-    return Outcome(summary, manifest, report_sections(cands, selected, reasons))
+    return Outcome(summary, manifest, report_sections(ctx, cands, selected, reasons))
 
 
-def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: dict[str, int]) -> dict:
+def report_sections(ctx: JobContext, cands: list[Candidate], selected: list[Candidate], reasons: dict[str, int]) -> dict:
     clusters: dict[int, list[Candidate]] = {}
     for c in selected:
         clusters.setdefault(c.cluster, []).append(c)
@@ -282,9 +297,10 @@ def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: 
         seeds[c.seed] = seeds.get(c.seed, 0) + 1
     item = lambda c: {"uri": c.uri, "caption": f"{c.id} q={c.quality:.2f}"}  # noqa: E731
     return {"sections": [
-        {"type": "gallery", "title": "Selected set by cluster",
+        {"type": "gallery", "title": "Selected set by cluster", "model": f"clusters: {ctx.models.label('encoder')}",
          "groups": [{"name": f"cluster {k}", "items": [item(c) for c in v]} for k, v in sorted(clusters.items())]},
-        {"type": "table", "title": "Rejections", "columns": ["reason", "count"],
+        {"type": "table", "title": "Rejections", "model": f"faces: {ctx.models.label('detector')}",
+         "columns": ["reason", "count"],
          "rows": [[k, v] for k, v in sorted(reasons.items())]},
         {"type": "table", "title": "Duplicates removed", "columns": ["removed", "duplicate of", "detail"],
          "rows": [[c.id, c.extra["duplicate_of"], c.detail] for c in sorted(cands, key=lambda c: c.id)
@@ -293,7 +309,9 @@ def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: 
         {"type": "gallery", "title": "Rejected candidates by reason",
          "groups": [{"name": k, "items": [{"uri": c.uri, "caption": f"{c.id}: {c.detail or k}"} for c in v[:24]]}
                     for k, v in sorted(rejected.items())]},
-        {"type": "table", "title": "Every candidate", "columns": ["id", "seed", "type", "decision", "reason", "quality", "cluster"],
+        {"type": "table", "title": "Every candidate",
+         "model": f"faces and quality: {ctx.models.label('detector')}; clusters: {ctx.models.label('encoder')}",
+         "columns": ["id", "seed", "type", "decision", "reason", "quality", "cluster"],
          "rows": [[c.id, c.seed, c.image_type, c.decision, c.reason, f"{c.quality:.3f}", c.cluster]
                   for c in sorted(cands, key=lambda c: c.id)]},
     ]}

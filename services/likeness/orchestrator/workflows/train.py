@@ -38,6 +38,7 @@ async def _follow(ctx: JobContext, run_id: str) -> None:
 
 
 async def run(ctx: JobContext, spec) -> Outcome:
+    await ctx.models.generation_model(ctx.clients, spec.run.base_model, role="base model")
     async with ctx.stage("train"):
         run_id = await _start(ctx, spec)
         while True:
@@ -66,7 +67,10 @@ async def run(ctx: JobContext, spec) -> Outcome:
     loss = list(r.loss)
     stride = max(1, len(loss) // 30)
     sections = [
-        {"type": "table", "title": "Checkpoints", "columns": ["epoch", "step", "loss", "CLIP score", "identity", "best"],
+        {"type": "table", "title": "Checkpoints",
+         "model": f"base: {ctx.models.label('base model')}; CLIP score: the embedding service's encoder (n/a "
+                  "without a text tower); identity: the detection service's identity model",
+         "columns": ["epoch", "step", "loss", "CLIP score", "identity", "best"],
          "rows": [[c.epoch, c.step, f"{c.loss:.4f}", f"{c.clip_score:.3f}", f"{c.identity_similarity:.3f}", "yes" if c.best else ""]
                   for c in r.checkpoints]},
         {"type": "bars", "title": "Loss curve", "unit": "", "data": [[f"step {p.step}", round(p.loss, 5)] for p in loss[::stride]]},

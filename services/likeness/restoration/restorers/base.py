@@ -1,9 +1,11 @@
 """The interface every face restorer implements.
 
 `restore(face, fidelity)` takes an HxWx3 uint8 RGB face crop (at `input_size` x `input_size` for
-networks, any size for the classical restorer) and returns one of the same shape. `fidelity` is
-CodeFormer's `w` in [0, 1]: 1 keeps the input, 0 is the strongest restoration. Restorers without a
-native fidelity control blend pixels: `out = fidelity * input + (1 - fidelity) * restored`.
+networks, any size for the classical restorer) and returns one of the same shape. `fidelity` in
+[0, 1]: 0 is the strongest restoration. CodeFormer takes it as its own `w` (the weight of the input
+features fused into the decoder), so at 1 it still decodes through its codebook, as upstream does.
+Restorers without a native fidelity control blend pixels, `out = fidelity * input + (1 - fidelity) *
+restored`, so 1 keeps the input exactly; they say so with `keeps_input_at_full_fidelity`.
 `load()` reads weights and raises `ModelMissing` naming the missing files; it never falls back.
 """
 
@@ -19,6 +21,7 @@ class FaceRestorer(Protocol):
     name: str
     input_size: int | None  # square side the network expects; None = native resolution
     identity: str  # name + weights digest or parameters: part of every work id (set by load())
+    keeps_input_at_full_fidelity: bool  # fidelity 1 returns the input: the caller may skip the work
 
     def load(self) -> None: ...
 

@@ -10,7 +10,9 @@ blocks per level, self-attention at 16x16):
 - the codebook's vectors are decoded by the VQGAN generator; after the first residual block at 32,
   64, 128 and 256 px a controllable feature transform (SFT) fuses encoder features, scaled by `w`:
   `dec + w * (dec * scale(enc, dec) + shift(enc, dec))`. `w = 0` is pure codebook output (strongest
-  restoration), `w = 1` follows the input most.
+  restoration), `w = 1` follows the input most but still decodes through the codebook;
+- AdaIN (on in the official inference): before decoding, the looked-up codes take the per-channel
+  mean and standard deviation of the encoder's latent.
 Module and parameter names follow the checkpoint's keys (`encoder.blocks.N`, `quantize.embedding`,
 `position_emb`, `feat_emb`, `ft_layers.N.self_attn`, `idx_pred_layer`, `fuse_convs_dict.<size>`,
 `generator.blocks.N`).
@@ -155,6 +157,19 @@ class TransformerSALayer(nn.Module):
         return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
 
 
+def adaptive_instance_norm(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """`content` renormalised to the per-channel mean and standard deviation of `style` (unbiased
+    variance + eps, as the official code computes them): the codebook's features take on the colour
+    and illumination statistics of the degraded input's latent."""
+    def stats(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = feat.flatten(2)
+        return flat.mean(dim=2)[..., None, None], (flat.var(dim=2) + eps).sqrt()[..., None, None]
+
+    content_mean, content_std = stats(content)
+    style_mean, style_std = stats(style)
+    return (content - content_mean) / content_std * style_std + style_mean
+
+
 class FuseSFT(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
@@ -188,8 +203,10 @@ class CodeFormer(nn.Module):
         self.idx_pred_layer = nn.Sequential(nn.LayerNorm(dim_embd), nn.Linear(dim_embd, codebook_size, bias=False))
         self.fuse_convs_dict = nn.ModuleDict({s: FuseSFT(self.FUSE_CHANNELS[s]) for s in connect_list})
 
-    def forward(self, x: torch.Tensor, w: float = 0.0) -> torch.Tensor:
-        """x: (B, 3, 512, 512) in [-1, 1] -> restored (B, 3, 512, 512), roughly in [-1, 1]."""
+    def forward(self, x: torch.Tensor, w: float = 0.0, adain: bool = True) -> torch.Tensor:
+        """x: (B, 3, 512, 512) in [-1, 1] -> restored (B, 3, 512, 512), roughly in [-1, 1].
+        `adain` as the official inference runs it: the looked-up codes take the input latent's
+        channel statistics before decoding."""
         taps = {self.ENCODER_TAP[s]: s for s in self.connect_list}
         enc_feats: dict[str, torch.Tensor] = {}
         for i, block in enumerate(self.encoder.blocks):
@@ -202,7 +219,10 @@ class CodeFormer(nn.Module):
         for layer in self.ft_layers:
             tokens = layer(tokens, pos)
         logits = self.idx_pred_layer(tokens).permute(1, 0, 2)  # (B, h*w, codebook)
+        lq_feat = x
         x = self.quantize.lookup(logits.argmax(dim=2), b, h, wd)
+        if adain:
+            x = adaptive_instance_norm(x, lq_feat)
         fuse_at = {self.GENERATOR_FUSE[s]: s for s in self.connect_list}
         for i, block in enumerate(self.generator.blocks):
             x = block(x)

@@ -31,6 +31,7 @@ class NetworkRestorer:
     weights_file = ""
     checkpoint_label = ""  # how the error names the expected checkpoint
     input_size = INPUT_SIZE
+    keeps_input_at_full_fidelity = True  # a pixel blend with the input (CodeFormer overrides)
 
     def __init__(self, model_dir: Path | None, threads: int = 0, device: str = "cpu", dtype: str = "auto"):
         self.model_dir = model_dir
