@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-import grpc
+from likeness.core.handler_wrap import WrappingInterceptor
 
 
 @dataclass(frozen=True)
@@ -81,21 +81,11 @@ def _collecting(behavior):
     return handler
 
 
-class FaultsInterceptor(grpc.aio.ServerInterceptor):
+class FaultsInterceptor(WrappingInterceptor):
     """Collects the faults a unary call survived (an S3 stall inside the service) and returns them
     to the caller in the `likeness-faults` trailer, so the orchestrator can put them in the job."""
 
-    def __init__(self):
-        self._wrapped: dict[str, object] = {}
-
-    async def intercept_service(self, continuation, handler_call_details):
-        full = handler_call_details.method
-        cached = self._wrapped.get(full)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler.unary_unary or not full.startswith("/likeness."):
+    def wrap(self, handler):
+        if not handler.unary_unary:
             return handler
-        handler = handler._replace(unary_unary=_collecting(handler.unary_unary))
-        self._wrapped[full] = handler
-        return handler
+        return handler._replace(unary_unary=_collecting(handler.unary_unary))

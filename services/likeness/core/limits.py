@@ -23,11 +23,11 @@ import ctypes
 import gc
 from dataclasses import dataclass, field
 
-import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from likeness.core.errors import InvalidArgument
+from likeness.core.handler_wrap import WrappingInterceptor
 
 PACKAGE = "likeness.v1."
 MiB = 1024 * 1024
@@ -345,26 +345,15 @@ def _checked_stream(behavior):
     return handler
 
 
-class LimitsInterceptor(grpc.aio.ServerInterceptor):
+class LimitsInterceptor(WrappingInterceptor):
     """Applies `check` to every likeness.v1 request before its servicer runs. Installed inside the
     observability interceptor, which turns the InvalidArgument into the call's status."""
 
-    def __init__(self):
-        self._wrapped: dict[str, object] = {}
-
-    async def intercept_service(self, continuation, handler_call_details):
-        full = handler_call_details.method
-        cached = self._wrapped.get(full)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or not full.startswith("/" + PACKAGE):
-            return handler
+    def wrap(self, handler):
         if handler.unary_unary:
-            handler = handler._replace(unary_unary=_checked_unary(handler.unary_unary))
-        elif handler.unary_stream:
-            handler = handler._replace(unary_stream=_checked_stream(handler.unary_stream))
-        self._wrapped[full] = handler
+            return handler._replace(unary_unary=_checked_unary(handler.unary_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_checked_stream(handler.unary_stream))
         return handler
 
 
