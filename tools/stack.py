@@ -93,6 +93,15 @@ def venv_tool(name: str) -> str:
     sys.exit(f"[stack] `{name}` not found: run `make venv sysdeps`")
 
 
+def write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner can read (mode 600, also when it existed): the state and env
+    files hold the S3 secret and the database URL with its password."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 class Stack:
     def __init__(self, state_dir: Path):
         self.dir = state_dir
@@ -105,7 +114,7 @@ class Stack:
         return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
 
     def save(self, state: dict) -> None:
-        self.state_file.write_text(json.dumps(state, indent=2))
+        write_private(self.state_file, json.dumps(state, indent=2))
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         """Starts `cmd` in its own process group; its pid file records the command line so `down`
@@ -148,7 +157,12 @@ class Stack:
             envs = service_environments(services, ports, state["database_url"], self.dir, values_files)
             if values_files:
                 envs = {name: production_overrides(env) for name, env in envs.items()}
-            (self.dir / "env.json").write_text(json.dumps(envs, indent=2, sort_keys=True))
+            write_private(self.dir / "env.json", json.dumps(envs, indent=2, sort_keys=True))
+            if "orchestrator" in services:  # what `likeness` needs to submit jobs and upload inputs here
+                from likeness.client.stack_state import client_block
+
+                state["client"] = client_block(f"127.0.0.1:{ports['orchestrator']}", envs["orchestrator"])
+                self.save(state)
             if before_services is not None:
                 before_services(state, envs)
             procs = {name: self.spawn(name, [sys.executable, "-m", "likeness", "serve", name],
@@ -169,8 +183,17 @@ class Stack:
     def start_seaweed(self, ports: dict) -> None:
         data = self.dir / "seaweed"
         data.mkdir(exist_ok=True)
-        flags = {f"{p}.port": free_port() for p in ("master", "volume", "filer", "admin")}
-        flags.update({f"{p}.port.grpc": free_port() for p in ("master", "volume", "filer", "admin", "s3")})
+        # free ports, but none the services were given (not bound yet) or their metrics ports
+        taken = set(ports.values()) | {p + 1000 for p in ports.values()}
+
+        def spare() -> int:
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
+        flags = {f"{p}.port": spare() for p in ("master", "volume", "filer", "admin")}
+        flags.update({f"{p}.port.grpc": spare() for p in ("master", "volume", "filer", "admin", "s3")})
         flags["s3.port"] = ports["s3"]
         cmd = [venv_tool("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-s3.port.iceberg=0",

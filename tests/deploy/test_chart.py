@@ -278,3 +278,22 @@ def test_rendering_is_deterministic_without_generated_secrets():
     args = ("--set", "store.existingSecret=s3-keys")
     assert helm_template(*args) == helm_template(*args)
     assert not any(o["kind"] == "Secret" for o in yaml.safe_load_all(helm_template(*args)) if o)
+
+
+def test_service_auth_turns_on_for_every_service_at_once():
+    objects = render("--set", "serviceAuth.token=t0ken", "--set", "serviceAuth.exempt=health\\,reflection")
+    secret = by_kind(objects, "Secret")["likeness-service-auth"]
+    for name in SERVICES:
+        env = env_of(by_kind(objects, "Deployment")[f"likeness-{name}"], objects)
+        assert env["LIKENESS_AUTH_TOKEN"] == {"secretKeyRef": {"name": "likeness-service-auth", "key": "token"}}
+        assert env["LIKENESS_AUTH_EXEMPT"] == "health,reflection"
+        settings_class(name).model_validate({"auth_exempt": env["LIKENESS_AUTH_EXEMPT"]})
+    assert secret["data"]["token"] == "dDBrZW4="
+    # metrics not exempt: Prometheus sends the token
+    endpoint = by_kind(objects, "ServiceMonitor")["likeness"]["spec"]["endpoints"][0]
+    assert endpoint["authorization"] == {"type": "Bearer",
+                                         "credentials": {"name": "likeness-service-auth", "key": "token"}}
+    off = render()
+    assert "LIKENESS_AUTH_TOKEN" not in env_of(by_kind(off, "Deployment")["likeness-detection"], off)
+    with pytest.raises(RuntimeError, match="exempt"):
+        helm_template("--set", "serviceAuth.exempt=everything")

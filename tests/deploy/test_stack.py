@@ -111,6 +111,8 @@ def test_make_up_runs_a_job_that_prometheus_measures_and_make_down_cleans_up():
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         state = json.loads((state_dir / "stack.json").read_text())
+        for secret_file in ("stack.json", "env.json"):  # they hold the S3 secret and the database URL
+            assert (state_dir / secret_file).stat().st_mode & 0o777 == 0o600, secret_file
         summary = submit_orchestrator_job(state)
         assert int(summary["candidates"]) == 2 and int(summary["selected"]) == 1, summary
 
@@ -168,3 +170,16 @@ def still_running(pid: int, cmd: list[str]) -> bool:
     except OSError:
         return False
     return not zombie and cmdline[: len(cmd)] == [c.encode() for c in cmd]
+
+
+def test_state_files_with_secrets_are_written_owner_only(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack_tool", Path(__file__).resolve().parents[2] / "tools/stack.py")
+    stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stack)
+    path = tmp_path / "env.json"
+    path.write_text("{}")
+    path.chmod(0o644)  # an older state file: rewritten private too
+    stack.write_private(path, '{"LIKENESS_S3_SECRET_KEY": "s"}')
+    assert path.stat().st_mode & 0o777 == 0o600 and "SECRET" in path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -63,7 +64,8 @@ def clip_jobs_client(e2e_stack, tmp_path_factory):
     """A second orchestrator whose embedding service has a text tower (open_clip `tiny-clip`, random
     weights), so the storyboard's CLIP validator runs; everything else is the shared stack."""
     state: Path = e2e_stack.state
-    env = {**e2e_stack.env, "LIKENESS_EMBEDDING_ENCODER": "open_clip",
+    # PYTHONPATH as the suite's: a checkout other than the installed one must serve its own code
+    env = {**e2e_stack.env, "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "LIKENESS_EMBEDDING_ENCODER": "open_clip",
            "LIKENESS_EMBEDDING_OPEN_CLIP_MODEL": "tiny-clip",
            "LIKENESS_EMBEDDING_BUILD_TINY": "true"}
     log_dir = tmp_path_factory.mktemp("clip")

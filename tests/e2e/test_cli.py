@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import likeness as likeness_pkg
+from likeness.client import stack_state
 from tests.photos import skimage_photo, tom_hanks
 
 pytestmark = pytest.mark.slow
@@ -33,8 +34,9 @@ def test_version_and_health(e2e_stack):
 def test_curate_a_local_folder_and_list_jobs(e2e_stack, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
-    # the CLI finds the store and the orchestrator of a stack through its state folder
-    (state / "env.json").write_text(json.dumps(e2e_stack.env))
+    # the CLI finds the store and the orchestrator of a stack through its state file
+    stack_state.update(state, running=True, client=stack_state.client_block(e2e_stack.address("orchestrator"),
+                                                                            e2e_stack.env))
     folder = tmp_path / "candidates"
     for seed, img in (("1", skimage_photo("astronaut")), ("2", tom_hanks())):
         (folder / seed / "original").mkdir(parents=True)
@@ -42,9 +44,14 @@ def test_curate_a_local_folder_and_list_jobs(e2e_stack, tmp_path):
         Image.fromarray(np.ascontiguousarray(img[:, ::-1])).save(folder / seed / "original" / "b.png")
     (folder / "3" / "original").mkdir(parents=True)
     Image.fromarray(skimage_photo("rocket")).save(folder / "3" / "original" / "rocket.png")
-    done = likeness("curate", str(folder), "--target", "2", "--per-seed-max", "1", "--state", str(state))
+    done = likeness("curate", str(folder), "--target", "2", "--quota", "dimension=seed,group=*,max=1", "--state",
+                    str(state))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCEEDED" in done.stdout and "rejected_no_face" in done.stdout and "report" in done.stdout
+    assert done.stdout.lstrip().startswith("SUCCEEDED")  # the outcome leads
+    assert "rejected_no_face" in done.stdout and "report" in done.stdout
+    job_id = done.stderr.split("job ", 1)[1].split()[0]
+    shown = json.loads(likeness("jobs", "show", job_id, "--json", "--state", str(state)).stdout)
+    assert shown["state"] == "JOB_STATE_SUCCEEDED" and shown["summary"]["selected"] == "2"
     listed = likeness("jobs", "list", "--state", str(state))
     assert listed.returncode == 0 and "curate" in listed.stdout and "SUCCEEDED" in listed.stdout
     bad = likeness("curate", str(folder), "--target", "0", "--state", str(state))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from likeness.api.v1 import common_pb2, generation_pb2
+from tests.generation.conftest import engine_of
 from tests.generation.test_service import pixels, png_bytes, req
 
 G = generation_pb2
@@ -66,9 +67,13 @@ def test_image_tasks_take_a_control_the_size_of_the_init_image(service, task):
 
 
 def test_the_onnx_engine_serves_controls_on_its_torch_path(onnx_service):
-    _, stub, _ = onnx_service
-    out = stub.Generate(req(seed=13, controls=[control()], output_prefix="cn-onnx/"))
-    assert out.images[0].artifact.sha256
+    thread, stub, _ = onnx_service
+    batches = engine_of(thread).batches
+    before = batches["torch:controlnet"]
+    plain = pixels(stub.Generate(req(seed=13, output_prefix="cn-onnx/")).images[0])
+    steered = pixels(stub.Generate(req(seed=13, controls=[control()], output_prefix="cn-onnx/")).images[0])
+    assert batches["torch:controlnet"] == before + 1  # routed to the composed torch engine
+    assert not np.array_equal(plain, steered)  # and the control took effect there
 
 
 @pytest.mark.parametrize(("controls", "code", "field"), [

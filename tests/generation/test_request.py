@@ -64,7 +64,7 @@ def test_quality_mode_without_refiner_warns():
     ({"adapters": [AdapterRef("", 1.0)]}, "adapters[0].uri", "empty"),
     ({"adapters": [AdapterRef(f"s3://b/{i}", 1.0) for i in range(9)]}, "adapters", "limit of 8"),
     ({"reference_scale": 2.0}, "reference_scale", "[0.0, 1.0]"),
-    ({"output_prefix": "../x/"}, "output_prefix", "relative"),
+    ({"output_prefix": "../x/"}, "output_prefix", "traversal"),
 ])
 def test_bad_fields(fields, field, words):
     with pytest.raises(InvalidArgument) as err:

@@ -51,7 +51,8 @@ def test_submit_validates_and_watch_streams(api, tmp_path):
         s.Submit(o.SubmitRequest(spec=o.JobSpec(curate=o.CurateSpec(
             import_source=o.ImportSource(uri=f"file://{tmp_path}/store/nothing-here/"), target_count=2))),
             metadata=AUTH)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "holds no objects" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds no PNG, JPEG or WebP image" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         s.Get(o.GetRequest(job_id="missing"), metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

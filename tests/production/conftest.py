@@ -90,6 +90,10 @@ def production_stack():
     def before_services(state, rendered):
         for env in rendered.values():  # no hub look-ups (not a LIKENESS_* setting; nothing is downloaded)
             env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        # the stand-in InsightFace pack plants a face box at a fixed place in every image; the face
+        # mesh (which checks that a box holds a face) rightly finds none there, so it is off for
+        # the stand-in, and only for it
+        rendered["detection"]["LIKENESS_DETECTION_MESH_FACES"] = "0"
         envs.update(rendered)
         seed_stand_in_models(rendered["generation"])
 

@@ -64,9 +64,11 @@ def candidates(production_store):
 
 @pytest.fixture(scope="module")
 def curated(production_client, candidates) -> o.Job:
+    # the candidates are exact and mirrored copies of one photo per person (duplicate removal, which
+    # would keep one of each, is tested in tests/orchestrator/test_duplicates.py)
     return run(production_client, o.JobSpec(curate=o.CurateSpec(
         import_source=o.ImportSource(uri=candidates), target_count=3, trigger_token="ohwx person",
-        output_prefix="prod-datasets/curate/")))
+        output_prefix="prod-datasets/curate/", keep_duplicates=True)))
 
 
 def test_curate(production_store, curated):

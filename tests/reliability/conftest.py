@@ -108,7 +108,8 @@ def fresh_orchestrator(env: dict[str, str], folder: Path, database_url: str):
     """An orchestrator process on its own (empty) job store: no finished work of an earlier job is
     reused, so every call of the job it runs really reaches the services. Yields a JobsClient with
     `log_path` and `address` set."""
-    proc = ServiceProcess("orchestrator", {**env, "LIKENESS_ORCHESTRATOR_DATABASE_URL": database_url},
+    # os.environ too: the process must import the code under test (PYTHONPATH), like the stack's own
+    proc = ServiceProcess("orchestrator", {**os.environ, **env, "LIKENESS_ORCHESTRATOR_DATABASE_URL": database_url},
                           log_path=folder / "orchestrator.log").wait_serving(120)
     client = JobsClient(proc.address)
     client.log_path, client.address = proc.log_path, proc.address

@@ -212,6 +212,30 @@ def watch_new_job(ctx: Ctx):
     return o.WatchRequest(job_id=job.job_id)
 
 
+def with_repeated(message, field: str, element, n: int):
+    """`message` with `n` copies of `element` appended to its repeated `field`, decoded in C from
+    the wire form (building millions of Python messages would take the client seconds)."""
+    holder = type(message)()
+    items = getattr(holder, field)
+    items.add().CopyFrom(element) if hasattr(items, "add") else items.append(element)
+    message.MergeFromString(holder.SerializeToString() * n)
+    return message
+
+
+def curate_with_quotas(n: int):
+    def build(ctx):
+        spec = curate()(ctx)
+        with_repeated(spec.curate, "quotas", c.Quota(dimension="seed", group="*", max=1), n)
+        return o.SubmitRequest(spec=spec)
+    return build
+
+
+def many_sample_prompts(ctx):
+    request = start_run()(ctx)
+    with_repeated(request.spec, "sample_prompts", "p", 5_000_000)
+    return request
+
+
 def submit(spec_fn):
     return lambda ctx: o.SubmitRequest(spec=spec_fn(ctx))
 
@@ -447,13 +471,40 @@ CASES: list[Case] = [
          IA, ("sampler",)),
     Case("orc-get-unknown", "orchestrator", "Get", lambda ctx: o.GetRequest(job_id="no-such-job"), NF,
          ("no-such-job",)),
-    Case("orc-get-huge-id", "orchestrator", "Get", lambda ctx: o.GetRequest(job_id="x" * 100_000), NF,
-         ("job_id", "100,0")),
+    Case("orc-get-huge-id", "orchestrator", "Get", lambda ctx: o.GetRequest(job_id="x" * 100_000), IA,
+         ("job_id", "100,000", "limit of 64")),
     Case("orc-cancel-unknown", "orchestrator", "Cancel", lambda ctx: o.CancelRequest(job_id="no-such-job"), NF,
          ("no-such-job",)),
-    Case("orc-list-absurd-limit", "orchestrator", "List", lambda ctx: o.ListRequest(limit=-1), IA, ("limit",)),
+    Case("orc-list-absurd-limit", "orchestrator", "List", lambda ctx: o.ListRequest(page_size=-1), IA, ("page_size",)),
     Case("orc-watch-unknown", "orchestrator", "Watch", lambda ctx: o.WatchRequest(job_id="no-such-job"), NF,
          ("no-such-job",)),
+    Case("orc-import-one-level-above", "orchestrator", "Submit",
+         submit(curate(import_source=lambda ctx: o.ImportSource(uri=ctx.store_root + "/"))), IA,
+         ("import_source", "<seed>/<image_type>/<name>.png")),
+    Case("gen-output-prefix-uri", "generation", "Generate",
+         gen(model="no-such-model", output_prefix="s3://likeness/out/"), IA, ("output_prefix", "is a URI")),
+    # ---- every service: fields over their limit (core/limits.py), inside the message size limit
+    Case("orc-quotas-2m", "orchestrator", "Submit", curate_with_quotas(2_000_000), IA,
+         ("spec.curate.quotas", "2,000,000 items", "limit of 1,000")),
+    Case("orc-trigger-31mib", "orchestrator", "Submit", submit(curate(trigger_token="t" * (31 * 1024 * 1024))), IA,
+         ("spec.curate.trigger_token", "limit of 128")),
+    Case("det-images-over", "detection", "Detect",
+         lambda ctx: d.DetectRequest(images=[c.ImageInput(uri=ctx.good_uri)] * 1025), IA,
+         ("images", "1,025 items", "limit of 1,024")),
+    Case("emb-cluster-ids-long", "embedding", "Cluster",
+         lambda ctx: e.ClusterRequest(items=[e.LabeledVector(id="i" * 5_000_000, vector=c.Vector(values=[1, 0]))] * 2),
+         IA, ("items[0].id", "limit of 256")),
+    Case("emb-select-quotas-over", "embedding", "Select",
+         lambda ctx: with_repeated(e.SelectRequest(candidates=[e.SelectionCandidate(id="a", quality=1)], count=1),
+                                   "quotas", c.Quota(dimension="seed", group="*"), 3_000_000),
+         IA, ("quotas", "limit of 1,000")),
+    Case("gen-prompt-over", "generation", "Generate", gen(prompt="p" * 20_000_000), IA, ("prompt", "limit of 2,000")),
+    Case("res-landmarks-over", "restoration", "RegionMask",
+         lambda ctx: r.RegionMaskRequest(items=[with_repeated(r.RegionMaskItem(width=8, height=8), "landmarks",
+                                                              c.Landmark(), 3_000_000)], region=r.REGION_BOTH_EYES),
+         IA, ("items[0].landmarks", "limit of 64")),
+    Case("trn-sample-prompts-over", "training", "StartRun", many_sample_prompts, IA,
+         ("spec.sample_prompts", "limit of 64")),
     # ---- every service: oversized messages (over LIKENESS_MAX_MESSAGE_BYTES, 32 MiB by default)
     Case("det-oversized", "detection", "Assess", lambda ctx: d.AssessRequest(images=[img(b"\0" * OVERSIZED)]), RE,
          ("larger than max",)),

@@ -201,7 +201,7 @@ def test_training(live):
                          executor=executor, missing_caption_policy=policy, caption_dropout=dropout)
         assert call(stubs, "training", "StartRun", t.StartRunRequest(spec=spec)) != "OK"
         call(stubs, "training", "GetRun", t.GetRunRequest(run_id=run_id))
-        call(stubs, "training", "ListRuns", t.ListRunsRequest(limit=limit, state=state))
+        call(stubs, "training", "ListRuns", t.ListRunsRequest(page_size=limit, state=state))
         call(stubs, "training", "CompareRuns", t.CompareRunsRequest(run_ids=run_ids))
 
     fuzz()
@@ -234,7 +234,7 @@ def test_orchestrator(live):
         assert call(stubs, "orchestrator", "Submit", o.SubmitRequest(spec=o.JobSpec(storyboard=sb))) != "OK"
         call(stubs, "orchestrator", "Get", o.GetRequest(job_id=job_id))
         call(stubs, "orchestrator", "Cancel", o.CancelRequest(job_id=job_id))
-        call(stubs, "orchestrator", "List", o.ListRequest(limit=limit))
+        call(stubs, "orchestrator", "List", o.ListRequest(page_size=limit))
 
     fuzz()
     assert health(stack.address("orchestrator")) == "SERVING"

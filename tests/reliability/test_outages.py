@@ -78,6 +78,7 @@ def test_s3_store_down_for_10_seconds(s3_stack, s3_store, seaweed, tmp_path_fact
         restarter.start()
         done = client.follow(job.job_id, quiet=True)
         restarter.join()
+        fault_events = list(client.events(job.job_id))
     assert done.state == o.JOB_STATE_SUCCEEDED, done.error
     assert done.attempts == 1
     assert time.monotonic() - down_at >= 10.0
@@ -88,6 +89,9 @@ def test_s3_store_down_for_10_seconds(s3_stack, s3_store, seaweed, tmp_path_fact
                if "retrying" in str(r.get("msg", "")) and r["ts"] >= _iso(down_at)]
     retries += [r for r in log_records(fault_dir / "orchestrator.log") if "retrying" in str(r.get("msg", ""))]
     assert retries, "no retry was logged during the outage"
+    record = [e.message for e in fault_events if e.type == o.EVENT_TYPE_WARNING]
+    print("S3 down 10 s: record:", record)
+    assert any(m.startswith(("store_stall:", "service_retry:")) for m in record), record
     for name in s3_stack.services:
         assert health(s3_stack.address(name)) == "SERVING"
 
@@ -140,8 +144,12 @@ def test_postgres_restart_mid_job(rel_stack, rel_store, rel_demo, curate_baselin
         # its lease expired and it was resumed with its finished work reused (not redone). If no
         # call fell in the gap, it simply went on.
         assert done.attempts in (1, 2)
+        record = [e.message for e in client.events(job.job_id) if e.type == o.EVENT_TYPE_WARNING]
+        print(f"PostgreSQL restart: attempts {done.attempts}; record:", record)
         if done.attempts == 2:
             assert int(done.summary["work_reused"]) >= 1
+            assert any(m.startswith("takeover: resumed by") and "(attempt 2)" in m for m in record), record
+            assert any(m.startswith("takeover: attempt 2 reused") for m in record), record
         assert rel_store.get(done.manifest.uri) == manifest
         assert listing(rel_store, "faults/curate/") == files
         assert health(client.address) == "SERVING"

@@ -52,6 +52,14 @@ def kill_when(client, job_id: str, trigger, stack, name: str, down_seconds: floa
     return t
 
 
+def assert_retries_in_record(client, done, service: str) -> None:
+    """The retries are in the job's own record (events and summary), not only in a log."""
+    record = [e.message for e in client.events(done.job_id) if e.type == o.EVENT_TYPE_WARNING]
+    print(f"{service} kill: attempts {done.attempts}; record:", record)
+    assert any(m.startswith(f"service_retry: {service}.") for m in record), record
+    assert int(done.summary["faults_service_retry"]) >= 1, dict(done.summary)
+
+
 @pytest.mark.parametrize("service, stage, after_items", [("detection", "validate", 16), ("embedding", "cluster", 0)])
 def test_curate_survives_a_killed_service(service, stage, after_items, fresh, rel_stack, rel_store, rel_demo,
                                           curate_baseline):
@@ -74,6 +82,7 @@ def test_curate_survives_a_killed_service(service, stage, after_items, fresh, re
     assert done.state == o.JOB_STATE_SUCCEEDED, done.error
     assert done.attempts == 1  # the job waited for the service; it was not restarted
     assert retried(client, service) > 0, dict(done.summary)  # the kill did hit a call of this job
+    assert_retries_in_record(client, done, service)
     assert rel_store.get(done.manifest.uri) == manifest
     assert listing(rel_store, "faults/curate/") == files  # nothing lost, nothing extra
     assert health(rel_stack.address(service)) == "SERVING"
@@ -114,6 +123,7 @@ def test_diversity_survives_a_killed_generation(client, fresh, rel_stack, rel_st
     assert done.state == o.JOB_STATE_SUCCEEDED, done.error
     assert done.attempts == 1
     assert retried(client, "generation") > 0, dict(done.summary)  # the kill hit a call of this job
+    assert_retries_in_record(client, done, "generation")
     assert rel_store.get(done.manifest.uri) == rel_store.get(baseline.manifest.uri)
     assert listing(rel_store, "diversity/") == generated  # same 8 images, byte for byte, no duplicates
     assert health(rel_stack.address("generation")) == "SERVING"

@@ -21,7 +21,7 @@ from likeness.core.channels import sync_channel
 from likeness.core.logging import JsonFormatter
 from likeness.core.server import Service
 from likeness.core.settings import CommonSettings
-from tests.helpers import ServiceThread, health_status
+from tests.helpers import ServiceThread, health_status, wait_for
 
 
 class Generation(generation_pb2_grpc.GenerationServiceServicer):
@@ -77,13 +77,18 @@ def test_server_faults_are_errors_and_caller_faults_are_not(traced_server):
     server, exported = traced_server
     with server.channel() as channel:
         stub = detection_pb2_grpc.DetectionServiceStub(channel)
-        for uri, code in (("bad", grpc.StatusCode.INVALID_ARGUMENT), ("boom", grpc.StatusCode.UNKNOWN)):
+        # an unexpected exception is INTERNAL (with the request id), never gRPC's UNKNOWN
+        for uri, code in (("bad", grpc.StatusCode.INVALID_ARGUMENT), ("boom", grpc.StatusCode.INTERNAL)):
             with pytest.raises(grpc.RpcError) as exc:
                 stub.Detect(detection_pb2.DetectRequest(images=[common_pb2.ImageInput(uri=uri)]))
             assert exc.value.code() is code
-    tracing.flush()
-    detect = [s for s in exported.get_finished_spans() if s.name.endswith("/Detect")][-2:]
-    assert [s.attributes["rpc.grpc.status_code"] for s in detect] == [3, 2]
+    def detect_spans():  # an aborted call's span ends just after its status reached the caller
+        tracing.flush()
+        found = [s for s in exported.get_finished_spans() if s.name.endswith("/Detect")][-2:]
+        return found if len(found) == 2 else None
+
+    detect = wait_for(detect_spans, timeout=10, interval=0.05, what="both Detect spans")
+    assert [s.attributes["rpc.grpc.status_code"] for s in detect] == [3, 13]
     assert detect[0].status.status_code is StatusCode.UNSET, "INVALID_ARGUMENT is the caller's fault"
     assert detect[1].status.status_code is StatusCode.ERROR and detect[1].events[0].name == "exception"
 

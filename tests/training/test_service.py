@@ -156,7 +156,7 @@ def test_run_lifecycle_checkpoints_compare_and_exact_resume(service, settings, m
     code, details = _code(lambda: stub.StartRun(pb.StartRunRequest(spec=spec(rank=8), resume_from_run_id=cut.run_id)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "these differ: spec.rank, spec.alpha" in details
 
-    listed = stub.ListRuns(pb.ListRunsRequest(limit=10)).runs
+    listed = stub.ListRuns(pb.ListRunsRequest(page_size=10)).runs
     assert [r.run_id for r in listed] == [resumed.run_id, cut.run_id, other.run_id, started.run_id]
     assert health_status(svc.port) == "SERVING"
 
@@ -197,7 +197,7 @@ def test_bad_input_is_rejected_before_training_and_service_stays_serving(service
     assert code == invalid
     code, _ = _code(lambda: stub.CompareRuns(pb.CompareRunsRequest(run_ids=["a"])))
     assert code == invalid
-    code, _ = _code(lambda: stub.ListRuns(pb.ListRunsRequest(limit=5000)))
+    code, _ = _code(lambda: stub.ListRuns(pb.ListRunsRequest(page_size=5000)))
     assert code == invalid
 
     # a corrupt image is skipped and recorded in the run (and the trigger-only policy is recorded)

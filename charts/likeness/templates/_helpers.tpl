@@ -48,6 +48,10 @@ app.kubernetes.io/component: {{ .name }}
 {{- default (printf "%s-store" (include "likeness.fullname" .)) .Values.store.existingSecret -}}
 {{- end -}}
 
+{{- define "likeness.serviceAuthSecret" -}}
+{{- default (printf "%s-service-auth" (include "likeness.fullname" .)) .Values.serviceAuth.existingSecret -}}
+{{- end -}}
+
 {{- define "likeness.databaseSecret" -}}
 {{- default (printf "%s-database" (include "likeness.fullname" .)) .Values.database.existingSecret -}}
 {{- end -}}

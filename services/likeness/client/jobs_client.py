@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import grpc
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from likeness.api.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from likeness.core.channels import sync_channel
@@ -27,8 +34,19 @@ class JobsClient:
     def get(self, job_id: str) -> orchestrator_pb2.Job:
         return self.stub.Get(orchestrator_pb2.GetRequest(job_id=job_id), metadata=self.metadata, timeout=30).job
 
-    def list(self, limit: int = 50) -> list[orchestrator_pb2.Job]:
-        return list(self.stub.List(orchestrator_pb2.ListRequest(limit=limit), metadata=self.metadata, timeout=30).jobs)
+    def list(self, limit: int = 50) -> list[orchestrator_pb2.JobSummary]:
+        """The newest `limit` jobs (summaries without specs), following pages as needed."""
+        jobs: list[orchestrator_pb2.JobSummary] = []
+        token = ""
+        while len(jobs) < limit:
+            page = self.stub.List(orchestrator_pb2.ListRequest(page_size=min(1000, limit - len(jobs)),
+                                                               page_token=token),
+                                  metadata=self.metadata, timeout=30)
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        return jobs
 
     def cancel(self, job_id: str) -> orchestrator_pb2.Job:
         return self.stub.Cancel(orchestrator_pb2.CancelRequest(job_id=job_id), metadata=self.metadata, timeout=30).job
@@ -38,20 +56,23 @@ class JobsClient:
                                metadata=self.metadata)
 
     def follow(self, job_id: str, console: Console | None = None, quiet: bool = False) -> orchestrator_pb2.Job:
-        """Streams the job's events (re-attaching after a broken stream) until it ends."""
+        """Streams the job's events (re-attaching after a broken stream) until it ends. The bar
+        restarts at each stage and moves with every progress event (per item, frame or training
+        step), with the time remaining estimated from the stage's pace so far."""
         console = console or Console(stderr=True)
         seq = 0
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, disable=quiet, transient=False) as bar:
-            task = bar.add_task("queued", total=None)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"),
+                      console=console, disable=quiet, transient=False) as bar:
+            task = bar.add_task("queued", total=None, detail="")
             while True:
                 try:
                     for ev in self.events(job_id, seq):
                         seq = ev.seq
                         if ev.type == orchestrator_pb2.EVENT_TYPE_STAGE_STARTED:
-                            bar.update(task, description=f"[bold]{ev.stage}", completed=0, total=None)
+                            bar.reset(task, description=f"[bold]{ev.stage}", total=None, detail="")
                         elif ev.type == orchestrator_pb2.EVENT_TYPE_PROGRESS and ev.progress.total:
-                            bar.update(task, completed=ev.progress.done, total=ev.progress.total)
+                            bar.update(task, completed=ev.progress.done, total=ev.progress.total, detail=ev.message)
                         elif ev.type == orchestrator_pb2.EVENT_TYPE_WARNING and not quiet:
                             bar.console.print(f"[yellow]warning[/]: {ev.message}")
                         if ev.type == orchestrator_pb2.EVENT_TYPE_FINISHED:

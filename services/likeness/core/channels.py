@@ -62,13 +62,18 @@ def channel_credentials(settings: CommonSettings | None) -> grpc.ChannelCredenti
 
 
 def aio_channel(target: str, settings: CommonSettings | None = None, *, max_attempts: int = 5) -> grpc.aio.Channel:
+    """With LIKENESS_AUTH_TOKEN set, every call carries it (services that require it accept it)."""
+    from likeness.core.auth import client_interceptors
+
     opts = channel_options(settings, max_attempts)
     creds = channel_credentials(settings)
     target = normalise_target(target)
-    traced = tracing.aio_client_interceptors() or None  # sends the caller's trace context
+    # the caller's trace context and, with LIKENESS_AUTH_TOKEN set, the bearer token on every call
+    interceptors = [*tracing.aio_client_interceptors(),
+                    *client_interceptors(settings.auth_token.get_secret_value() if settings else "")] or None
     if creds is not None:
-        return grpc.aio.secure_channel(target, creds, options=opts, interceptors=traced)
-    return grpc.aio.insecure_channel(target, options=opts, interceptors=traced)
+        return grpc.aio.secure_channel(target, creds, options=opts, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
 
 
 def sync_channel(target: str, settings: CommonSettings | None = None, *, max_attempts: int = 5) -> grpc.Channel:

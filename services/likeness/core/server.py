@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from likeness.core import metrics, reflection, tracing
+from likeness.core import auth, metrics, reflection, tracing
+from likeness.core.auth import BearerTokenInterceptor
 from likeness.core.errors import LikenessError
+from likeness.core.faults import FaultsInterceptor
 from likeness.core.interceptor import ObservabilityInterceptor
+from likeness.core.limits import LimitsInterceptor
 from likeness.core.logging import configure as configure_logging
 from likeness.core.settings import CommonSettings
 
@@ -86,6 +90,39 @@ def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def service_auth(settings: CommonSettings, given: list) -> list[grpc.aio.ServerInterceptor]:
+    """The LIKENESS_AUTH_TOKEN interceptor, unless the service brought its own bearer check (the
+    orchestrator with LIKENESS_ORCHESTRATOR_AUTH_TOKEN)."""
+    token = settings.auth_token.get_secret_value()
+    if not token or any(isinstance(i, BearerTokenInterceptor) for i in given):
+        return []
+    open_prefixes = tuple(p for p, what in ((auth.HEALTH, "health"), (auth.REFLECTION, "reflection"))
+                          if settings.exempt(what))
+    return [BearerTokenInterceptor(token, open_prefixes)]
+
+
+def start_metrics(settings: CommonSettings, port: int):
+    """The Prometheus endpoint; behind the bearer token when auth is on and metrics are not exempt."""
+    token = settings.auth_token.get_secret_value()
+    if not token or settings.exempt("metrics"):
+        return start_http_server(port, addr=settings.host)[0]
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # scrapes are not worth a log line each
+            pass
+
+    httpd = make_server(settings.host, port, auth.guard_wsgi(make_wsgi_app(), token), Server, handler_class=Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True, name="metrics").start()
+    return httpd
+
+
 class ServiceRuntime:
     def __init__(self, service: Service, settings: CommonSettings, *, drain_seconds: float | None = None,
                  interceptors: list[grpc.aio.ServerInterceptor] | None = None):
@@ -93,11 +130,21 @@ class ServiceRuntime:
         self.settings = settings
         self.drain_seconds = settings.drain_seconds if drain_seconds is None else drain_seconds
         self.health = health.aio.HealthServicer()
-        # the tracing interceptor comes first: its server span is current in everything after it
-        traced = tracing.server_interceptors() if tracing.configure(service.name, settings) else []
-        self.server = grpc.aio.server(
-            interceptors=[*traced, *(interceptors or []), ObservabilityInterceptor(settings.log_calls == "all")],
-            options=server_options(settings))
+        # A call's SERVER span is current in everything the call runs. With no other interceptor, the
+        # observability one starts it (one interceptor layer less per call); with others (auth), a
+        # span interceptor comes first, so a call they reject still has its span.
+        interceptors = [*(interceptors or []), *service_auth(settings, interceptors or [])]
+        # LimitsInterceptor and FaultsInterceptor sit inside the observability one, which maps errors
+        inner = [LimitsInterceptor(), FaultsInterceptor()]
+        tracer = tracing.server_tracer() if tracing.configure(service.name, settings) else None
+        log_ok = settings.log_calls == "all"
+        if tracer is not None and interceptors:
+            from likeness.core.tracing_grpc import ServerSpanInterceptor
+
+            self.interceptors = [ServerSpanInterceptor(tracer), *interceptors, ObservabilityInterceptor(log_ok), *inner]
+        else:
+            self.interceptors = [*interceptors, ObservabilityInterceptor(log_ok, span_tracer=tracer), *inner]
+        self.server = grpc.aio.server(interceptors=self.interceptors, options=server_options(settings))
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
@@ -125,8 +172,7 @@ class ServiceRuntime:
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
         if self.settings.metrics_enabled:
-            self._metrics_server, _ = start_http_server(
-                self.settings.resolved_metrics_port(self.service.name), addr=self.settings.host)
+            self._metrics_server = start_metrics(self.settings, self.settings.resolved_metrics_port(self.service.name))
             self.metrics_port = self._metrics_server.server_port
         await self.server.start()
         log.info("listening", extra={"grpc_port": self.port, "metrics_port": self.metrics_port,

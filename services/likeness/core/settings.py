@@ -66,6 +66,13 @@ class CommonSettings(BaseSettings):
     model_repository: str = "file:///tmp/likeness/models"
     model_cache_dir: str = "/tmp/likeness/model-cache"
 
+    # Bearer token every service's gRPC API requires (and every client built by core.channels
+    # sends); empty = off. `auth_exempt` names what stays open: health (Kubernetes probes),
+    # reflection (grpcurl), metrics (the Prometheus scrape). The orchestrator's own
+    # LIKENESS_ORCHESTRATOR_AUTH_TOKEN, when set, guards its API instead.
+    auth_token: SecretStr = SecretStr("")
+    auth_exempt: str = Field("health,reflection,metrics", pattern=r"^((health|reflection|metrics)(,|$))*$")
+
     # tracing (OpenTelemetry, OTLP/gRPC): off by default; the chart turns it on
     tracing_enabled: bool = False
     tracing_endpoint: str = Field("http://127.0.0.1:4317", description="OTLP/gRPC collector (Tempo, Jaeger, ...)")
@@ -79,6 +86,9 @@ class CommonSettings(BaseSettings):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+
+    def exempt(self, what: str) -> bool:
+        return what in self.auth_exempt.split(",")
 
     def resolved_port(self, service: str) -> int:
         return PORTS.get(service, 0) if self.port < 0 else self.port

@@ -25,6 +25,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from likeness.core import faults
 from likeness.core.errors import InvalidArgument, LikenessError, NotFound, PermissionDenied, Unavailable
 from likeness.core.settings import CommonSettings
 from likeness.core.store import CHUNK, DEFAULT_MEDIA_TYPE, ArtifactStore, StoredObject, traced
@@ -35,6 +36,9 @@ T = TypeVar("T")
 
 PART_SIZE = 16 * 1024 * 1024  # multipart above this; each part is buffered in memory once
 SHA_META = "sha256"  # sent as x-amz-meta-sha256
+# A call that succeeds only after this long (a frozen server answers late, without an error) is a
+# stall worth reporting to the job it served, like one that needed retries.
+STALL_SECONDS = 5.0
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "ServerBusy"}
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
@@ -143,14 +147,20 @@ class S3Store(ArtifactStore):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         start = time.monotonic()
         delay = 0.1
+        retries, last = 0, ""
         while True:
             try:
-                return fn()
+                result = fn()
+                if retries or time.monotonic() - start >= STALL_SECONDS:
+                    self._report_stall(what, retries, last, start, "then succeeded")
+                return result
             except Exception as exc:
                 if not _is_transient(exc):
                     raise
                 elapsed = time.monotonic() - start
                 if elapsed + delay > self._retry_seconds:
+                    if retries:
+                        self._report_stall(what, retries, last, start, f"then gave up: {type(exc).__name__}")
                     raise Unavailable(
                         "store",
                         f"S3 at {self._endpoint} failed {what} for {elapsed:.1f}s "
@@ -160,6 +170,13 @@ class S3Store(ArtifactStore):
                 log.warning("S3 %s failed (%s), retrying in %.1fs", what, type(exc).__name__, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                retries, last = retries + 1, type(exc).__name__
+
+    @staticmethod
+    def _report_stall(what: str, retries: int, last: str, start: float, outcome: str) -> None:
+        """A call that needed retries is a stall the job it served should show (core.faults)."""
+        faults.report("store_stall", f"S3 {what}: stalled {time.monotonic() - start:.1f}s, {retries} "
+                                     f"retr{'ies' if retries != 1 else 'y'} (last error {last or 'none'}), {outcome}")
 
     def _mapped(self, what: str, uri: str, field: str, fn: Callable[[], T]) -> T:
         try:

@@ -126,12 +126,14 @@ def current_trace_id() -> str:
 SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 
 
-def exemplar(failed: bool = False, seconds: float = 0.0) -> dict | None:
-    """Exemplar labels for a histogram observation made inside the current span: its trace id, when
-    that span will be exported (sampled, or kept for being failed or slow), else None."""
+def exemplar(failed: bool = False, seconds: float = 0.0, current=None) -> dict | None:
+    """Exemplar labels for a histogram observation made inside `current` (by default the current
+    span): its trace id, when that span will be exported (sampled, or kept for being failed or
+    slow), else None."""
     if _provider is None:
         return None
-    current = trace.get_current_span()
+    if current is None:
+        current = trace.get_current_span()
     ctx = current.get_span_context()
     if not ctx.is_valid:
         return None
@@ -142,6 +144,14 @@ def exemplar(failed: bool = False, seconds: float = 0.0) -> dict | None:
 
 def mark_failed(message: str) -> None:
     trace.get_current_span().set_status(Status(StatusCode.ERROR, message[:500]))
+
+
+def record_exception(error: BaseException) -> None:
+    """The exception as an event of the current span (a no-op outside a recorded span): an error the
+    server answers with a status of its own would otherwise leave no traceback in the trace."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.record_exception(error)
 
 
 def traceparent() -> str:
@@ -191,13 +201,9 @@ def record_interval(name: str, start: float, end: float, attributes: dict | None
     started.end(end_time=now_ns - int((now - end) * 1e9))
 
 
-def server_interceptors() -> list:
-    """The SERVER-span interceptor (empty when off); it must come before the other interceptors."""
-    if _provider is None:
-        return []
-    from likeness.core.tracing_grpc import ServerSpanInterceptor
-
-    return [ServerSpanInterceptor(_provider.get_tracer("likeness.grpc"))]
+def server_tracer():
+    """The tracer of SERVER spans, or None when off (core.server puts the spans in place)."""
+    return None if _provider is None else _provider.get_tracer("likeness.grpc")
 
 
 def aio_client_interceptors() -> list:

@@ -59,7 +59,9 @@ def _finish(span, context, error: BaseException | None) -> None:
 
 class ServerSpans:
     """The SERVER spans of one method: `start` when a call comes in (current from then on, child of
-    the caller's span when the call carries `traceparent`), `end` when it is done."""
+    the caller's span when the call's metadata carries `traceparent`), `end` when it is done. Used by
+    ServerSpanInterceptor, or by the observability interceptor itself when no other interceptor sits
+    between them (core/interceptor.py)."""
 
     __slots__ = ("tracer", "name", "attributes")
 
@@ -69,8 +71,8 @@ class ServerSpans:
         self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
                            "rpc.grpc.status_code": 0}
 
-    def start(self, context):
-        span = self.tracer.start_span(self.name, context=_parent(context.invocation_metadata()),
+    def start(self, metadata):
+        span = self.tracer.start_span(self.name, context=_parent(metadata),
                                       kind=SpanKind.SERVER, attributes=self.attributes)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
@@ -129,7 +131,7 @@ class ServerSpanInterceptor(grpc.aio.ServerInterceptor):
 
 def _unary(behavior, spans: ServerSpans):
     async def handler(request, context):
-        started = spans.start(context)
+        started = spans.start(context.invocation_metadata())
         error = None
         try:
             return await behavior(request, context)
@@ -143,7 +145,7 @@ def _unary(behavior, spans: ServerSpans):
 
 def _stream(behavior, spans: ServerSpans):
     async def handler(request, context):
-        started = spans.start(context)
+        started = spans.start(context.invocation_metadata())
         error = None
         try:
             async for item in behavior(request, context):

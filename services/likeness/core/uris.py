@@ -80,6 +80,15 @@ def validate_key(key: str, field: str = "key", *, prefix: bool = False) -> str:
     return key
 
 
+def validate_prefix(prefix: str, field: str = "output_prefix") -> str:
+    """A caller's output prefix: a key prefix relative to the store (`generated/run-1/`), never a
+    URI; empty is allowed (the service's default)."""
+    if "://" in prefix:
+        raise InvalidArgument(field, f"{_show(prefix)} is a URI; give a key prefix relative to the store, "
+                                     "for example 'generated/run-1/'")
+    return validate_key(prefix, field, prefix=True)
+
+
 def validate_bucket(bucket: str, field: str = "uri") -> str:
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
         raise InvalidArgument(

@@ -65,7 +65,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         empty = common_pb2.Vector()
         return embedding_pb2.EmbedImagesResponse(
             embeddings=[convert.vector_pb(rows[i]) if i in rows else empty for i in range(len(loaded))],
-            encoder=self._encoder.name, dimension=self._encoder.dimension, errors=errors)
+            encoder=self._encoder.name, dimension=self._encoder.dimension, errors=errors,
+            stand_in=self._encoder.stand_in, digest=self._encoder.digest)
 
     def _check_texts(self, texts, max_count: int) -> list[str]:
         if not self._encoder.has_text:
@@ -94,7 +95,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             cosines[i] = float(row @ text_vectors[i if len(texts) > 1 else 0])
         return embedding_pb2.ScoreResponse(cosine=cosines.tolist(),
                                            score=score_from_cosine(cosines, self._score_scale).tolist(),
-                                           encoder=self._encoder.name, errors=errors)
+                                           encoder=self._encoder.name, errors=errors,
+                                           stand_in=self._encoder.stand_in, digest=self._encoder.digest)
 
     async def Cluster(self, request: embedding_pb2.ClusterRequest,
                       context: ServicerContext) -> embedding_pb2.ClusterResponse:

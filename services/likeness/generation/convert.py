@@ -6,6 +6,7 @@ from likeness.api.v1 import generation_pb2 as pb
 from likeness.core.convert import artifact_pb
 from likeness.core.errors import InvalidArgument
 from likeness.core.image_loader import ImageLoader
+from likeness.core.uris import validate_prefix
 from likeness.generation.generator import GenerationResult
 from likeness.generation.region import mask_from_rgb
 from likeness.generation.request import AdapterRef, ControlRef, GenerationRequest
@@ -28,6 +29,8 @@ def _enum(table: dict, value: int, field: str) -> str:
 
 async def generation_request(request: pb.GenerateRequest, images: ImageLoader) -> GenerationRequest:
     """The domain request; image fields are decoded (and checked) by `images`."""
+    validate_prefix(request.output_prefix, "output_prefix")  # before any image is loaded or model touched
+
     def opt(name):
         return getattr(request, name) if request.HasField(name) else None
 
@@ -70,6 +73,7 @@ def models_response(specs, loaded: dict, engine: str) -> pb.ListModelsResponse:
     """`specs` of the repository; `loaded` maps names of loaded models to their `LoadedModel`."""
     return pb.ListModelsResponse(
         models=[pb.ModelInfo(name=s.name, kind=s.kind, backend=s.backend, digest=s.digest, loaded=s.name in loaded,
-                             memory_bytes=loaded[s.name].memory_bytes if s.name in loaded else 0)
+                             memory_bytes=loaded[s.name].memory_bytes if s.name in loaded else 0,
+                             stand_in="random weights" if s.config.get("random_weights") else "")
                 for s in sorted(specs, key=lambda s: s.name)],
         engine=engine)

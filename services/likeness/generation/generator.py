@@ -76,6 +76,7 @@ class Plan:
     units: list[tuple[int, str]]  # (seed, work id)
     keys: list[str]
     adapters: list[str]  # ids of the request's own adapters (`adapter_files` may add the LCM-LoRA first)
+    models: list[dict]  # provenance: every model that shapes the pixels (models_used)
 
 
 class ImageGenerator:
@@ -188,7 +189,8 @@ class ImageGenerator:
         units = [(req.seed + i, work_id("generation", {**inputs, "seed": req.seed + i}, spec.digest))
                  for i in range(req.count)]
         return Plan(req, spec, key, inputs, adapter_files, refiner_name, warnings, units,
-                    [f"{req.output_prefix}{wid}.png" for _, wid in units], adapters)
+                    [f"{req.output_prefix}{wid}.png" for _, wid in units], adapters,
+                    models_used(spec, refiner_spec, ip_spec))
 
     async def _probe_cache(self, plan: Plan) -> list[GeneratedImage | None]:
         """The units already in the store (`cached=True`); None where the unit is still to make."""
@@ -218,12 +220,15 @@ class ImageGenerator:
         req, spec = plan.req, plan.spec
         # the request's own adapters (the LCM-LoRA is named on its own line)
         extra = self._parameters_extra(req, {aid: plan.adapter_files[aid] for aid in plan.adapters}, plan.refiner_name)
+        if spec.config.get("random_weights"):
+            extra["Model stand-in"] = "random weights"
 
         def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
             seed, wid = plan.units[i]
             rgb = self._finish(req, geometry, result.rgb)
             return encode_png(rgb, self._parameters(req, spec, seed, extra),
-                              {**plan.inputs, "seed": seed, "model_digest": spec.digest, "work_id": wid})
+                              {**plan.inputs, "seed": seed, "model_digest": spec.digest, "work_id": wid,
+                               "models": plan.models})
 
         for i, result in zip(todo, results, strict=True):
             png = await asyncio.to_thread(encode, i, result)
@@ -431,6 +436,17 @@ class ImageGenerator:
         return format_parameters(req.prompt, req.negative_prompt, req.steps, SAMPLER_LABELS.get(name, name),
                                  req.guidance_scale, seed, req.width, req.height, req.model,
                                  model_hash=a1111_model_hash(spec.files, spec.checksums), extra=extra)
+
+
+def models_used(spec, refiner_spec, ip_spec) -> list[dict]:
+    """Provenance written into every PNG: each model that shaped the pixels, and whether it is a
+    stand-in (model.yaml `random_weights: true`: the images are noise)."""
+    out = []
+    for role, s in (("generator", spec), ("refiner", refiner_spec), ("ip_adapter", ip_spec)):
+        if s is not None:
+            out.append({"role": role, "name": s.name, "backend": s.backend, "digest": s.digest,
+                        "stand_in": "random weights" if s.config.get("random_weights") else ""})
+    return out
 
 
 def require_seed_room(req: GenerationRequest) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from likeness.core.errors import InvalidArgument, check_range, require
-from likeness.core.uris import validate_key
+from likeness.core.uris import validate_prefix
 from likeness.diffusion.samplers import DEFAULT as DEFAULT_SAMPLER
 from likeness.diffusion.samplers import SAMPLERS
 from likeness.generation import presets
@@ -116,11 +116,7 @@ def validate(req: GenerationRequest, family: str, default_side: int, has_refiner
     reference_scale = presets.DEFAULT_REFERENCE_SCALE if req.reference_scale is None else req.reference_scale
     check_range(reference_scale, "reference_scale", 0.0, 1.0)
     controls = _controls(req, width, height)
-    if req.output_prefix:
-        try:
-            validate_key(req.output_prefix, "output_prefix", prefix=True)
-        except InvalidArgument as exc:
-            raise InvalidArgument("output_prefix", f"must be a relative store prefix: {exc.detail}") from None
+    validate_prefix(req.output_prefix, "output_prefix")
     resolved = replace(req, steps=steps, guidance_scale=float(guidance), width=width, height=height,
                        sampler="lcm" if use_lcm else req.sampler, lcm_lora=lcm_lora if use_lcm else "",
                        strength=strength, refiner=refiner, refiner_fraction=fraction,

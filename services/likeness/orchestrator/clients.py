@@ -25,7 +25,7 @@ from likeness.api.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
-from likeness.core import errors
+from likeness.core import errors, faults
 from likeness.core.channels import aio_channel
 from likeness.core.interceptor import PUSHBACK
 from likeness.orchestrator.settings import OrchestratorSettings
@@ -87,26 +87,41 @@ class ServiceClient:
         return GetMessageClass(SERVICES[self.name].methods_by_name[method].output_type)
 
     async def call(self, method: str, request, *, timeout: float | None = None):
-        """Unary call with retries; raises a core.errors.LikenessError naming the service and method."""
-        deadline = time.monotonic() + self.retry_seconds
+        """Unary call with retries; raises a core.errors.LikenessError naming the service and method.
+        A call that needed retries is reported (core.faults) with their count and last status."""
+        start = time.monotonic()
+        deadline = start + self.retry_seconds
         delay = 0.2
         attempt = 0
+        last = ""
         while True:
             attempt += 1
             try:
                 async with self.limit:
-                    return await getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+                    pending = getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+                    response = await pending
+                faults.report_trailer(await pending.trailing_metadata(), f"{self.name}.{method}")
+                if attempt > 1:
+                    self._report_retries(method, attempt - 1, last, start, "then succeeded")
+                return response
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code in RETRYABLE and time.monotonic() + delay < deadline:
+                    last = code.name
                     wait = max(delay, pushback_seconds(exc.trailing_metadata()))
                     log.warning("retrying", extra={"service": self.name, "method": method, "code": code.name,
                                                    "attempt": attempt, "wait_s": round(wait, 2)})
                     await asyncio.sleep(wait * (0.8 + 0.4 * random.random()))
                     delay = min(delay * 2, 5.0)
                     continue
+                if attempt > 1:
+                    self._report_retries(method, attempt - 1, last, start, f"then failed with {code.name}")
                 cls = ERRORS.get(code, errors.LikenessError)
                 raise cls("", f"{self.name}.{method} failed with {code.name}: {exc.details()}") from exc
+
+    def _report_retries(self, method: str, retries: int, last: str, start: float, outcome: str) -> None:
+        faults.report("service_retry", f"{self.name}.{method}: retried {retries} time{'s' * (retries != 1)} over "
+                                       f"{time.monotonic() - start:.1f}s (last status {last}), {outcome}")
 
     def stream(self, method: str, request, *, timeout: float | None = None):
         return getattr(self.stub, method)(request, timeout=timeout or self.timeout)

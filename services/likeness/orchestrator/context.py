@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from likeness.core import metrics, tracing
+from likeness.core import faults, metrics, tracing
 from likeness.core.errors import Cancelled
+from likeness.core.faults import Fault
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import work_id
 from likeness.orchestrator.clients import ServiceClient, ServiceClients
 from likeness.orchestrator.jobstore import JobRecord, JobStore
+from likeness.orchestrator.provenance import ModelLedger
 
 
 @dataclass
@@ -24,6 +27,12 @@ class Outcome:
     manifest: dict
     report: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Why the job did not deliver what it promised (a storyboard frame missing, ...): the job ends
+    # FAILED with this reason, and its manifest and report are still written with what it has.
+    failure: str = ""
+    # One line on how the job ended when it succeeded with a caveat, for example the frames a
+    # storyboard run without `require_all_frames` is missing.
+    note: str = ""
 
 
 class JobContext:
@@ -39,7 +48,36 @@ class JobContext:
         self.warnings: list[str] = []
         self.reused = 0  # work items answered from the job store instead of a service call
         self.computed = 0
+        self.models = ModelLedger()
+        # What the workflow has so far, for the manifest and report of a job that stops early.
+        self.partial: Callable[[], Outcome] | None = None
         self._last_progress = 0.0
+        self.current_stage = ""
+        self.faults: list[Fault] = []  # survived faults (core.faults), shown as events and in the report
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fault_events: set[asyncio.Task] = set()
+
+    def collect_faults(self) -> None:
+        """Makes this task (and what it starts) report faults to this job; call inside the job's task."""
+        self._loop = asyncio.get_running_loop()
+        faults.SINK.set(self._fault_sink)
+
+    def _fault_sink(self, fault: Fault) -> None:  # any thread
+        self.faults.append(fault)
+        self._loop.call_soon_threadsafe(self._fault_event, fault)
+
+    def _fault_event(self, fault: Fault) -> None:
+        task = asyncio.ensure_future(self.event("WARNING", f"{fault.kind}: {fault.message}", self.current_stage))
+        self._fault_events.add(task)
+        task.add_done_callback(self._fault_events.discard)
+
+    def fault(self, kind: str, message: str) -> None:
+        self._fault_sink(Fault(kind, message))
+
+    async def flush_faults(self) -> None:
+        """Waits until every fault so far is an event (before the job's FINISHED event)."""
+        await asyncio.sleep(0)  # lets call_soon_threadsafe callbacks create their tasks
+        await asyncio.gather(*list(self._fault_events), return_exceptions=True)
 
     async def event(self, type_: str, message: str = "", stage: str = "", progress: dict | None = None) -> None:
         await asyncio.to_thread(self.jobs.add_event, self.job_id, type_, stage, message, progress)
@@ -47,6 +85,7 @@ class JobContext:
     @asynccontextmanager
     async def stage(self, name: str):
         self.check_cancel()
+        self.current_stage = name
         with tracing.span(f"stage {name}", {"job.id": self.job_id, "job.stage": name}):
             await self.event("STAGE_STARTED", f"stage {name}", name)
             start = time.perf_counter()

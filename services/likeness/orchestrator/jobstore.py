@@ -14,10 +14,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
+from likeness.core import pages
 from likeness.core.database import make_engine
 from likeness.core.errors import NotFound
+from likeness.core.pages import Cursor
 from likeness.orchestrator.db import EventRow, JobRow, WorkResultRow, migrate, utcnow
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -40,12 +42,14 @@ class JobRecord:
     manifest: dict = field(default_factory=dict)
     error: str = ""
     trace_parent: str = ""
+    previous_owner: str = ""  # set by lease_next: the replica whose lease this attempt took over
 
     @classmethod
-    def of(cls, row: JobRow) -> JobRecord:
-        return cls(row.job_id, row.kind, row.state, row.spec, row.created_at, row.updated_at, row.attempts,
-                   bool(row.cancel_requested), row.lease_owner, dict(row.progress or {}), dict(row.summary or {}),
-                   dict(row.report or {}), dict(row.manifest or {}), row.error or "", row.trace_parent or "")
+    def of(cls, row: JobRow, with_spec: bool = True) -> JobRecord:
+        return cls(row.job_id, row.kind, row.state, row.spec if with_spec else b"", row.created_at, row.updated_at,
+                   row.attempts, bool(row.cancel_requested), row.lease_owner, dict(row.progress or {}),
+                   dict(row.summary or {}), dict(row.report or {}), dict(row.manifest or {}), row.error or "",
+                   row.trace_parent or "")
 
     @property
     def trace_id(self) -> str:
@@ -105,14 +109,17 @@ class JobStore:
                 raise NotFound("job_id", f"no job '{job_id}'")
             return JobRecord.of(row)
 
-    def list(self, limit: int = 100, kind: str = "", state: str = "") -> list[JobRecord]:
-        q = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+    def list(self, limit: int = 100, kind: str = "", state: str = "", cursor: Cursor | None = None) -> list[JobRecord]:
+        """Jobs newest first, after `cursor`, WITHOUT their specs (`spec` is b""): a listing must not
+        load what Get returns one at a time."""
+        q = (select(JobRow).options(defer(JobRow.spec)).where(pages.after((JobRow.created_at, JobRow.job_id), cursor))
+             .order_by(JobRow.created_at.desc(), JobRow.job_id.desc()).limit(limit))
         if kind:
             q = q.where(JobRow.kind == kind)
         if state:
             q = q.where(JobRow.state == state)
         with self.sessions() as s:
-            return [JobRecord.of(r) for r in s.scalars(q)]
+            return [JobRecord.of(r, with_spec=False) for r in s.scalars(q)]
 
     def request_cancel(self, job_id: str) -> JobRecord:
         with self.sessions.begin() as s:
@@ -128,11 +135,14 @@ class JobStore:
             return JobRecord.of(row)
 
     def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
-        q = (select(EventRow).where(EventRow.job_id == job_id, EventRow.seq > after_seq)
-             .order_by(EventRow.seq).limit(limit))
+        """Events of one job after its `after_seq`-th. `seq` counts from 1 per job: the event's
+        position among the job's events in insertion order (events are never deleted)."""
+        q = (select(EventRow).where(EventRow.job_id == job_id).order_by(EventRow.seq)
+             .offset(max(0, after_seq)).limit(limit))
         with self.sessions() as s:
-            return [EventRecord(e.seq, e.job_id, e.time, e.type, e.stage, e.message, dict(e.progress or {}), e.state)
-                    for e in s.scalars(q)]
+            return [EventRecord(after_seq + i + 1, e.job_id, e.time, e.type, e.stage, e.message,
+                                dict(e.progress or {}), e.state)
+                    for i, e in enumerate(s.scalars(q))]
 
     def counts(self) -> dict[tuple[str, str], int]:
         with self.sessions() as s:
@@ -145,12 +155,13 @@ class JobStore:
         now = utcnow()
         free = or_(JobRow.state == "QUEUED", and_(JobRow.state == "RUNNING", JobRow.lease_expires_at < now))
         with self.sessions.begin() as s:
-            q = select(JobRow.job_id).where(free).order_by(JobRow.created_at).limit(1)
+            q = select(JobRow.job_id, JobRow.lease_owner).where(free).order_by(JobRow.created_at).limit(1)
             if self.is_postgres:
                 q = q.with_for_update(skip_locked=True)
-            job_id = s.scalars(q).first()
-            if job_id is None:
+            candidate = s.execute(q).first()
+            if candidate is None:
                 return None
+            job_id, previous = candidate
             taken = s.execute(
                 update(JobRow).where(JobRow.job_id == job_id, free)
                 .values(state="RUNNING", lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -159,10 +170,14 @@ class JobStore:
                 return None
             row = s.get(JobRow, job_id)
             s.refresh(row)
-            resumed = row.attempts > 1
-            self._event(s, job_id, "PROGRESS", "",
-                        f"{'resumed' if resumed else 'started'} by {owner} (attempt {row.attempts})", {}, "RUNNING")
-            return JobRecord.of(row)
+            record = JobRecord.of(row)
+            if row.attempts > 1:  # a takeover is a fault the job's record shows, not just a count
+                record.previous_owner = previous or ""
+                self._event(s, job_id, "WARNING", "", f"takeover: resumed by {owner} (attempt {row.attempts}) after "
+                            f"the lease of {previous or 'an unknown replica'} expired", {}, "RUNNING")
+            else:
+                self._event(s, job_id, "PROGRESS", "", f"started by {owner} (attempt 1)", {}, "RUNNING")
+            return record
 
     def heartbeat(self, job_id: str, owner: str, lease_seconds: float,
                   progress: dict | None = None) -> tuple[bool, bool]:

@@ -7,6 +7,7 @@ below (`table`, `gallery` of `group`s of `image`s, `bars`, `text`, `stage_timing
   {"type": "gallery", "title", "groups": [{"name", "items": [{"uri", "caption"}]}]}
   {"type": "bars", "title", "unit", "data": [[label, value], ...]}
   {"type": "text", "title", "body"}
+Any section may name the model behind its figures: "model": "faces: <detector>".
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ _env = Environment(loader=PackageLoader("likeness.orchestrator", "templates"),
                    autoescape=select_autoescape(["html", "j2"]))
 
 
-def table(title: str, columns: list[str], rows: list[list]) -> dict:
-    return {"type": "table", "title": title, "columns": list(columns), "rows": rows}
+def _with_model(section: dict, model: str) -> dict:
+    """`model` names the model behind the section's figures (shown under its title)."""
+    if model:
+        section["model"] = model
+    return section
+
+
+def table(title: str, columns: list[str], rows: list[list], *, model: str = "") -> dict:
+    return _with_model({"type": "table", "title": title, "columns": list(columns), "rows": rows}, model)
 
 
 def image(uri: str, caption: str) -> dict:
@@ -38,12 +46,12 @@ def group(name: str, items: list[dict]) -> dict:
     return {"name": name, "items": items}
 
 
-def gallery(title: str, groups: list[dict]) -> dict:
-    return {"type": "gallery", "title": title, "groups": groups}
+def gallery(title: str, groups: list[dict], *, model: str = "") -> dict:
+    return _with_model({"type": "gallery", "title": title, "groups": groups}, model)
 
 
-def bars(title: str, data: list, unit: str = "") -> dict:
-    return {"type": "bars", "title": title, "unit": unit, "data": data}
+def bars(title: str, data: list, unit: str = "", *, model: str = "") -> dict:
+    return _with_model({"type": "bars", "title": title, "unit": unit, "data": data}, model)
 
 
 def text(title: str, body: str) -> dict:
@@ -70,7 +78,10 @@ def _bars_svg(data: list, unit: str = "") -> dict:
             "unit": unit, "height": 22 * len(data) + 4}
 
 
-def render_report(job, outcome, timings: dict[str, float], warnings: list[str], store=None) -> str:
+def render_report(job, outcome, timings: dict[str, float], warnings: list[str], store=None, *, state: str = "",
+                  reason: str = "", models=None) -> str:
+    """`state` and `reason` head the report; `models` (a provenance.ModelLedger) names the model behind
+    every figure, and each stand-in is announced at the top in plain words."""
     sections = []
     for section in outcome.report.get("sections", []):
         s = dict(section)
@@ -100,4 +111,6 @@ def render_report(job, outcome, timings: dict[str, float], warnings: list[str], 
     timing_rows = [[k, f"{v:.3f}"] for k, v in timings.items()]
     return _env.get_template("report.html.j2").render(
         job=job, summary=outcome.summary, sections=sections, timings=timing_rows, warnings=warnings,
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), state=state or job.state,
+        reason=reason or outcome.failure or outcome.note, stand_ins=models.warnings() if models else [],
+        models=models.as_list() if models else [])

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 from grpc.aio import ServicerContext
 
-from likeness.api.v1 import generation_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-from likeness.core import tracing
+from likeness.api.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from likeness.core import pages, tracing
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
-from likeness.orchestrator import specs
+from likeness.orchestrator import capabilities, imports, specs
 from likeness.orchestrator.clients import ServiceClients
-from likeness.orchestrator.convert import KIND_NAME, event_pb, job_pb
+from likeness.orchestrator.convert import KIND_NAME, event_pb, job_pb, job_summary_pb
 from likeness.orchestrator.jobstore import TERMINAL, JobStore
+
+# A stored spec is returned whole by Get, so it must fit a response with room to spare (an inline
+# open-eyes photo is the only field that can come near this).
+MAX_SPEC_BYTES = 16 * 1024 * 1024
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
@@ -26,25 +29,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def _check_references(self, spec: orchestrator_pb2.JobSpec) -> None:
         field, uri = specs.dataset_of(spec)
         if uri:
-            keys = await asyncio.to_thread(self.store.list, self.store.key_of(uri, field=field))
-            if not keys:
+            prefix = self.store.key_of(uri, field=field)
+            if field == imports.FIELD and prefix and not prefix.endswith("/"):
+                prefix += "/"
+            keys = await asyncio.to_thread(self.store.list, prefix)
+            if field == imports.FIELD:
+                imports.layout(uri, prefix, keys)
+            elif not keys:
                 raise InvalidArgument(field, f"'{uri}' holds no objects")
-        model = specs.model_of(spec)
-        if model:
-            try:
-                listed = await self.clients.generation.stub.ListModels(generation_pb2.ListModelsRequest(), timeout=5)
-            except grpc.aio.AioRpcError:
-                return  # generation unreachable now: the job retries it when it runs
-            names = sorted(m.name for m in listed.models)
-            if model not in names:
-                raise InvalidArgument("model", f"unknown model '{model}'; the model repository has: "
-                                               f"{', '.join(names) or 'none'}")
+        await capabilities.check(spec, self.clients)
 
     async def Submit(self, request: orchestrator_pb2.SubmitRequest,
                      context: ServicerContext) -> orchestrator_pb2.SubmitResponse:
-        if len(request.idempotency_key) > 128:
-            raise InvalidArgument("idempotency_key",
-                                  f"{len(request.idempotency_key)} characters is over the limit of 128")
+        size = request.spec.ByteSize()
+        if size > MAX_SPEC_BYTES:
+            raise InvalidArgument("spec", f"{size:,} bytes, over the limit of {MAX_SPEC_BYTES:,}")
         kind = specs.validate(request.spec)
         await self._check_references(request.spec)
         job, _ = await asyncio.to_thread(self.jobs.submit, kind, request.spec.SerializeToString(),
@@ -56,13 +55,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def List(self, request: orchestrator_pb2.ListRequest,
                    context: ServicerContext) -> orchestrator_pb2.ListResponse:
-        limit = request.limit or 100
-        if not 1 <= limit <= 1000:
-            raise InvalidArgument("limit", f"{limit} is outside [1, 1000]")
+        size = pages.page_size(request.page_size)
+        cursor = pages.decode(request.page_token)
         kind = KIND_NAME.get(request.kind, "") if request.kind else ""
         state = orchestrator_pb2.JobState.Name(request.state).removeprefix("JOB_STATE_") if request.state else ""
-        jobs = await asyncio.to_thread(self.jobs.list, limit, kind, state)
-        return orchestrator_pb2.ListResponse(jobs=[job_pb(j) for j in jobs])
+        jobs = await asyncio.to_thread(self.jobs.list, size + 1, kind, state, cursor)
+        summaries, token = pages.fill(jobs, size, job_summary_pb, lambda j: pages.Cursor(j.created_at, j.job_id))
+        return orchestrator_pb2.ListResponse(jobs=summaries, next_page_token=token)
 
     async def Cancel(self, request: orchestrator_pb2.CancelRequest,
                      context: ServicerContext) -> orchestrator_pb2.CancelResponse:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from likeness.api.v1 import detection_pb2, generation_pb2, orchestrator_pb2
 from likeness.core.errors import check_range, require
-from likeness.core.uris import validate_key
+from likeness.core.uris import validate_prefix
 
 KINDS = ("curate", "train", "storyboard", "open_eyes", "diversity")
 QUOTA_DIMENSIONS = ("seed", "cluster", "image_type")
@@ -51,7 +51,7 @@ def validate_curate(c: orchestrator_pb2.CurateSpec) -> None:
         _validate_generate_source(c)
     else:
         require(bool(c.import_source.uri), "spec.curate.import_source.uri", "is empty")
-    validate_key(c.output_prefix, "spec.curate.output_prefix", prefix=True)  # no '..', no absolute path
+    validate_prefix(c.output_prefix, "spec.curate.output_prefix")  # no URI, no '..', no absolute path
     _validate_quotas(c, source)
 
 
@@ -121,6 +121,12 @@ def validate_storyboard(s: orchestrator_pb2.StoryboardSpec) -> None:
     require(s.seed >= 0, "spec.storyboard.seed", f"{s.seed} is negative")
     if s.HasField("guidance_scale"):
         check_range(s.guidance_scale, "spec.storyboard.guidance_scale", 0.0, 30.0)
+    if s.HasField("reference_image"):
+        require(s.reference_image.WhichOneof("source") is not None, "spec.storyboard.reference_image",
+                "set `data` or `uri`")
+    if s.HasField("reference_scale"):
+        require(s.HasField("reference_image"), "spec.storyboard.reference_scale", "needs reference_image")
+        check_range(s.reference_scale, "spec.storyboard.reference_scale", 0.0, 1.0)
     if s.HasField("control_scale"):
         check_range(s.control_scale, "spec.storyboard.control_scale", 0.0, 2.0)
     require(len(s.control_model) <= 200, "spec.storyboard.control_model",
@@ -187,14 +193,17 @@ def validate(spec: orchestrator_pb2.JobSpec) -> str:
     return kind
 
 
-def model_of(spec: orchestrator_pb2.JobSpec) -> str:
+def model_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
+    """(field, name) of the generation-repository model the job needs; ("", "") when none."""
     kind = spec.WhichOneof("kind")
     inner = getattr(spec, kind)
     if kind == "curate":
-        return inner.generate.model if inner.WhichOneof("source") == "generate" else ""
+        if inner.WhichOneof("source") == "generate":
+            return "spec.curate.generate.model", inner.generate.model
+        return "", ""
     if kind == "train":
-        return ""
-    return inner.model
+        return "spec.train.run.base_model", inner.run.base_model
+    return f"spec.{kind}.model", inner.model
 
 
 def dataset_of(spec: orchestrator_pb2.JobSpec) -> tuple[str, str]:
@@ -217,6 +226,7 @@ STORYBOARD_IDENTITY_THRESHOLD = 0.5
 STORYBOARD_RETRY_BUDGET = 3
 STORYBOARD_GUIDANCE = 5.0
 STORYBOARD_CONTROL_SCALE = 0.8
+STORYBOARD_REFERENCE_SCALE = 0.6  # IP-Adapter conditioning of frames on the reference image
 DIVERSITY_NEAREST_K = 5
 
 
@@ -233,6 +243,8 @@ class StoryboardPlan:
     guidance: float
     eyes_min: float  # 0: the eye-openness check is off
     control_scale: float  # ControlNet conditioning of frames on the face-landmark map
+    reference_scale: float  # IP-Adapter conditioning of frames on the reference image
+    require_all: bool  # a frame that fails every attempt fails the job
 
 
 def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
@@ -242,7 +254,9 @@ def storyboard_plan(s: orchestrator_pb2.StoryboardSpec) -> StoryboardPlan:
         retry_budget=s.retry_budget if s.HasField("retry_budget") else STORYBOARD_RETRY_BUDGET,
         guidance=s.guidance_scale if s.HasField("guidance_scale") else STORYBOARD_GUIDANCE,
         eyes_min=s.min_eye_openness if s.HasField("min_eye_openness") else 0.0,
-        control_scale=s.control_scale if s.HasField("control_scale") else STORYBOARD_CONTROL_SCALE)
+        control_scale=s.control_scale if s.HasField("control_scale") else STORYBOARD_CONTROL_SCALE,
+        reference_scale=s.reference_scale if s.HasField("reference_scale") else STORYBOARD_REFERENCE_SCALE,
+        require_all=s.require_all_frames if s.HasField("require_all_frames") else True)
 
 
 def diversity_nearest_k(d: orchestrator_pb2.DiversitySpec) -> int:

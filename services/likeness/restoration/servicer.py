@@ -103,7 +103,8 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
 
         # one at a time: the model worker is serial anyway
         outcomes = await self._each("restore", request.items, one, sequential=True)
-        return pb.RestoreResponse(model=restorer.name, results=item_results_pb(outcomes, pb.RestoreResult, "image"))
+        return pb.RestoreResponse(model=restorer.name, stand_in=getattr(restorer, "stand_in", ""),
+                                  results=item_results_pb(outcomes, pb.RestoreResult, "image"))
 
     async def ControlImage(self, request: pb.ControlImageRequest, context: ServicerContext) -> pb.ControlImageResponse:
         check_batch(len(request.items), MAX_CONTROL_IMAGES, "items")

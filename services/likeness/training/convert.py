@@ -131,6 +131,14 @@ def run_pb(r: RunRecord) -> training_pb2.Run:
         notes=r.notes, timings={k: float(v) for k, v in r.timings.items()})
 
 
+def run_summary_pb(r: RunRecord) -> training_pb2.RunSummary:
+    return training_pb2.RunSummary(
+        run_id=r.run_id, state=STATE[r.state], best_epoch=r.best_epoch, dataset_digest=r.dataset_digest,
+        error=r.error[:1000], created_at=_ts(r.created_at), started_at=_ts(r.started_at),
+        finished_at=_ts(r.finished_at), step=r.step, total_steps=r.total_steps, image_count=r.image_count,
+        name=r.name, base_model=r.base_model)
+
+
 def watch_pb(e: WatchEvent) -> training_pb2.WatchRunResponse:
     return training_pb2.WatchRunResponse(
         run_id=e.run_id, state=STATE[e.state], step=e.step, total_steps=e.total_steps,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from likeness.core.errors import FailedPrecondition, InvalidArgument
+from likeness.core.pages import Cursor
 from likeness.training.compare import Comparison, compare_runs
 from likeness.training.dataset import Dataset, assign_buckets, load_dataset, plan_epoch
 from likeness.training.registry import FINAL_STATES, QUEUED, RunRecord
@@ -125,10 +126,9 @@ class TrainingRuns:
     def get(self, run_id: str) -> RunRecord:
         return self.registry.get(_check_id(run_id))
 
-    def list(self, limit: int = 100, state: str = "") -> list[RunRecord]:
-        if not 1 <= limit <= 1000:
-            raise InvalidArgument("limit", f"{limit} is outside [1, 1000]")
-        return self.registry.list(limit, state)
+    def list(self, limit: int = 100, state: str = "", cursor: Cursor | None = None) -> list[RunRecord]:
+        """Runs newest first after `cursor`, without checkpoints, loss or skipped items."""
+        return self.registry.list(limit, state, cursor)
 
     def cancel(self, run_id: str) -> RunRecord:
         run = self.registry.request_cancel(_check_id(run_id))

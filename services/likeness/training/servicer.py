@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from grpc.aio import ServicerContext
 
 from likeness.api.v1 import training_pb2, training_pb2_grpc
+from likeness.core import pages
 from likeness.training import convert
 from likeness.training.runs import TrainingRuns
 
@@ -37,8 +38,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     async def ListRuns(self, request: training_pb2.ListRunsRequest,
                        context: ServicerContext) -> training_pb2.ListRunsResponse:
-        runs = await asyncio.to_thread(self._runs.list, request.limit or 100, convert.state_filter(request.state))
-        return training_pb2.ListRunsResponse(runs=[convert.run_pb(r) for r in runs])
+        size = pages.page_size(request.page_size)
+        runs = await asyncio.to_thread(self._runs.list, size + 1, convert.state_filter(request.state),
+                                       pages.decode(request.page_token))
+        summaries, token = pages.fill(runs, size, convert.run_summary_pb,
+                                      lambda r: pages.Cursor(r.created_at, r.run_id))
+        return training_pb2.ListRunsResponse(runs=summaries, next_page_token=token)
 
     async def CancelRun(self, request: training_pb2.CancelRunRequest,
                         context: ServicerContext) -> training_pb2.CancelRunResponse:

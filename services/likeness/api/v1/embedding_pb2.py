@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from likeness.api.v1 import common_pb2 as likeness_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blikeness/v1/embedding.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"=\n\x12\x45mbedImagesRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\"\x8a\x01\n\x13\x45mbedImagesResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.likeness.v1.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12&\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x16.likeness.v1.ItemError\"\"\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x12\x45mbedTextsResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.likeness.v1.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\"F\n\x0cScoreRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\x12\r\n\x05texts\x18\x02 \x03(\t\"g\n\rScoreResponse\x12\x0e\n\x06\x63osine\x18\x01 \x03(\x02\x12\r\n\x05score\x18\x02 \x03(\x02\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12&\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x16.likeness.v1.ItemError\"@\n\rLabeledVector\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x06vector\x18\x02 \x01(\x0b\x32\x13.likeness.v1.Vector\"\xe4\x01\n\x0e\x43lusterRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.likeness.v1.LabeledVector\x12\t\n\x01k\x18\x02 \x01(\x05\x12\r\n\x05k_min\x18\x03 \x01(\x05\x12\r\n\x05k_max\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x16\n\toutlier_z\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12)\n\x1cnegative_silhouette_outliers\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_outlier_zB\x1f\n\x1d_negative_silhouette_outliers\"\x7f\n\x11\x43lusterAssignment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\x05\x12\x12\n\nsilhouette\x18\x03 \x01(\x02\x12\x10\n\x08\x64istance\x18\x04 \x01(\x02\x12\x0f\n\x07outlier\x18\x05 \x01(\x08\x12\x16\n\x0eoutlier_reason\x18\x06 \x01(\t\"\'\n\x06KScore\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x12\n\nsilhouette\x18\x02 \x01(\x02\"\xc7\x01\n\x0f\x43lusterResponse\x12\x33\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1e.likeness.v1.ClusterAssignment\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nsilhouette\x18\x03 \x01(\x02\x12&\n\tcentroids\x18\x04 \x03(\x0b\x32\x13.likeness.v1.Vector\x12%\n\x08k_scores\x18\x05 \x03(\x0b\x32\x13.likeness.v1.KScore\x12\x11\n\talgorithm\x18\x06 \x01(\t\"\x9d\x01\n\x12SelectionCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x01\x12;\n\x06groups\x18\x03 \x03(\x0b\x32+.likeness.v1.SelectionCandidate.GroupsEntry\x1a-\n\x0bGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x01\n\rSelectRequest\x12\x33\n\ncandidates\x18\x01 \x03(\x0b\x32\x1f.likeness.v1.SelectionCandidate\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\"\n\x06quotas\x18\x03 \x03(\x0b\x32\x12.likeness.v1.Quota\x12)\n\x06method\x18\x04 \x01(\x0e\x32\x19.likeness.v1.SelectMethod\"=\n\nGroupCount\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"\x91\x01\n\x0eSelectResponse\x12\x14\n\x0cselected_ids\x18\x01 \x03(\t\x12\x15\n\rtotal_quality\x18\x02 \x01(\x01\x12\'\n\x06\x63ounts\x18\x03 \x03(\x0b\x32\x17.likeness.v1.GroupCount\x12)\n\x06method\x18\x04 \x01(\x0e\x32\x19.likeness.v1.SelectMethod\"=\n\x0bMetricValue\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x02 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x03 \x01(\x01\"\xb3\x02\n\x10\x44iversityRequest\x12&\n\treference\x18\x01 \x03(\x0b\x32\x13.likeness.v1.Vector\x12&\n\tgenerated\x18\x02 \x03(\x0b\x32\x13.likeness.v1.Vector\x12\x11\n\tnearest_k\x18\x03 \x01(\x05\x12\x1e\n\x11novelty_threshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12*\n\x0fgenerated_poses\x18\x05 \x03(\x0b\x32\x11.likeness.v1.Pose\x12\x16\n\tbootstrap\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x17\n\nconfidence\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x42\x14\n\x12_novelty_thresholdB\x0c\n\n_bootstrapB\r\n\x0b_confidence\"\xac\x03\n\x11\x44iversityResponse\x12)\n\x07novelty\x18\x01 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12+\n\tprecision\x18\x02 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12(\n\x06recall\x18\x03 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12)\n\x07\x64\x65nsity\x18\x04 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12*\n\x08\x63overage\x18\x05 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12:\n\x18mean_pairwise_similarity\x18\x06 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12)\n\x07yaw_std\x18\x07 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12+\n\tpitch_std\x18\x08 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12*\n\x08roll_std\x18\t \x01(\x0b\x32\x18.likeness.v1.MetricValue*`\n\x0cSelectMethod\x12\x1d\n\x19SELECT_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13SELECT_METHOD_EXACT\x10\x01\x12\x18\n\x14SELECT_METHOD_GREEDY\x10\x02\x32\xc8\x03\n\x10\x45mbeddingService\x12P\n\x0b\x45mbedImages\x12\x1f.likeness.v1.EmbedImagesRequest\x1a .likeness.v1.EmbedImagesResponse\x12M\n\nEmbedTexts\x12\x1e.likeness.v1.EmbedTextsRequest\x1a\x1f.likeness.v1.EmbedTextsResponse\x12>\n\x05Score\x12\x19.likeness.v1.ScoreRequest\x1a\x1a.likeness.v1.ScoreResponse\x12\x44\n\x07\x43luster\x12\x1b.likeness.v1.ClusterRequest\x1a\x1c.likeness.v1.ClusterResponse\x12\x41\n\x06Select\x12\x1a.likeness.v1.SelectRequest\x1a\x1b.likeness.v1.SelectResponse\x12J\n\tDiversity\x12\x1d.likeness.v1.DiversityRequest\x1a\x1e.likeness.v1.DiversityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blikeness/v1/embedding.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"=\n\x12\x45mbedImagesRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\"\xac\x01\n\x13\x45mbedImagesResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.likeness.v1.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12&\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x16.likeness.v1.ItemError\x12\x10\n\x08stand_in\x18\x05 \x01(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"\"\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x12\x45mbedTextsResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.likeness.v1.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\"F\n\x0cScoreRequest\x12\'\n\x06images\x18\x01 \x03(\x0b\x32\x17.likeness.v1.ImageInput\x12\r\n\x05texts\x18\x02 \x03(\t\"\x89\x01\n\rScoreResponse\x12\x0e\n\x06\x63osine\x18\x01 \x03(\x02\x12\r\n\x05score\x18\x02 \x03(\x02\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12&\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x16.likeness.v1.ItemError\x12\x10\n\x08stand_in\x18\x05 \x01(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"@\n\rLabeledVector\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x06vector\x18\x02 \x01(\x0b\x32\x13.likeness.v1.Vector\"\xe4\x01\n\x0e\x43lusterRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.likeness.v1.LabeledVector\x12\t\n\x01k\x18\x02 \x01(\x05\x12\r\n\x05k_min\x18\x03 \x01(\x05\x12\r\n\x05k_max\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x16\n\toutlier_z\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12)\n\x1cnegative_silhouette_outliers\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_outlier_zB\x1f\n\x1d_negative_silhouette_outliers\"\x7f\n\x11\x43lusterAssignment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\x05\x12\x12\n\nsilhouette\x18\x03 \x01(\x02\x12\x10\n\x08\x64istance\x18\x04 \x01(\x02\x12\x0f\n\x07outlier\x18\x05 \x01(\x08\x12\x16\n\x0eoutlier_reason\x18\x06 \x01(\t\"\'\n\x06KScore\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x12\n\nsilhouette\x18\x02 \x01(\x02\"\xc7\x01\n\x0f\x43lusterResponse\x12\x33\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x1e.likeness.v1.ClusterAssignment\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nsilhouette\x18\x03 \x01(\x02\x12&\n\tcentroids\x18\x04 \x03(\x0b\x32\x13.likeness.v1.Vector\x12%\n\x08k_scores\x18\x05 \x03(\x0b\x32\x13.likeness.v1.KScore\x12\x11\n\talgorithm\x18\x06 \x01(\t\"\x9d\x01\n\x12SelectionCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x01\x12;\n\x06groups\x18\x03 \x03(\x0b\x32+.likeness.v1.SelectionCandidate.GroupsEntry\x1a-\n\x0bGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x01\n\rSelectRequest\x12\x33\n\ncandidates\x18\x01 \x03(\x0b\x32\x1f.likeness.v1.SelectionCandidate\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\"\n\x06quotas\x18\x03 \x03(\x0b\x32\x12.likeness.v1.Quota\x12)\n\x06method\x18\x04 \x01(\x0e\x32\x19.likeness.v1.SelectMethod\"=\n\nGroupCount\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"\x91\x01\n\x0eSelectResponse\x12\x14\n\x0cselected_ids\x18\x01 \x03(\t\x12\x15\n\rtotal_quality\x18\x02 \x01(\x01\x12\'\n\x06\x63ounts\x18\x03 \x03(\x0b\x32\x17.likeness.v1.GroupCount\x12)\n\x06method\x18\x04 \x01(\x0e\x32\x19.likeness.v1.SelectMethod\"=\n\x0bMetricValue\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x02 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x03 \x01(\x01\"\xb3\x02\n\x10\x44iversityRequest\x12&\n\treference\x18\x01 \x03(\x0b\x32\x13.likeness.v1.Vector\x12&\n\tgenerated\x18\x02 \x03(\x0b\x32\x13.likeness.v1.Vector\x12\x11\n\tnearest_k\x18\x03 \x01(\x05\x12\x1e\n\x11novelty_threshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12*\n\x0fgenerated_poses\x18\x05 \x03(\x0b\x32\x11.likeness.v1.Pose\x12\x16\n\tbootstrap\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x17\n\nconfidence\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x42\x14\n\x12_novelty_thresholdB\x0c\n\n_bootstrapB\r\n\x0b_confidence\"\xac\x03\n\x11\x44iversityResponse\x12)\n\x07novelty\x18\x01 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12+\n\tprecision\x18\x02 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12(\n\x06recall\x18\x03 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12)\n\x07\x64\x65nsity\x18\x04 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12*\n\x08\x63overage\x18\x05 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12:\n\x18mean_pairwise_similarity\x18\x06 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12)\n\x07yaw_std\x18\x07 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12+\n\tpitch_std\x18\x08 \x01(\x0b\x32\x18.likeness.v1.MetricValue\x12*\n\x08roll_std\x18\t \x01(\x0b\x32\x18.likeness.v1.MetricValue*`\n\x0cSelectMethod\x12\x1d\n\x19SELECT_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13SELECT_METHOD_EXACT\x10\x01\x12\x18\n\x14SELECT_METHOD_GREEDY\x10\x02\x32\xc8\x03\n\x10\x45mbeddingService\x12P\n\x0b\x45mbedImages\x12\x1f.likeness.v1.EmbedImagesRequest\x1a .likeness.v1.EmbedImagesResponse\x12M\n\nEmbedTexts\x12\x1e.likeness.v1.EmbedTextsRequest\x1a\x1f.likeness.v1.EmbedTextsResponse\x12>\n\x05Score\x12\x19.likeness.v1.ScoreRequest\x1a\x1a.likeness.v1.ScoreResponse\x12\x44\n\x07\x43luster\x12\x1b.likeness.v1.ClusterRequest\x1a\x1c.likeness.v1.ClusterResponse\x12\x41\n\x06Select\x12\x1a.likeness.v1.SelectRequest\x1a\x1b.likeness.v1.SelectResponse\x12J\n\tDiversity\x12\x1d.likeness.v1.DiversityRequest\x1a\x1e.likeness.v1.DiversityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,46 +35,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SELECTIONCANDIDATE_GROUPSENTRY']._loaded_options = None
   _globals['_SELECTIONCANDIDATE_GROUPSENTRY']._serialized_options = b'8\001'
-  _globals['_SELECTMETHOD']._serialized_start=2595
-  _globals['_SELECTMETHOD']._serialized_end=2691
+  _globals['_SELECTMETHOD']._serialized_start=2664
+  _globals['_SELECTMETHOD']._serialized_end=2760
   _globals['_EMBEDIMAGESREQUEST']._serialized_start=70
   _globals['_EMBEDIMAGESREQUEST']._serialized_end=131
   _globals['_EMBEDIMAGESRESPONSE']._serialized_start=134
-  _globals['_EMBEDIMAGESRESPONSE']._serialized_end=272
-  _globals['_EMBEDTEXTSREQUEST']._serialized_start=274
-  _globals['_EMBEDTEXTSREQUEST']._serialized_end=308
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=310
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=407
-  _globals['_SCOREREQUEST']._serialized_start=409
-  _globals['_SCOREREQUEST']._serialized_end=479
-  _globals['_SCORERESPONSE']._serialized_start=481
-  _globals['_SCORERESPONSE']._serialized_end=584
-  _globals['_LABELEDVECTOR']._serialized_start=586
-  _globals['_LABELEDVECTOR']._serialized_end=650
-  _globals['_CLUSTERREQUEST']._serialized_start=653
-  _globals['_CLUSTERREQUEST']._serialized_end=881
-  _globals['_CLUSTERASSIGNMENT']._serialized_start=883
-  _globals['_CLUSTERASSIGNMENT']._serialized_end=1010
-  _globals['_KSCORE']._serialized_start=1012
-  _globals['_KSCORE']._serialized_end=1051
-  _globals['_CLUSTERRESPONSE']._serialized_start=1054
-  _globals['_CLUSTERRESPONSE']._serialized_end=1253
-  _globals['_SELECTIONCANDIDATE']._serialized_start=1256
-  _globals['_SELECTIONCANDIDATE']._serialized_end=1413
-  _globals['_SELECTIONCANDIDATE_GROUPSENTRY']._serialized_start=1368
-  _globals['_SELECTIONCANDIDATE_GROUPSENTRY']._serialized_end=1413
-  _globals['_SELECTREQUEST']._serialized_start=1416
-  _globals['_SELECTREQUEST']._serialized_end=1578
-  _globals['_GROUPCOUNT']._serialized_start=1580
-  _globals['_GROUPCOUNT']._serialized_end=1641
-  _globals['_SELECTRESPONSE']._serialized_start=1644
-  _globals['_SELECTRESPONSE']._serialized_end=1789
-  _globals['_METRICVALUE']._serialized_start=1791
-  _globals['_METRICVALUE']._serialized_end=1852
-  _globals['_DIVERSITYREQUEST']._serialized_start=1855
-  _globals['_DIVERSITYREQUEST']._serialized_end=2162
-  _globals['_DIVERSITYRESPONSE']._serialized_start=2165
-  _globals['_DIVERSITYRESPONSE']._serialized_end=2593
-  _globals['_EMBEDDINGSERVICE']._serialized_start=2694
-  _globals['_EMBEDDINGSERVICE']._serialized_end=3150
+  _globals['_EMBEDIMAGESRESPONSE']._serialized_end=306
+  _globals['_EMBEDTEXTSREQUEST']._serialized_start=308
+  _globals['_EMBEDTEXTSREQUEST']._serialized_end=342
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=344
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=441
+  _globals['_SCOREREQUEST']._serialized_start=443
+  _globals['_SCOREREQUEST']._serialized_end=513
+  _globals['_SCORERESPONSE']._serialized_start=516
+  _globals['_SCORERESPONSE']._serialized_end=653
+  _globals['_LABELEDVECTOR']._serialized_start=655
+  _globals['_LABELEDVECTOR']._serialized_end=719
+  _globals['_CLUSTERREQUEST']._serialized_start=722
+  _globals['_CLUSTERREQUEST']._serialized_end=950
+  _globals['_CLUSTERASSIGNMENT']._serialized_start=952
+  _globals['_CLUSTERASSIGNMENT']._serialized_end=1079
+  _globals['_KSCORE']._serialized_start=1081
+  _globals['_KSCORE']._serialized_end=1120
+  _globals['_CLUSTERRESPONSE']._serialized_start=1123
+  _globals['_CLUSTERRESPONSE']._serialized_end=1322
+  _globals['_SELECTIONCANDIDATE']._serialized_start=1325
+  _globals['_SELECTIONCANDIDATE']._serialized_end=1482
+  _globals['_SELECTIONCANDIDATE_GROUPSENTRY']._serialized_start=1437
+  _globals['_SELECTIONCANDIDATE_GROUPSENTRY']._serialized_end=1482
+  _globals['_SELECTREQUEST']._serialized_start=1485
+  _globals['_SELECTREQUEST']._serialized_end=1647
+  _globals['_GROUPCOUNT']._serialized_start=1649
+  _globals['_GROUPCOUNT']._serialized_end=1710
+  _globals['_SELECTRESPONSE']._serialized_start=1713
+  _globals['_SELECTRESPONSE']._serialized_end=1858
+  _globals['_METRICVALUE']._serialized_start=1860
+  _globals['_METRICVALUE']._serialized_end=1921
+  _globals['_DIVERSITYREQUEST']._serialized_start=1924
+  _globals['_DIVERSITYREQUEST']._serialized_end=2231
+  _globals['_DIVERSITYRESPONSE']._serialized_start=2234
+  _globals['_DIVERSITYRESPONSE']._serialized_end=2662
+  _globals['_EMBEDDINGSERVICE']._serialized_start=2763
+  _globals['_EMBEDDINGSERVICE']._serialized_end=3219
 # @@protoc_insertion_point(module_scope)

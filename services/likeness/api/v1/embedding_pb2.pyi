@@ -25,16 +25,20 @@ class EmbedImagesRequest(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.ImageInput, _Mapping]]] = ...) -> None: ...
 
 class EmbedImagesResponse(_message.Message):
-    __slots__ = ("embeddings", "encoder", "dimension", "errors")
+    __slots__ = ("embeddings", "encoder", "dimension", "errors", "stand_in", "digest")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    STAND_IN_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     encoder: str
     dimension: int
     errors: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemError]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., encoder: _Optional[str] = ..., dimension: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ...) -> None: ...
+    stand_in: str
+    digest: str
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., encoder: _Optional[str] = ..., dimension: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ..., stand_in: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class EmbedTextsRequest(_message.Message):
     __slots__ = ("texts",)
@@ -61,16 +65,20 @@ class ScoreRequest(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.ImageInput, _Mapping]]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("cosine", "score", "encoder", "errors")
+    __slots__ = ("cosine", "score", "encoder", "errors", "stand_in", "digest")
     COSINE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    STAND_IN_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     cosine: _containers.RepeatedScalarFieldContainer[float]
     score: _containers.RepeatedScalarFieldContainer[float]
     encoder: str
     errors: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemError]
-    def __init__(self, cosine: _Optional[_Iterable[float]] = ..., score: _Optional[_Iterable[float]] = ..., encoder: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ...) -> None: ...
+    stand_in: str
+    digest: str
+    def __init__(self, cosine: _Optional[_Iterable[float]] = ..., score: _Optional[_Iterable[float]] = ..., encoder: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ..., stand_in: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class LabeledVector(_message.Message):
     __slots__ = ("id", "vector")

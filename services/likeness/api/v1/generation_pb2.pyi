@@ -196,20 +196,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "backend", "digest", "loaded", "memory_bytes")
+    __slots__ = ("name", "kind", "backend", "digest", "loaded", "memory_bytes", "stand_in")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STAND_IN_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     backend: str
     digest: str
     loaded: bool
     memory_bytes: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., backend: _Optional[str] = ..., digest: _Optional[str] = ..., loaded: _Optional[bool] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    stand_in: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., backend: _Optional[str] = ..., digest: _Optional[str] = ..., loaded: _Optional[bool] = ..., memory_bytes: _Optional[int] = ..., stand_in: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "engine")

@@ -133,7 +133,7 @@ class TrainSpec(_message.Message):
     def __init__(self, run: _Optional[_Union[_training_pb2.RunSpec, _Mapping]] = ...) -> None: ...
 
 class StoryboardSpec(_message.Message):
-    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check", "min_eye_openness", "control_model", "control_scale", "control_reference")
+    __slots__ = ("model", "character", "frame_prompts", "seed", "adapters", "clip_threshold", "identity_threshold", "retry_budget", "steps", "guidance_scale", "width", "height", "negative_prompt", "skip_clip_check", "min_eye_openness", "control_model", "control_scale", "control_reference", "require_all_frames", "reference_image", "reference_scale")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     FRAME_PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,9 @@ class StoryboardSpec(_message.Message):
     CONTROL_MODEL_FIELD_NUMBER: _ClassVar[int]
     CONTROL_SCALE_FIELD_NUMBER: _ClassVar[int]
     CONTROL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_ALL_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     model: str
     character: str
     frame_prompts: _containers.RepeatedScalarFieldContainer[str]
@@ -170,7 +173,10 @@ class StoryboardSpec(_message.Message):
     control_model: str
     control_scale: float
     control_reference: _common_pb2.ImageInput
-    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., min_eye_openness: _Optional[float] = ..., control_model: _Optional[str] = ..., control_scale: _Optional[float] = ..., control_reference: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ...) -> None: ...
+    require_all_frames: bool
+    reference_image: _common_pb2.ImageInput
+    reference_scale: float
+    def __init__(self, model: _Optional[str] = ..., character: _Optional[str] = ..., frame_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[_generation_pb2.LoraAdapter, _Mapping]]] = ..., clip_threshold: _Optional[float] = ..., identity_threshold: _Optional[float] = ..., retry_budget: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., negative_prompt: _Optional[str] = ..., skip_clip_check: _Optional[bool] = ..., min_eye_openness: _Optional[float] = ..., control_model: _Optional[str] = ..., control_scale: _Optional[float] = ..., control_reference: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., require_all_frames: _Optional[bool] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ...) -> None: ...
 
 class OpenEyesSpec(_message.Message):
     __slots__ = ("image", "model", "prompt", "variations", "strength", "restore", "fidelity", "quality_mode", "seed", "steps", "negative_prompt", "face_index")
@@ -344,20 +350,59 @@ class GetResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("limit", "kind", "state")
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("page_size", "kind", "state", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
-    limit: int
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
     kind: JobKind
     state: JobState
-    def __init__(self, limit: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class JobSummary(_message.Message):
+    __slots__ = ("job_id", "kind", "state", "progress", "report", "manifest", "summary", "error", "attempts", "created_at", "updated_at", "trace_id")
+    class SummaryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: JobKind
+    state: JobState
+    progress: _common_pb2.Progress
+    report: _common_pb2.Artifact
+    manifest: _common_pb2.Artifact
+    summary: _containers.ScalarMap[str, str]
+    error: str
+    attempts: int
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    trace_id: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., summary: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class ListResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
-    jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobSummary]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -174,12 +174,14 @@ class RestoreResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., image: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
-    __slots__ = ("results", "model")
+    __slots__ = ("results", "model", "stand_in")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    STAND_IN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[RestoreResult]
     model: str
-    def __init__(self, results: _Optional[_Iterable[_Union[RestoreResult, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+    stand_in: str
+    def __init__(self, results: _Optional[_Iterable[_Union[RestoreResult, _Mapping]]] = ..., model: _Optional[str] = ..., stand_in: _Optional[str] = ...) -> None: ...
 
 class ControlFace(_message.Message):
     __slots__ = ("box", "landmarks")

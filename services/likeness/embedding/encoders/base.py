@@ -16,6 +16,10 @@ class Encoder(ModelBackend, Protocol):
     name: str  # reported in responses, for example `classical-v1` or `open_clip:ViT-B-32`
     dimension: int
     has_text: bool = False
+    # Provenance sent with every response: empty for trained weights, else what stands in for them
+    # (`classical features`, `random weights`), so results built on a stand-in say so.
+    stand_in: str = ""
+    digest: str = ""  # content digest of the weights, from model.yaml
 
     @abstractmethod
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:

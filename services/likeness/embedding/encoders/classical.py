@@ -36,6 +36,7 @@ class ClassicalEncoder(Encoder):
     name = "classical-v1"
     dimension = _CHROMA_BINS**2 + 3 * _GRID * _GRID * 2 + 324
     has_text = False
+    stand_in = "classical features"  # colour, texture and gradient statistics, not a learned embedding
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
         if not images:

@@ -77,6 +77,8 @@ class OpenClipEncoder(Encoder):
             self._preprocess = preprocess
             self.name = f"open_clip:{architecture}"
             self.random_weights = bool(config.get("random_weights", False))
+            self.stand_in = "random weights" if self.random_weights else ""
+            self.digest = spec.digest
             with torch.no_grad():
                 self.dimension = int(model.encode_text(self._tokenizer(["a"]).to(self.device)).shape[-1])
             self._model = model

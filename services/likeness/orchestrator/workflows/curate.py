@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from likeness.api.v1 import detection_pb2, embedding_pb2, generation_pb2, orchestrator_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.core.workid import sha256_hex
-from likeness.orchestrator import report
+from likeness.orchestrator import imports, report
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.specs import curate_output_prefix, curate_policy
 from likeness.orchestrator.workflows.common import (
-    IMAGE_SUFFIXES,
     REASONS,
     batched,
     gather_ordered,
@@ -83,30 +82,22 @@ async def generated_candidates(ctx: JobContext, spec) -> list[Candidate]:
 
 
 def imported_candidates(ctx: JobContext, spec) -> list[Candidate]:
-    """Import layout: `<prefix>/<seed>/<image_type>/<name>.<ext>`, else seed 0 / original.
-    A same-name .txt next to an image is its caption."""
+    """Import layout (orchestrator.imports): `<prefix>/<seed>/<image_type>/<name>.<ext>`, or every
+    image directly under the prefix. A same-name .txt next to an image is its caption."""
     store = ctx.store
-    prefix = store.key_of(spec.import_source.uri, field="spec.curate.import_source.uri")
+    prefix = store.key_of(spec.import_source.uri, field=imports.FIELD)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     keys = store.list(prefix)
     texts = {k[: -len(".txt")] for k in keys if k.endswith(".txt")}
     out = []
-    for key in keys:
-        if not key.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        rel = key[len(prefix):]
-        parts = rel.split("/")
-        seed, image_type = (parts[0], parts[1]) if len(parts) >= 3 else ("0", "original")
-        stem = key.rsplit(".", 1)[0]
-        caption = store.get(stem + ".txt").decode("utf-8", "replace").strip() if stem in texts else image_type
+    for item in imports.layout(spec.import_source.uri, prefix, keys):
+        stem = item.key.rsplit(".", 1)[0]
+        caption = store.get(stem + ".txt").decode("utf-8", "replace").strip() if stem in texts else item.image_type
         if spec.trigger_token and not caption.startswith(spec.trigger_token):
             caption = f"{spec.trigger_token}, {caption}"
-        info = store.stat(key)
-        out.append(Candidate(safe_name(rel.rsplit(".", 1)[0]), store.uri(key), info.sha256, seed, image_type, caption))
-    if not out:
-        raise FailedPrecondition("spec.curate.import_source.uri",
-                                 f"no PNG/JPEG/WebP images under '{spec.import_source.uri}'")
+        info = store.stat(item.key)
+        out.append(Candidate(item.id, store.uri(item.key), info.sha256, item.seed, item.image_type, caption))
     return out
 
 
@@ -120,6 +111,7 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
         req = detection_pb2.AssessRequest(images=[uri_input(c.uri) for c in batch], policy=policy)
         key = {"images": [c.sha256 for c in batch], "policy": policy.SerializeToString().hex()}
         resp = await ctx.call(ctx.clients.detection, "Assess", req, work="assess", inputs=key)
+        ctx.models.detection(resp)
         finished = []
         for c, r in zip(batch, resp.results, strict=True):
             c.quality = r.quality.score
@@ -146,6 +138,7 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
         req = embedding_pb2.EmbedImagesRequest(images=[uri_input(c.uri) for c in batch])
         resp = await ctx.call(ctx.clients.embedding, "EmbedImages", req, work="embed",
                               inputs={"images": [c.sha256 for c in batch]})
+        ctx.models.embedding(resp)
         return list(zip(batch, resp.embeddings, strict=True))
 
     pairs = [p for chunk in await gather_ordered(lambda b=b: embed(b) for b in batches) for p in chunk]
@@ -162,11 +155,11 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
         return 1 if usable else 0
     req = embedding_pb2.ClusterRequest(items=labeled([c.id for c, _ in usable], [v for _, v in usable]),
                                        k=min(spec.clusters, len(usable) - 1), seed=spec.seed)
+    # The ids are part of the key: the response names items by id, and the same images imported
+    # under another layout carry other ids.
     resp = await ctx.call(ctx.clients.embedding, "Cluster", req, work="cluster",
-                          inputs={"items": [c.sha256 for c, _ in usable], "k": req.k, "seed": req.seed})
-    by_id = {c.id: c for c, _ in usable}
-    for a in resp.assignments:
-        c = by_id[a.id]
+                          inputs={"items": [[c.id, c.sha256] for c, _ in usable], "k": req.k, "seed": req.seed})
+    for (c, _), a in zip(usable, resp.assignments, strict=True):  # one assignment per item, in request order
         c.cluster, c.silhouette = a.cluster, a.silhouette
         if a.outlier:
             c.reject("outlier", a.outlier_reason)
@@ -223,36 +216,55 @@ async def write_dataset(ctx: JobContext, prefix: str, selected: list[Candidate])
     return [await asyncio.to_thread(write, c) for c in sorted(selected, key=lambda c: c.id)]
 
 
-async def _shortlist(ctx: JobContext,
-                     spec: orchestrator_pb2.CurateSpec) -> tuple[list[Candidate], list[Candidate], int]:
-    """(all candidates, the pool left for selection, K): source, validate, top K, cluster."""
+@dataclass
+class Progress:
+    """What the job has decided so far: a job that stops early (every candidate rejected, too few
+    left for target_count) still reports every decision made."""
+
+    cands: list[Candidate] = field(default_factory=list)
+    selected: list[Candidate] = field(default_factory=list)
+    dataset: list[dict] = field(default_factory=list)
+    k: int = 0
+
+
+async def _shortlist(ctx: JobContext, spec: orchestrator_pb2.CurateSpec, done: Progress) -> list[Candidate]:
+    """The pool left for selection: source, validate, top K, cluster (`done` fills as it goes)."""
     async with ctx.stage("source"):
         if spec.WhichOneof("source") == "generate":
-            cands = await generated_candidates(ctx, spec)
+            await ctx.models.generation_model(ctx.clients, spec.generate.model)
+            done.cands = await generated_candidates(ctx, spec)
         else:
-            cands = await asyncio.to_thread(imported_candidates, ctx, spec)
+            done.cands = await asyncio.to_thread(imported_candidates, ctx, spec)
     async with ctx.stage("validate"):
-        await assess(ctx, spec, cands)
-    accepted = sorted((c for c in cands if c.decision == "pending"), key=lambda c: (-c.quality, c.id))
+        await assess(ctx, spec, done.cands)
+    accepted = sorted((c for c in done.cands if c.decision == "pending"), key=lambda c: (-c.quality, c.id))
     if spec.top_k and len(accepted) > spec.top_k:
         for c in accepted[spec.top_k:]:
             c.reject("below_top_k", f"quality {c.quality:.3f} outside the top {spec.top_k}")
         accepted = accepted[: spec.top_k]
     async with ctx.stage("cluster"):
-        k = await embed_and_cluster(ctx, spec, accepted)
-    return cands, [c for c in accepted if c.decision == "pending"], k
+        done.k = await embed_and_cluster(ctx, spec, accepted)
+    return [c for c in accepted if c.decision == "pending"]
 
 
 async def run(ctx: JobContext, spec: orchestrator_pb2.CurateSpec) -> Outcome:
     prefix = curate_output_prefix(spec, ctx.job_id)
-    cands, pool, k = await _shortlist(ctx, spec)
+    done = Progress()
+    ctx.partial = lambda: outcome(ctx, prefix, done)
+    pool = await _shortlist(ctx, spec, done)
     async with ctx.stage("select"):
-        selected = await select(ctx, spec, pool)
+        done.selected = await select(ctx, spec, pool)
     async with ctx.stage("write"):
-        dataset = await write_dataset(ctx, ctx.store.key_of(prefix, field="spec.curate.output_prefix"), selected)
+        done.dataset = await write_dataset(ctx, ctx.store.key_of(prefix, field="spec.curate.output_prefix"),
+                                           done.selected)
+    return outcome(ctx, prefix, done)
+
+
+def outcome(ctx: JobContext, prefix: str, done: Progress) -> Outcome:
+    cands, selected, dataset = done.cands, done.selected, done.dataset
     reasons = dict(sorted(Counter(c.reason for c in cands if c.decision == "rejected").items()))
-    summary = {"candidates": len(cands), "selected": len(selected), "dataset_uri": ctx.store.uri(prefix),
-               "clusters": k,
+    summary = {"candidates": len(cands), "selected": len(selected),
+               "dataset_uri": ctx.store.uri(prefix) if dataset else "", "clusters": done.k,
                "selected_quality_mean": round(sum(c.quality for c in selected) / max(len(selected), 1), 4),
                **{f"rejected_{k}": v for k, v in reasons.items()}}
     manifest = {
@@ -265,10 +277,11 @@ async def run(ctx: JobContext, spec: orchestrator_pb2.CurateSpec) -> Outcome:
                        for c in sorted(cands, key=lambda c: c.id)],
         "selection_digest": sha256_hex("\n".join(d["sha256"] for d in dataset).encode()),
     }
-    return Outcome(summary, manifest, report_sections(cands, selected, reasons))
+    return Outcome(summary, manifest, report_sections(ctx, cands, selected, reasons))
 
 
-def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: dict[str, int]) -> dict:
+def report_sections(ctx: JobContext, cands: list[Candidate], selected: list[Candidate],
+                    reasons: dict[str, int]) -> dict:
     clusters: dict[int, list[Candidate]] = {}
     for c in selected:
         clusters.setdefault(c.cluster, []).append(c)
@@ -276,14 +289,14 @@ def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: 
     for c in cands:
         if c.decision == "rejected":
             rejected.setdefault(c.reason, []).append(c)
-    seeds: dict[str, int] = {}
-    for c in selected:
-        seeds[c.seed] = seeds.get(c.seed, 0) + 1
+    seeds = Counter(c.seed for c in selected)
+    detector, encoder = ctx.models.label("detector"), ctx.models.label("encoder")
     return {"sections": [
         report.gallery("Selected set by cluster", [
             report.group(f"cluster {k}", [report.image(c.uri, f"{c.id} q={c.quality:.2f}") for c in v])
-            for k, v in sorted(clusters.items())]),
-        report.table("Rejections", ["reason", "count"], [[k, v] for k, v in sorted(reasons.items())]),
+            for k, v in sorted(clusters.items())], model=f"clusters: {encoder}"),
+        report.table("Rejections", ["reason", "count"], [[k, v] for k, v in sorted(reasons.items())],
+                     model=f"faces: {detector}"),
         report.table("Duplicates removed", ["removed", "duplicate of", "detail"],
                      [[c.id, c.extra["duplicate_of"], c.detail] for c in sorted(cands, key=lambda c: c.id)
                       if "duplicate_of" in c.extra]),
@@ -293,5 +306,6 @@ def report_sections(cands: list[Candidate], selected: list[Candidate], reasons: 
             for k, v in sorted(rejected.items())]),
         report.table("Every candidate", ["id", "seed", "type", "decision", "reason", "quality", "cluster"],
                      [[c.id, c.seed, c.image_type, c.decision, c.reason, f"{c.quality:.3f}", c.cluster]
-                      for c in sorted(cands, key=lambda c: c.id)]),
+                      for c in sorted(cands, key=lambda c: c.id)],
+                     model=f"faces and quality: {detector}; clusters: {encoder}"),
     ]}

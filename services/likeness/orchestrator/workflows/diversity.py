@@ -16,6 +16,7 @@ from likeness.orchestrator.workflows.common import IMAGE_SUFFIXES, batched, gath
 MAX_PER_CALL = 16
 METRICS = ("novelty", "precision", "recall", "density", "coverage", "mean_pairwise_similarity", "yaw_std",
            "pitch_std", "roll_std")
+POSE_METRICS = ("yaw_std", "pitch_std", "roll_std")
 
 
 async def _embed(ctx: JobContext, items: list[tuple[str, str]]) -> list:
@@ -24,6 +25,7 @@ async def _embed(ctx: JobContext, items: list[tuple[str, str]]) -> list:
         req = embedding_pb2.EmbedImagesRequest(images=[uri_input(u) for u, _ in batch])
         resp = await ctx.call(ctx.clients.embedding, "EmbedImages", req, work="embed",
                               inputs={"images": [h for _, h in batch]})
+        ctx.models.embedding(resp)
         return list(resp.embeddings)
 
     return [v for chunk in await gather_ordered(lambda b=b: one(b) for b in batched(items, 32)) for v in chunk]
@@ -34,6 +36,7 @@ async def _poses(ctx: JobContext, items: list[tuple[str, str]]) -> list:
         req = detection_pb2.DetectRequest(images=[uri_input(u) for u, _ in batch])
         resp = await ctx.call(ctx.clients.detection, "Detect", req, work="detect",
                               inputs={"images": [h for _, h in batch]})
+        ctx.models.detection(resp)
         return [r.faces[0].pose for r in resp.results if len(r.faces) == 1]
 
     return [p for chunk in await gather_ordered(lambda b=b: one(b) for b in batched(items, 8)) for p in chunk]
@@ -65,42 +68,88 @@ def _reference(ctx: JobContext, spec) -> list[tuple[str, str]]:
     return [(ctx.store.uri(k), ctx.store.stat(k).sha256) for k in keys]
 
 
+def setting_parameters(s: orchestrator_pb2.DiversitySetting) -> dict:
+    """What a setting asked the generator for, as the manifest records it."""
+    sampler = generation_pb2.Sampler.Name(s.sampler).removeprefix("SAMPLER_").lower() if s.sampler else "preset"
+    return {"seed_start": s.seed_start, "count": s.count, "steps": s.steps or "preset",
+            "guidance_scale": round(s.guidance_scale, 4) if s.HasField("guidance_scale") else "preset",
+            "sampler": sampler, "noise_injection": round(s.noise_injection, 4)}
+
+
+def metric_entry(name: str, v, faces: int) -> dict:
+    """A metric with its confidence interval, or n/a with the reason when it is undefined (pose spread
+    needs at least two detected faces)."""
+    if name in POSE_METRICS and faces < 2:
+        return {"value": None, "ci_low": None, "ci_high": None,
+                "undefined": f"pose spread needs at least 2 single-face images, found {faces}"}
+    return {"value": round(v.value, 6), "ci_low": round(v.ci_low, 6), "ci_high": round(v.ci_high, 6)}
+
+
+def cell(m: dict) -> str:
+    return "n/a" if m["value"] is None else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+async def _setting(ctx: JobContext, spec: orchestrator_pb2.DiversitySpec, i: int, reference: list, k: int) -> dict:
+    """Generates setting `i`, measures it against `reference`: its manifest row."""
+    s = spec.settings[i]
+    async with ctx.stage("generate"):
+        items = await _generate(ctx, spec, s)
+    async with ctx.stage("measure"):
+        generated = await _embed(ctx, items)
+        poses = await _poses(ctx, items)
+        req = embedding_pb2.DiversityRequest(reference=reference, generated=generated, nearest_k=k,
+                                             generated_poses=poses if len(poses) >= 2 else [], seed=i)
+        d = await ctx.call(ctx.clients.embedding, "Diversity", req, work="diversity")
+    return {"setting": s.name, "parameters": setting_parameters(s), "images": len(items), "faces": len(poses),
+            "uris": [u for u, _ in items],
+            "metrics": {m: metric_entry(m, getattr(d, m), len(poses)) for m in METRICS}}
+
+
 async def run(ctx: JobContext, spec: orchestrator_pb2.DiversitySpec) -> Outcome:
     k = diversity_nearest_k(spec)
+    await ctx.models.generation_model(ctx.clients, spec.model)
+    rows: list[dict] = []
+    ref_items: list[tuple[str, str]] = []
+    ctx.partial = lambda: outcome(ctx, spec, rows, ref_items)
     async with ctx.stage("reference"):
         ref_items = await asyncio.to_thread(_reference, ctx, spec)
         reference = await _embed(ctx, ref_items)
         if k >= len(reference):
             raise FailedPrecondition("spec.diversity.nearest_k",
                                      f"{k} must be below the reference set size {len(reference)}")
-    rows, table = [], []
-    for i, s in enumerate(spec.settings):
+    for i in range(len(spec.settings)):
         ctx.check_cancel()
-        async with ctx.stage("generate"):
-            items = await _generate(ctx, spec, s)
-        async with ctx.stage("measure"):
-            generated = await _embed(ctx, items)
-            poses = await _poses(ctx, items)
-            req = embedding_pb2.DiversityRequest(reference=reference, generated=generated, nearest_k=k,
-                                                 generated_poses=poses if len(poses) >= 2 else [], seed=i)
-            d = await ctx.call(ctx.clients.embedding, "Diversity", req, work="diversity")
-        values = {m: getattr(d, m) for m in METRICS}
-        rows.append({"setting": s.name, "images": len(items), "faces": len(poses), "uris": [u for u, _ in items],
-                     **{m: round(v.value, 6) for m, v in values.items()}})
-        table.append([s.name, len(items), len(poses)] +
-                     [f"{v.value:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]" for v in values.values()])
+        rows.append(await _setting(ctx, spec, i, reference, k))
         await ctx.progress("settings", i + 1, len(spec.settings))
-    best = max(rows, key=lambda r: r["recall"])
-    summary = {"settings": len(rows), "reference_images": len(reference), "best_recall_setting": best["setting"],
-               "best_recall": best["recall"]}
-    manifest = {"reference": [h for _, h in ref_items],
+    return outcome(ctx, spec, rows, ref_items)
+
+
+def outcome(ctx: JobContext, spec: orchestrator_pb2.DiversitySpec, rows: list[dict],
+            ref_items: list[tuple[str, str]]) -> Outcome:
+    value = lambda r, m: r["metrics"][m]["value"]  # noqa: E731
+    best = max(rows, key=lambda r: value(r, "recall")) if rows else None
+    summary = {"settings": len(rows), "reference_images": len(ref_items),
+               "best_recall_setting": best["setting"] if best else "n/a",
+               "best_recall": value(best, "recall") if best else "n/a"}
+    manifest = {"reference_uri": spec.reference_uri, "reference": [h for _, h in ref_items],
+                "nearest_k": diversity_nearest_k(spec),
                 "settings": [{k2: v for k2, v in r.items() if k2 != "uris"} for r in rows]}
+    encoder, detector = ctx.models.label("encoder"), ctx.models.label("detector")
+    params = ["seed_start", "count", "steps", "guidance_scale", "sampler", "noise_injection"]
     sections = [
-        report.table("Metrics per setting (value [95% CI])", ["setting", "images", "faces", *METRICS], table),
-        report.bars("Recall per setting", [[r["setting"], r["recall"]] for r in rows]),
+        report.table("Settings", ["setting", *params], [[r["setting"], *(r["parameters"][p] for p in params)]
+                                                        for r in rows],
+                     model=f"images: {ctx.models.label('generator')}"),
+        report.table("Metrics per setting (value [95% CI])", ["setting", "images", "faces", *METRICS],
+                     [[r["setting"], r["images"], r["faces"], *(cell(r["metrics"][m]) for m in METRICS)] for r in rows],
+                     model=f"embeddings: {encoder}; poses: {detector}"),
+        report.bars("Recall per setting", [[r["setting"], value(r, "recall")] for r in rows],
+                    model=f"embeddings: {encoder}"),
         report.bars("Mean pairwise similarity per setting",
-                    [[r["setting"], r["mean_pairwise_similarity"]] for r in rows]),
+                    [[r["setting"], value(r, "mean_pairwise_similarity")] for r in rows],
+                    model=f"embeddings: {encoder}"),
         report.gallery("Samples per setting", [
-            report.group(r["setting"], [report.image(u, r["setting"]) for u in r["uris"][:12]]) for r in rows]),
+            report.group(r["setting"], [report.image(u, r["setting"]) for u in r["uris"][:12]]) for r in rows],
+            model=ctx.models.label("generator")),
     ]
     return Outcome(summary, manifest, {"sections": sections})

@@ -80,7 +80,9 @@ def openness(face) -> float | None:
 
 async def _detect(ctx: JobContext, uris: list[str], kind: str) -> detection_pb2.DetectResponse:
     req = detection_pb2.DetectRequest(images=[uri_input(u) for u in uris], with_embeddings=True)
-    return await ctx.call(ctx.clients.detection, "Detect", req, work=kind)
+    resp = await ctx.call(ctx.clients.detection, "Detect", req, work=kind)
+    ctx.models.detection(resp)
+    return resp
 
 
 async def _mask(ctx: JobContext, result, face, out_prefix: str):
@@ -129,6 +131,7 @@ async def _restore(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, face, v
         items=[restoration_pb2.RestoreItem(image=uri_input(v.composite), face_box=face.box, landmarks=face.landmarks)
                for v in variations], fidelity=fidelity, output_prefix=out_prefix)
     resp = await ctx.call(ctx.clients.restoration, "Restore", req, work="restore")
+    ctx.models.restoration(resp)
     box = (face.box.x_min, face.box.y_min, face.box.x_max, face.box.y_max)
     limits = ImageLimits()
     for v, r in zip(variations, resp.results, strict=True):
@@ -213,6 +216,7 @@ def _chosen_faces(spec: orchestrator_pb2.OpenEyesSpec, result) -> list[int]:
 
 async def run(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec) -> Outcome:
     out_prefix = f"jobs/{ctx.job_id}/open_eyes/"
+    await ctx.models.generation_model(ctx.clients, spec.model)
     async with ctx.stage("detect"):
         src = await stored_uri(ctx, spec.image)
         result = (await _detect(ctx, [src], "detect")).results[0]
@@ -224,14 +228,23 @@ async def run(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec) -> Outcome:
         base = ranked[0].final  # the next face is repaired on this face's winner
     async with ctx.stage("metadata"):
         outputs = await _write_results(ctx, spec, src, repaired, base, out_prefix)
-    return await outcome(ctx, spec, src, result, repaired, outputs, out_prefix)
+    done = await outcome(ctx, spec, src, result, repaired, outputs, out_prefix)
+    label = (f"inpainting: {ctx.models.label('generator')}; faces: {ctx.models.label('detector')}; "
+             f"restoration: {ctx.models.label('restorer') if spec.restore else 'off'}")
+    for section in done.report.get("sections", []):
+        if section["type"] in ("gallery", "table"):
+            section.setdefault("model", label)
+    return done
 
 
 async def _write_results(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, src: str, repaired, final: str,
                          out_prefix: str) -> dict:
     """Every variation and the final image, with true PNG metadata."""
+    models = ctx.models.as_list()
     job = {"job": ctx.job_id, "source": src, "quality_mode": QUALITY_NAMES.get(spec.quality_mode, "standard"),
-           "restore": spec.restore}
+           "restore": spec.restore, "models": models}
+    # provenance in the A1111 text too: which models were stand-ins (no ':' or ',' in the value)
+    stand_ins = "; ".join(f"{e['name']} ({e['stand_in']})" for e in models if e["stand_in"])
 
     def tag(uri: str, parameters: str, extra: dict, key: str):
         text = parameters + "".join(f", {k}: {v}" for k, v in extra.items()) if parameters else ""
@@ -242,7 +255,7 @@ async def _write_results(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, s
     for k, _, ranked in repaired:
         for rank, v in enumerate(ranked):
             extra = {"Likeness job": ctx.job_id, "Face": k, "Variation": v.index, "Rank": rank + 1,
-                     "Quality mode": job["quality_mode"]}
+                     "Quality mode": job["quality_mode"], **({"Stand-in models": stand_ins} if stand_ins else {})}
             if v.restoration:
                 extra.update({"Face restoration": v.restoration["model"],
                               "Restore fidelity": v.restoration["fidelity"]})
@@ -250,7 +263,8 @@ async def _write_results(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, s
                                           f"face-{k:02d}-variation-{v.index:02d}.png")
             variations.append({**v.to_dict(), "rank": rank + 1, "uri": obj.uri, "sha256": obj.sha256})
     winners = [ranked[0] for _, _, ranked in repaired]
-    final_extra = {"Likeness job": ctx.job_id, "Faces repaired": len(winners), "Quality mode": job["quality_mode"]}
+    final_extra = {"Likeness job": ctx.job_id, "Faces repaired": len(winners), "Quality mode": job["quality_mode"],
+                   **({"Stand-in models": stand_ins} if stand_ins else {})}
     final_obj = await asyncio.to_thread(tag, final, winners[-1].parameters, final_extra, "result.png")
     return {"variations": variations, "result": {"uri": final_obj.uri, "sha256": final_obj.sha256}}
 

@@ -55,6 +55,7 @@ async def _run_to_end(ctx: JobContext, spec: orchestrator_pb2.TrainSpec) -> trai
 
 
 async def run(ctx: JobContext, spec: orchestrator_pb2.TrainSpec) -> Outcome:
+    await ctx.models.generation_model(ctx.clients, spec.run.base_model, role="base model")
     async with ctx.stage("train"):
         r = await _run_to_end(ctx, spec)
     run_id = r.run_id
@@ -70,16 +71,18 @@ async def run(ctx: JobContext, spec: orchestrator_pb2.TrainSpec) -> Outcome:
                                  "diffusers": {"uri": c.diffusers_weights.uri, "sha256": c.diffusers_weights.sha256},
                                  "kohya": {"uri": c.kohya_weights.uri, "sha256": c.kohya_weights.sha256}}
                                 for c in r.checkpoints]}
-    return Outcome(summary, manifest, {"sections": _sections(r)})
+    return Outcome(summary, manifest, {"sections": _sections(r, ctx.models.label("base model"))})
 
 
-def _sections(r: training_pb2.Run) -> list[dict]:
+def _sections(r: training_pb2.Run, base_model: str) -> list[dict]:
     loss = list(r.loss)
     stride = max(1, len(loss) // 30)
     return [
         report.table("Checkpoints", ["epoch", "step", "loss", "CLIP score", "identity", "best"],
                      [[c.epoch, c.step, f"{c.loss:.4f}", f"{c.clip_score:.3f}", f"{c.identity_similarity:.3f}",
-                       "yes" if c.best else ""] for c in r.checkpoints]),
+                       "yes" if c.best else ""] for c in r.checkpoints],
+                     model=f"base: {base_model}; CLIP score: the embedding service's encoder (n/a without a text "
+                           "tower); identity: the detection service's identity model"),
         report.bars("Loss curve", [[f"step {p.step}", round(p.loss, 5)] for p in loss[::stride]]),
         report.gallery("Sample grids", [report.group(f"epoch {c.epoch}", [report.image(c.sample_grid.uri,
                                                                                         f"epoch {c.epoch}")])

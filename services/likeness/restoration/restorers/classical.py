@@ -37,6 +37,7 @@ def noise_sigma(rgb: np.ndarray) -> float:
 class ClassicalRestorer(FaceRestorer):
     name = "classical"
     input_size = None
+    stand_in = "classical algorithm"  # denoise + sharpen, no learned face prior
     keeps_input_at_full_fidelity = True
 
     VERSION = 1  # bump when the algorithm's output changes

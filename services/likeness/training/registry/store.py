@@ -14,10 +14,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import selectinload, sessionmaker
+from sqlalchemy.orm import noload, selectinload, sessionmaker
 
-from likeness.core import database
+from likeness.core import database, pages
 from likeness.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from likeness.core.pages import Cursor
 from likeness.training.registry.models import CheckpointRow, LossRow, RunRow, SkippedRow
 from likeness.training.registry.records import (
     CANCELLED,
@@ -227,14 +228,16 @@ class RunRegistry:
             return (row.state, row.step, row.total_steps, _nan(row.last_loss), _utc(row.started_at), n,
                     row.error)
 
-    def list(self, limit: int = 100, state: str = "") -> list[RunRecord]:
+    def list(self, limit: int = 100, state: str = "", cursor: Cursor | None = None) -> list[RunRecord]:
+        """Runs newest first after `cursor`; checkpoints and skipped items are not loaded (empty)."""
         if state and state not in STATES:
             raise InvalidArgument("state", f"{state!r} is not one of {STATES}")
         with self._session() as s:
-            q = select(RunRow).options(selectinload(RunRow.checkpoints), selectinload(RunRow.skipped))
+            q = select(RunRow).options(noload(RunRow.checkpoints), noload(RunRow.skipped))
             if state:
                 q = q.where(RunRow.state == state)
-            rows = s.scalars(q.order_by(RunRow.created_at.desc(), RunRow.id).limit(limit)).all()
+            q = q.where(pages.after((RunRow.created_at, RunRow.id), cursor))
+            rows = s.scalars(q.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)).all()
             return [_record(r, []) for r in rows]
 
     def unfinished(self, executor: str) -> list[RunRecord]:
