@@ -130,19 +130,9 @@ POSITIONAL = {
 DEFAULTS = {"model": "tiny-sdxl", "base_model": "tiny-sdxl", "rank": 4}
 
 
-def job_command(kind: str, argument):
-    params = cli_spec.parameters(kind)
-    for i, p in enumerate(params):
-        if p.name in DEFAULTS and p.default.default is None:
-            p.default.default = DEFAULTS[p.name]
-            p.default.show_default = True
-            params[i] = p
-    if argument is not None:
-        name, _, text = argument
-        params = [p for p in params if p.name != name]  # the argument replaces the flag of the same name
-        params.insert(0, inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str | None,
-                                           default=typer.Argument(None, help=text, show_default=False)))
-    params += [
+def _common_parameters() -> list[inspect.Parameter]:
+    """The flags every job command has: where the stack is, how to submit, what to print."""
+    return [
         inspect.Parameter("state", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None, default=_state_option()),
         inspect.Parameter("address", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
             "", help="orchestrator host:port (default: the stack's)", rich_help_panel=COMMON)),
@@ -158,6 +148,21 @@ def job_command(kind: str, argument):
         inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
             False, help="print the spec as JSON and submit nothing", rich_help_panel=COMMON)),
     ]
+
+
+def job_command(kind: str, argument):
+    params = cli_spec.parameters(kind)
+    for i, p in enumerate(params):
+        if p.name in DEFAULTS and p.default.default is None:
+            p.default.default = DEFAULTS[p.name]
+            p.default.show_default = True
+            params[i] = p
+    if argument is not None:
+        name, _, text = argument
+        params = [p for p in params if p.name != name]  # the argument replaces the flag of the same name
+        params.insert(0, inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str | None,
+                                           default=typer.Argument(None, help=text, show_default=False)))
+    params += _common_parameters()
 
     def command(**kw):
         stack = _stack(kw.pop("state"))

@@ -85,7 +85,7 @@ class FaultsInterceptor(WrappingInterceptor):
     """Collects the faults a unary call survived (an S3 stall inside the service) and returns them
     to the caller in the `likeness-faults` trailer, so the orchestrator can put them in the job."""
 
-    def wrap(self, handler):
+    def wrap(self, handler, method: str):
         if not handler.unary_unary:
             return handler
         return handler._replace(unary_unary=_collecting(handler.unary_unary))

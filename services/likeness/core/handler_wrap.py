@@ -10,12 +10,16 @@ PACKAGE_PREFIX = "/likeness.v1."
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Subclasses say how to wrap a handler (`wrap`); this class caches the result by method."""
+    """Subclasses say how to wrap a handler (`wrap`) and, if not every likeness.v1 method, which
+    methods (`wraps`); this class caches the result by method."""
 
     def __init__(self):
         self._wrapped: dict[str, object] = {}
 
-    def wrap(self, handler):
+    def wraps(self, method: str) -> bool:
+        return method.startswith(PACKAGE_PREFIX)
+
+    def wrap(self, handler, method: str):
         raise NotImplementedError
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -24,8 +28,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(handler_call_details)
-        if handler is None or not full.startswith(PACKAGE_PREFIX):
+        if handler is None or not self.wraps(full):
             return handler
-        handler = self.wrap(handler)
+        handler = self.wrap(handler, full)
         self._wrapped[full] = handler
         return handler

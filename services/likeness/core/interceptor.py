@@ -14,6 +14,7 @@ import uuid
 import grpc
 
 from likeness.core import errors, metrics, tracing
+from likeness.core.handler_wrap import WrappingInterceptor
 from likeness.core.logging import request_id
 
 log = logging.getLogger("likeness.rpc")
@@ -193,29 +194,24 @@ def _wrap_stream(behavior, service, method, log_ok, spans):
     return handler
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+class ObservabilityInterceptor(WrappingInterceptor):
     """`span_tracer`: start each call's SERVER span here (tracing on, and no other interceptor sits
     between this one and the tracing one would be first). One interceptor layer, one wrapping
     coroutine and one metadata read less per call than a separate span interceptor: 5-10 us of CPU
     of the ~35 us tracing added to an empty call on 2 cores (docs/benchmarks.md)."""
 
     def __init__(self, log_ok_calls: bool = False, span_tracer=None):
+        super().__init__()  # wrapped handlers are built once per method, not per call
         self._span_tracer = span_tracer
-        # Wrapped handlers are built once per method, not per call: this is on every call's path.
-        self._wrapped: dict[str, object] = {}
         # One JSON line per successful call costs ~60 us of a ~350 us loopback round trip on 2 cores
         # (bench/runtime.py), so access logs of OK calls are opt-in (LIKENESS_LOG_CALLS=all); failed
         # calls are always logged, with their request id.
         self.log_ok_calls = log_ok_calls
 
-    async def intercept_service(self, continuation, handler_call_details):
-        full = handler_call_details.method
-        cached = self._wrapped.get(full)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or full.startswith(UNRECORDED):
-            return handler
+    def wraps(self, method: str) -> bool:
+        return not method.startswith(UNRECORDED)
+
+    def wrap(self, handler, full: str):
         _, service, method = full.split("/")
         service = service.rsplit(".", 1)[-1]
         if handler.request_deserializer is not None:
@@ -230,5 +226,4 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             handler = handler._replace(unary_unary=_wrap_unary(handler.unary_unary, service, method, log_ok, spans))
         elif handler.unary_stream:
             handler = handler._replace(unary_stream=_wrap_stream(handler.unary_stream, service, method, log_ok, spans))
-        self._wrapped[full] = handler
         return handler

@@ -349,7 +349,7 @@ class LimitsInterceptor(WrappingInterceptor):
     """Applies `check` to every likeness.v1 request before its servicer runs. Installed inside the
     observability interceptor, which turns the InvalidArgument into the call's status."""
 
-    def wrap(self, handler):
+    def wrap(self, handler, method: str):
         if handler.unary_unary:
             return handler._replace(unary_unary=_checked_unary(handler.unary_unary))
         if handler.unary_stream:

@@ -97,42 +97,13 @@ class Runner:
             ctx.faults.append(Fault("takeover", f"attempt {job.attempts} by {self.owner} took over from "
                                                 f"{job.previous_owner or 'an unknown replica'}"))
         spec = orchestrator_pb2.JobSpec.FromString(job.spec)
-        workflow = WORKFLOWS[job.kind]
-        work = asyncio.create_task(workflow(ctx, getattr(spec, job.kind)))
+        work = asyncio.create_task(WORKFLOWS[job.kind](ctx, getattr(spec, job.kind)))
         beat = asyncio.create_task(self._heartbeat(ctx, work))
-        outcome: Outcome | None = None
         try:
-            try:
-                outcome = await work
-                state, error = ("FAILED", outcome.failure) if outcome.failure else ("SUCCEEDED", "")
-                if outcome.failure:
-                    tracing.mark_failed(outcome.failure)
-            except errors.Cancelled as exc:
-                state, error = "CANCELLED", str(exc)
-            except errors.LikenessError as exc:
-                state, error = "FAILED", str(exc)
-                tracing.mark_failed(error)
-            except (asyncio.CancelledError, sqlalchemy.exc.OperationalError):
-                raise
-            except Exception as exc:
-                log.exception("job failed", extra={"job_id": job.job_id})
-                tracing.mark_failed(f"internal error: {type(exc).__name__}")
-                state, error = "FAILED", f"internal error: {type(exc).__name__}: {exc}"
-            if outcome is None:
-                outcome = self._partial(ctx)
+            outcome, state, error = await self._outcome(ctx, job, work)
             if state != "CANCELLED":
                 await self._note_reuse(ctx, job)
-            outputs: dict = {}
-            try:  # every job, failed or not, leaves its manifest and report with what it has
-                outputs = dict(zip(("report", "manifest"), await self._write_outputs(ctx, job, outcome, state,
-                                                                                  error or outcome.note),
-                                   strict=True))
-            except (asyncio.CancelledError, sqlalchemy.exc.OperationalError):
-                raise
-            except Exception as exc:
-                log.exception("writing the job's outputs failed", extra={"job_id": job.job_id})
-                if state == "SUCCEEDED":
-                    state, error = "FAILED", f"writing the report and manifest failed: {type(exc).__name__}: {exc}"
+            state, error, outputs = await self._outputs(ctx, job, outcome, state, error)
             await ctx.flush_faults()
             await asyncio.to_thread(self.jobs.finish, job.job_id, self.owner, state, error=error,
                                     summary=self._summary(ctx, outcome), **outputs)
@@ -150,6 +121,43 @@ class Runner:
         finally:
             beat.cancel()
             self.tasks.pop(job.job_id, None)
+
+    async def _outcome(self, ctx: JobContext, job: JobRecord, work: asyncio.Task) -> tuple[Outcome, str, str]:
+        """(outcome, final state, error) of the workflow; a workflow that stopped early gives what it
+        had (ctx.partial). Interruptions and an unreachable job store propagate."""
+        outcome: Outcome | None = None
+        try:
+            outcome = await work
+            state, error = ("FAILED", outcome.failure) if outcome.failure else ("SUCCEEDED", "")
+            if outcome.failure:
+                tracing.mark_failed(outcome.failure)
+        except errors.Cancelled as exc:
+            state, error = "CANCELLED", str(exc)
+        except errors.LikenessError as exc:
+            state, error = "FAILED", str(exc)
+            tracing.mark_failed(error)
+        except (asyncio.CancelledError, sqlalchemy.exc.OperationalError):
+            raise
+        except Exception as exc:
+            log.exception("job failed", extra={"job_id": job.job_id})
+            tracing.mark_failed(f"internal error: {type(exc).__name__}")
+            state, error = "FAILED", f"internal error: {type(exc).__name__}: {exc}"
+        return (outcome if outcome is not None else self._partial(ctx)), state, error
+
+    async def _outputs(self, ctx: JobContext, job: JobRecord, outcome: Outcome, state: str,
+                       error: str) -> tuple[str, str, dict]:
+        """Every job, failed or not, leaves its manifest and report with what it has; a success whose
+        outputs cannot be written fails. Returns (state, error, {"report", "manifest"})."""
+        try:
+            written = await self._write_outputs(ctx, job, outcome, state, error or outcome.note)
+            return state, error, dict(zip(("report", "manifest"), written, strict=True))
+        except (asyncio.CancelledError, sqlalchemy.exc.OperationalError):
+            raise
+        except Exception as exc:
+            log.exception("writing the job's outputs failed", extra={"job_id": job.job_id})
+            if state == "SUCCEEDED":
+                state, error = "FAILED", f"writing the report and manifest failed: {type(exc).__name__}: {exc}"
+            return state, error, {}
 
     @staticmethod
     async def _note_reuse(ctx: JobContext, job: JobRecord) -> None:

@@ -19,27 +19,33 @@ METRICS = ("novelty", "precision", "recall", "density", "coverage", "mean_pairwi
 POSE_METRICS = ("yaw_std", "pitch_std", "roll_std")
 
 
+async def _per_batch(ctx: JobContext, items: list[tuple[str, str]], size: int, client, method: str, request,
+                     work: str) -> list:
+    """`method` over the images `items` ((uri, sha256) pairs) in batches of `size`, concurrently, each
+    call keyed by the images' content; the responses in order. `request(images)` builds a request."""
+    async def one(batch):
+        return await ctx.call(client, method, request([uri_input(u) for u, _ in batch]), work=work,
+                              inputs={"images": [h for _, h in batch]})
+
+    return await gather_ordered(lambda b=b: one(b) for b in batched(items, size))
+
+
 async def _embed(ctx: JobContext, items: list[tuple[str, str]]) -> list:
     """Image embeddings of (uri, sha256) pairs, in order."""
-    async def one(batch):
-        req = embedding_pb2.EmbedImagesRequest(images=[uri_input(u) for u, _ in batch])
-        resp = await ctx.call(ctx.clients.embedding, "EmbedImages", req, work="embed",
-                              inputs={"images": [h for _, h in batch]})
+    responses = await _per_batch(ctx, items, 32, ctx.clients.embedding, "EmbedImages",
+                                 lambda images: embedding_pb2.EmbedImagesRequest(images=images), "embed")
+    for resp in responses:
         ctx.models.embedding(resp)
-        return list(resp.embeddings)
-
-    return [v for chunk in await gather_ordered(lambda b=b: one(b) for b in batched(items, 32)) for v in chunk]
+    return [v for resp in responses for v in resp.embeddings]
 
 
 async def _poses(ctx: JobContext, items: list[tuple[str, str]]) -> list:
-    async def one(batch):
-        req = detection_pb2.DetectRequest(images=[uri_input(u) for u, _ in batch])
-        resp = await ctx.call(ctx.clients.detection, "Detect", req, work="detect",
-                              inputs={"images": [h for _, h in batch]})
+    """Head poses of the images that show exactly one face."""
+    responses = await _per_batch(ctx, items, 8, ctx.clients.detection, "Detect",
+                                 lambda images: detection_pb2.DetectRequest(images=images), "detect")
+    for resp in responses:
         ctx.models.detection(resp)
-        return [r.faces[0].pose for r in resp.results if len(r.faces) == 1]
-
-    return [p for chunk in await gather_ordered(lambda b=b: one(b) for b in batched(items, 8)) for p in chunk]
+    return [r.faces[0].pose for resp in responses for r in resp.results if len(r.faces) == 1]
 
 
 async def _generate(ctx: JobContext, spec, s) -> list[tuple[str, str]]:
