@@ -19,15 +19,19 @@ from likeness.api.v1 import (
 from likeness.core.images import encode_png
 from likeness.core.settings import CommonSettings
 from likeness.core.store import open_store
+from likeness.orchestrator.clients import response_type
 from likeness.orchestrator.jobstore import JobStore
 from likeness.orchestrator.runner import Runner
 from likeness.orchestrator.settings import OrchestratorSettings
 
 
 class FakeClient:
-    def __init__(self, handlers: dict):
-        self.handlers = handlers
+    def __init__(self, name: str, handlers: dict):
+        self.name, self.handlers = name, handlers
         self.requests: list[tuple[str, object]] = []
+
+    def response_type(self, method: str) -> type:
+        return response_type(self.name, method)
 
     async def call(self, method: str, request, *, timeout: float | None = None):
         self.requests.append((method, request))
@@ -54,11 +58,12 @@ class FakeServices:
     seeds_by_uri: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.generation = FakeClient({"Generate": self._generate, "ListModels": self._models})
-        self.detection = FakeClient({"Detect": self._detect, "Assess": self._assess})
-        self.embedding = FakeClient({"Score": self._score, "EmbedImages": self._embed, "Diversity": self._diversity})
-        self.restoration = FakeClient({})
-        self.training = FakeClient({})
+        self.generation = FakeClient("generation", {"Generate": self._generate, "ListModels": self._models})
+        self.detection = FakeClient("detection", {"Detect": self._detect, "Assess": self._assess})
+        self.embedding = FakeClient("embedding", {"Score": self._score, "EmbedImages": self._embed,
+                                                  "Diversity": self._diversity})
+        self.restoration = FakeClient("restoration", {})
+        self.training = FakeClient("training", {})
 
     def _models(self, _req):
         return generation_pb2.ListModelsResponse(engine="torch", models=[

@@ -33,7 +33,7 @@ LEAF_MESSAGES = {"likeness.v1.ImageInput"}
 # Short spellings kept for the commands' earlier flags.
 ALIASES = {("curate", "target_count"): ["--target"], ("storyboard", "frame_prompts"): ["--frame"],
            ("storyboard", "skip_clip_check"): ["--skip-clip"]}
-PROTOS = Path(__file__).resolve().parents[2] / "protos" / "likeness" / "v1"
+PROTOS = Path(__file__).resolve().parents[3] / "protos" / "likeness" / "v1"
 PY_TYPES = {FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_FLOAT: float, FieldDescriptor.TYPE_BOOL: bool,
             FieldDescriptor.TYPE_STRING: str}
 

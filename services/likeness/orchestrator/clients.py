@@ -43,6 +43,13 @@ STUBS = {
 SERVICES = {name: module.DESCRIPTOR.services_by_name[f"{name.title()}Service"] for name, module in (
     ("detection", detection_pb2), ("generation", generation_pb2), ("embedding", embedding_pb2),
     ("restoration", restoration_pb2), ("training", training_pb2))}
+
+
+def response_type(service: str, method: str) -> type:
+    """The protobuf class `method` of `service` ("detection", ...) answers with."""
+    return GetMessageClass(SERVICES[service].methods_by_name[method].output_type)
+
+
 # gRPC status -> domain error, so workflows see the services' own messages.
 ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -83,8 +90,7 @@ class ServiceClient:
         return self._limit
 
     def response_type(self, method: str) -> type:
-        """The protobuf class `method` of this service answers with."""
-        return GetMessageClass(SERVICES[self.name].methods_by_name[method].output_type)
+        return response_type(self.name, method)
 
     async def call(self, method: str, request, *, timeout: float | None = None):
         """Unary call with retries; raises a core.errors.LikenessError naming the service and method.
