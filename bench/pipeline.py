@@ -214,8 +214,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     demo = build_demo_set(work / "set", seeds=seeds)
     stack = LocalStack(work / "stack", services=("detection", "embedding", "orchestrator"), base_port=free_base(3),
+                       # short leases for the kill run; the job store poll keeps its default: Submit
+                       # and the job's events wake this replica's job loop and Watch streams at once
                        extra_env={"LIKENESS_ORCHESTRATOR_LEASE_SECONDS": "2", "LIKENESS_ORCHESTRATOR_HEARTBEAT_SECONDS": "0.5",
-                                  "LIKENESS_ORCHESTRATOR_POLL_SECONDS": "0.1", "LIKENESS_DRAIN_SECONDS": "0"})
+                                  "LIKENESS_DRAIN_SECONDS": "0"})
     store = open_store(CommonSettings(store_uri=stack.env["LIKENESS_STORE_URI"]))
     keys, groups = [], {}
     for item in demo.items:
