@@ -20,9 +20,9 @@ store I/O, PNG metadata, report rendering, job store writes, batching waits, gRP
 wall (Submit -> the job seen finished) adds the runner's lease poll; it is shown, not targeted.
 
 Side by side, round by round: the job with restore on, the job with restore off, and the bare
-inpaint (one Generate call of the same request, straight to the generation service). Each round
-changes one pixel of the source and the seed, so no service answers from a cache. Everything
-runs pinned to one core, one thread per library.
+inpaint (one Generate call of the same request, straight to the generation service). Every job
+gets its own source image (one pixel changed) and seed, so no service cache and no finished work in
+the job store answers for it. Everything runs pinned to one core, one thread per library.
 """
 
 from __future__ import annotations

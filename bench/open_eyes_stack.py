@@ -145,19 +145,22 @@ class InProcessStack:
         for thread in reversed(self.threads):
             thread.__exit__(None, None, None)
 
-    def _source(self, photo, r: int) -> str:
+    def _source(self, photo, n: int) -> str:
+        """A new image for every job: neither the detection service's cache nor the job store's
+        finished work (shared by jobs, by request) answers its Detect."""
         from likeness.core.images import encode_png
 
         img = photo.copy()
-        img[0, 0] = (r * 37 % 256, r * 11 % 256, r % 256)  # a new image each round: no cached Detect
-        return self.store.put(f"bench-inputs/astronaut-{r}.png", encode_png(img), "image/png").uri
+        img[0, 0] = (n * 37 % 256, n * 11 % 256, n % 256)
+        img[0, 1] = (n // 256 % 256, 0, 0)
+        return self.store.put(f"bench-inputs/astronaut-{n}.png", encode_png(img), "image/png").uri
 
     def open_eyes(self, photo, r: int, *, restore: bool, variations: int, steps: int) -> dict:
         """One job: its walls, model seconds and stage seconds."""
         from likeness.api.v1 import common_pb2
         from likeness.api.v1 import orchestrator_pb2 as o
 
-        spec = o.OpenEyesSpec(image=common_pb2.ImageInput(uri=self._source(photo, r)), model="tiny-sdxl",
+        spec = o.OpenEyesSpec(image=common_pb2.ImageInput(uri=self._source(photo, 2 * r + restore)), model="tiny-sdxl",
                               seed=1000 * r + (1 if restore else 0), variations=variations, steps=steps,
                               restore=restore)
         self.clock.take()
