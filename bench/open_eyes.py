@@ -1,7 +1,7 @@
 """The open_eyes job's own overhead on a tiny-sdxl run: everything the job does besides the inpaint
 and restore model work, as a share of the job's wall time, measured side by side in one run.
 
-    python bench/open_eyes.py [--reps 3] [--variations 4] [--size 1024]
+    python bench/open_eyes.py [--reps 3] [--variations 4] [--size 1024] [--png-level0]
 
 (where the overhead goes: `py-spy record -f raw -o prof.txt -- python bench/open_eyes.py`)
 
@@ -20,9 +20,11 @@ store I/O, PNG metadata, report rendering, job store writes, batching waits, gRP
 wall (Submit -> the job seen finished) adds the runner's lease poll; it is shown, not targeted.
 
 Side by side, round by round: the job with restore on, the job with restore off, and the bare
-inpaint (one Generate call of the same request, straight to the generation service). Every job
-gets its own source image (one pixel changed) and seed, so no service cache and no finished work in
-the job store answers for it. Everything runs pinned to one core, one thread per library.
+inpaint (one Generate call of the same request, straight to the generation service); with
+`--png-level0`, a fourth: restore on with every PNG written at zlib level 0 (what writing the
+intermediate images uncompressed would save). Every job gets its own source image (one pixel
+changed) and seed, so no service cache and no finished work in the job store answers for it.
+Everything runs pinned to one core, one thread per library.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 
 from machine import Machine  # noqa: E402
-from open_eyes_stack import InProcessStack, ModelClock  # noqa: E402
+from open_eyes_stack import InProcessStack, ModelClock, png_level  # noqa: E402
 
 TARGET = 0.05  # the job's own overhead, as a share of the job's wall
 STAGES = ["detect", "mask", "inpaint", "composite", "restore", "verify", "metadata"]  # the job's order
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--variations", type=int, default=4)
     parser.add_argument("--size", type=int, default=1024, help="side of the (resized) astronaut photo")
     parser.add_argument("--steps", type=int, default=0, help="0: the preset's")
+    parser.add_argument("--png-level0", action="store_true",
+                        help="a fourth job per round (restore on) with every PNG written at zlib level 0")
     args = parser.parse_args()
     machine = Machine()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -75,19 +79,22 @@ def main() -> None:
                                             interpolation=cv2.INTER_CUBIC))
     clock = ModelClock()
     with tempfile.TemporaryDirectory(prefix="bench-open-eyes-") as tmp, InProcessStack(Path(tmp), clock) as stack:
-        def job(restore: bool, r: int) -> dict:
-            return stack.open_eyes(photo, r, restore=restore, variations=args.variations, steps=args.steps)
+        def job(restore: bool, n: int) -> dict:
+            return stack.open_eyes(photo, n, restore=restore, variations=args.variations, steps=args.steps)
 
         def bare(r: int) -> dict:
             return stack.bare_inpaint(photo, r, variations=args.variations, steps=args.steps)
 
         job(True, 0)  # warm: model loads, lazy imports, first-call compilation
         bare(0)
-        rounds: dict[str, list[dict]] = {"restore": [], "no_restore": [], "bare": []}
-        for r in range(2, 2 + max(args.reps, 3)):
-            rounds["restore"].append(job(True, r))
-            rounds["no_restore"].append(job(False, r))
+        rounds: dict[str, list[dict]] = {"restore": [], "no_restore": [], "bare": [], "level0": []}
+        for r in range(1, 1 + max(args.reps, 3)):
+            rounds["restore"].append(job(True, 3 * r))
+            rounds["no_restore"].append(job(False, 3 * r + 1))
             rounds["bare"].append(bare(r))
+            if args.png_level0:
+                with png_level(0):
+                    rounds["level0"].append(job(True, 3 * r + 2))
     report(machine, args, rounds)
 
 
@@ -134,6 +141,12 @@ def report(machine: Machine, args, rounds: dict[str, list[dict]]) -> None:
     print(f"  counting only the engine's phases and the restorer as model work: on "
           f"{statistics.median(strict['restore']):.3f} ({spread(strict['restore'])}), off "
           f"{statistics.median(strict['no_restore']):.3f} ({spread(strict['no_restore'])})")
+    if rounds["level0"]:
+        level0 = [x["overhead"] / x["wall"] for x in rounds["level0"]]
+        print(f"restore on, every PNG at level 0: job wall {med('level0', 'wall'):.3f} s (level 1: "
+              f"{med('restore', 'wall'):.3f} s), overhead / job wall {statistics.median(level0):.3f} ({spread(level0)})")
+        figures_level0 = {"wall_s": round(med("level0", "wall"), 4), "overhead_share": round(statistics.median(level0), 4),
+                          "overhead_share_spread": [round(min(level0), 4), round(max(level0), 4)]}
     print(f"job wall / bare inpaint call ({bare_wall:.3f} s): on {med('restore', 'wall') / bare_wall:.3f}, "
           f"off {med('no_restore', 'wall') / bare_wall:.3f}")
     figures = {
@@ -146,6 +159,7 @@ def report(machine: Machine, args, rounds: dict[str, list[dict]]) -> None:
                                                          "overhead")} for n in ("restore", "no_restore")},
         "overhead_by_stage_s": {n: {k: round(v[0], 4) for k, v in by.items()} for n, by in overhead_by_stage.items()},
         "bare_inpaint_s": round(bare_wall, 4),
+        **({"png_level0_restore_on": figures_level0} if rounds["level0"] else {}),
         "machine": machine.done(),
     }
     print(json.dumps(figures))

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -155,14 +156,13 @@ class InProcessStack:
         img[0, 1] = (n // 256 % 256, 0, 0)
         return self.store.put(f"bench-inputs/astronaut-{n}.png", encode_png(img), "image/png").uri
 
-    def open_eyes(self, photo, r: int, *, restore: bool, variations: int, steps: int) -> dict:
-        """One job: its walls, model seconds and stage seconds."""
+    def open_eyes(self, photo, n: int, *, restore: bool, variations: int, steps: int) -> dict:
+        """Job number `n` (its own source image and seed): its walls, model seconds and stage seconds."""
         from likeness.api.v1 import common_pb2
         from likeness.api.v1 import orchestrator_pb2 as o
 
-        spec = o.OpenEyesSpec(image=common_pb2.ImageInput(uri=self._source(photo, 2 * r + restore)), model="tiny-sdxl",
-                              seed=1000 * r + (1 if restore else 0), variations=variations, steps=steps,
-                              restore=restore)
+        spec = o.OpenEyesSpec(image=common_pb2.ImageInput(uri=self._source(photo, n)), model="tiny-sdxl",
+                              seed=100 * n, variations=variations, steps=steps, restore=restore)
         self.clock.take()
         t0 = time.perf_counter()
         job = self.jobs.follow(self.jobs.submit(o.JobSpec(open_eyes=spec)).job_id, quiet=True)
@@ -184,10 +184,24 @@ class InProcessStack:
 
         req = generation_pb2.GenerateRequest()
         req.CopyFrom(self.clock.requests["inpaint"])
-        req.seed = 1000 * r + 7
+        req.seed = 100 * r + 7  # never a job's: 100 * n + variation < 100 * n + 16
         req.output_prefix = f"bench-bare/{r}/"
         self.clock.take()
         t0 = time.perf_counter()
         self.generation.Generate(req, timeout=600)
         client = time.perf_counter() - t0
         return {"client": client, **self.clock.take()}
+
+
+@contextmanager
+def png_level(level: int):
+    """Every PNG this process writes (services, job, report) at zlib `level` while inside."""
+    from likeness.core import images
+
+    saved = images.encode_png.__defaults__, images.encode_mask_png.__defaults__
+    images.encode_png.__defaults__ = (None, None, level)
+    images.encode_mask_png.__defaults__ = (level,)
+    try:
+        yield
+    finally:
+        images.encode_png.__defaults__, images.encode_mask_png.__defaults__ = saved
