@@ -147,6 +147,16 @@ def _roi_transform(cx: float, cy: float, side: float, angle: float, out: int, mi
     return m
 
 
+def _roi_of_detection(face: Face) -> tuple[float, float, float, float]:
+    """The first mesh crop, from the detector: its box's centre and longer side, its eye line."""
+    b = face.box
+    angle = 0.0
+    if Landmark.RIGHT_EYE in face.landmarks and Landmark.LEFT_EYE in face.landmarks:
+        (rx, ry), (lx, ly) = face.landmarks[Landmark.RIGHT_EYE], face.landmarks[Landmark.LEFT_EYE]
+        angle = math.atan2(ly - ry, lx - rx)
+    return (b.x_min + b.x_max) / 2, (b.y_min + b.y_max) / 2, MESH_ROI_SCALE * max(b.width, b.height, 1.0), angle
+
+
 def _roi_of(points: np.ndarray) -> tuple[float, float, float, float]:
     """The mesh crop (centre x, centre y, side, eye-line angle) that a face's own points call for."""
     p = points[:, :2]
@@ -212,12 +222,7 @@ class FaceMesh:
         only on the face, so the result does not either."""
         if self._mesh is None:
             self.load()
-        b = face.box
-        angle = 0.0
-        if Landmark.RIGHT_EYE in face.landmarks and Landmark.LEFT_EYE in face.landmarks:
-            (rx, ry), (lx, ly) = face.landmarks[Landmark.RIGHT_EYE], face.landmarks[Landmark.LEFT_EYE]
-            angle = math.atan2(ly - ry, lx - rx)
-        roi = ((b.x_min + b.x_max) / 2, (b.y_min + b.y_max) / 2, MESH_ROI_SCALE * max(b.width, b.height, 1.0), angle)
+        roi = _roi_of_detection(face)
         points, presence = self._mesh_pass(rgb, *roi)
         previous = None
         for _ in range(MAX_EXTRA_PASSES):
@@ -232,6 +237,12 @@ class FaceMesh:
             return MeshResult(points, presence)
         right, left = self._eyes(rgb, points)
         return MeshResult(points, presence, right, left)
+
+    def presence(self, rgb: np.ndarray, face: Face) -> float:
+        """The mesh's face-presence probability on the detector's crop of the face (one pass)."""
+        if self._mesh is None:
+            self.load()
+        return self._mesh_pass(rgb, *_roi_of_detection(face))[1]
 
     def _mesh_pass(self, rgb: np.ndarray, cx: float, cy: float, side: float, angle: float) -> tuple[np.ndarray, float]:
         """(468 points in source pixels, face presence) of one crop. Beyond the image the crop
