@@ -50,8 +50,8 @@ import cv2
 import numpy as np
 
 from likeness.detection.backends.base import FaceDetector, IdentityEncoder
-from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face
-from likeness.detection.mesh import FaceMesh, mesh_landmarks
+from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face, outside_share
+from likeness.detection.mesh import FaceMesh, mesh_box, mesh_landmarks
 from likeness.detection.pose import estimate_pose, pose_from_mesh
 from likeness.detection.quality import QualityMeasures, QualityScales, QualityWeights, combined_score, measure
 from likeness.detection.validation import Rejection, ValidationPolicy, Verdict, limit_text, validate
@@ -261,7 +261,7 @@ class FacePipeline:
             return None
         marks = mesh_landmarks(result)
         refined = face.with_(landmarks={**face.landmarks, **marks}, left_eye=result.left_eye,
-                             right_eye=result.right_eye)
+                             right_eye=result.right_eye, cut_off=outside_share(mesh_box(result), width, height))
         refined = _cover_landmarks(refined, width, height)
         # pose from the mesh's own 3-D points: no camera, no detector landmarks, so the same face
         # pixels give the same pose on any canvas (the detector's points move with its scale)
