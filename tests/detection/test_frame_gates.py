@@ -97,3 +97,15 @@ def test_a_turned_head_under_the_confidence_gate_is_turned_away(mesh_pipeline):
     found = mesh_pipeline.detect(image, ValidationPolicy())
     assert found.faces and found.faces[0].measured_by_mesh
     assert found.verdict.reason is Rejection.TURNED_AWAY, found.verdict
+
+
+def test_every_rejection_has_a_protobuf_value_and_a_report_name():
+    from likeness.api.v1 import detection_pb2
+    from likeness.orchestrator.workflows.common import REASONS
+
+    for reason in Rejection:
+        if reason is Rejection.NONE:
+            continue
+        value = detection_pb2.RejectionReason.Value(f"REJECTION_REASON_{reason.value}")
+        assert REASONS[value] == reason.value.lower(), reason
+    assert detection_pb2.REJECTION_REASON_FACE_CUT_OFF == 9  # appended: earlier values keep their numbers
