@@ -10,14 +10,14 @@ are kept, mapped back (clipped to the image), duplicates suppressed (the better-
 each face stays): the padded copy shrinks every face, so a small face beside a large one may be
 seen by the first pass only.
 
-Small faces (with the face mesh): when no face reaches the detector's `min_score`, the weak
+Small faces (with the face mesh): when no face reaches the detector's `min_score`, the small weak
 sightings the passes saw down to half of it are looked at again, closer: a crop of 4x the
 sighting's side from the source pixels, detected at full input resolution (`_look_closer`). A 36 px
 face in a 640 px image is ~11 px in the detector's input and scores ~0.3; in the closer crop it
 scores 0.8-0.9, and the size gate, not NO_FACE, decides it. Every face found so must be a face to
 the mesh too (presence >= MIN_MESH_PRESENCE), which textures a detector half-sees are not. It
-costs nothing on images with a confident face, and one to three crops on the others that have
-weak sightings.
+costs nothing on images with a confident face, and one to three crops (two inferences each) on
+the others that have small weak sightings.
 
 Working size: an image much larger than the detector's input is shrunk once (area averaging) to
 twice the input side before the passes below, so the mirror pass and the padded retry do not each
