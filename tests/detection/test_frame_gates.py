@@ -70,6 +70,14 @@ def test_a_crop_through_the_face_is_cut_off_and_the_whole_portrait_is_not(mesh_p
     assert cut.faces[0].cut_off > 0.4
 
 
+def test_a_tight_crop_that_hugs_the_face_is_not_cut_off(mesh_pipeline):
+    # the frame at 1.1 face sides: the mesh box pokes out a little (~0.1), under the 0.2 limit
+    for person in FACES["tune"]:
+        found = mesh_pipeline.detect(person.crop(1.1, 320), ValidationPolicy())
+        assert found.verdict.accepted, (person.name, found.verdict)
+        assert 0.0 <= found.faces[0].cut_off < 0.2, person.name
+
+
 def test_a_36px_face_only_half_seen_is_too_small_and_scenes_stay_faceless(mesh_pipeline):
     policy = ValidationPolicy()
     # the whole-image pass sees this face at ~0.3 (11 px in the detector's input); a closer look
