@@ -226,7 +226,8 @@ async def write_dataset(ctx: JobContext, prefix: str, selected: list[Candidate])
         return {"key": f"{c.id}.{ext}", "sha256": image.sha256, "size": image.size,
                 "caption_key": f"{c.id}.txt", "caption_sha256": caption.sha256, "candidate": c.id}
 
-    return [await asyncio.to_thread(write, c) for c in sorted(selected, key=lambda c: c.id)]
+    # one thread hop for the whole dataset, not one per image: on a busy machine each hop waits for a core
+    return await asyncio.to_thread(lambda: [write(c) for c in sorted(selected, key=lambda c: c.id)])
 
 
 async def run(ctx: JobContext, spec) -> Outcome:
