@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from likeness.core import tracing
 from likeness.core.errors import LikenessError
+from likeness.core.tracing_span import FastServerSpans, fast_path_supported
 
 UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # What the RPC conventions count as the server's fault; other codes (INVALID_ARGUMENT, NOT_FOUND,
@@ -63,17 +64,21 @@ class ServerSpans:
     ServerSpanInterceptor, or by the observability interceptor itself when no other interceptor sits
     between them (core/interceptor.py)."""
 
-    __slots__ = ("tracer", "name", "attributes")
+    __slots__ = ("tracer", "name", "attributes", "fast")
 
     def __init__(self, tracer, full_method: str):
         service, _, method = full_method[1:].partition("/")
         self.tracer, self.name = tracer, full_method
         self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
                            "rpc.grpc.status_code": 0}
+        self.fast = FastServerSpans(tracer, full_method, self.attributes) if fast_path_supported(tracer) else None
 
     def start(self, metadata):
-        span = self.tracer.start_span(self.name, context=_parent(metadata),
-                                      kind=SpanKind.SERVER, attributes=self.attributes)
+        if self.fast is not None:
+            span = self.fast.start(_parent(metadata))
+        else:
+            span = self.tracer.start_span(self.name, context=_parent(metadata),
+                                          kind=SpanKind.SERVER, attributes=self.attributes)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod

@@ -1,0 +1,140 @@
+"""Starting the SERVER span of a call with less work per call than the SDK's `Tracer.start_span`.
+
+Every traced call starts a span with the same name, kind and four `rpc.*` attributes as the previous
+call of its method. `Tracer.start_span` redoes all of it per call: it cleans and copies the
+attributes one by one, builds bounded lists and locks, and runs through ~100 Python function calls.
+Measured in situ (bench/runtime.py's servers, one process, calls rotating between servers) that code
+runs cold and costs 60-80 us of CPU per call on the shared 2-core machine, 3-4x what it takes in a
+tight loop: most of what tracing added to an empty call (docs/benchmarks.md).
+
+`FastServerSpans.start` makes the same SDK span (`opentelemetry.sdk.trace.Span`: every method,
+`end` and the export are the SDK's own) with the per-method parts prepared once: the attributes are
+cleaned once and copied per call, the sampler and id generator are the tracer's, so the sampling
+decision, ids, flags, parent, resource, scope and limits are what `start_span` would give.
+It fills the span's fields itself, so it depends on the SDK version (pinned in pyproject.toml);
+tests/tracing/test_fast_span.py compares its spans field by field with `start_span`'s.
+"""
+
+from __future__ import annotations
+
+import threading
+from time import time_ns
+
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from likeness.core.tracing_sampling import RecordUnsampled
+
+_UNSET = Status(StatusCode.UNSET)
+_TRACE_ID_LIMIT = (1 << 64) - 1
+# trace flags by (sampled, random trace id), as start_span builds them
+_FLAGS = {(sampled, rand): TraceFlags((TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+                                      | (TraceFlags.RANDOM_TRACE_ID if rand else 0))
+          for sampled in (False, True) for rand in (False, True)}
+_DEFAULT_DELEGATES = (sampling.ALWAYS_ON, sampling.ALWAYS_OFF, sampling.ALWAYS_ON, sampling.ALWAYS_OFF)
+
+
+class _ServerSpan(SdkSpan):
+    """An SDK span whose fields FastServerSpans.start fills (Span.__init__ is not called)."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        pass
+
+
+def fast_path_supported(tracer) -> bool:
+    """Whether `tracer` is an SDK tracer whose `start_span` FastServerSpans reproduces: enabled and
+    without the SDK's own span metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED)."""
+    return (isinstance(tracer, SdkTracer) and tracer._is_enabled()  # noqa: SLF001
+            and isinstance(getattr(tracer, "_tracer_metrics", None), NoOpTracerMetrics))
+
+
+def ratio_bound(sampler) -> tuple[int | None, bool]:
+    """(bound, record_unsampled) when `sampler` is the parent-based ratio sampler of
+    tracing_sampling.sampler_for (the SDK's ParentBased with its default delegates and a
+    TraceIdRatioBased or constant root, maybe inside RecordUnsampled): a call then follows its parent's
+    sampled flag, and a new trace is sampled when the low 64 bits of its id are below `bound`.
+    (None, False) for any other sampler, which is then asked for every span."""
+    record_unsampled = isinstance(sampler, RecordUnsampled)
+    if record_unsampled:
+        sampler = sampler.inner
+    if not isinstance(sampler, sampling.ParentBased) or type(sampler).should_sample is not \
+            sampling.ParentBased.should_sample:
+        return None, False
+    delegates = (sampler._remote_parent_sampled, sampler._remote_parent_not_sampled,  # noqa: SLF001
+                 sampler._local_parent_sampled, sampler._local_parent_not_sampled)  # noqa: SLF001
+    root = sampler._root  # noqa: SLF001
+    if any(a is not b for a, b in zip(delegates, _DEFAULT_DELEGATES, strict=True)):
+        return None, False
+    if type(root) is sampling.TraceIdRatioBased:
+        return root.bound, record_unsampled
+    if root is sampling.ALWAYS_ON or root is sampling.ALWAYS_OFF:
+        return (_TRACE_ID_LIMIT + 1 if root is sampling.ALWAYS_ON else 0), record_unsampled
+    return None, False
+
+
+class FastServerSpans:
+    """Starts the SERVER spans named `name` with `attributes` for an SDK tracer (see the module)."""
+
+    __slots__ = ("name", "attributes", "_template", "sampler", "bound", "record_unsampled", "ids", "random_ids",
+                 "processor", "resource", "scope", "info", "limits")
+
+    def __init__(self, tracer: SdkTracer, name: str, attributes: dict):
+        limits = tracer._span_limits  # noqa: SLF001
+        self.name, self.attributes, self.limits = name, attributes, limits
+        # cleaned once, as Span.__init__ would clean them for every call
+        self._template = BoundedAttributes(limits.max_span_attributes, attributes, immutable=True,
+                                           max_value_len=limits.max_span_attribute_length)
+        self.sampler, self.ids, self.processor = tracer.sampler, tracer.id_generator, tracer.span_processor
+        self.bound, self.record_unsampled = ratio_bound(tracer.sampler)
+        self.random_ids = self.ids.is_trace_id_random()
+        self.resource, self.info = tracer.resource, tracer.instrumentation_info
+        self.scope = tracer._instrumentation_scope  # noqa: SLF001
+
+    def start(self, context=None) -> trace.Span:
+        """What `tracer.start_span(name, context, kind=SERVER, attributes=attributes)` returns."""
+        parent = trace.get_current_span(context).get_span_context()
+        if parent is not None and not parent.is_valid:
+            parent = None
+        trace_id = self.ids.generate_trace_id() if parent is None else parent.trace_id
+        if self.bound is None:
+            result = self.sampler.should_sample(context, trace_id, self.name, SpanKind.SERVER, self.attributes, ())
+            sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
+            given, trace_state = result.attributes, result.trace_state
+        else:  # what the ratio sampler decides, without its five calls
+            sampled = parent.trace_flags.sampled if parent is not None else trace_id & _TRACE_ID_LIMIT < self.bound
+            recording = sampled or self.record_unsampled
+            given, trace_state = self.attributes, None if parent is None else parent.trace_state
+        flags = _FLAGS[sampled, self.random_ids if parent is None else parent.trace_flags.random_trace_id]
+        span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False, trace_flags=flags,
+                                   trace_state=trace_state)
+        if not recording:
+            return trace.NonRecordingSpan(span_context)
+        span = _ServerSpan()
+        span._name, span._context, span._parent, span._kind = self.name, span_context, parent, SpanKind.SERVER
+        span._resource, span._instrumentation_info, span._instrumentation_scope = self.resource, self.info, self.scope
+        span._end_time, span._status = None, _UNSET
+        span._attributes = self._attributes(given)
+        span._events, span._links = BoundedList(self.limits.max_events), BoundedList(self.limits.max_links)
+        span._sampler, span._trace_config, span._span_processor = self.sampler, None, self.processor
+        span._record_exception = span._set_status_on_exception = True
+        span._limits, span._lock, span._record_end_metrics = self.limits, threading.Lock(), None
+        span._start_time = time_ns()
+        self.processor.on_start(span, parent_context=context)
+        return span
+
+    def _attributes(self, given) -> BoundedAttributes:
+        """The span's attributes: those the sampler hands back, as Span.__init__ would store them.
+        For the SDK's samplers that is the attributes we gave it: then a writable copy of the
+        template, cleaned once."""
+        template = self._template
+        if given is not self.attributes and given != self.attributes:
+            return BoundedAttributes(template.maxlen, given, immutable=False, max_value_len=template.max_value_len)
+        copy = BoundedAttributes(template.maxlen, None, immutable=False, max_value_len=template.max_value_len)
+        copy._dict = dict(template._dict)  # noqa: SLF001 - values already cleaned (what __deepcopy__ does)
+        return copy
