@@ -13,7 +13,6 @@ faults), so traces look the same in Tempo or Jaeger as with the instrumentation 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import grpc
 from opentelemetry import context as otel_context
@@ -36,11 +35,6 @@ def traced_call(details) -> bool:
     method = getattr(details, "full_method", None) or details.method
     method = method if isinstance(method, str) else method.decode()
     return not method.startswith(UNTRACED_PREFIXES)
-
-
-def _parent(metadata):
-    carrier = {key: value for key, value in metadata or () if key in _PROPAGATED}
-    return propagate.extract(carrier) if carrier else None
 
 
 def _finish(span, context, error: BaseException | None) -> None:
@@ -74,11 +68,16 @@ class ServerSpans:
         self.fast = FastServerSpans(tracer, full_method, self.attributes) if fast_path_supported(tracer) else None
 
     def start(self, metadata):
+        carrier = None  # the propagation headers; most calls from outside have none
+        for key, value in metadata or ():
+            if key in _PROPAGATED:
+                carrier = carrier or {}
+                carrier[key] = value
+        context = propagate.extract(carrier) if carrier else None
         if self.fast is not None:
-            span = self.fast.start(_parent(metadata))
+            span = self.fast.start(context)
         else:
-            span = self.tracer.start_span(self.name, context=_parent(metadata),
-                                          kind=SpanKind.SERVER, attributes=self.attributes)
+            span = self.tracer.start_span(self.name, context=context, kind=SpanKind.SERVER, attributes=self.attributes)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     @staticmethod
@@ -88,8 +87,10 @@ class ServerSpans:
         span.end()
         # a stream closed because its client cancelled is finalised in another context, where the
         # token cannot be reset (ValueError); otel_context.detach would log that as an error
-        with contextlib.suppress(ValueError):
+        try:
             otel_context._RUNTIME_CONTEXT.detach(token)  # noqa: SLF001
+        except ValueError:
+            pass
 
 
 def aio_client_interceptors(provider) -> list:

@@ -17,6 +17,7 @@ tests/tracing/test_fast_span.py compares its spans field by field with `start_sp
 
 from __future__ import annotations
 
+import logging
 import threading
 from time import time_ns
 
@@ -24,13 +25,14 @@ from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace import _check_span_ended, sampling
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from likeness.core.tracing_sampling import RecordUnsampled
 
+_sdk_log = logging.getLogger("opentelemetry.sdk.trace")  # where the SDK warns of a second end
 _UNSET = Status(StatusCode.UNSET)
 _TRACE_ID_LIMIT = (1 << 64) - 1
 # trace flags by (sampled, random trace id), as start_span builds them
@@ -41,10 +43,34 @@ _DEFAULT_DELEGATES = (sampling.ALWAYS_ON, sampling.ALWAYS_OFF, sampling.ALWAYS_O
 
 
 class _ServerSpan(SdkSpan):
-    """An SDK span whose fields FastServerSpans.start fills (Span.__init__ is not called)."""
+    """An SDK span whose fields FastServerSpans.start fills (Span.__init__ is not called). Two
+    differences in how, none in what it records: no event or link lists until one is added (most calls
+    add none), and `end` hands the span itself to the processors (ended, it no longer changes) where
+    the SDK hands them a copy."""
 
-    def __init__(self):  # pylint: disable=super-init-not-called
-        pass
+    _events = _links = ()
+
+    @_check_span_ended
+    def _add_event(self, event) -> None:
+        if not isinstance(self._events, BoundedList):
+            self._events = BoundedList(self._limits.max_events)
+        self._events.append(event)
+
+    @_check_span_ended
+    def _add_link(self, link) -> None:
+        if not isinstance(self._links, BoundedList):
+            self._links = BoundedList(self._limits.max_links)
+        self._links.append(link)
+
+    def end(self, end_time: int | None = None) -> None:
+        with self._lock:
+            if self._end_time is not None:
+                _sdk_log.warning("Calling end() on an ended span.")
+                return
+            self._end_time = end_time if end_time is not None else time_ns()
+            self._attributes._immutable = True  # noqa: SLF001
+        self._span_processor._on_ending(self)  # noqa: SLF001
+        self._span_processor.on_end(self)
 
 
 def fast_path_supported(tracer) -> bool:
@@ -115,12 +141,11 @@ class FastServerSpans:
                                    trace_state=trace_state)
         if not recording:
             return trace.NonRecordingSpan(span_context)
-        span = _ServerSpan()
+        span = object.__new__(_ServerSpan)
         span._name, span._context, span._parent, span._kind = self.name, span_context, parent, SpanKind.SERVER
         span._resource, span._instrumentation_info, span._instrumentation_scope = self.resource, self.info, self.scope
         span._end_time, span._status = None, _UNSET
         span._attributes = self._attributes(given)
-        span._events, span._links = BoundedList(self.limits.max_events), BoundedList(self.limits.max_links)
         span._sampler, span._trace_config, span._span_processor = self.sampler, None, self.processor
         span._record_exception = span._set_status_on_exception = True
         span._limits, span._lock, span._record_end_metrics = self.limits, threading.Lock(), None
