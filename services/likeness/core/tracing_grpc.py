@@ -78,7 +78,7 @@ class ServerSpans:
             span = self.fast.start(context)
         else:
             span = self.tracer.start_span(self.name, context=context, kind=SpanKind.SERVER, attributes=self.attributes)
-        return span, otel_context.attach(trace.set_span_in_context(span))
+        return span, otel_context._RUNTIME_CONTEXT.attach(trace.set_span_in_context(span))  # noqa: SLF001
 
     @staticmethod
     def end(started, context, error: BaseException | None) -> None:

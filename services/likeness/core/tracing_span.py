@@ -24,9 +24,10 @@ from time import time_ns
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, _check_span_ended, sampling
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace import _check_span_ended, sampling
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -62,6 +63,9 @@ class _ServerSpan(SdkSpan):
             self._links = BoundedList(self._limits.max_links)
         self._links.append(link)
 
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
     def end(self, end_time: int | None = None) -> None:
         with self._lock:
             if self._end_time is not None:
@@ -69,8 +73,33 @@ class _ServerSpan(SdkSpan):
                 return
             self._end_time = end_time if end_time is not None else time_ns()
             self._attributes._immutable = True  # noqa: SLF001
-        self._span_processor._on_ending(self)  # noqa: SLF001
-        self._span_processor.on_end(self)
+        hooks = self._hooks
+        if hooks is None:
+            self._span_processor._on_ending(self)  # noqa: SLF001
+            self._span_processor.on_end(self)
+            return
+        for ending in hooks.ending:
+            ending(self)
+        for end in hooks.end:
+            end(self)
+
+
+# The span processors whose on_start and _on_ending do nothing (those of the pinned SDK's BatchSpanProcessor
+# and SimpleSpanProcessor): a span skips those calls.
+_QUIET_START = (BatchSpanProcessor, SimpleSpanProcessor)
+
+
+class _Hooks:
+    """The processor methods a span calls, taken once from the processors behind the provider's
+    multi-processor (whose tuple is replaced when one is added, so a new tuple means new hooks)."""
+
+    __slots__ = ("processors", "start", "ending", "end")
+
+    def __init__(self, processors: tuple):
+        self.processors = processors
+        self.start = tuple(p.on_start for p in processors if type(p) not in _QUIET_START)
+        self.ending = tuple(p._on_ending for p in processors if type(p) not in _QUIET_START)  # noqa: SLF001
+        self.end = tuple(p.on_end for p in processors)
 
 
 def fast_path_supported(tracer) -> bool:
@@ -108,7 +137,7 @@ class FastServerSpans:
     """Starts the SERVER spans named `name` with `attributes` for an SDK tracer (see the module)."""
 
     __slots__ = ("name", "attributes", "_template", "sampler", "bound", "record_unsampled", "ids", "random_ids",
-                 "processor", "resource", "scope", "info", "limits")
+                 "processor", "hooks", "resource", "scope", "info", "limits")
 
     def __init__(self, tracer: SdkTracer, name: str, attributes: dict):
         limits = tracer._span_limits  # noqa: SLF001
@@ -117,6 +146,7 @@ class FastServerSpans:
         self._template = BoundedAttributes(limits.max_span_attributes, attributes, immutable=True,
                                            max_value_len=limits.max_span_attribute_length)
         self.sampler, self.ids, self.processor = tracer.sampler, tracer.id_generator, tracer.span_processor
+        self.hooks = None
         self.bound, self.record_unsampled = ratio_bound(tracer.sampler)
         self.random_ids = self.ids.is_trace_id_random()
         self.resource, self.info = tracer.resource, tracer.instrumentation_info
@@ -149,9 +179,24 @@ class FastServerSpans:
         span._sampler, span._trace_config, span._span_processor = self.sampler, None, self.processor
         span._record_exception = span._set_status_on_exception = True
         span._limits, span._lock, span._record_end_metrics = self.limits, threading.Lock(), None
+        span._hooks = hooks = self._current_hooks()
         span._start_time = time_ns()
-        self.processor.on_start(span, parent_context=context)
+        if hooks is None:
+            self.processor.on_start(span, parent_context=context)
+        else:
+            for start in hooks.start:
+                start(span, parent_context=context)
         return span
+
+    def _current_hooks(self) -> _Hooks | None:
+        """Hooks of the processors now behind the tracer's; None for another kind of multi-processor
+        (its on_start, _on_ending and on_end are then called as the SDK calls them)."""
+        if type(self.processor) is not SynchronousMultiSpanProcessor:
+            return None
+        processors = self.processor._span_processors  # noqa: SLF001
+        if self.hooks is None or self.hooks.processors is not processors:
+            self.hooks = _Hooks(processors)
+        return self.hooks
 
     def _attributes(self, given) -> BoundedAttributes:
         """The span's attributes: those the sampler hands back, as Span.__init__ would store them.
