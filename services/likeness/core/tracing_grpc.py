@@ -83,7 +83,8 @@ class ServerSpans:
     @staticmethod
     def end(started, context, error: BaseException | None) -> None:
         span, token = started
-        _finish(span, context, error)
+        if error is not None or context.code() is not None:  # else the call ended OK: nothing to add
+            _finish(span, context, error)
         span.end()
         # a stream closed because its client cancelled is finalised in another context, where the
         # token cannot be reset (ValueError); otel_context.detach would log that as an error
