@@ -163,3 +163,23 @@ def test_processors_are_called_as_the_sdk_calls_them_also_those_added_later():
         start().end()
     assert calls["fast"] == calls["sdk"]
     assert ("b", "start", NAME) in calls["fast"] and ("b", "ending", NAME) in calls["fast"]
+
+
+def test_ids_of_the_default_generator_are_drawn_as_it_draws_them():
+    """With the SDK's RandomIdGenerator, FastServerSpans draws from the random module itself."""
+    tracers = []
+    for _ in range(2):
+        provider = TracerProvider(sampler=sampler_for(1.0), resource=RESOURCE, shutdown_on_exit=False)
+        tracers.append(provider.get_tracer("likeness.grpc"))
+    sdk, fast = tracers
+    spans = FastServerSpans(fast, NAME, ATTRIBUTES)
+    assert spans.random_ids
+    for seed in range(5):
+        for context in parents():
+            random.seed(seed)
+            by_sdk = sdk.start_span(NAME, context=context, kind=SpanKind.SERVER, attributes=ATTRIBUTES)
+            random.seed(seed)
+            by_fast = spans.start(context)
+            assert by_fast.get_span_context() == by_sdk.get_span_context()
+            assert by_fast.is_recording() == by_sdk.is_recording()
+            assert getattr(by_fast, "parent", None) == getattr(by_sdk, "parent", None)

@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from random import getrandbits
 from time import time_ns
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import _RUNTIME_CONTEXT
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, _check_span_ended, sampling
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY as SPAN_KEY
 
 from likeness.core.tracing_sampling import RecordUnsampled
 
@@ -136,7 +140,7 @@ def ratio_bound(sampler) -> tuple[int | None, bool]:
 class FastServerSpans:
     """Starts the SERVER spans named `name` with `attributes` for an SDK tracer (see the module)."""
 
-    __slots__ = ("name", "attributes", "_template", "sampler", "bound", "record_unsampled", "ids", "random_ids",
+    __slots__ = ("name", "attributes", "_template", "sampler", "bound", "record_unsampled", "ids", "random_ids", "random_root",
                  "processor", "hooks", "resource", "scope", "info", "limits")
 
     def __init__(self, tracer: SdkTracer, name: str, attributes: dict):
@@ -148,16 +152,24 @@ class FastServerSpans:
         self.sampler, self.ids, self.processor = tracer.sampler, tracer.id_generator, tracer.span_processor
         self.hooks = None
         self.bound, self.record_unsampled = ratio_bound(tracer.sampler)
-        self.random_ids = self.ids.is_trace_id_random()
+        self.random_root = self.ids.is_trace_id_random()
+        # the SDK's generator draws ids from the random module (0, the invalid id, is drawn again)
+        self.random_ids = type(self.ids) is RandomIdGenerator
         self.resource, self.info = tracer.resource, tracer.instrumentation_info
         self.scope = tracer._instrumentation_scope  # noqa: SLF001
 
     def start(self, context=None) -> trace.Span:
         """What `tracer.start_span(name, context, kind=SERVER, attributes=attributes)` returns."""
-        parent = trace.get_current_span(context).get_span_context()
+        current = (context if context is not None else _RUNTIME_CONTEXT.get_current()).get(SPAN_KEY)
+        parent = current.get_span_context() if isinstance(current, trace.Span) else None  # get_current_span
         if parent is not None and not parent.is_valid:
             parent = None
-        trace_id = self.ids.generate_trace_id() if parent is None else parent.trace_id
+        if parent is not None:
+            trace_id = parent.trace_id
+        elif self.random_ids:  # RandomIdGenerator.generate_trace_id, one call less
+            trace_id = getrandbits(128) or self.ids.generate_trace_id()
+        else:
+            trace_id = self.ids.generate_trace_id()
         if self.bound is None:
             result = self.sampler.should_sample(context, trace_id, self.name, SpanKind.SERVER, self.attributes, ())
             sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
@@ -166,8 +178,9 @@ class FastServerSpans:
             sampled = parent.trace_flags.sampled if parent is not None else trace_id & _TRACE_ID_LIMIT < self.bound
             recording = sampled or self.record_unsampled
             given, trace_state = self.attributes, None if parent is None else parent.trace_state
-        flags = _FLAGS[sampled, self.random_ids if parent is None else parent.trace_flags.random_trace_id]
-        span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False, trace_flags=flags,
+        flags = _FLAGS[sampled, self.random_root if parent is None else parent.trace_flags.random_trace_id]
+        span_id = (getrandbits(64) or self.ids.generate_span_id()) if self.random_ids else self.ids.generate_span_id()
+        span_context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags,
                                    trace_state=trace_state)
         if not recording:
             return trace.NonRecordingSpan(span_context)
@@ -205,6 +218,8 @@ class FastServerSpans:
         template = self._template
         if given is not self.attributes and given != self.attributes:
             return BoundedAttributes(template.maxlen, given, immutable=False, max_value_len=template.max_value_len)
-        copy = BoundedAttributes(template.maxlen, None, immutable=False, max_value_len=template.max_value_len)
-        copy._dict = dict(template._dict)  # noqa: SLF001 - values already cleaned (what __deepcopy__ does)
+        # values already cleaned, so filled as __deepcopy__ fills a copy, without __init__'s checks
+        copy = object.__new__(BoundedAttributes)
+        copy.maxlen, copy.dropped, copy.max_value_len = template.maxlen, 0, template.max_value_len
+        copy._dict, copy._lock, copy._immutable = dict(template._dict), threading.Lock(), False  # noqa: SLF001
         return copy
