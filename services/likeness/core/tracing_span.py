@@ -161,7 +161,8 @@ class FastServerSpans:
     def start(self, context=None) -> trace.Span:
         """What `tracer.start_span(name, context, kind=SERVER, attributes=attributes)` returns."""
         current = (context if context is not None else _RUNTIME_CONTEXT.get_current()).get(SPAN_KEY)
-        parent = current.get_span_context() if isinstance(current, trace.Span) else None  # get_current_span
+        # get_current_span; most calls have no span in their context (None: no ABC isinstance check)
+        parent = current.get_span_context() if current is not None and isinstance(current, trace.Span) else None
         if parent is not None and not parent.is_valid:
             parent = None
         if parent is not None:
