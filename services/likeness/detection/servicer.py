@@ -44,16 +44,17 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
         return self._policy.overridden(**optional_fields(request.policy, POLICY_FIELDS)).checked("policy")
 
     async def _each_image(self, loaded: list[LoadedImage], results, stage: str, *args) -> AsyncIterator:
-        """Runs the pipeline's `stage` (cached) for every loaded image; yields (result message,
-        output) for the good ones, fills an ItemError into the result of a failed one."""
+        """Runs the pipeline's `stage` (cached) for every loaded image, the request's images as one
+        unit on the model worker (core.batch_work); yields (result message, output) for the good
+        ones, fills an ItemError into the result of a failed one."""
+        good = [item for item in loaded if item.ok]
+        outs = dict(zip((item.index for item in good), await self._worker.run(
+            self._pipeline.cached_each, stage, [item.pixels for item in good], *args), strict=True))
         for item in loaded:
             result = results.add(index=item.index)
-            try:
-                if not item.ok:
-                    raise item.error
-                out = await self._worker.run(self._pipeline.cached, stage, item.pixels, *args)
-            except LikenessError as exc:
-                result.error.CopyFrom(item_error_pb(item.index, exc))
+            out = outs.get(item.index, item.error)
+            if isinstance(out, LikenessError):
+                result.error.CopyFrom(item_error_pb(item.index, out))
                 self._worker.count(stage, "failed")
                 continue
             fill_result(result, out)

@@ -18,6 +18,7 @@ from likeness.core.workid import sha256_hex
 from likeness.orchestrator import imports, report
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.specs import curate_output_prefix, curate_policy
+from likeness.orchestrator.workflows import image_facts
 from likeness.orchestrator.workflows.common import (
     REASONS,
     batched,
@@ -26,7 +27,7 @@ from likeness.orchestrator.workflows.common import (
     safe_name,
     uri_input,
 )
-from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
+from likeness.orchestrator.workflows.duplicates import find_duplicates
 
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 ASSESS_BATCH = 8
@@ -124,6 +125,8 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
                 c.reject("low_quality", f"quality {c.quality:.3f} < min_quality {spec.min_quality:.6g}")
             finished.append((c.reason or "accepted", f"{c.id}: {c.reason or 'accepted'} {c.detail}".strip()))
         await ctx.items_done("validate", finished)
+        # hashes and thumbnails of the readable images while the next batches are assessed
+        image_facts.start(ctx.store, [c for c in batch if c.reason != "unreadable"])
         done += len(batch)
         await ctx.progress("validate", done, len(cands))
 
@@ -169,10 +172,8 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
 
 async def remove_duplicates(ctx: JobContext, spec, usable: list) -> list:
     """Rejects near-duplicates (duplicates.py) as `duplicate`, naming the kept image; returns the rest."""
-    def hashes():
-        return [image_hashes(ctx.store.get(c.uri)) for c, _ in usable]
-
-    found = find_duplicates([c.id for c, _ in usable], [c.quality for c, _ in usable], await asyncio.to_thread(hashes),
+    hashes = [f.hashes for f in await asyncio.gather(*(image_facts.facts(ctx.store, c) for c, _ in usable))]
+    found = find_duplicates([c.id for c, _ in usable], [c.quality for c, _ in usable], hashes,
                             [list(v.values) for _, v in usable], mirrors_count=not spec.mirrors_distinct)
     by_id = {c.id: c for c, _ in usable}
     for d in found:
@@ -213,7 +214,8 @@ async def write_dataset(ctx: JobContext, prefix: str, selected: list[Candidate])
         return {"key": f"{c.id}.{ext}", "sha256": image.sha256, "size": image.size,
                 "caption_key": f"{c.id}.txt", "caption_sha256": caption.sha256, "candidate": c.id}
 
-    return [await asyncio.to_thread(write, c) for c in sorted(selected, key=lambda c: c.id)]
+    # one thread hop for the whole dataset, not one per image: on a busy machine each hop waits for a core
+    return await asyncio.to_thread(lambda: [write(c) for c in sorted(selected, key=lambda c: c.id)])
 
 
 @dataclass
@@ -280,6 +282,11 @@ def outcome(ctx: JobContext, prefix: str, done: Progress) -> Outcome:
     return Outcome(summary, manifest, report_sections(ctx, cands, selected, reasons))
 
 
+def _item(c: Candidate, caption: str) -> dict:
+    """A candidate's report image, with its thumbnail when image_facts made it already."""
+    return {**report.image(c.uri, caption), **image_facts.thumbnail(c)}
+
+
 def report_sections(ctx: JobContext, cands: list[Candidate], selected: list[Candidate],
                     reasons: dict[str, int]) -> dict:
     clusters: dict[int, list[Candidate]] = {}
@@ -293,7 +300,7 @@ def report_sections(ctx: JobContext, cands: list[Candidate], selected: list[Cand
     detector, encoder = ctx.models.label("detector"), ctx.models.label("encoder")
     return {"sections": [
         report.gallery("Selected set by cluster", [
-            report.group(f"cluster {k}", [report.image(c.uri, f"{c.id} q={c.quality:.2f}") for c in v])
+            report.group(f"cluster {k}", [_item(c, f"{c.id} q={c.quality:.2f}") for c in v])
             for k, v in sorted(clusters.items())], model=f"clusters: {encoder}"),
         report.table("Rejections", ["reason", "count"], [[k, v] for k, v in sorted(reasons.items())],
                      model=f"faces: {detector}"),
@@ -302,7 +309,7 @@ def report_sections(ctx: JobContext, cands: list[Candidate], selected: list[Cand
                       if "duplicate_of" in c.extra]),
         report.bars("Selected per seed", sorted(seeds.items()), "images"),
         report.gallery("Rejected candidates by reason", [
-            report.group(k, [report.image(c.uri, f"{c.id}: {c.detail or k}") for c in v[:24]])
+            report.group(k, [_item(c, f"{c.id}: {c.detail or k}") for c in v[:24]])
             for k, v in sorted(rejected.items())]),
         report.table("Every candidate", ["id", "seed", "type", "decision", "reason", "quality", "cluster"],
                      [[c.id, c.seed, c.image_type, c.decision, c.reason, f"{c.quality:.3f}", c.cluster]

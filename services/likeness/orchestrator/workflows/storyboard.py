@@ -43,6 +43,7 @@ class Attempt:
     failure: str
     fix: str = ""
     control: str = ""  # the face-landmark map this attempt was conditioned on, if any
+    detected: list = field(default_factory=list, repr=False)  # its Detect faces (the landmark map reuses them)
 
 
 def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float,
@@ -74,11 +75,15 @@ def next_try(failure: str, frame_seed: int, guidance: float, attempt: int) -> tu
     return seed, guidance, f"guidance -> {guidance:.1f}, new seed"
 
 
-async def landmark_control(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, image_uri: str) -> str:
-    """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face."""
-    det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
-    det = await ctx.call(ctx.clients.detection, "Detect", det_req, work="control-detect")
-    faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in det.results[0].faces]
+async def landmark_control(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, image_uri: str,
+                           detected: list | None = None) -> str:
+    """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face.
+    `detected`: the image's faces when a Detect call already found them (no second call)."""
+    if detected is None:
+        det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
+        det = await ctx.call(ctx.clients.detection, "Detect", det_req, work="control-detect")
+        detected = list(det.results[0].faces)
+    faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in detected]
     if not faces:
         await ctx.warn(f"no face in {image_uri}: frames are not conditioned on a face-landmark map", "control")
         return ""
@@ -140,7 +145,7 @@ async def _attempt(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan:
     failure = decide(len(faces), clip, identity, plan.clip_min, plan.identity_min, _eye_openness(faces),
                      plan.eyes_min)
     frame.uri, frame.faces, frame.clip, frame.identity = art.uri, len(faces), clip, identity
-    frame.passed, frame.failure = not failure, failure
+    frame.passed, frame.failure, frame.detected = not failure, failure, faces
     return frame, emb
 
 
@@ -196,7 +201,7 @@ async def _frames(ctx: JobContext, spec: orchestrator_pb2.StoryboardSpec, plan: 
             if board.reference is None:
                 board.reference = emb  # no reference image: frame 1 establishes identity
             if i == 0 and spec.control_model and not board.control:  # and, with a ControlNet, face geometry
-                board.control = await landmark_control(ctx, spec, chosen.uri)
+                board.control = await landmark_control(ctx, spec, chosen.uri, chosen.detected)
             await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {chosen.attempt + 1}")
         board.frames.append(chosen)
         await ctx.progress("frames", i + 1, total, f"frame {i + 1} {'passed' if chosen else 'failed'}")
