@@ -88,8 +88,11 @@ def test_a_curate_job_is_one_trace_across_the_services(receiver, curate_job):
 
     def complete(spans) -> bool:
         mine = [s for s in spans if s.trace_id == job.trace_id]
+        ids = {s.span_id for s in mine}
+        # a process exports a call's child spans before the call's own SERVER span (which ends last),
+        # so wait until the parents have arrived too; an orphan that never gets one fails the wait
         return {"likeness-orchestrator", "likeness-detection", "likeness-embedding"} <= {s.service for s in mine} \
-            and any(s.name == "job curate" for s in mine)
+            and any(s.name == "job curate" for s in mine) and all(not s.parent_id or s.parent_id in ids for s in mine)
 
     receiver.wait_for(complete)
     spans = receiver.spans(job.trace_id)
