@@ -39,6 +39,12 @@ def normalise_target(target: str) -> str:
     return f"dns:///{target}"
 
 
+# Clients ping a connection every KEEPALIVE_TIME_MS while calls are in flight, without limit: a pod that
+# vanished without closing its connection (a lost node) is noticed within a ping timeout, even during a
+# generation call that sends nothing for minutes. Servers accept pings that often (core.server).
+KEEPALIVE_TIME_MS = 30_000
+
+
 def channel_options(settings: CommonSettings | None, max_attempts: int = 5) -> list[tuple[str, object]]:
     limit = settings.max_message_bytes if settings else 32 * 1024 * 1024
     return [
@@ -46,7 +52,8 @@ def channel_options(settings: CommonSettings | None, max_attempts: int = 5) -> l
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
-        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.http2.max_pings_without_data", 0),
         # re-resolve DNS quickly when pods come and go
         ("grpc.dns_min_time_between_resolutions_ms", 5_000),
     ]

@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from likeness.core import auth, metrics, reflection, tracing
+from likeness.core import auth, channels, metrics, reflection, tracing
 from likeness.core.auth import BearerTokenInterceptor
 from likeness.core.errors import LikenessError
 from likeness.core.faults import FaultsInterceptor
@@ -73,6 +73,9 @@ def server_options(settings: CommonSettings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # accept the keepalive pings our clients send during long calls; gRPC's default (one per 5 minutes
+        # without data, two strikes) answers them with GOAWAY "too_many_pings" and fails every call on it
+        ("grpc.http2.min_ping_interval_without_data_ms", channels.KEEPALIVE_TIME_MS // 2),
     ]
     if settings.max_connection_age_seconds > 0:  # clients reconnect and re-resolve: new replicas get calls
         options += [("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
