@@ -72,6 +72,8 @@ def create_service(settings: RestorationSettings | None = None, model_dir=None) 
 
     async def warmup() -> None:
         restorer = await asyncio.to_thread(restorers, settings.restoration_backend)
+        if not settings.restoration_warmup_inference:
+            return
         face = np.full((restorer.input_size or 64, restorer.input_size or 64, 3), 128, np.uint8)
         await asyncio.to_thread(restorer.restore, face, 0.5)  # first inference before SERVING
 
