@@ -15,8 +15,8 @@ class RestorationSettings(CommonSettings):
     restoration_backend: str = Field("classical", pattern="^(classical|codeformer|gfpgan)$")
     # Warm-up also runs one 512 px inference of a network restorer, so first-call allocations and
     # kernel selection happen before SERVING. Off: SERVING once the weights are loaded (still
-    # checked at start-up), and the first request pays that; on a CPU a CodeFormer inference costs
-    # as much as the first request would (tens of seconds on one thread), on a GPU well under a second.
+    # checked at start-up), and the first request pays that; on a CPU that inference costs as much
+    # as a request (CodeFormer: tens of seconds on one thread).
     restoration_warmup_inference: bool = True
     # Store prefix for outputs of requests without `output_prefix`.
     restoration_scratch_prefix: str = "scratch/restoration"
