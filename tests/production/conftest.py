@@ -78,13 +78,16 @@ def seed_stand_in_models(env: dict[str, str]) -> None:
                       config={"stand_in": "synthetic graphs with a planted face"})
 
 
-def overridden_settings(engine_cache: Path) -> dict[str, dict[str, str]]:
+def overridden_settings(engine_cache: Path, tracing_endpoint: str) -> dict[str, dict[str, str]]:
     """Documented settings these tests change from what the chart renders, by service ("*": all)."""
     return {
         # no hub look-ups (not LIKENESS_* settings; nothing is downloaded anyway)
         "*": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
               # nothing routes traffic to these processes but the tests, which have ended when they stop
-              "LIKENESS_DRAIN_SECONDS": "0"},
+              "LIKENESS_DRAIN_SECONDS": "0",
+              # the cluster's collector (tempo.monitoring) is a local OTLP receiver here; unreachable,
+              # every export would be retried, and each process would stop only after giving up
+              "LIKENESS_TRACING_ENDPOINT": tracing_endpoint},
         # the stand-in InsightFace pack plants a face box at a fixed place in every image; the face
         # mesh (which checks that a box holds a face) rightly finds none there, so it is off for
         # the stand-in, and only for it
@@ -99,7 +102,17 @@ def overridden_settings(engine_cache: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def production_stack(request):
+def production_traces():
+    """The OTLP receiver the production stack's services export their spans to."""
+    from tests.tracing.otlp_receiver import OtlpReceiver
+
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def production_stack(request, production_traces):
     """(Stack state, {service: env}) of a running production-shape stack."""
     # not under pytest's tmp folder: PostgreSQL runs as its own user and must reach the state folder
     state_dir = Path(tempfile.mkdtemp(prefix="likeness-production-"))
@@ -110,7 +123,7 @@ def production_stack(request):
     engine_cache = cache.mkdir("likeness-engine-cache") if cache else state_dir / "engine-cache"
 
     def before_services(state, rendered):
-        changes = overridden_settings(engine_cache)
+        changes = overridden_settings(engine_cache, production_traces.endpoint)
         for name, env in rendered.items():
             env.update({**changes["*"], **changes.get(name, {})})
         envs.update(rendered)

@@ -36,7 +36,8 @@ def test_the_rendered_environment_is_values_gpu_with_only_the_device_changed(pro
     state, envs = production_stack
     rendered = service_environments(list(SERVICES), state["ports"], state["database_url"], Path(state["dir"]),
                                     [str(VALUES_GPU)])
-    changed = overridden_settings(Path(envs["generation"]["LIKENESS_GENERATION_ENGINE_CACHE_DIR"]))
+    changed = overridden_settings(Path(envs["generation"]["LIKENESS_GENERATION_ENGINE_CACHE_DIR"]),
+                                  envs["generation"]["LIKENESS_TRACING_ENDPOINT"])
     for name, env in envs.items():  # beyond production_overrides, only the settings conftest.py declares
         expected = production_overrides(rendered[name])
         differing = {k for k in {*env, *expected} if env.get(k) != expected.get(k)}
@@ -157,3 +158,12 @@ def test_diversity(production_client, production_store, submitted):
     job = production_client.follow(submitted["diversity"], quiet=True)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     assert [s["setting"] for s in manifest(production_store, job)["settings"]] == ["base", "euler-a"]
+
+
+def test_slow_calls_reach_the_trace_collector(production_traces, submitted, production_client):
+    """values-gpu's tracing (10% of traces sampled; failed calls and calls over 5 s kept) with the
+    collector replaced by a local OTLP receiver: the open-eyes job (CodeFormer on this CPU takes
+    longer than 5 s) arrives with the orchestrator's and the restoration service's spans."""
+    production_client.follow(submitted["open_eyes"], quiet=True)
+    production_traces.wait_for(lambda spans: {"likeness-orchestrator", "likeness-restoration"} <= {
+        s.service for s in spans}, timeout=30)
