@@ -120,20 +120,27 @@ def test_curate(production_store, curated):
     assert len(m["dataset"]) == 3
 
 
-def test_train(production_client, curated):
+@pytest.fixture(scope="module")
+def train_jobs(production_client, curated) -> dict[str, str]:
+    """One training run submitted twice: as values-gpu runs it (a Kubernetes Job) and in the training
+    pod's own process. Job ids by executor."""
     assert curated.state == o.JOB_STATE_SUCCEEDED, curated.error
     run_spec = training_pb2.RunSpec(name="prod", base_model=MODEL, dataset_uri=curated.summary["dataset_uri"],
                                     trigger_token="ohwx person", rank=4, epochs=1, resolution=64, seed=1,
                                     sample_prompts=["ohwx person"], sample_seeds=[0], sample_steps=2)
-    # values-gpu runs training as Kubernetes Jobs: no API server can run here, so that run fails
-    # and says why; the same run in the training pod's own process succeeds
-    on_kubernetes = production_client.submit(o.JobSpec(train=o.TrainSpec(run=run_spec))).job_id
+    ids = {"kubernetes": production_client.submit(o.JobSpec(train=o.TrainSpec(run=run_spec))).job_id}
     run_spec.executor = training_pb2.EXECUTOR_IN_PROCESS
-    in_process = production_client.submit(o.JobSpec(train=o.TrainSpec(run=run_spec))).job_id
-    job = production_client.follow(on_kubernetes, quiet=True)
+    ids["in_process"] = production_client.submit(o.JobSpec(train=o.TrainSpec(run=run_spec))).job_id
+    return ids
+
+
+def test_train(production_client, train_jobs):
+    # no Kubernetes API server can run here, so the values-gpu run fails and says why; the same run
+    # in the training pod's own process succeeds
+    job = production_client.follow(train_jobs["kubernetes"], quiet=True)
     assert job.state == o.JOB_STATE_FAILED
     assert "kubernetes" in job.error.lower(), job.error
-    job = production_client.follow(in_process, quiet=True)
+    job = production_client.follow(train_jobs["in_process"], quiet=True)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     assert int(job.summary["checkpoints"]) == 1
 
@@ -160,10 +167,11 @@ def test_diversity(production_client, production_store, submitted):
     assert [s["setting"] for s in manifest(production_store, job)["settings"]] == ["base", "euler-a"]
 
 
-def test_slow_calls_reach_the_trace_collector(production_traces, submitted, production_client):
-    """values-gpu's tracing (10% of traces sampled; failed calls and calls over 5 s kept) with the
-    collector replaced by a local OTLP receiver: the open-eyes job (CodeFormer on this CPU takes
-    longer than 5 s) arrives with the orchestrator's and the restoration service's spans."""
-    production_client.follow(submitted["open_eyes"], quiet=True)
-    production_traces.wait_for(lambda spans: {"likeness-orchestrator", "likeness-restoration"} <= {
-        s.service for s in spans}, timeout=30)
+def test_a_failed_job_reaches_the_trace_collector(production_traces, production_client, train_jobs):
+    """values-gpu's tracing (10% of traces sampled; failed work and calls over 5 s always kept) with
+    the collector replaced by a local OTLP receiver: the Kubernetes-Job training run fails, so its
+    job span arrives, marked failed, whatever this machine's speed."""
+    production_client.follow(train_jobs["kubernetes"], quiet=True)
+    production_traces.wait_for(lambda spans: any(
+        s.service == "likeness-orchestrator" and s.name == "job train" and s.status_code == 2 for s in spans),
+        timeout=30)
