@@ -44,8 +44,9 @@ def repo(service):
 
 
 @pytest.fixture(scope="module")
-def engine_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("engine-cache")
+def engine_cache(gen_root):
+    """The session's engine cache (the onnxruntime service's too): tiny-sdxl is exported once."""
+    return gen_root / "engine-cache"
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,35 @@ def test_adapter_batches_run_on_the_torch_modules(engines):
         engine.run(model, None, key, [ImageItem(seed=1, prompt="", negative_prompt="")], {})
     assert engine.batches["torch:adapters"] == before.get("torch:adapters", 0) + 1
     assert "forward" not in vars(model.pipe.unet)
+
+
+def test_graph_folder_names_model_digest_and_exporter_version(tmp_path, monkeypatch):
+    """Graphs an older exporter wrote (other code, torch, diffusers or transformers) are never reused."""
+    engine = OnnxEngine(engine_settings(tmp_path))
+    spec = SimpleNamespace(name="sdxl-base", digest="ab" * 32)
+    folder = engine.graph_folder(spec)
+    version = onnx_export.exporter_version()
+    assert folder == tmp_path / f"sdxl-base-{'ab' * 8}-x{version}" and len(version) == 12
+    monkeypatch.setattr(onnx_export, "exporter_version", lambda: "0" * 12)
+    assert engine.graph_folder(spec) != folder
+
+
+def test_folder_lock_excludes_another_holder(tmp_path):
+    """flock conflicts between open files, so a thread stands in for a second process here."""
+    import threading
+
+    order, held = [], threading.Event()
+
+    def first():
+        with onnx_export.folder_lock(tmp_path / "m"):
+            held.set()
+            threading.Event().wait(0.2)
+            order.append("first released")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    held.wait(10)
+    with onnx_export.folder_lock(tmp_path / "m"):
+        order.append("second acquired")
+    thread.join()
+    assert order == ["first released", "second acquired"]

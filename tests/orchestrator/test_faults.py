@@ -16,7 +16,7 @@ from likeness.orchestrator import runner as runner_mod
 from likeness.orchestrator.clients import ServiceClient
 from likeness.orchestrator.settings import OrchestratorSettings
 from tests.helpers import free_port
-from tests.orchestrator.test_runner import CALLS, counting_workflow, env, make_runner, spec_bytes  # noqa: F401
+from tests.orchestrator.replicas import counting_workflow, run_alone, take_over
 
 
 def collected(fn):
@@ -86,30 +86,10 @@ async def stalling_workflow(ctx, spec):
     return await counting_workflow(ctx, spec)
 
 
-def test_takeover_and_stall_are_job_events_summary_and_report(env, monkeypatch):  # noqa: F811
-    settings, jobs, store = env
+def test_takeover_and_stall_are_job_events_summary_and_report(replica_env, monkeypatch):
+    _, jobs, store = replica_env
     monkeypatch.setitem(runner_mod.WORKFLOWS, "curate", stalling_workflow)
-
-    async def scenario():
-        job, _ = jobs.submit("curate", spec_bytes())
-        a = make_runner(settings, jobs, store, "replica-a")
-        loop_a = asyncio.create_task(a.run_forever())
-        while len(CALLS) < 5:
-            await asyncio.sleep(0.01)
-        loop_a.cancel()  # replica-a dies holding the lease
-        for t in list(a.tasks.values()):
-            t.cancel()
-        b = make_runner(settings, jobs, store, "replica-b")
-        loop_b = asyncio.create_task(b.run_forever())
-        for _ in range(400):
-            if jobs.get(job.job_id).state != "RUNNING":
-                break
-            await asyncio.sleep(0.02)
-        await b.stop()
-        loop_b.cancel()
-        return jobs.get(job.job_id)
-
-    done = asyncio.run(scenario())
+    done = take_over(replica_env)
     assert done.state == "SUCCEEDED", done.error
     events = jobs.events_after(done.job_id, 0)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))  # per job, from 1
@@ -126,22 +106,9 @@ def test_takeover_and_stall_are_job_events_summary_and_report(env, monkeypatch):
     assert "Faults survived" in report and "took over from replica-a" in report and "S3 put x" in report
 
 
-def test_a_job_without_faults_says_so(env):  # noqa: F811
-    settings, jobs, store = env
-
-    async def scenario():
-        job, _ = jobs.submit("curate", spec_bytes())
-        r = make_runner(settings, jobs, store, "solo")
-        loop = asyncio.create_task(r.run_forever())
-        for _ in range(400):
-            if jobs.get(job.job_id).state not in ("QUEUED", "RUNNING"):
-                break
-            await asyncio.sleep(0.02)
-        await r.stop()
-        loop.cancel()
-        return jobs.get(job.job_id)
-
-    done = asyncio.run(scenario())
+def test_a_job_without_faults_says_so(replica_env):
+    _, _, store = replica_env
+    done = run_alone(replica_env)
     assert done.state == "SUCCEEDED" and not any(k.startswith("faults_") for k in done.summary)
     assert "none: no retried call" in store.get(done.report["uri"]).decode()
 

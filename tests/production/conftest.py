@@ -78,22 +78,54 @@ def seed_stand_in_models(env: dict[str, str]) -> None:
                       config={"stand_in": "synthetic graphs with a planted face"})
 
 
+def overridden_settings(engine_cache: Path, tracing_endpoint: str) -> dict[str, dict[str, str]]:
+    """Documented settings these tests change from what the chart renders, by service ("*": all)."""
+    return {
+        # no hub look-ups (not LIKENESS_* settings; nothing is downloaded anyway)
+        "*": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+              # nothing routes traffic to these processes but the tests, which have ended when they stop
+              "LIKENESS_DRAIN_SECONDS": "0",
+              # the cluster's collector (tempo.monitoring) is a local OTLP receiver here; unreachable,
+              # every export would be retried, and each process would stop only after giving up
+              "LIKENESS_TRACING_ENDPOINT": tracing_endpoint},
+        # the stand-in InsightFace pack plants a face box at a fixed place in every image; the face
+        # mesh (which checks that a box holds a face) rightly finds none there, so it is off for
+        # the stand-in, and only for it
+        "detection": {"LIKENESS_DETECTION_MESH_FACES": "0"},
+        # the open-eyes test runs CodeFormer's 512 px inference; a warm-up run would do the same work
+        # again (tens of seconds on this CPU). The weights still load, and are checked, before SERVING.
+        "restoration": {"LIKENESS_RESTORATION_WARMUP_INFERENCE": "false"},
+        # as a shared model-cache volume would in a cluster, the engine cache outlives the stack:
+        # graphs are exported once per model digest and exporter version (onnx_export.exporter_version)
+        "generation": {"LIKENESS_GENERATION_ENGINE_CACHE_DIR": str(engine_cache)},
+    }
+
+
 @pytest.fixture(scope="session")
-def production_stack():
+def production_traces():
+    """The OTLP receiver the production stack's services export their spans to."""
+    from tests.tracing.otlp_receiver import OtlpReceiver
+
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def production_stack(request, production_traces):
     """(Stack state, {service: env}) of a running production-shape stack."""
     # not under pytest's tmp folder: PostgreSQL runs as its own user and must reach the state folder
     state_dir = Path(tempfile.mkdtemp(prefix="likeness-production-"))
     state_dir.chmod(0o755)
     stack = Stack(state_dir)
     envs: dict[str, dict] = {}
+    cache = getattr(request.config, "cache", None)  # pytest's cache folder, when its plugin is on
+    engine_cache = cache.mkdir("likeness-engine-cache") if cache else state_dir / "engine-cache"
 
     def before_services(state, rendered):
-        for env in rendered.values():  # no hub look-ups (not a LIKENESS_* setting; nothing is downloaded)
-            env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        # the stand-in InsightFace pack plants a face box at a fixed place in every image; the face
-        # mesh (which checks that a box holds a face) rightly finds none there, so it is off for
-        # the stand-in, and only for it
-        rendered["detection"]["LIKENESS_DETECTION_MESH_FACES"] = "0"
+        changes = overridden_settings(engine_cache, production_traces.endpoint)
+        for name, env in rendered.items():
+            env.update({**changes["*"], **changes.get(name, {})})
         envs.update(rendered)
         seed_stand_in_models(rendered["generation"])
 

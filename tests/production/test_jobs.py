@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +17,11 @@ from likeness.api.v1 import common_pb2, generation_pb2, training_pb2
 from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.core.images import encode_png
 from tests.photos import group_photo, skimage_photo, tom_hanks
+from tests.production.conftest import VALUES_GPU, overridden_settings
+from tools.stack import SERVICES, production_overrides, service_environments
 
 pytestmark = pytest.mark.slow
 MODEL = "sdxl-base"  # the stand-in registered under the production name
-
-
-def run(client, spec) -> o.Job:
-    return client.follow(client.submit(spec).job_id, quiet=True)
 
 
 def manifest(store, job) -> dict:
@@ -34,7 +33,15 @@ def put_png(store, key: str, rgb: np.ndarray) -> str:
 
 
 def test_the_rendered_environment_is_values_gpu_with_only_the_device_changed(production_stack):
-    _, envs = production_stack
+    state, envs = production_stack
+    rendered = service_environments(list(SERVICES), state["ports"], state["database_url"], Path(state["dir"]),
+                                    [str(VALUES_GPU)])
+    changed = overridden_settings(Path(envs["generation"]["LIKENESS_GENERATION_ENGINE_CACHE_DIR"]),
+                                  envs["generation"]["LIKENESS_TRACING_ENDPOINT"])
+    for name, env in envs.items():  # beyond production_overrides, only the settings conftest.py declares
+        expected = production_overrides(rendered[name])
+        differing = {k for k in {*env, *expected} if env.get(k) != expected.get(k)}
+        assert differing <= {*changed["*"], *changed.get(name, {})}, (name, differing)
     g = envs["generation"]
     assert (g["LIKENESS_GENERATION_ENGINE"], g["LIKENESS_GENERATION_DTYPE"]) == ("onnxruntime", "float16")
     assert g["LIKENESS_GENERATION_DEVICE"] == "cpu"
@@ -51,24 +58,59 @@ def test_the_rendered_environment_is_values_gpu_with_only_the_device_changed(pro
         assert env.get("LIKENESS_ORCHESTRATOR_DATABASE_URL", "postgresql").startswith("postgresql")
 
 
-@pytest.fixture(scope="module")
-def candidates(production_store):
-    store = production_store
+def rpc_count(production_stack, service: str, method: str) -> float:
+    """Calls of `method` the service's /metrics has counted (all status codes)."""
+    state, _ = production_stack
+    with urllib.request.urlopen(f"http://127.0.0.1:{state['ports'][service] + 1000}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("likeness_rpc_duration_seconds_count") and f'method="{method}"' in line)
+
+
+def job_specs(store) -> dict[str, o.JobSpec]:
+    """The inputs uploaded and one spec per job kind but training (which needs the curated set)."""
     for seed, img in {"1": skimage_photo("astronaut"), "2": tom_hanks()}.items():
         for i in range(3):
             put_png(store, f"prod-candidates/{seed}/{'original' if i == 0 else 'scenario'}/v{i}.png",
                     np.ascontiguousarray(img[:, ::-1] if i == 2 else img))
     put_png(store, "prod-candidates/3/original/group.png", group_photo())
-    return store.uri("prod-candidates/")
+    for i, img in enumerate((skimage_photo("astronaut"), tom_hanks(), skimage_photo("camera"))):
+        put_png(store, f"prod-reference/r{i}.png", img)
+    astronaut = put_png(store, "prod-inputs/astronaut.png", skimage_photo("astronaut"))
+    diversity = [o.DiversitySetting(name="base", seed_start=0, count=2, steps=2),
+                 o.DiversitySetting(name="euler-a", seed_start=100, count=2, steps=2,
+                                    sampler=generation_pb2.SAMPLER_EULER_ANCESTRAL, noise_injection=0.3)]
+    # the candidates are exact and mirrored copies of one photo per person (duplicate removal, which
+    # would keep one of each, is tested in tests/orchestrator/test_duplicates.py)
+    return {  # in submission order: the longest (CodeFormer on this CPU) starts early
+        "curate": o.JobSpec(curate=o.CurateSpec(
+            import_source=o.ImportSource(uri=store.uri("prod-candidates/")), target_count=3,
+            trigger_token="ohwx person", output_prefix="prod-datasets/curate/", keep_duplicates=True)),
+        "open_eyes": o.JobSpec(open_eyes=o.OpenEyesSpec(
+            image=common_pb2.ImageInput(uri=astronaut), model=MODEL, variations=1, steps=2, seed=5, restore=True)),
+        "storyboard": o.JobSpec(storyboard=o.StoryboardSpec(
+            model=MODEL, character="a woman with red hair", frame_prompts=["walking"], seed=3, retry_budget=1,
+            width=64, height=64, steps=2)),
+        "diversity": o.JobSpec(diversity=o.DiversitySpec(
+            model=MODEL, prompt="portrait", width=64, height=64, reference_uri=store.uri("prod-reference/"),
+            settings=diversity, nearest_k=1)),
+    }
 
 
 @pytest.fixture(scope="module")
-def curated(production_client, candidates) -> o.Job:
-    # the candidates are exact and mirrored copies of one photo per person (duplicate removal, which
-    # would keep one of each, is tested in tests/orchestrator/test_duplicates.py)
-    return run(production_client, o.JobSpec(curate=o.CurateSpec(
-        import_source=o.ImportSource(uri=candidates), target_count=3, trigger_token="ohwx person",
-        output_prefix="prod-datasets/curate/", keep_duplicates=True)))
+def submitted(production_stack, production_client, production_store) -> dict:
+    """Every job submitted at once, as the users of one deployment would: the orchestrator runs
+    `max_running_jobs` (2) at a time and queues the rest, so one job's model work overlaps another's
+    (and the stack is exercised with jobs in flight together). Job ids by kind, plus the Restore
+    calls counted before any job ran."""
+    specs = job_specs(production_store)
+    restores = rpc_count(production_stack, "restoration", "Restore")
+    return {"restores": restores, **{kind: production_client.submit(spec).job_id for kind, spec in specs.items()}}
+
+
+@pytest.fixture(scope="module")
+def curated(production_client, submitted) -> o.Job:
+    return production_client.follow(submitted["curate"], quiet=True)
 
 
 def test_curate(production_store, curated):
@@ -79,60 +121,58 @@ def test_curate(production_store, curated):
     assert len(m["dataset"]) == 3
 
 
-def test_train(production_client, curated):
+@pytest.fixture(scope="module")
+def train_jobs(production_client, curated) -> dict[str, str]:
+    """One training run submitted twice: as values-gpu runs it (a Kubernetes Job) and in the training
+    pod's own process. Job ids by executor."""
     assert curated.state == o.JOB_STATE_SUCCEEDED, curated.error
     run_spec = training_pb2.RunSpec(name="prod", base_model=MODEL, dataset_uri=curated.summary["dataset_uri"],
                                     trigger_token="ohwx person", rank=4, epochs=1, resolution=64, seed=1,
                                     sample_prompts=["ohwx person"], sample_seeds=[0], sample_steps=2)
-    # values-gpu runs training as Kubernetes Jobs: no API server can run here, so that run fails
-    # and says why; the same run in the training pod's own process succeeds
-    job = run(production_client, o.JobSpec(train=o.TrainSpec(run=run_spec)))
+    ids = {"kubernetes": production_client.submit(o.JobSpec(train=o.TrainSpec(run=run_spec))).job_id}
+    run_spec.executor = training_pb2.EXECUTOR_IN_PROCESS
+    ids["in_process"] = production_client.submit(o.JobSpec(train=o.TrainSpec(run=run_spec))).job_id
+    return ids
+
+
+def test_train(production_client, train_jobs):
+    # no Kubernetes API server can run here, so the values-gpu run fails and says why; the same run
+    # in the training pod's own process succeeds
+    job = production_client.follow(train_jobs["kubernetes"], quiet=True)
     assert job.state == o.JOB_STATE_FAILED
     assert "kubernetes" in job.error.lower(), job.error
-    run_spec.executor = training_pb2.EXECUTOR_IN_PROCESS
-    job = run(production_client, o.JobSpec(train=o.TrainSpec(run=run_spec)))
+    job = production_client.follow(train_jobs["in_process"], quiet=True)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     assert int(job.summary["checkpoints"]) == 1
 
 
-def test_storyboard(production_client, production_store):
-    spec = o.StoryboardSpec(model=MODEL, character="a woman with red hair", frame_prompts=["walking"], seed=3,
-                            retry_budget=1, width=64, height=64, steps=2)
-    job = run(production_client, o.JobSpec(storyboard=spec))
+def test_storyboard(production_client, production_store, submitted):
+    job = production_client.follow(submitted["storyboard"], quiet=True)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     attempts = manifest(production_store, job)["attempts"]
     assert 1 <= len(attempts) <= 2 and all(a["frame"] == 0 for a in attempts)
 
 
-def rpc_count(production_stack, service: str, method: str) -> float:
-    """Calls of `method` the service's /metrics has counted (all status codes)."""
-    state, _ = production_stack
-    with urllib.request.urlopen(f"http://127.0.0.1:{state['ports'][service] + 1000}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("likeness_rpc_duration_seconds_count") and f'method="{method}"' in line)
-
-
-def test_open_eyes_with_codeformer(production_stack, production_client, production_store):
-    restores = rpc_count(production_stack, "restoration", "Restore")
-    photo = skimage_photo("astronaut")
-    src = put_png(production_store, "prod-inputs/astronaut.png", photo)
-    job = run(production_client, o.JobSpec(open_eyes=o.OpenEyesSpec(
-        image=common_pb2.ImageInput(uri=src), model=MODEL, variations=1, steps=2, seed=5, restore=True)))
+def test_open_eyes_with_codeformer(production_stack, production_client, production_store, submitted):
+    job = production_client.follow(submitted["open_eyes"], quiet=True)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     m = manifest(production_store, job)
     assert len(m["variations"]) == 1 and len(m["faces"]) == 1  # the stand-in pack plants one face
-    assert rpc_count(production_stack, "restoration", "Restore") == restores + 1  # CodeFormer ran
+    # CodeFormer ran once, for this job (no other job restores; warm-up inference is off, conftest.py)
+    assert rpc_count(production_stack, "restoration", "Restore") == submitted["restores"] + 1
 
 
-def test_diversity(production_client, production_store):
-    for i, img in enumerate((skimage_photo("astronaut"), tom_hanks(), skimage_photo("camera"))):
-        put_png(production_store, f"prod-reference/r{i}.png", img)
-    settings = [o.DiversitySetting(name="base", seed_start=0, count=2, steps=2),
-                o.DiversitySetting(name="euler-a", seed_start=100, count=2, steps=2,
-                                   sampler=generation_pb2.SAMPLER_EULER_ANCESTRAL, noise_injection=0.3)]
-    job = run(production_client, o.JobSpec(diversity=o.DiversitySpec(
-        model=MODEL, prompt="portrait", width=64, height=64, reference_uri=production_store.uri("prod-reference/"),
-        settings=settings, nearest_k=1)))
+def test_diversity(production_client, production_store, submitted):
+    job = production_client.follow(submitted["diversity"], quiet=True)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     assert [s["setting"] for s in manifest(production_store, job)["settings"]] == ["base", "euler-a"]
+
+
+def test_a_failed_job_reaches_the_trace_collector(production_traces, production_client, train_jobs):
+    """values-gpu's tracing (10% of traces sampled; failed work and calls over 5 s always kept) with
+    the collector replaced by a local OTLP receiver: the Kubernetes-Job training run fails, so its
+    job span arrives, marked failed, whatever this machine's speed."""
+    production_client.follow(train_jobs["kubernetes"], quiet=True)
+    production_traces.wait_for(lambda spans: any(
+        s.service == "likeness-orchestrator" and s.name == "job train" and s.status_code == 2 for s in spans),
+        timeout=30)

@@ -256,3 +256,31 @@ def test_control_images_face_landmarks_and_canny(server):
     with pytest.raises(grpc.RpcError) as err:
         stub.ControlImage(restoration_pb2.ControlImageRequest(items=[item]), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("kind")
+
+
+@pytest.mark.parametrize("inference", [True, False])
+def test_warm_up_loads_the_default_restorer_and_runs_it_only_when_configured(tmp_path, monkeypatch, inference):
+    import asyncio
+
+    from likeness.restoration import app
+    from likeness.restoration.restorers.base import FaceRestorer
+
+    calls = []
+
+    class Recording:
+        input_size = 512
+
+        def load(self):
+            calls.append("load")
+
+        def restore(self, face, fidelity):
+            calls.append(("restore", face.shape))
+            return face
+
+        warmup = FaceRestorer.warmup  # the protocol's own: one restoration at the input size
+
+    monkeypatch.setattr(app, "create_restorer", lambda name, *a, **k: Recording())
+    settings = RestorationSettings(restoration_backend="codeformer", restoration_warmup_inference=inference,
+                                   metrics_enabled=False, store_uri=f"file://{tmp_path}/store")
+    asyncio.run(create_service(settings, model_dir=lambda name: tmp_path).warmup())
+    assert calls == (["load", ("restore", (512, 512, 3))] if inference else ["load"])

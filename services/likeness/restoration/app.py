@@ -71,7 +71,8 @@ def create_service(settings: RestorationSettings | None = None, model_dir=None) 
 
     async def warmup() -> None:
         restorer = await asyncio.to_thread(restorers, settings.restoration_backend)
-        await asyncio.to_thread(restorer.warmup)  # first inference before SERVING
+        if settings.restoration_warmup_inference:  # off: weights loaded and checked, first inference on first call
+            await asyncio.to_thread(restorer.warmup)  # first inference before SERVING
 
     return Service.single("restoration", restoration_pb2_grpc.add_RestorationServiceServicer_to_server, servicer,
                           SERVICE_NAME, warmup=warmup, closers=(servicer.close, images.close),

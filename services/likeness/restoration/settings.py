@@ -13,6 +13,11 @@ class RestorationSettings(CommonSettings):
     # `codeformer` (model repository folder `codeformer`), `gfpgan` (folder `gfpgan`, GFPGAN v1.4).
     # The default is loaded during warm-up, so missing weights fail start-up, never a request.
     restoration_backend: str = Field("classical", pattern="^(classical|codeformer|gfpgan)$")
+    # Warm-up also runs one 512 px inference of a network restorer, so first-call allocations and
+    # kernel selection happen before SERVING. Off: SERVING once the weights are loaded (still
+    # checked at start-up), and the first request pays that; on a CPU that inference costs as much
+    # as a request (CodeFormer: tens of seconds on one thread).
+    restoration_warmup_inference: bool = True
     # Store prefix for outputs of requests without `output_prefix`.
     restoration_scratch_prefix: str = "scratch/restoration"
     # Threads for a network restorer's torch inference (one pod = one core's worth by default).

@@ -3,7 +3,8 @@
 
 It composes a `TorchEngine`, which loads each model as usual (weights on the configured device and
 dtype). On first load the networks are exported from a float32 CPU copy (onnx_export.py) into
-`<engine cache>/<model>-<digest[:16]>/`; later loads reuse the files. Per batch:
+`<engine cache>/<model>-<digest[:16]>-x<exporter version>/`; later loads, in this process or any other
+sharing the cache (one exports under a file lock, the others wait), reuse the files. Per batch:
 
 - LoRA adapters or an IP-Adapter reference: the torch modules run (PEFT layers and IP-Adapter
   attention processors live there; the graphs hold the base weights only).
@@ -79,9 +80,9 @@ class OnnxEngine(Engine):
 
     def load_model(self, folder, spec):
         pipe = self.torch.load_model(folder, spec)
-        target = self.cache_dir / f"{spec.name}-{spec.digest[:16]}"
+        target = self.graph_folder(spec)
         names = ["unet", "vae_decoder", *(n for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None)]
-        with _export_lock:
+        with _export_lock, onnx_export.folder_lock(target):
             if any(not (target / f"{n}.onnx").is_file() for n in names):
                 source = onnx_export.float32_cpu_copy(pipe, folder, spec.kind)
                 self._export_missing(source, target, names)
@@ -94,6 +95,10 @@ class OnnxEngine(Engine):
         log.info("onnx graphs ready", extra={"model": spec.name, "folder": str(target), "providers": self.providers,
                                              "profile": profile.describe()})
         return pipe
+
+    def graph_folder(self, spec) -> Path:
+        """Where the model's graphs live: per model digest and exporter version."""
+        return self.cache_dir / f"{spec.name}-{spec.digest[:16]}-x{onnx_export.exporter_version()}"
 
     def _export_missing(self, source, target: Path, names: list[str]) -> None:
         for n in names:

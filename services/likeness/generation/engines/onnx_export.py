@@ -14,9 +14,12 @@ UNet is ~10 GB in float32) is saved in the ONNX external-data format: `<name>.on
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,38 @@ def float32_cpu_copy(pipe, folder, kind: str):
     if pipe.unet.dtype == torch.float32 and pipe.unet.device.type == "cpu":
         return pipe
     return load_pipeline(folder, kind, main_task(kind), dtype=torch.float32, device="cpu")
+
+
+@functools.cache
+def exporter_version() -> str:
+    """What exported graphs depend on besides the weights: this module's code, the opset, and the
+    torch, diffusers and transformers versions (the exporter and the traced networks' code). The
+    engine cache folder names it, so an upgraded image exports again instead of reusing graphs an
+    older exporter wrote (e.g. before a fix to the exported inputs)."""
+    import diffusers
+    import torch
+    import transformers
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(f"opset {OPSET} torch {torch.__version__} diffusers {diffusers.__version__} "
+             f"transformers {transformers.__version__}".encode())
+    return h.hexdigest()[:12]
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """Holds an exclusive lock on `folder` that other processes respect: pods sharing the engine
+    cache on a ReadWriteMany volume, or two processes on one machine. One exports; the others wait,
+    then find its graphs. (flock: on NFS, Linux maps it to a POSIX lock the server arbitrates.)"""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # -- export ------------------------------------------------------------------------------------
