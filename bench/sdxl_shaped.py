@@ -146,7 +146,8 @@ def _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures)
         model = thread.call(generator.run_on_worker(generator.manager.get, "sdxl-shaped"), timeout=CALL_TIMEOUT_S)
         figures["load_s"] = round(time.perf_counter() - t, 1)
     pipe = model.pipe
-    bare_pipe = type(pipe).from_pipe(pipe, scheduler=EulerDiscreteScheduler.from_config(model.default_scheduler_config))
+    bare_pipe = type(pipe).from_pipe(pipe, scheduler=EulerDiscreteScheduler.from_config(model.default_scheduler_config),
+                                     dtype=pipe.dtype)  # from_pipe's default would cast the shared weights to fp32
     bare_pipe.set_progress_bar_config(disable=True)
     clocks: list[StepClock] = []
     timings: list[dict] = []

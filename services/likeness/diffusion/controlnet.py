@@ -35,7 +35,8 @@ def derive_control_pipeline(pipe, family: str, task: str, controlnets: list):
     from diffusers.models.controlnets import MultiControlNetModel
 
     net = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
-    derived = control_pipeline_class(family, task).from_pipe(pipe, controlnet=net)
+    # the pipeline's own dtype: from_pipe's default casts the shared modules (and the ControlNet) to float32
+    derived = control_pipeline_class(family, task).from_pipe(pipe, controlnet=net, dtype=pipe.dtype)
     derived.set_progress_bar_config(disable=True)
     return derived
 

@@ -64,6 +64,6 @@ def derive_pipeline(pipe, kind: str, task: str):
     cls = pipeline_class(kind, task)
     if isinstance(pipe, cls):
         return pipe
-    derived = cls.from_pipe(pipe)
+    derived = cls.from_pipe(pipe, dtype=pipe.dtype)  # from_pipe's default casts the SHARED modules to float32
     derived.set_progress_bar_config(disable=True)
     return derived
