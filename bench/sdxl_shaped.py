@@ -152,17 +152,23 @@ def _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures)
     clocks: list[StepClock] = []
     timings: list[dict] = []
 
-    def via_service(seed: int) -> None:
+    def via_service(seed: int, n: int = steps) -> None:
         clocks.append(StepClock())
-        req = GenerationRequest(model="sdxl-shaped", prompt=f"portrait {seed}", seed=seed, steps=steps, width=side,
+        req = GenerationRequest(model="sdxl-shaped", prompt=f"portrait {seed}", seed=seed, steps=n, width=side,
                                 height=side, guidance_scale=5.0, sampler="euler",
                                 output_prefix=f"bench/{uuid.uuid4().hex}/")
         timings.append(thread.call(generator.generate(req, progress=clocks[-1]), timeout=CALL_TIMEOUT_S).timings)
 
-    def on_diffusers(seed: int) -> None:
-        bare_pipe(prompt=f"portrait {seed}", num_inference_steps=steps, guidance_scale=5.0, width=side, height=side,
+    def on_diffusers(seed: int, n: int = steps) -> None:
+        bare_pipe(prompt=f"portrait {seed}", num_inference_steps=n, guidance_scale=5.0, width=side, height=side,
                   generator=torch.Generator("cpu").manual_seed(seed), output_type="pil")
 
+    t = time.perf_counter()
+    via_service(0, 1)  # one step of each path first: first-call allocations and kernel choices at this size
+    on_diffusers(0, 1)
+    figures["warm_up_s"] = round(time.perf_counter() - t, 1)
+    clocks.clear()
+    timings.clear()
     times: dict[str, list] = {"service": [], "diffusers": []}
     faults: dict[str, list] = {"service": [], "diffusers": []}
     loads = []
