@@ -53,7 +53,7 @@ from likeness.orchestrator.demo_set import (
 KEPT = "kept"
 BLURRED = ("blurry", "low_confidence", "no_face")
 ANY_REJECTION = ("no_face", "low_confidence", "multiple_faces", "face_too_small", "turned_away", "blurry",
-                 "low_quality", "eyes_closed")
+                 "low_quality", "eyes_closed", "face_cut_off")
 MARGIN = 2.8  # canvas side / face side of a portrait crop
 
 

@@ -24,7 +24,7 @@ SERVICE_NAME = detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].ful
 def default_policy(s: DetectionSettings) -> ValidationPolicy:
     return ValidationPolicy(s.detection_min_face_fraction, s.detection_max_yaw, s.detection_max_pitch,
                             s.detection_min_confidence, s.detection_min_sharpness,
-                            s.detection_min_eye_openness).checked("LIKENESS_DETECTION")
+                            s.detection_min_eye_openness, s.detection_max_cut_off).checked("LIKENESS_DETECTION")
 
 
 def default_weights(s: DetectionSettings) -> QualityWeights:

@@ -91,6 +91,13 @@ class Face:
     embedding_model: str = ""
     left_eye: Eye | None = None  # the subject's; set when the face mesh and iris models ran
     right_eye: Eye | None = None
+    # share of the face mesh's box outside the image (0 = all inside); None when the mesh did not run
+    cut_off: float | None = None
+
+    @property
+    def measured_by_mesh(self) -> bool:
+        """The face mesh measured this face (and found a face there): its pose and cut-off come from the mesh."""
+        return self.cut_off is not None
 
     def with_(self, **changes) -> Face:
         return replace(self, **changes)
@@ -112,6 +119,15 @@ def mirror_face(face: Face, width: int) -> Face:
     left = face.right_eye.mirrored(width) if face.right_eye else None
     right = face.left_eye.mirrored(width) if face.left_eye else None
     return face.with_(box=box, landmarks=marks, left_eye=left, right_eye=right)
+
+
+def outside_share(box: Box, width: int, height: int) -> float:
+    """The share of a box's area that lies outside a width x height image, in [0, 1]."""
+    area = box.width * box.height
+    if area <= 0:
+        return 0.0
+    inside = box.clipped(width, height)
+    return float(max(0.0, 1.0 - inside.width * inside.height / area))
 
 
 def iou(a: Box, b: Box) -> float:

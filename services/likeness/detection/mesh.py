@@ -40,11 +40,16 @@ MESH_SIDE = 192
 IRIS_SIDE = 64
 MESH_ROI_SCALE = 1.5
 # Crop settling (run): at most this many passes after the first, stopping when the crop moves by
-# under SETTLED_SHIFT of its side and SETTLED_TURN degrees. Looser limits (3%, 2 degrees) left a
-# turned head's yaw 4 degrees apart on two canvases; these keep it within 3 (tests/detection/test_mesh.py).
-MAX_EXTRA_PASSES = 3
-SETTLED_SHIFT = 0.015
-SETTLED_TURN = 1.0
+# under SETTLED_SHIFT of its side and SETTLED_TURN degrees; the points are the mean of the last two
+# passes. Why the mean: from one pass to the next the crop swings back and forth by ~1% of its side
+# and ~1 degree (the mesh over-corrects its own crop), so a single pass's points carry that swing
+# into the pose (a frontal face read +0.7 and -1.1 degrees of yaw on alternate passes) and tighter
+# limits never settle (3 extra passes on 11 of 15 canvases). With the mean, 3%/2.5 degrees and 2
+# extra passes keep the same face's pose within 3 degrees on every canvas of
+# tests/detection/test_mesh.py at ~1 pass less per face (2.5 instead of 3.5 passes on those canvases).
+MAX_EXTRA_PASSES = 2
+SETTLED_SHIFT = 0.03
+SETTLED_TURN = 2.5
 IRIS_ROI_SCALE = 2.3
 
 # Mesh indices (MediaPipe's canonical face mesh). "Subject right" = the image's left for a frontal face.
@@ -94,7 +99,7 @@ def openness_from_ear(ear: float) -> float:
     return float(min(1.0, max(0.0, (ear - EAR_CLOSED) / (EAR_OPEN - EAR_CLOSED))))
 
 
-def iris_visibility(grey: np.ndarray, lower: np.ndarray, upper: np.ndarray, centre: np.ndarray,
+def iris_visibility(rgb: np.ndarray, lower: np.ndarray, upper: np.ndarray, centre: np.ndarray,
                     radius: float) -> float:
     """How visibly an iris sits on a brighter sclera, in [0, 1]: the mean luminance between the
     lids outside the iris over the mean inside it, mapped linearly from SCLERA_RATIO_NONE (0) to
@@ -104,9 +109,11 @@ def iris_visibility(grey: np.ndarray, lower: np.ndarray, upper: np.ndarray, cent
     poly = np.round(np.concatenate([lower, upper[::-1]])).astype(np.int32)
     x0, y0 = np.maximum(poly.min(0) - 1, 0)
     x1, y1 = poly.max(0) + 2
-    window = grey[y0:y1, x0:x1]
+    window = rgb[y0:y1, x0:x1]
     if window.size == 0:
         return 0.0
+    # luminance of the eye's window only (the whole image's would cost ~0.3 ms per face at 1024x1024)
+    window = cv2.cvtColor(np.ascontiguousarray(window), cv2.COLOR_RGB2GRAY)
     lids = np.zeros(window.shape, np.uint8)
     cv2.fillPoly(lids, [poly - [x0, y0]], 1)
     disk = np.zeros(window.shape, np.uint8)
@@ -138,6 +145,16 @@ def _roi_transform(cx: float, cy: float, side: float, angle: float, out: int, mi
     if mirror:
         m = np.array([[-1.0, 0.0, out], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
     return m
+
+
+def _roi_of_detection(face: Face) -> tuple[float, float, float, float]:
+    """The first mesh crop, from the detector: its box's centre and longer side, its eye line."""
+    b = face.box
+    angle = 0.0
+    if Landmark.RIGHT_EYE in face.landmarks and Landmark.LEFT_EYE in face.landmarks:
+        (rx, ry), (lx, ly) = face.landmarks[Landmark.RIGHT_EYE], face.landmarks[Landmark.LEFT_EYE]
+        angle = math.atan2(ly - ry, lx - rx)
+    return (b.x_min + b.x_max) / 2, (b.y_min + b.y_max) / 2, MESH_ROI_SCALE * max(b.width, b.height, 1.0), angle
 
 
 def _roi_of(points: np.ndarray) -> tuple[float, float, float, float]:
@@ -205,23 +222,27 @@ class FaceMesh:
         only on the face, so the result does not either."""
         if self._mesh is None:
             self.load()
-        b = face.box
-        angle = 0.0
-        if Landmark.RIGHT_EYE in face.landmarks and Landmark.LEFT_EYE in face.landmarks:
-            (rx, ry), (lx, ly) = face.landmarks[Landmark.RIGHT_EYE], face.landmarks[Landmark.LEFT_EYE]
-            angle = math.atan2(ly - ry, lx - rx)
-        roi = ((b.x_min + b.x_max) / 2, (b.y_min + b.y_max) / 2, MESH_ROI_SCALE * max(b.width, b.height, 1.0), angle)
+        roi = _roi_of_detection(face)
         points, presence = self._mesh_pass(rgb, *roi)
+        previous = None
         for _ in range(MAX_EXTRA_PASSES):
             again = _roi_of(points)
             if _close(roi, again):
                 break
-            roi = again
+            roi, previous = again, points
             points, presence = self._mesh_pass(rgb, *roi)
+        if previous is not None:  # the mean of the last two passes (MAX_EXTRA_PASSES says why)
+            points = (points + previous) / 2
         if not self.with_iris:
             return MeshResult(points, presence)
         right, left = self._eyes(rgb, points)
         return MeshResult(points, presence, right, left)
+
+    def presence(self, rgb: np.ndarray, face: Face) -> float:
+        """The mesh's face-presence probability on the detector's crop of the face (one pass)."""
+        if self._mesh is None:
+            self.load()
+        return self._mesh_pass(rgb, *_roi_of_detection(face))[1]
 
     def _mesh_pass(self, rgb: np.ndarray, cx: float, cy: float, side: float, angle: float) -> tuple[np.ndarray, float]:
         """(468 points in source pixels, face presence) of one crop. Beyond the image the crop
@@ -257,7 +278,6 @@ class FaceMesh:
         self._iris.invoke()
         contours = self._iris.get_tensor(self._iris_contour).reshape(2, 71, 3)
         irises = self._iris.get_tensor(self._iris_points).reshape(2, 5, 3)
-        grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
         eyes = []
         for m, contour, iris in zip(transforms, contours, irises, strict=True):
             contour = _back(m, contour[:, :2].astype(np.float64))
@@ -265,7 +285,7 @@ class FaceMesh:
             centre, radius = ring[0], float(np.linalg.norm(ring[1:] - ring[0], axis=1).mean())
             lower, upper = contour[LOWER_LID], contour[UPPER_LID]
             ear = eye_aspect_ratio(upper, lower)
-            shown = iris_visibility(grey, lower, upper, centre, radius)
+            shown = iris_visibility(rgb, lower, upper, centre, radius)
             eyes.append(Eye(tuple(map(tuple, upper.tolist())), tuple(map(tuple, lower.tolist())),
                             (float(centre[0]), float(centre[1])), ear, openness_from_ear(ear) * shown))
         return eyes[0], eyes[1]

@@ -5,8 +5,19 @@ Large faces: single-shot detectors miss faces that fill most of the frame (Blaze
 finds nothing on the 112x112 aligned Tom Hanks crop and scores 0.55 at a 70% face; SCRFD at its
 640x640 default fails above ~40%). When the first pass finds no face, or its largest face's
 shorter side exceeds `large_face_fraction` of the image's shorter side, the image is padded with
-black by `pad_fraction` of its longer side on every side and detected again; the pass whose best
-face scores higher wins, and its coordinates are mapped back (clipped to the image).
+black by `pad_fraction` of its longer side on every side and detected again; both passes' faces
+are kept, mapped back (clipped to the image), duplicates suppressed (the better-scored sighting of
+each face stays): the padded copy shrinks every face, so a small face beside a large one may be
+seen by the first pass only.
+
+Small faces (with the face mesh): when no face reaches the detector's `min_score`, the small weak
+sightings the passes saw down to half of it are looked at again, closer: a crop of 4x the
+sighting's side from the source pixels, detected at full input resolution (`_look_closer`). A 36 px
+face in a 640 px image is ~11 px in the detector's input and scores ~0.3; in the closer crop it
+scores 0.8-0.9, and the size gate, not NO_FACE, decides it. Every face found so must be a face to
+the mesh too (presence >= MIN_MESH_PRESENCE), which textures a detector half-sees are not. It
+costs nothing on images with a confident face, and one to three crops (two inferences each) on
+the others that have small weak sightings.
 
 Working size: an image much larger than the detector's input is shrunk once (area averaging) to
 twice the input side before the passes below, so the mirror pass and the padded retry do not each
@@ -50,8 +61,8 @@ import cv2
 import numpy as np
 
 from likeness.detection.backends.base import FaceDetector, IdentityEncoder
-from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face
-from likeness.detection.mesh import FaceMesh, mesh_landmarks
+from likeness.detection.faces import Box, Face, Landmark, iou, mirror_face, outside_share
+from likeness.detection.mesh import FaceMesh, mesh_box, mesh_landmarks
 from likeness.detection.pose import estimate_pose, pose_from_mesh
 from likeness.detection.quality import QualityMeasures, QualityScales, QualityWeights, combined_score, measure
 from likeness.detection.validation import Rejection, ValidationPolicy, Verdict, limit_text, validate
@@ -62,6 +73,16 @@ MAX_TILES = 8
 # blurred, small and turned ones included, score >= 0.9 on the evaluation set; a "face" in a star
 # field scored 0.24.
 MIN_MESH_PRESENCE = 0.5
+# A closer look (_look_closer) where the detector half-saw a face and found none: crops of
+# CLOSER_CROP x the sighting's side, at most CLOSER_SIGHTINGS of them, only for sightings whose
+# longer side is at most CLOSER_MAX_SIDE of the image's shorter side. Why that limit: the look is
+# for faces under the default size limit (0.08), which the detector sees at under ~15 px; a larger
+# sighting is already within its reach (60 px faces of a 640 px image, 0.094, score 0.5-0.9 from
+# the whole image), and looking closer at it would cost two inferences for nothing on most
+# face-less photos (the detection bench's coffee photo half-sees "faces" at 0.108 and 0.368).
+CLOSER_CROP = 4.0
+CLOSER_SIGHTINGS = 3
+CLOSER_MAX_SIDE = 0.1
 
 
 @dataclass(frozen=True)
@@ -123,14 +144,21 @@ class FacePipeline:
     # --- detection --------------------------------------------------------------------------------
 
     def _detect_both_ways(self, rgb: np.ndarray) -> list[Face]:
-        if not self.flip_tta:
-            return self.detector.detect(rgb)
+        """Faces down to half the detector's `min_score`: those under it are the weak sightings
+        that `_look_closer` may zoom into; callers split them off (`_confident`)."""
         floor = self.detector.min_score / 2
-        width = rgb.shape[1]
         faces = self.detector.detect(rgb, min_score=floor)
+        if not self.flip_tta:
+            return faces
+        width = rgb.shape[1]
         mirrored = [mirror_face(f, width)
                     for f in self.detector.detect(np.ascontiguousarray(rgb[:, ::-1]), min_score=floor)]
-        return [f for f in merge_sightings(faces, mirrored) if f.score >= self.detector.min_score]
+        return merge_sightings(faces, mirrored)
+
+    def _confident(self, faces: list[Face]) -> tuple[list[Face], list[Face]]:
+        """(faces at or over the detector's `min_score`, weak sightings under it)."""
+        floor = self.detector.min_score
+        return [f for f in faces if f.score >= floor], [f for f in faces if f.score < floor]
 
     def _detect_views(self, rgb: np.ndarray) -> list[Face]:
         height, width = rgb.shape[:2]
@@ -151,7 +179,8 @@ class FacePipeline:
             faces += [_shift(f, dx, dy, width, height) for f in self._detect_both_ways(np.ascontiguousarray(tile))]
         return suppress_duplicates(faces)
 
-    def _detect_at_working_size(self, rgb: np.ndarray) -> list[Face]:
+    def _detect_at_working_size(self, rgb: np.ndarray) -> tuple[list[Face], list[Face]]:
+        """(faces, weak sightings) in source coordinates."""
         height, width = rgb.shape[:2]
         # the shorter side bounds the work: elongated images are tiled in squares of that side
         limit = 2 * getattr(self.detector, "input_side", 0)
@@ -161,21 +190,24 @@ class FacePipeline:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         sx, sy = width / size[0], height / size[1]
-        return [_scale(f, sx, sy, width, height) for f in self._detect_with_retry(small)]
+        faces, weak = self._detect_with_retry(small)
+        return ([_scale(f, sx, sy, width, height) for f in faces], [_scale(f, sx, sy, width, height) for f in weak])
 
-    def _detect_with_retry(self, rgb: np.ndarray) -> list[Face]:
+    def _detect_with_retry(self, rgb: np.ndarray) -> tuple[list[Face], list[Face]]:
         height, width = rgb.shape[:2]
-        faces = self._detect_views(rgb)
+        faces, weak = self._confident(self._detect_views(rgb))
         largest = max((min(f.box.width, f.box.height) for f in faces), default=0.0)
         if faces and largest <= self.large_face_fraction * min(width, height):
-            return faces
+            return faces, weak
         pad = int(round(self.pad_fraction * max(width, height)))
         padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        retry = [_shift(f, -pad, -pad, width, height) for f in self._detect_views(padded)]
+        retry, _ = self._confident([_shift(f, -pad, -pad, width, height) for f in self._detect_views(padded)])
         # a face must overlap the original image to count
         retry = [f for f in retry if f.box.width > 1 and f.box.height > 1]
-        best = max((f.score for f in faces), default=0.0)
-        return retry if max((f.score for f in retry), default=0.0) > best else faces
+        # Both passes' faces, the better sighting of each kept: the padded copy shrinks every face,
+        # so a smaller face beside the large one may be seen by the first pass only (a 100 px
+        # portrait beside a 240 px one vanished when the padded pass replaced the first).
+        return suppress_duplicates(faces + retry), weak
 
     def find_faces(self, rgb: np.ndarray, with_embeddings: bool = False) -> list[Face]:
         if with_embeddings and self.encoder is None:
@@ -185,7 +217,10 @@ class FacePipeline:
                                      "(LIKENESS_DETECTION_IDENTITY=none)")
         height, width = rgb.shape[:2]
         with self._lock:
-            faces = [_cover_landmarks(f, width, height) for f in self._detect_at_working_size(rgb)]
+            faces, weak = self._detect_at_working_size(rgb)
+            if not faces and weak and self.mesh is not None:
+                faces = self._look_closer(rgb, weak)
+            faces = [_cover_landmarks(f, width, height) for f in faces]
             faces = sorted(faces, key=lambda f: -f.score)
             faces = self._refine(rgb, faces)
             faces = [f if f.pose else f.with_(pose=estimate_pose(f.landmarks, f.box)) for f in faces]
@@ -194,6 +229,27 @@ class FacePipeline:
                 faces = [f.with_(embedding=v, embedding_model=self.encoder.name)
                          for f, v in zip(faces, vectors, strict=True)]
         return faces
+
+    def _look_closer(self, rgb: np.ndarray, weak: list[Face]) -> list[Face]:
+        """Faces found by detecting again, at a higher resolution, around the small weak sightings
+        of an image where no face reached `min_score`: a square of CLOSER_CROP x the sighting's side
+        cut from the source pixels (at most CLOSER_SIGHTINGS sightings, best first). Each face must
+        be one for the face mesh too (presence >= MIN_MESH_PRESENCE): textures that the detector
+        half-sees as faces (a star field) are not faces at any resolution."""
+        height, width = rgb.shape[:2]
+        found: list[Face] = []
+        for sighting in sorted(weak, key=lambda f: -f.score)[:CLOSER_SIGHTINGS]:
+            b = sighting.box
+            if max(b.width, b.height) > CLOSER_MAX_SIDE * min(width, height):
+                continue
+            side = CLOSER_CROP * max(b.width, b.height)
+            x0 = int(max(0, min(width - side, (b.x_min + b.x_max - side) / 2)))
+            y0 = int(max(0, min(height - side, (b.y_min + b.y_max - side) / 2)))
+            crop = np.ascontiguousarray(rgb[y0:y0 + int(side), x0:x0 + int(side)])
+            faces, _ = self._confident(self._detect_both_ways(crop))
+            found += [f for f in (_shift(f, x0, y0, width, height) for f in faces)
+                      if self.mesh.presence(rgb, f) >= MIN_MESH_PRESENCE]
+        return suppress_duplicates(found)
 
     def _refine(self, rgb: np.ndarray, faces: list[Face]) -> list[Face]:
         """The first `mesh_faces` faces measured by the mesh, best first; a face the mesh does not
@@ -220,7 +276,7 @@ class FacePipeline:
             return None
         marks = mesh_landmarks(result)
         refined = face.with_(landmarks={**face.landmarks, **marks}, left_eye=result.left_eye,
-                             right_eye=result.right_eye)
+                             right_eye=result.right_eye, cut_off=outside_share(mesh_box(result), width, height))
         refined = _cover_landmarks(refined, width, height)
         # pose from the mesh's own 3-D points: no camera, no detector landmarks, so the same face
         # pixels give the same pose on any canvas (the detector's points move with its scale)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from likeness.core.settings import CommonSettings
-from likeness.detection.validation import DEFAULT_MIN_SHARPNESS
+from likeness.detection.validation import DEFAULT_MAX_CUT_OFF, DEFAULT_MIN_SHARPNESS
 
 
 class DetectionSettings(CommonSettings):
@@ -48,6 +48,8 @@ class DetectionSettings(CommonSettings):
     detection_max_yaw: float = Field(45.0, ge=0.0, le=90.0)
     detection_max_pitch: float = Field(35.0, ge=0.0, le=90.0)
     detection_min_confidence: float = Field(0.6, ge=0.0, le=1.0)
+    # Cut-off gate (validation.py): the largest share of the face (its mesh box) outside the image; 1 = off.
+    detection_max_cut_off: float = Field(DEFAULT_MAX_CUT_OFF, ge=0.0, le=1.0)
     # Blur gate of Assess (validation.py): face sharpness on the face normalised to 128x128; 0 = off.
     detection_min_sharpness: float = Field(DEFAULT_MIN_SHARPNESS, ge=0.0)
     # Eye gate: mean openness of both eyes in [0, 1]; 0 = off (the curate job turns it on per request).

@@ -20,6 +20,7 @@ class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTION_REASON_LOW_QUALITY: _ClassVar[RejectionReason]
     REJECTION_REASON_BLURRY: _ClassVar[RejectionReason]
     REJECTION_REASON_EYES_CLOSED: _ClassVar[RejectionReason]
+    REJECTION_REASON_FACE_CUT_OFF: _ClassVar[RejectionReason]
 REJECTION_REASON_UNSPECIFIED: RejectionReason
 REJECTION_REASON_NO_FACE: RejectionReason
 REJECTION_REASON_MULTIPLE_FACES: RejectionReason
@@ -29,6 +30,7 @@ REJECTION_REASON_LOW_CONFIDENCE: RejectionReason
 REJECTION_REASON_LOW_QUALITY: RejectionReason
 REJECTION_REASON_BLURRY: RejectionReason
 REJECTION_REASON_EYES_CLOSED: RejectionReason
+REJECTION_REASON_FACE_CUT_OFF: RejectionReason
 
 class ValidationPolicy(_message.Message):
     __slots__ = ("min_face_fraction", "max_yaw", "max_pitch", "min_confidence", "min_sharpness", "min_eye_openness")

@@ -21,6 +21,7 @@ REASONS = {
     detection_pb2.REJECTION_REASON_LOW_QUALITY: "low_quality",
     detection_pb2.REJECTION_REASON_BLURRY: "blurry",
     detection_pb2.REJECTION_REASON_EYES_CLOSED: "eyes_closed",
+    detection_pb2.REJECTION_REASON_FACE_CUT_OFF: "face_cut_off",
 }
 
 
