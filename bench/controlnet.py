@@ -80,6 +80,7 @@ def measure(generator, thread, model: str, control: str, side: int, steps: int, 
     for r in range(rounds):
         for name in per_step:
             per_step[name] += one(r + 1, name == "controlnet")
+            print(f"# {model} round {r} {name}: {per_step[name][-1]:.3f} s/step", flush=True)
     return per_step
 
 

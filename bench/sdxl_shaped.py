@@ -167,6 +167,7 @@ def _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures)
     via_service(0, 1)  # one step of each path first: first-call allocations and kernel choices at this size
     on_diffusers(0, 1)
     figures["warm_up_s"] = round(time.perf_counter() - t, 1)
+    print(f"# loaded in {figures['load_s']} s; one-step warm-up of both paths {figures['warm_up_s']} s", flush=True)
     clocks.clear()
     timings.clear()
     times: dict[str, list] = {"service": [], "diffusers": []}
@@ -181,6 +182,8 @@ def _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures)
                 fn(100 + i)
                 times[name].append(time.perf_counter() - t)
                 faults[name].append(_majflt() - f)
+                print(f"# round {i} {name}: {times[name][-1]:.1f} s, {faults[name][-1]} major page faults, "
+                      f"load {loads[-1]}", flush=True)  # a run cut short still leaves its figures
     ratios = [s / d for s, d in zip(times["service"], times["diffusers"], strict=True)]
     steps_s = [x for c in clocks for x in c.step_seconds()]
     outside = [w - sum(tm[k] for k in ("queue", "text_encoding", "denoising", "decoding"))
