@@ -48,8 +48,13 @@ def load_controlnet(folder: str | Path, name: str, *, dtype=None, device: str = 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelMissing(name, str(folder / "config.json"))
+    from likeness.diffusion.pipelines import own_memory
+
     net = ControlNetModel.from_pretrained(str(folder), torch_dtype=dtype or torch.float32).eval()
-    return net if device == "cpu" else net.to(device)
+    if device != "cpu":
+        return net.to(device)
+    own_memory(net)  # not left mapped from its file (see own_memory)
+    return net
 
 
 def control_kwargs(task: str, images: list[list], scales: list[float], starts: list[float],

@@ -63,7 +63,7 @@ def load_pipeline(path: str | Path, kind: str, task: str = "text-to-image", *, d
 
 
 def own_memory(pipe) -> None:
-    """Copies weights still mapped from their safetensors files into the process's own memory.
+    """Copies weights (of a pipeline's modules, or of one module) still mapped from their safetensors files into the process's own memory.
 
     from_pretrained leaves tensors that need no conversion as views of a file mapping: nothing is
     read until the first image touches it (the first request pays the disk reads), and under memory
@@ -72,7 +72,7 @@ def own_memory(pipe) -> None:
     import torch
 
     with torch.no_grad():
-        for component in pipe.components.values():
+        for component in (pipe.components.values() if hasattr(pipe, "components") else [pipe]):
             if isinstance(component, torch.nn.Module):
                 for tensor in (*component.parameters(), *component.buffers()):
                     tensor.data = tensor.data.clone()
