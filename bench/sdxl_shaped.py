@@ -195,6 +195,7 @@ def _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures)
         torch_peak_rss_gib=round(max(run_mem.peak, load_mem.peak), 2),
         service_image_s=[round(x, 2) for x in times["service"]], diffusers_image_s=[round(x, 2) for x in times["diffusers"]],
         service_vs_diffusers=round(r, 3), service_vs_diffusers_min=round(min(ratios), 3),
+        service_vs_diffusers_total=round(sum(times["service"]) / sum(times["diffusers"]), 3),  # order-neutral
         service_vs_diffusers_max=round(max(ratios), 3), load_1min_per_round=loads,
         service_text_encoding_s=round(statistics.median(t["text_encoding"] for t in timings), 2),
         service_decoding_s=round(statistics.median(t["decoding"] for t in timings), 2),
