@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from ports import free_base  # noqa: E402
+
 SERVICES = ("detection", "embedding", "generation")
 RSS_GROWTH_LIMIT = 0.10
 P95_RATIO_LIMIT = 1.5
@@ -242,31 +244,9 @@ def start_stack(state: Path):
 
     # One torch thread per service: three services share two cores, oversubscription only adds noise.
     env = {"LIKENESS_DRAIN_SECONDS": "0", "LIKENESS_GENERATION_CPU_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    stack = LocalStack(state, services=SERVICES, base_port=_free_base(), extra_env=env)
+    stack = LocalStack(state, services=SERVICES, base_port=free_base(len(SERVICES) + 3), extra_env=env)
     stack.up(timeout=600)
     return stack
-
-
-def _free_base(n: int = len(SERVICES) + 3) -> int:
-    """A base port whose gRPC ports and metrics ports (+1000) are all free."""
-    import random
-    import socket
-
-    for _ in range(200):
-        base = random.randrange(30000, 40000)
-        socks = []
-        try:
-            for p in [base + i for i in range(n)] + [base + 1000 + i for i in range(n)]:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
 
 
 def print_report(r: dict) -> None:

@@ -8,8 +8,9 @@ all measured side by side in one run.
 Calls: an empty unary call (ListModels) and a call carrying a 1 MB image (Detect with inline bytes;
 the servicer only counts bytes) on three servers (the empty call also on two with sampling ratio 0:
 spans not recorded, and recorded for the keep-failed-and-slow rules); and a real `Detect` (the embedded detection
-service: BlazeFace + pose on a 512x512 photo, result cache off) with tracing off and on. Calls
-rotate between the servers one by one so drift hits all of them. What tracing costs when it is off
+service: BlazeFace + pose on a 512x512 photo, result cache off) with tracing off and on. After warm-up
+calls, each call kind runs in rounds (--rounds, 5): within a round the servers take turns call by call, so
+load and drift hit all of them alike; a ratio is the median of the rounds' ratios of median calls. What tracing costs when it is off
 (one call per RPC that returns at once) is timed on its own before tracing is configured.
 """
 
@@ -144,23 +145,42 @@ def photo_png() -> bytes:
     return out.getvalue()
 
 
-def timed_rounds(calls: dict[str, dict[str, object]], counts: dict[str, int]) -> dict[str, dict[str, list[float]]]:
-    """calls[call][server] -> fn; each call kind `counts[call]` rounds; the servers' order rotates every round."""
-    results = {call: {name: [] for name in fns} for call, fns in calls.items()}
+def timed_rounds(calls: dict[str, dict[str, object]], counts: dict[str, int],
+                 rounds: int) -> dict[str, dict[str, list[list[float]]]]:
+    """calls[call][server] -> fn; each call kind `counts[call]` calls per server in `rounds` rounds; within a
+    round the servers take turns call by call (the first server changes every call), so load and drift hit
+    every server alike. Returns the seconds of every call, per round."""
+    results = {call: {name: [[] for _ in range(rounds)] for name in fns} for call, fns in calls.items()}
     for call, fns in calls.items():
         names = list(fns)
-        for i in range(counts[call]):
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
-                t = time.perf_counter()
-                fns[name]()
-                results[call][name].append(time.perf_counter() - t)
+        for r in range(rounds):
+            for i in range(counts[call] // rounds):
+                k = i % len(names)
+                for name in names[k:] + names[:k]:
+                    t = time.perf_counter()
+                    fns[name]()
+                    results[call][name][r].append(time.perf_counter() - t)
     return results
+
+
+def round_ratios(by_server: dict[str, list[list[float]]], name: str, base: str) -> list[float]:
+    """Per round, the median call of `name` over the median call of `base` (calls of one round ran interleaved)."""
+    return [statistics.median(a) / statistics.median(b) for a, b in zip(by_server[name], by_server[base], strict=True)]
+
+
+def ratio_line(figures: dict, call: str, name: str, base: str, by_server, what: str) -> None:
+    ratios = round_ratios(by_server, name, base)
+    ratio = statistics.median(ratios)
+    figures[f"{call}_{name}_vs_{base}"] = round(ratio, 3)
+    figures[f"{call}_{name}_vs_{base}_rounds"] = [round(x, 3) for x in ratios]
+    print(f"{call:<8}{'ratio':<8}{ratio:>11.3f}   ({what}; median of {len(ratios)} rounds, "
+          f"{min(ratios):.3f}-{max(ratios):.3f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per call kind; ratios are their median")
     args = parser.parse_args()
     machine = Machine()
     counts = {"empty": 2000, "1mb": 300, "detect": 60} if args.quick else {"empty": 10000, "1mb": 1500, "detect": 400}
@@ -201,29 +221,28 @@ def main() -> None:
         "1mb": {n: (lambda n=n: det[n].Detect(big_req)) for n in ("bare", "ours", "traced")},
         "detect": {n: (lambda n=n: det["det_" + n].Detect(photo_req)) for n in ("ours", "traced")},
     }
-    results = timed_rounds(calls, counts)
-    figures = {"tracing_off_cost_us_per_call": round(off_us, 3)}
+    warm = {"empty": 200, "1mb": 20, "detect": 5}
+    for call, fns in calls.items():  # first calls build per-method state (wrapped handlers, metric children)
+        for fn in fns.values():
+            for _ in range(warm[call]):
+                fn()
+    results = timed_rounds(calls, counts, args.rounds)
+    figures = {"tracing_off_cost_us_per_call": round(off_us, 3), "rounds": args.rounds}
     print(f"{'call':<8}{'server':<8}{'median ms':>11}{'p95 ms':>9}{'calls/s':>9}")
     for call, by_server in results.items():
-        for name, xs in by_server.items():
-            xs = sorted(xs)
+        for name, per_round in by_server.items():
+            xs = sorted(x for r in per_round for x in r)
             med, p95 = statistics.median(xs), xs[int(0.95 * (len(xs) - 1))]
             figures[f"{call}_{name}_median_ms"] = round(med * 1000, 4)
             figures[f"{call}_{name}_p95_ms"] = round(p95 * 1000, 4)
             print(f"{call:<8}{name:<8}{med * 1000:>11.3f}{p95 * 1000:>9.3f}{1 / med:>9.0f}")
         if "bare" in by_server:
-            ratio = figures[f"{call}_ours_median_ms"] / figures[f"{call}_bare_median_ms"]
-            figures[f"{call}_ours_vs_bare"] = round(ratio, 3)
-            print(f"{call:<8}{'ratio':<8}{ratio:>11.3f}   (ours / bare, target <= 1.10)")
-        ratio = figures[f"{call}_traced_median_ms"] / figures[f"{call}_ours_median_ms"]
-        figures[f"{call}_traced_vs_ours"] = round(ratio, 3)
+            ratio_line(figures, call, "ours", "bare", by_server, "ours / bare, target <= 1.10")
         target = {"empty": "<= 1.10", "detect": "<= 1.03"}.get(call, "no target")
-        print(f"{call:<8}{'ratio':<8}{ratio:>11.3f}   (tracing on, ratio 1.0 / tracing off, target {target})")
+        ratio_line(figures, call, "traced", "ours", by_server, f"tracing on, ratio 1.0 / tracing off, target {target}")
         for name, what in (("r0", "ratio 0"), ("r0_keep", "ratio 0 + keep failed/slow")):
             if name in by_server:
-                ratio = figures[f"{call}_{name}_median_ms"] / figures[f"{call}_ours_median_ms"]
-                figures[f"{call}_{name}_vs_ours"] = round(ratio, 3)
-                print(f"{call:<8}{'ratio':<8}{ratio:>11.3f}   (tracing on, {what}, nothing exported / tracing off)")
+                ratio_line(figures, call, name, "ours", by_server, f"tracing on, {what}, nothing exported / tracing off")
     empty_ms = figures["empty_ours_median_ms"]
     print(f"tracing off: {off_us:.3f} us per call, {off_us / (empty_ms * 1000):.2%} of an empty call")
     for ch in channels.values():

@@ -49,7 +49,7 @@ def test_unsampled_fast_calls_are_dropped():
 def test_a_failed_unsampled_call_is_exported_whole_and_marked_sampled():
     tracer, exported, _ = make(0.0)
     with tracer.start_as_current_span("call", set_status_on_exception=False) as root:
-        with tracer.start_as_current_span("image.load"), tracer.start_as_current_span("store.get"):
+        with tracer.start_as_current_span("image.load"), tracer.start_as_current_span("store.get", attributes={"key": "k1"}):
             pass
         with tracer.start_as_current_span("model.run"):
             pass
@@ -58,6 +58,7 @@ def test_a_failed_unsampled_call_is_exported_whole_and_marked_sampled():
     assert sorted(spans) == ["call", "image.load", "model.run", "store.get"]
     assert all(s.context.trace_flags.sampled for s in spans.values())
     assert spans["store.get"].parent.span_id == spans["image.load"].context.span_id
+    assert dict(spans["store.get"].attributes) == {"key": "k1"}, "a kept span keeps the attributes it started with"
     assert spans["image.load"].parent.span_id == spans["call"].context.span_id
     assert len({s.context.trace_id for s in spans.values()}) == 1
 

@@ -138,7 +138,7 @@ def exemplar(failed: bool = False, seconds: float = 0.0, current=None) -> dict |
     if not ctx.is_valid:
         return None
     if ctx.trace_flags.sampled or (_keep is not None and current.is_recording() and _keep.keeps(failed, seconds)):
-        return {"trace_id": format_trace_id(ctx.trace_id)}
+        return {"trace_id": f"{ctx.trace_id:032x}"}  # format_trace_id, one call less on every traced call
     return None
 
 

@@ -35,7 +35,8 @@ class RecordUnsampled(sampling.Sampler):
                       trace_state=None):
         result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
         if result.decision is sampling.Decision.DROP:
-            return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, result.attributes, result.trace_state)
+            # the span's own attributes: a DROP result carries none, and a kept span needs them
+            return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, attributes, result.trace_state)
         return result
 
     def get_description(self) -> str:

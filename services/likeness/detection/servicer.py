@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from likeness.api.v1 import common_pb2, detection_pb2, detection_pb2_grpc
 from likeness.core import metrics, tracing
+from likeness.core.batch_work import run_each
 from likeness.core.convert import item_error_pb
 from likeness.core.errors import FailedPrecondition, InvalidArgument, LikenessError, check_range
 from likeness.core.memo import LruCache, content_key
@@ -94,33 +95,32 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
     async def _run(self, fn, *args):
         return await tracing.run_on_worker(self._models, fn, *args)
 
-    async def _run_cached(self, stage: str, fn, pixels, *args):
+    def _cached(self, stage: str, fn, pixels, *args):
         """`fn(pixels, *args)` on the model worker, answered from the result cache when the same
         pixels and parameters were seen; the worker fills the cache even if the caller has gone."""
-        def work():
-            key = content_key(stage, pixels, args)
-            hit = self._cache.get(key)
-            if hit is not None:
-                metrics.ITEMS.labels("detection", f"{stage}_model", "cached").inc()
-                return hit
-            out = fn(pixels, *args)
-            self._cache.put(key, out)
-            metrics.ITEMS.labels("detection", f"{stage}_model", "computed").inc()
-            return out
-
-        return await self._run(work)
+        key = content_key(stage, pixels, args)
+        hit = self._cache.get(key)
+        if hit is not None:
+            metrics.ITEMS.labels("detection", f"{stage}_model", "cached").inc()
+            return hit
+        out = fn(pixels, *args)
+        self._cache.put(key, out)
+        metrics.ITEMS.labels("detection", f"{stage}_model", "computed").inc()
+        return out
 
     async def _each_image(self, loaded, results, stage: str, fn, *args):
-        """Runs `fn(pixels, *args)` (cached) for every loaded image; yields (result message, output)
-        for the good ones, fills an ItemError into the result of a failed one."""
+        """Runs `fn(pixels, *args)` (cached) for every loaded image, the request's images as one
+        unit on the model worker (core.batch_work); yields (result message, output) for the good
+        ones, fills an ItemError into the result of a failed one."""
+        good = [item for item in loaded if item.ok]
+        outs = dict(zip((item.index for item in good), await self._run(
+            run_each, lambda pixels: self._cached(stage, fn, pixels, *args), [item.pixels for item in good]),
+            strict=True))
         for item in loaded:
             result = results.add(index=item.index)
-            try:
-                if not item.ok:
-                    raise item.error
-                out = await self._run_cached(stage, fn, item.pixels, *args)
-            except LikenessError as exc:
-                result.error.CopyFrom(item_error_pb(item.index, exc))
+            out = outs.get(item.index, item.error)
+            if isinstance(out, LikenessError):
+                result.error.CopyFrom(item_error_pb(item.index, out))
                 metrics.ITEMS.labels("detection", stage, "failed").inc()
                 continue
             result.width, result.height = out.width, out.height

@@ -10,7 +10,7 @@ from likeness.core.images import ImageLimits
 from likeness.core.modelrepo import ModelRepository
 from likeness.core.server import Service, run
 from likeness.core.store import open_store
-from likeness.embedding.clustering import ClusterParams
+from likeness.embedding.clustering import ClusterParams, warm_up
 from likeness.embedding.encoders.base import Encoder
 from likeness.embedding.servicer import EmbeddingServicer
 from likeness.embedding.settings import EmbeddingSettings
@@ -37,6 +37,14 @@ def cluster_defaults(settings: EmbeddingSettings) -> ClusterParams:
                          n_init=settings.embedding_kmeans_n_init)
 
 
+def warm_up_cluster(threads: int) -> None:
+    """Cluster's libraries loaded and run once, under the thread bound a request gets."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads or None):
+        warm_up()
+
+
 def create_service(settings: EmbeddingSettings | None = None, encoder: Encoder | None = None) -> Service:
     """`encoder` overrides the one built from settings (tests). Weights load in warm-up, so a
     missing model fails start-up (ModelMissing names the path) before the service is SERVING."""
@@ -56,6 +64,7 @@ def create_service(settings: EmbeddingSettings | None = None, encoder: Encoder |
             if settings.embedding_open_clip_model == NAME:
                 await asyncio.to_thread(ensure_tiny_clip, ModelRepository.from_settings(settings, store))
         await asyncio.to_thread(encoder.warmup)
+        await asyncio.to_thread(warm_up_cluster, settings.embedding_compute_threads)
 
     async def shutdown() -> None:
         servicer.close()

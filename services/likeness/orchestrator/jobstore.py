@@ -20,6 +20,7 @@ from likeness.core import pages
 from likeness.core.database import make_engine
 from likeness.core.errors import NotFound
 from likeness.core.pages import Cursor
+from likeness.orchestrator.changes import QUEUE, Changes
 from likeness.orchestrator.db import EventRow, JobRow, WorkResultRow, migrate, utcnow
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -75,6 +76,7 @@ class JobStore:
         migrate(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        self.changes = Changes()  # wakes this process's Watch streams and job loop after a write
 
     def close(self) -> None:
         self.engine.dispose()
@@ -92,6 +94,7 @@ class JobStore:
                 s.add(row)
                 s.flush()
                 self._event(s, row.job_id, "PROGRESS", "", "queued", {}, "QUEUED")
+            self.changes.notify(QUEUE)
             return JobRecord.of(row), True
         except IntegrityError:
             with self.sessions() as s:
@@ -130,7 +133,9 @@ class JobStore:
             elif row.state == "RUNNING" and not row.cancel_requested:
                 row.cancel_requested, row.updated_at = 1, utcnow()
                 self._event(s, job_id, "WARNING", "", "cancel requested", {}, "RUNNING")
-            return JobRecord.of(row)
+            record = JobRecord.of(row)
+        self.changes.notify(job_id)
+        return record
 
     def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
         """Events of one job after its `after_seq`-th. `seq` counts from 1 per job: the event's
@@ -175,7 +180,8 @@ class JobStore:
                             f"the lease of {previous or 'an unknown replica'} expired", {}, "RUNNING")
             else:
                 self._event(s, job_id, "PROGRESS", "", f"started by {owner} (attempt 1)", {}, "RUNNING")
-            return record
+        self.changes.notify(job_id)
+        return record
 
     def heartbeat(self, job_id: str, owner: str, lease_seconds: float, progress: dict | None = None) -> tuple[bool, bool]:
         """Extends the lease; returns (still_owner, cancel_requested)."""
@@ -200,18 +206,22 @@ class JobStore:
                                                 JobRow.state == "RUNNING").values(**values)).rowcount == 1
             if ok:
                 self._event(s, job_id, "FINISHED", "", message or error or state.lower(), {}, state)
+        self.changes.notify(job_id)
+        self.changes.notify(QUEUE)  # a slot is free
         return ok
 
     def add_event(self, job_id: str, type_: str, stage: str = "", message: str = "", progress: dict | None = None,
                   state: str = "RUNNING") -> None:
         with self.sessions.begin() as s:
             self._event(s, job_id, type_, stage, message, progress or {}, state)
+        self.changes.notify(job_id)
 
     def add_events(self, job_id: str, events: list[tuple[str, str, str]], state: str = "RUNNING") -> None:
         """Several (type, stage, message) events in one transaction (one per batch, not per item)."""
         with self.sessions.begin() as s:
             for type_, stage, message in events:
                 self._event(s, job_id, type_, stage, message, {}, state)
+        self.changes.notify(job_id)
 
     @staticmethod
     def _event(s: Session, job_id, type_, stage, message, progress, state) -> None:

@@ -26,10 +26,15 @@ _env = Environment(loader=PackageLoader("likeness.orchestrator", "templates"), a
 
 def thumbnail_data_uri(data: bytes, size: int = THUMB) -> str:
     with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=80)
+        return thumbnail_of(im, size)
+
+
+def thumbnail_of(im: Image.Image, size: int = THUMB) -> str:
+    """A decoded image as the report's inline JPEG thumbnail."""
+    im = im.convert("RGB")
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -52,9 +57,9 @@ def render_report(job, outcome, timings: dict[str, float], warnings: list[str], 
             for g in s["groups"]:
                 items = []
                 for it in g["items"]:
-                    src = ""
-                    data = it.get("data")
-                    if data is None and store is not None and it.get("uri"):
+                    src = it.get("src", "")  # made by the workflow already (workflows/image_facts.py)
+                    data = None if src else it.get("data")
+                    if not src and data is None and store is not None and it.get("uri"):
                         try:
                             data = store.get(it["uri"])
                         except Exception as exc:  # a missing thumbnail must not lose the report

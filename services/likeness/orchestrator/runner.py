@@ -18,6 +18,7 @@ from likeness.core import errors, metrics, tracing
 from likeness.core.faults import Fault
 from likeness.core.store import ArtifactStore
 from likeness.core.workid import canonical_json
+from likeness.orchestrator.changes import QUEUE, wait
 from likeness.orchestrator.clients import ServiceClients
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.jobstore import JobRecord, JobStore
@@ -42,6 +43,7 @@ class Runner:
 
     async def run_forever(self) -> None:
         while not self._stopping.is_set():
+            queued = self.jobs.changes.listen(QUEUE)  # a Submit or a finished job on this replica wakes the loop
             try:
                 await self._refresh_gauges()
                 if len(self.tasks) < self.settings.orchestrator_max_running_jobs:
@@ -51,14 +53,12 @@ class Runner:
                         continue
             except Exception:  # the job store may be restarting: keep polling
                 log.exception("lease loop error")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.settings.orchestrator_poll_seconds)
-            except TimeoutError:
-                pass
+            await wait(queued, self.settings.orchestrator_poll_seconds)
 
     async def stop(self) -> None:
         """Stops leasing; running jobs are interrupted and their leases released for other replicas."""
         self._stopping.set()
+        self.jobs.changes.notify(QUEUE)
         for task in list(self.tasks.values()):
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)

@@ -11,6 +11,7 @@ from likeness.core import pages, tracing
 from likeness.core.errors import InvalidArgument
 from likeness.core.store import ArtifactStore
 from likeness.orchestrator import capabilities, imports, specs
+from likeness.orchestrator.changes import wait
 from likeness.orchestrator.clients import ServiceClients
 from likeness.orchestrator.jobstore import TERMINAL, EventRecord, JobRecord, JobStore
 
@@ -111,6 +112,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         trace_id = (await asyncio.to_thread(self.jobs.get, request.job_id)).trace_id  # NOT_FOUND before streaming
         after = request.after_seq
         while True:
+            changed = self.jobs.changes.listen(request.job_id)  # before the read: no write is missed
             events = await asyncio.to_thread(self.jobs.events_after, request.job_id, after)
             for e in events:
                 after = e.seq
@@ -121,5 +123,5 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 job = await asyncio.to_thread(self.jobs.get, request.job_id)
                 if job.state in TERMINAL and not await asyncio.to_thread(self.jobs.events_after, request.job_id, after):
                     return
-                await asyncio.sleep(self.poll_seconds)
+                await wait(changed, self.poll_seconds)  # woken by this replica's writes, else polls
 

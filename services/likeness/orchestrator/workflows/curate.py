@@ -16,6 +16,7 @@ from likeness.core.errors import FailedPrecondition
 from likeness.core.workid import sha256_hex
 from likeness.orchestrator import imports
 from likeness.orchestrator.context import JobContext, Outcome
+from likeness.orchestrator.workflows import image_facts
 from likeness.orchestrator.workflows.common import (
     REASONS,
     batched,
@@ -24,7 +25,7 @@ from likeness.orchestrator.workflows.common import (
     safe_name,
     uri_input,
 )
-from likeness.orchestrator.workflows.duplicates import find_duplicates, image_hashes
+from likeness.orchestrator.workflows.duplicates import find_duplicates
 
 ASSESS_BATCH = 8
 EMBED_BATCH = 32
@@ -135,6 +136,8 @@ async def assess(ctx: JobContext, spec, cands: list[Candidate]) -> None:
                 c.reject("low_quality", f"quality {c.quality:.3f} < min_quality {spec.min_quality:.6g}")
             finished.append((c.reason or "accepted", f"{c.id}: {c.reason or 'accepted'} {c.detail}".strip()))
         await ctx.items_done("validate", finished)
+        # hashes and thumbnails of the readable images while the next batches are assessed
+        image_facts.start(ctx.store, [c for c in batch if c.reason != "unreadable"])
         done += len(batch)
         await ctx.progress("validate", done, len(cands))
 
@@ -180,10 +183,8 @@ async def embed_and_cluster(ctx: JobContext, spec, kept: list[Candidate]) -> int
 
 async def remove_duplicates(ctx: JobContext, spec, usable: list) -> list:
     """Rejects near-duplicates (duplicates.py) as `duplicate`, naming the kept image; returns the rest."""
-    def hashes():
-        return [image_hashes(ctx.store.get(c.uri)) for c, _ in usable]
-
-    found = find_duplicates([c.id for c, _ in usable], [c.quality for c, _ in usable], await asyncio.to_thread(hashes),
+    hashes = [f.hashes for f in await asyncio.gather(*(image_facts.facts(ctx.store, c) for c, _ in usable))]
+    found = find_duplicates([c.id for c, _ in usable], [c.quality for c, _ in usable], hashes,
                             [list(v.values) for _, v in usable], mirrors_count=not spec.mirrors_distinct)
     by_id = {c.id: c for c, _ in usable}
     for d in found:
@@ -225,7 +226,8 @@ async def write_dataset(ctx: JobContext, prefix: str, selected: list[Candidate])
         return {"key": f"{c.id}.{ext}", "sha256": image.sha256, "size": image.size,
                 "caption_key": f"{c.id}.txt", "caption_sha256": caption.sha256, "candidate": c.id}
 
-    return [await asyncio.to_thread(write, c) for c in sorted(selected, key=lambda c: c.id)]
+    # one thread hop for the whole dataset, not one per image: on a busy machine each hop waits for a core
+    return await asyncio.to_thread(lambda: [write(c) for c in sorted(selected, key=lambda c: c.id)])
 
 
 async def run(ctx: JobContext, spec) -> Outcome:
@@ -295,7 +297,7 @@ def report_sections(ctx: JobContext, cands: list[Candidate], selected: list[Cand
     seeds: dict[str, int] = {}
     for c in selected:
         seeds[c.seed] = seeds.get(c.seed, 0) + 1
-    item = lambda c: {"uri": c.uri, "caption": f"{c.id} q={c.quality:.2f}"}  # noqa: E731
+    item = lambda c: {"uri": c.uri, "caption": f"{c.id} q={c.quality:.2f}", **image_facts.thumbnail(c)}  # noqa: E731
     return {"sections": [
         {"type": "gallery", "title": "Selected set by cluster", "model": f"clusters: {ctx.models.label('encoder')}",
          "groups": [{"name": f"cluster {k}", "items": [item(c) for c in v]} for k, v in sorted(clusters.items())]},
@@ -307,7 +309,8 @@ def report_sections(ctx: JobContext, cands: list[Candidate], selected: list[Cand
                   if "duplicate_of" in c.extra]},
         {"type": "bars", "title": "Selected per seed", "unit": "images", "data": sorted(seeds.items())},
         {"type": "gallery", "title": "Rejected candidates by reason",
-         "groups": [{"name": k, "items": [{"uri": c.uri, "caption": f"{c.id}: {c.detail or k}"} for c in v[:24]]}
+         "groups": [{"name": k, "items": [{"uri": c.uri, "caption": f"{c.id}: {c.detail or k}", **image_facts.thumbnail(c)}
+                                          for c in v[:24]]}
                     for k, v in sorted(rejected.items())]},
         {"type": "table", "title": "Every candidate",
          "model": f"faces and quality: {ctx.models.label('detector')}; clusters: {ctx.models.label('encoder')}",

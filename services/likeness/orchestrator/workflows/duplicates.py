@@ -47,7 +47,11 @@ def dhash_bits(grey: np.ndarray) -> int:
 
 def image_hashes(data: bytes) -> Hashes:
     with Image.open(io.BytesIO(data)) as im:
-        grey = np.asarray(im.convert("L"))
+        return hashes_of(im)
+
+
+def hashes_of(im: Image.Image) -> Hashes:
+    grey = np.asarray(im.convert("L"))
     return Hashes(dhash_bits(grey), dhash_bits(np.ascontiguousarray(grey[:, ::-1])))
 
 

@@ -47,11 +47,20 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return edge
 
 
+def _around(box, width: int, height: int) -> tuple[tuple[slice, slice], tuple[int, int, int, int]]:
+    """The slices of `box` grown by 1 px (what a neighbour step at its edge reads), and `box` in
+    that crop's frame: the views touch only the eye region, not the whole frame."""
+    x0, y0, x1, y1 = box
+    cx0, cy0, cx1, cy1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, width), min(y1 + 1, height)
+    return (slice(cy0, cy1), slice(cx0, cx1)), (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
+
+
 def before_after(before: np.ndarray, after: np.ndarray, mask: np.ndarray, box) -> np.ndarray:
     """Eye region before (mask outline in red) | after, side by side."""
-    marked = before.copy()
-    marked[outline(mask)] = (255, 0, 0)
-    left, right = _panel(marked, box), _panel(after, box)
+    crop, inner = _around(box, before.shape[1], before.shape[0])
+    marked = before[crop].copy()
+    marked[outline(mask[crop])] = (255, 0, 0)
+    left, right = _panel(marked, inner), _panel(after[crop], inner)
     gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([left, gap, right], axis=1)
 
@@ -59,14 +68,15 @@ def before_after(before: np.ndarray, after: np.ndarray, mask: np.ndarray, box) -
 def seam_map(result: np.ndarray, mask: np.ndarray, box) -> np.ndarray:
     """Steps between neighbouring pixels of the result (bright = a sharp edge), mask outline in red:
     a seam shows as a bright line along the outline."""
-    a = result.astype(np.int16)
-    step = np.zeros(result.shape[:2], np.int16)
+    crop, inner = _around(box, result.shape[1], result.shape[0])
+    a = result[crop].astype(np.int16)
+    step = np.zeros(a.shape[:2], np.int16)
     step[:, 1:] = np.abs(np.diff(a, axis=1)).max(axis=2)
     step[1:, :] = np.maximum(step[1:, :], np.abs(np.diff(a, axis=0)).max(axis=2))
     grey = np.clip(step * 2, 0, 255).astype(np.uint8)
     view = np.stack([grey] * 3, axis=2)
-    view[outline(mask)] = (255, 0, 0)
-    return _panel(view, box)
+    view[outline(mask[crop])] = (255, 0, 0)
+    return _panel(view, inner)
 
 
 def eye_box(mask: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:

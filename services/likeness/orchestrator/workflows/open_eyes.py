@@ -20,12 +20,12 @@ import numpy as np
 
 from likeness.api.v1 import detection_pb2, generation_pb2, restoration_pb2
 from likeness.core.errors import FailedPrecondition
-from likeness.core.images import ImageLimits, decode_image
 from likeness.core.pngmeta import add_png_metadata, read_png_metadata
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.specs import OPEN_EYES_FIDELITY, OPEN_EYES_MASK_PADDING_IOD, OPEN_EYES_PROMPT
 from likeness.orchestrator.workflows import eye_views
 from likeness.orchestrator.workflows.common import stored_uri, uri_input
+from likeness.orchestrator.workflows.job_pixels import job_pixels
 from likeness.orchestrator.workflows.open_eyes_report import outcome
 
 # Composite's default feather reaches dilation 4 + 3 x sigma 6 = 22 px beyond the mask; the
@@ -127,15 +127,10 @@ async def _restore(ctx: JobContext, spec, face, variations: list[Variation], out
     resp = await ctx.call("restore", ctx.clients.restoration, "Restore", req, restoration_pb2.RestoreResponse)
     ctx.models.restoration(resp)
     box = (face.box.x_min, face.box.y_min, face.box.x_max, face.box.y_max)
-    limits = ImageLimits()
     for v, r in zip(variations, resp.results, strict=True):
         v.final = r.image.uri
-        before, after = await asyncio.gather(*(asyncio.to_thread(_pixels, ctx, u, limits) for u in (v.composite, v.final)))
+        before, after = await asyncio.gather(*(asyncio.to_thread(job_pixels, ctx, u) for u in (v.composite, v.final)))
         v.restoration = {"model": resp.model, "fidelity": fidelity, **eye_views.changes(before, after, box)}
-
-
-def _pixels(ctx: JobContext, uri: str, limits: ImageLimits) -> np.ndarray:
-    return decode_image(ctx.store.get(uri), "image", limits)
 
 
 def _best_match(faces, box) -> object | None:

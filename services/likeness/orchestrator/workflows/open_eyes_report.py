@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from likeness.core.images import ImageLimits, decode_image, encode_png
+from likeness.core.images import encode_png
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.workflows import eye_views
+from likeness.orchestrator.workflows.job_pixels import job_pixels
 
 
 def verdict(repaired) -> str:
@@ -43,18 +44,14 @@ def _ranking_table(repaired) -> dict:
 
 async def _views(ctx: JobContext, src: str, repaired, out_prefix: str) -> list[dict]:
     """Per face: before | after at the eye region (mask outline in red), and the winner's seam map."""
-    limits = ImageLimits()
-
-    def build(k, mask_uri, winner):
-        before = decode_image(ctx.store.get(src), "image", limits)
-        after = decode_image(ctx.store.get(winner.final), "image", limits)
-        mask = decode_image(ctx.store.get(mask_uri), "image", limits)[..., 0] > 0
+    def build(k, mask_uri, winner):  # the winner's pixels were decoded by the restore stage's measure
+        before, after = job_pixels(ctx, src), job_pixels(ctx, winner.final)
+        mask = job_pixels(ctx, mask_uri)[..., 0] > 0
         box = eye_views.eye_box(mask, before.shape[1], before.shape[0])
         pair = ctx.store.put(f"{out_prefix}views/face-{k:02d}-before-after.png",
                              encode_png(eye_views.before_after(before, after, mask, box)), "image/png")
         seam = ctx.store.put(f"{out_prefix}views/face-{k:02d}-seam.png",
-                             encode_png(eye_views.seam_map(decode_image(ctx.store.get(winner.composite), "image",
-                                                                        limits), mask, box)), "image/png")
+                             encode_png(eye_views.seam_map(job_pixels(ctx, winner.composite), mask, box)), "image/png")
         return {"name": f"face {k}", "items": [
             {"uri": pair.uri, "caption": f"face {k}: before (mask outline) | after, variation {winner.index}"},
             {"uri": seam.uri, "caption": "seam map of the composite (bright = sharp edge)"}]}

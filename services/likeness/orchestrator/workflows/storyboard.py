@@ -13,7 +13,7 @@ frames after it are then not attempted (the outcome is already decided)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,6 +43,7 @@ class Attempt:
     failure: str
     fix: str = ""
     control: str = ""  # the face-landmark map this attempt was conditioned on, if any
+    detected: list = field(default_factory=list, repr=False)  # its Detect faces (the landmark map reuses them)
 
 
 def decide(faces: int, clip: float | None, identity: float | None, clip_min: float, id_min: float,
@@ -72,11 +73,14 @@ def next_try(failure: str, frame_seed: int, guidance: float, attempt: int) -> tu
     return seed, guidance, "new seed"
 
 
-async def landmark_control(ctx: JobContext, spec, image_uri: str) -> str:
-    """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face."""
-    det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
-    det = await ctx.call("control-detect", ctx.clients.detection, "Detect", det_req, detection_pb2.DetectResponse)
-    faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in det.results[0].faces]
+async def landmark_control(ctx: JobContext, spec, image_uri: str, detected: list | None = None) -> str:
+    """The face-landmark map of `image_uri` at the frames' size, or "" when it shows no face.
+    `detected`: the image's faces when a Detect call already found them (no second call)."""
+    if detected is None:
+        det_req = detection_pb2.DetectRequest(images=[uri_input(image_uri)])
+        det = await ctx.call("control-detect", ctx.clients.detection, "Detect", det_req, detection_pb2.DetectResponse)
+        detected = list(det.results[0].faces)
+    faces = [restoration_pb2.ControlFace(box=f.box, landmarks=f.landmarks) for f in detected]
     if not faces:
         await ctx.warn(f"no face in {image_uri}: frames are not conditioned on a face-landmark map", "control")
         return ""
@@ -126,7 +130,7 @@ async def _attempt(ctx: JobContext, spec, frame: int, attempt: int, prompt: str,
     eyes_min = spec.min_eye_openness if spec.HasField("min_eye_openness") else 0.0
     failure = decide(len(faces), clip, identity, clip_min, id_min, eyes, eyes_min)
     return Attempt(frame, attempt, seed, guidance, art.uri, len(faces), clip, identity, not failure, failure,
-                   control=control), emb
+                   control=control, detected=faces), emb
 
 
 async def _reference_identity(ctx: JobContext, image: common_pb2.ImageInput) -> tuple[str, np.ndarray]:
@@ -196,7 +200,7 @@ async def run(ctx: JobContext, spec) -> Outcome:
                     if reference is None:
                         reference = emb  # no reference image: frame 1 establishes identity
                     if i == 0 and spec.control_model and not control:  # and, with a ControlNet, face geometry
-                        control = await landmark_control(ctx, spec, att.uri)
+                        control = await landmark_control(ctx, spec, att.uri, att.detected)
                     await ctx.item_done("frame", "passed", f"frame {i + 1} passed on attempt {a + 1}")
                     break
                 if a < cfg.budget:

@@ -1,0 +1,207 @@
+"""The services an open_eyes job calls, in one process, with the model calls timed (bench/open_eyes.py).
+
+Each service is a real gRPC server on loopback on its own event loop (tests.helpers.ServiceThread),
+configured as the local stack configures its processes (likeness.local.stack_env), so the job runs
+the same code as on `likeness up`; only the place of the processes differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ModelClock:
+    """Seconds spent in the model calls, per job (the orchestrator runs one job at a time here)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.walls: dict[str, float] = {}  # job id -> the runner's attempt, lease to FINISHED
+        self.requests: dict[str, object] = {}  # the last request a job sent, by unit-of-work kind
+
+    def add(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.seconds[key] += seconds
+
+    def take(self) -> dict[str, float]:
+        with self.lock:
+            out, self.seconds = dict(self.seconds), defaultdict(float)
+        return out
+
+    def install(self) -> None:
+        """Wraps the inpaint engine's run, restore_face and the restorer, the runner's attempt and
+        the job's service calls (to replay the inpaint request bare)."""
+        from likeness.generation.engines.torch_engine import TorchEngine
+        from likeness.orchestrator.context import JobContext
+        from likeness.orchestrator.runner import Runner
+        from likeness.restoration import servicer as restoration_servicer
+
+        clock = self
+        engine_run = TorchEngine.run
+
+        @functools.wraps(engine_run)
+        def run(self, model, refiner, key, items, *args, **kwargs):
+            t0 = time.perf_counter()
+            results = engine_run(self, model, refiner, key, items, *args, **kwargs)
+            clock.add("inpaint", time.perf_counter() - t0)
+            clock.add("phases", sum(results[0].timings[p] for p in ("text_encoding", "denoising", "decoding")))
+            return results
+
+        TorchEngine.run = run
+        restore_face = restoration_servicer.restore_face
+
+        @functools.wraps(restore_face)
+        def timed_restore_face(image, face, restorer, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = restore_face(image, face, TimedRestorer(restorer, clock), *args, **kwargs)
+            clock.add("restore", time.perf_counter() - t0)
+            return out
+
+        restoration_servicer.restore_face = timed_restore_face
+        run_job = Runner._run_job
+
+        async def timed_run_job(self, job):
+            t0 = time.perf_counter()
+            try:
+                await run_job(self, job)
+            finally:
+                clock.walls[job.job_id] = time.perf_counter() - t0
+
+        Runner._run_job = timed_run_job
+        call = JobContext.call
+
+        async def recorded_call(self, kind, client, method, request, response_type):
+            clock.requests[kind] = request
+            return await call(self, kind, client, method, request, response_type)
+
+        JobContext.call = recorded_call
+
+
+class TimedRestorer:
+    """The restorer, its `restore` timed; every other attribute is the restorer's own."""
+
+    def __init__(self, restorer, clock: ModelClock):
+        self._restorer, self._clock = restorer, clock
+
+    def __getattr__(self, name):
+        return getattr(self._restorer, name)
+
+    def restore(self, face, fidelity):
+        t0 = time.perf_counter()
+        out = self._restorer.restore(face, fidelity)
+        self._clock.add("restorer", time.perf_counter() - t0)
+        return out
+
+
+class InProcessStack:
+    """detection, restoration, generation and the orchestrator as ServiceThreads under `state`."""
+
+    def __init__(self, state: Path, clock: ModelClock):
+        self.state, self.clock = state, clock
+        self.threads: list = []
+
+    def __enter__(self):
+        from likeness.core.settings import CommonSettings
+        from likeness.core.store import open_store
+        from likeness.local import stack_env
+
+        os.environ.update(stack_env(self.state, extra={"LIKENESS_DRAIN_SECONDS": "0",
+                                                       "LIKENESS_GENERATION_CPU_THREADS": "1"}))
+        self.clock.install()
+        addresses = {name: self._start(name) for name in ("detection", "restoration", "generation")}
+        for name, address in addresses.items():
+            os.environ[f"LIKENESS_ORCHESTRATOR_{name.upper()}_ADDRESS"] = address
+        self.orchestrator = self._start("orchestrator")
+        self.store = open_store(CommonSettings())
+        from likeness.api.v1 import generation_pb2_grpc
+        from likeness.jobs_client import JobsClient
+
+        self.jobs = JobsClient(self.orchestrator)
+        self._generation_channel = self.threads[2].channel()
+        self.generation = generation_pb2_grpc.GenerationServiceStub(self._generation_channel)
+        return self
+
+    def _start(self, name: str) -> str:
+        import importlib
+
+        from tests.helpers import ServiceThread
+
+        app = importlib.import_module(f"likeness.{name}.app")
+        settings_module = importlib.import_module(f"likeness.{name}.settings")
+        settings_cls = getattr(settings_module, f"{name.capitalize()}Settings")
+        settings = settings_cls(port=0, metrics_enabled=False)
+        thread = ServiceThread(app.create_service(settings), settings).__enter__()
+        self.threads.append(thread)
+        return thread.address
+
+    def __exit__(self, *exc):
+        self.jobs.close()
+        self._generation_channel.close()
+        for thread in reversed(self.threads):
+            thread.__exit__(None, None, None)
+
+    def _source(self, photo, n: int) -> str:
+        """A new image for every job: neither the detection service's cache nor the job store's
+        finished work (shared by jobs, by request) answers its Detect."""
+        from likeness.core.images import encode_png
+
+        img = photo.copy()
+        img[0, 0] = (n * 37 % 256, n * 11 % 256, n % 256)
+        img[0, 1] = (n // 256 % 256, 0, 0)
+        return self.store.put(f"bench-inputs/astronaut-{n}.png", encode_png(img), "image/png").uri
+
+    def open_eyes(self, photo, n: int, *, restore: bool, variations: int, steps: int) -> dict:
+        """Job number `n` (its own source image and seed): its walls, model seconds and stage seconds."""
+        from likeness.api.v1 import common_pb2
+        from likeness.api.v1 import orchestrator_pb2 as o
+
+        spec = o.OpenEyesSpec(image=common_pb2.ImageInput(uri=self._source(photo, n)), model="tiny-sdxl",
+                              seed=100 * n, variations=variations, steps=steps, restore=restore)
+        self.clock.take()
+        t0 = time.perf_counter()
+        job = self.jobs.follow(self.jobs.submit(o.JobSpec(open_eyes=spec)).job_id, quiet=True)
+        client = time.perf_counter() - t0
+        if job.state != o.JOB_STATE_SUCCEEDED:
+            raise RuntimeError(f"open_eyes job {job.job_id} ended {o.JobState.Name(job.state)}: {job.error}")
+        model = self.clock.take()
+        wall = self.clock.walls[job.job_id]
+        out = {"wall": wall, "client": client, **{k: model.get(k, 0.0) for k in ("inpaint", "phases", "restore",
+                                                                                   "restorer")}}
+        out["overhead"] = wall - out["inpaint"] - out["restore"]
+        out["stages"] = {k.removeprefix("seconds_"): float(v) for k, v in job.summary.items()
+                         if k.startswith("seconds_")}
+        return out
+
+    def bare_inpaint(self, photo, r: int, *, variations: int, steps: int) -> dict:
+        """The job's last inpaint request, sent again with a new seed straight to generation."""
+        from likeness.api.v1 import generation_pb2
+
+        req = generation_pb2.GenerateRequest()
+        req.CopyFrom(self.clock.requests["inpaint"])
+        req.seed = 100 * r + 7  # never a job's: 100 * n + variation < 100 * n + 16
+        req.output_prefix = f"bench-bare/{r}/"
+        self.clock.take()
+        t0 = time.perf_counter()
+        self.generation.Generate(req, timeout=600)
+        client = time.perf_counter() - t0
+        return {"client": client, **self.clock.take()}
+
+
+@contextmanager
+def png_level(level: int):
+    """Every PNG this process writes (services, job, report) at zlib `level` while inside."""
+    from likeness.core import images
+
+    saved = images.encode_png.__defaults__, images.encode_mask_png.__defaults__
+    images.encode_png.__defaults__ = (None, None, level)
+    images.encode_mask_png.__defaults__ = (level,)
+    try:
+        yield
+    finally:
+        images.encode_png.__defaults__, images.encode_mask_png.__defaults__ = saved
