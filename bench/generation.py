@@ -5,10 +5,12 @@ Measures side by side in one run:
   2. ONNX Runtime vs torch, seconds per denoising step (batch 1 and batch 4, CFG on);
   3. Generate over gRPC (loopback) vs the same call in-process (service overhead).
 CPU only: SDXL latency at 1024x1024 needs a GPU to measure; these ratios describe the mechanics.
-`--sdxl-shaped` measures the full-size SDXL architecture instead (bench/sdxl_shaped.py).
+`--sdxl-shaped` measures the full-size SDXL architecture instead (bench/sdxl_shaped.py), with the
+per-step cost of one ControlNet vs none on tiny-sdxl and on sdxl-shaped side by side.
 
     .venv/bin/python bench/generation.py [--quick]
-    .venv/bin/python bench/generation.py --sdxl-shaped [--steps 2] [--rounds 2] [--int8]
+    .venv/bin/python bench/generation.py --sdxl-shaped [--side 512] [--steps 2] [--rounds 3]
+        [--controlnet-rounds 2] [--int8]
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ def main() -> None:
     ap.add_argument("--sdxl-shaped", action="store_true",
                     help="full-size SDXL architecture, random weights, 512x512 (bench/sdxl_shaped.py)")
     ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="sdxl-shaped weights")
-    ap.add_argument("--steps", type=int, default=2, help="sdxl-shaped denoising steps per image")
-    ap.add_argument("--rounds", type=int, default=2, help="sdxl-shaped measured rounds")
+    ap.add_argument("--side", type=int, default=512, help="sdxl-shaped image side in pixels")
+    ap.add_argument("--steps", type=int, default=2,
+                    help="sdxl-shaped denoising steps per image (>= 2: a step is timed end to end)")
+    ap.add_argument("--rounds", type=int, default=3, help="sdxl-shaped rounds of service vs bare diffusers")
+    ap.add_argument("--controlnet-rounds", type=int, default=2,
+                    help="sdxl-shaped: interleaved rounds of one ControlNet vs none (0: leave the ControlNet out)")
     ap.add_argument("--int8", action="store_true", help="sdxl-shaped: also the weight-only int8 UNet")
     ap.add_argument("--models", default="/tmp/likeness-sdxl-shaped",
                     help="sdxl-shaped: folder of its model repository (the ~7 GB build is kept for reruns)")

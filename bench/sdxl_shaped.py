@@ -1,13 +1,17 @@
 """Generation at real SDXL size on this CPU: sdxl-shaped (the released SDXL architecture with random
 weights; its images are noise, its compute and memory are SDXL's).
 
-Measures in one run, at 512x512, CFG 5, a few Euler steps, weights in bf16 (or --dtype):
-  1. seconds per denoising step and peak resident memory of the torch engine (through the service);
+Measures in one run, at 512x512 (or --side), CFG 5, a few Euler steps, weights in bf16 (or --dtype):
+  0. one ControlNet vs none, seconds per denoising step, on tiny-sdxl (64 px; bench/controlnet.py);
+  1. seconds per denoising step and peak resident memory of the torch engine (through the service;
+     a step is timed between the ends of two consecutive steps, from the service's progress callback);
   2. the same for the onnxruntime engine, when the export fits in this machine's memory (otherwise
      the row says why it did not run: the measured available memory against what the export needs);
   3. one image through the generation service vs the same call on the bare diffusers pipeline
      (the same loaded weights, interleaved rounds; target ratio <= 1.05);
-  4. with --int8: the torch engine with the UNet's weights quantised to int8 (weight-only).
+  4. one full-size ControlNet (built from the sdxl-shaped UNet, random weights) vs none, seconds per
+     denoising step, interleaved (--controlnet-rounds 0 leaves 0 and 4 out);
+  5. with --int8: the torch engine with the UNet's weights quantised to int8 (weight-only).
 Called by `bench/generation.py --sdxl-shaped`. Only one full-size pipeline is in memory at a time.
 """
 
@@ -57,73 +61,37 @@ def run(args) -> None:
     import psutil
     import torch
 
+    from bench import controlnet
     from bench.machine import Machine
     from likeness.diffusion.sdxl_shaped import ensure_sdxl_shaped_model
-    from likeness.generation.app import create_service
-    from likeness.generation.request import GenerationRequest
-    from likeness.generation.settings import GenerationSettings
     from tests.helpers import ServiceThread
 
     machine = Machine()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    side, steps, rounds = 512, args.steps, args.rounds
+    side, steps, rounds = args.side, args.steps, args.rounds
+    figures = {"model": "sdxl-shaped (random weights)", "side": side, "steps": steps, "dtype": args.dtype,
+               "threads": args.threads, "rounds": rounds}
+    rows = []
+    if args.controlnet_rounds:  # the toy row first: seconds, before the full-size model takes the memory
+        controlnet.header()
+        figures["controlnet_tiny_sdxl_64px"] = controlnet.tiny_sdxl(args.controlnet_rounds, args.threads)
     root = Path(args.models)
-    settings = GenerationSettings(
-        store_uri=f"file://{root}/store", model_repository=str(root / "models"), model_cache_dir=str(root / "cache"),
-        metrics_enabled=False, port=0, generation_keep_warm="", generation_build_tiny_models=False,
-        generation_max_batch=1, generation_max_wait_ms=0, generation_cpu_threads=args.threads,
-        generation_engine_cache_dir=str(root / "engines"), generation_idle_unload_seconds=0)
-    service = create_service(settings)
-    generator = service.servicers[0][1]._generator
+    service, settings, generator = controlnet.service(root, str(dtype).removeprefix("torch."), args.threads,
+                                                      generation_engine_cache_dir=str(root / "engines"))
     t = time.perf_counter()
     folder = ensure_sdxl_shaped_model(generator.manager.repo, "sdxl-shaped", dtype)
-    build_s = time.perf_counter() - t
-    engine = generator.manager.engine
-    engine.dtype = dtype  # load the weights in the dtype they were built in (no fp32 copy)
-    figures = {"model": "sdxl-shaped (random weights)", "side": side, "steps": steps, "dtype": args.dtype,
-               "threads": args.threads, "rounds": rounds, "build_or_fetch_s": round(build_s, 1)}
-    rows = []
-
-    def request(seed: int) -> GenerationRequest:
-        return GenerationRequest(model="sdxl-shaped", prompt=f"portrait {seed}", seed=seed, steps=steps, width=side,
-                                 height=side, guidance_scale=5.0, sampler="euler",
-                                 output_prefix=f"bench/{uuid.uuid4().hex}/")
+    figures["build_or_fetch_s"] = round(time.perf_counter() - t, 1)
 
     with ServiceThread(service, settings) as thread:
-        with PeakRss() as load_mem:
-            t = time.perf_counter()
-            # loads the model; warms every path
-            first = thread.call(generator.generate(request(0)), timeout=CALL_TIMEOUT_S)
-            figures["load_and_first_image_s"] = round(time.perf_counter() - t, 1)
-        pipe = generator.manager.get("sdxl-shaped").pipe
-
-        def bare(seed: int):
-            return pipe(prompt=f"portrait {seed}", num_inference_steps=steps, guidance_scale=5.0, width=side,
-                        height=side, generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images
-
-        via_service, on_diffusers, per_step = [], [], [first.timings["denoising"] / steps]
-        with PeakRss() as torch_mem:
-            for i in range(rounds):
-                t = time.perf_counter()
-                result = thread.call(generator.generate(request(100 + i)), timeout=CALL_TIMEOUT_S)
-                via_service.append(time.perf_counter() - t)
-                per_step.append(result.timings["denoising"] / steps)
-                t = time.perf_counter()
-                bare(200 + i)
-                on_diffusers.append(time.perf_counter() - t)
-        s, d, step = statistics.median(via_service), statistics.median(on_diffusers), statistics.median(per_step)
-        figures.update(torch_step_s=round(step, 2), torch_peak_rss_gib=round(max(torch_mem.peak, load_mem.peak), 2),
-                       service_image_s=round(s, 2), diffusers_image_s=round(d, 2), service_vs_diffusers=round(s / d, 3))
-        rows.append(("torch engine: seconds per denoising step (CFG, batch 1)", f"{step:.2f} s", None))
-        rows.append(("torch engine: peak resident memory (load + run)", f"{figures['torch_peak_rss_gib']:.1f} GiB",
-                     None))
-        rows.append(("1 image: generation service vs bare diffusers pipeline", f"{s:.2f} s vs {d:.2f} s", s / d))
-
+        pipe, bare, plain = _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures)
+        if args.controlnet_rounds:
+            figures["controlnet_sdxl_shaped"] = _controlnet_row(generator, thread, side, steps,
+                                                                args.controlnet_rounds, rows)
         if args.int8:
-            _int8_rows(pipe, bare, on_diffusers, rounds, steps, rows, figures)
+            _int8_rows(pipe, bare, plain, rounds, steps, rows, figures)
         unet_params = sum(p.numel() for p in pipe.unet.parameters())
-        pipe = first = result = None  # free the weights before the onnxruntime part
-        generator.manager.unload_all()
+        pipe = bare = None  # free the weights before the onnxruntime part
+        thread.call(generator.run_on_worker(generator.manager.unload_all))
         gc.collect()
 
     # onnxruntime: exporting traces the UNet in fp32 and serialises it; check that it fits first.
@@ -138,16 +106,128 @@ def run(args) -> None:
         rows.append(("onnxruntime engine: seconds per denoising step", reason, None))
     else:
         rows += _onnx_rows(settings, folder, generator, dtype, steps, side, figures)
+    _print(args, side, steps, rounds, rows)
+    figures["machine"] = machine.done()
+    print(json.dumps({"sdxl_shaped": figures}))
 
+
+def _print(args, side, steps, rounds, rows) -> None:
     print(f"\nsdxl-shaped {side}x{side}, {steps} Euler steps, CFG 5, {args.dtype} weights, "
-          f"{args.threads or 'all'} CPU thread(s), medians of {rounds} rounds")
+          f"{args.threads or 'all'} CPU thread(s), medians of {rounds} interleaved rounds")
     print("(random weights at SDXL's real size: images are noise; times and memory are SDXL's)\n")
     width = max(len(r[0]) for r in rows)
     print(f"{'what':<{width}}  {'measured':<40} ratio")
     for what, measured, ratio in rows:
         print(f"{what:<{width}}  {measured:<40} {'' if ratio is None else f'{ratio:.3f}'}")
-    figures["machine"] = machine.done()
-    print(json.dumps({"sdxl_shaped": figures}))
+
+
+def _majflt() -> int:
+    """Major page faults of this process so far: weights re-read from disk (their pages are
+    file-backed safetensors mappings, which the kernel may drop under memory pressure)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+def _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures):
+    """One image through the service vs the same call on a bare diffusers pipeline sharing the loaded
+    weights, in interleaved rounds (the order alternates each round). Returns the loaded pipeline,
+    the bare call and its times."""
+    import os
+
+    import torch
+    from diffusers import EulerDiscreteScheduler
+
+    from bench.controlnet import StepClock
+    from likeness.generation.request import GenerationRequest
+
+    with PeakRss() as load_mem:
+        t = time.perf_counter()
+        model = thread.call(generator.run_on_worker(generator.manager.get, "sdxl-shaped"), timeout=CALL_TIMEOUT_S)
+        figures["load_s"] = round(time.perf_counter() - t, 1)
+    pipe = model.pipe
+    bare_pipe = type(pipe).from_pipe(pipe, scheduler=EulerDiscreteScheduler.from_config(model.default_scheduler_config),
+                                     dtype=pipe.dtype)  # from_pipe's default would cast the shared weights to fp32
+    bare_pipe.set_progress_bar_config(disable=True)
+    clocks: list[StepClock] = []
+    timings: list[dict] = []
+
+    def via_service(seed: int, n: int = steps) -> None:
+        clocks.append(StepClock())
+        req = GenerationRequest(model="sdxl-shaped", prompt=f"portrait {seed}", seed=seed, steps=n, width=side,
+                                height=side, guidance_scale=5.0, sampler="euler",
+                                output_prefix=f"bench/{uuid.uuid4().hex}/")
+        timings.append(thread.call(generator.generate(req, progress=clocks[-1]), timeout=CALL_TIMEOUT_S).timings)
+
+    def on_diffusers(seed: int, n: int = steps) -> None:
+        bare_pipe(prompt=f"portrait {seed}", num_inference_steps=n, guidance_scale=5.0, width=side, height=side,
+                  generator=torch.Generator("cpu").manual_seed(seed), output_type="pil")
+
+    t = time.perf_counter()
+    via_service(0, 1)  # one step of each path first: first-call allocations and kernel choices at this size
+    on_diffusers(0, 1)
+    figures["warm_up_s"] = round(time.perf_counter() - t, 1)
+    print(f"# loaded in {figures['load_s']} s; one-step warm-up of both paths {figures['warm_up_s']} s", flush=True)
+    clocks.clear()
+    timings.clear()
+    times: dict[str, list] = {"service": [], "diffusers": []}
+    faults: dict[str, list] = {"service": [], "diffusers": []}
+    loads = []
+    with PeakRss() as run_mem:
+        for i in range(rounds):
+            loads.append(round(os.getloadavg()[0], 2))
+            order = (("service", via_service), ("diffusers", on_diffusers))
+            for name, fn in order if i % 2 == 0 else order[::-1]:
+                f, t = _majflt(), time.perf_counter()
+                fn(100 + i)
+                times[name].append(time.perf_counter() - t)
+                faults[name].append(_majflt() - f)
+                print(f"# round {i} {name}: {times[name][-1]:.1f} s, {faults[name][-1]} major page faults, "
+                      f"load {loads[-1]}", flush=True)  # a run cut short still leaves its figures
+    ratios = [s / d for s, d in zip(times["service"], times["diffusers"], strict=True)]
+    steps_s = [x for c in clocks for x in c.step_seconds()]
+    outside = [w - sum(tm[k] for k in ("queue", "text_encoding", "denoising", "decoding"))
+               for w, tm in zip(times["service"], timings, strict=True)]
+    s, d, r = (statistics.median(v) for v in (times["service"], times["diffusers"], ratios))
+    step = statistics.median(steps_s) if steps_s else None
+    figures.update(
+        torch_step_s=None if step is None else round(step, 2),
+        torch_peak_rss_gib=round(max(run_mem.peak, load_mem.peak), 2),
+        service_image_s=[round(x, 2) for x in times["service"]],
+        diffusers_image_s=[round(x, 2) for x in times["diffusers"]],
+        service_vs_diffusers=round(r, 3), service_vs_diffusers_min=round(min(ratios), 3),
+        service_vs_diffusers_total=round(sum(times["service"]) / sum(times["diffusers"]), 3),  # order-neutral
+        service_vs_diffusers_max=round(max(ratios), 3), load_1min_per_round=loads,
+        service_text_encoding_s=round(statistics.median(t["text_encoding"] for t in timings), 2),
+        service_decoding_s=round(statistics.median(t["decoding"] for t in timings), 2),
+        service_outside_pipeline_s=round(statistics.median(outside), 2),
+        major_page_faults=faults)
+    if step is not None:
+        rows.append(("torch engine: seconds per denoising step (CFG, batch 1)", f"{step:.2f} s", None))
+    rows.append(("torch engine: peak resident memory (load + run)", f"{figures['torch_peak_rss_gib']:.1f} GiB", None))
+    rows.append((f"1 image: generation service vs bare diffusers (median of {rounds} per-round ratios)",
+                 f"{s:.2f} s vs {d:.2f} s (ratios {min(ratios):.3f}-{max(ratios):.3f})", r))
+    rows.append(("service time outside the diffusers pipeline (PNG, store, request)",
+                 f"{figures['service_outside_pipeline_s']:.2f} s", None))
+    return pipe, on_diffusers, times["diffusers"]
+
+
+def _controlnet_row(generator, thread, side, steps, rounds, rows) -> dict:
+    """Per-step cost of one full-size ControlNet (built from the loaded UNet, random) vs none."""
+    from bench import controlnet
+    from likeness.diffusion.sdxl_shaped import ensure_sdxl_shaped_controlnet
+
+    model = thread.call(generator.run_on_worker(generator.manager.get, "sdxl-shaped"), timeout=CALL_TIMEOUT_S)
+    thread.call(generator.run_on_worker(ensure_sdxl_shaped_controlnet, generator.manager.repo, model.pipe.unet),
+                timeout=CALL_TIMEOUT_S)
+    with PeakRss() as mem:
+        per_step = controlnet.measure(generator, thread, "sdxl-shaped", "sdxl-shaped-controlnet", side, steps, rounds,
+                                      timeout=CALL_TIMEOUT_S)
+    figures = controlnet.row(f"sdxl-shaped, {side} px", per_step)
+    figures["peak_rss_gib"] = round(mem.peak, 2)
+    rows.append(("one full-size ControlNet vs none: seconds per denoising step",
+                 f"{figures['controlnet_step_s']:.2f} s vs {figures['none_step_s']:.2f} s", figures["ratio"]))
+    return figures
 
 
 def _onnx_rows(settings, folder, generator, dtype, steps, side, figures) -> list:

@@ -129,3 +129,15 @@ def test_tiny_ip_adapter_loads_and_conditions(tmp_path, sdxl_pipe):
     finally:
         sdxl_pipe.unload_ip_adapter()
     assert np.array_equal(run(), base)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_loaded_weights_are_in_process_memory_not_mapped_from_the_files(tiny_folders):
+    """A float32 folder loaded as float32 needs no conversion, so from_pretrained would leave its
+    tensors as views of the safetensors mappings (read lazily, droppable under memory pressure)."""
+    folder = tiny_folders["sdxl"]
+    pipe = load_pipeline(folder, "sdxl")
+    mapped = [line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+              if line.endswith(".safetensors") and str(folder) in line]
+    assert mapped == [], mapped
+    assert pipe.unet.dtype == torch.float32

@@ -66,3 +66,20 @@ def test_float16_vae_decode_upcasts_like_diffusers(folder):
             assert engine.decode(pipe, latents).max() == 0
     finally:
         vae.register_to_config(force_upcast=True)
+
+
+def test_derived_pipelines_keep_the_models_dtype(folder):
+    """diffusers' from_pipe casts the components it shares to float32 unless told the dtype: the
+    first image-to-image, inpaint or ControlNet request on a bf16/fp16 model would turn the loaded
+    model (and its ControlNet) into float32, doubling its memory and changing every later image."""
+    from likeness.diffusion.controlnet import build_tiny_controlnet, derive_control_pipeline
+    from likeness.diffusion.pipelines import derive_pipeline
+
+    pipe = _engine("bfloat16").load(folder, SimpleNamespace(kind="sdxl"))
+    net = build_tiny_controlnet(pipe.unet, 0).to(torch.bfloat16)
+    derived = [derive_pipeline(pipe, "sdxl", task) for task in ("image-to-image", "inpaint")]
+    derived.append(derive_control_pipeline(pipe, "sdxl", "text-to-image", [net]))
+    assert derived[2].controlnet.dtype == torch.bfloat16
+    for p in (pipe, *derived):
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            assert getattr(p, part).dtype == torch.bfloat16, (type(p).__name__, part)

@@ -35,7 +35,8 @@ def derive_control_pipeline(pipe, family: str, task: str, controlnets: list):
     from diffusers.models.controlnets import MultiControlNetModel
 
     net = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
-    derived = control_pipeline_class(family, task).from_pipe(pipe, controlnet=net)
+    # the pipeline's own dtype: from_pipe's default casts the shared modules (and the ControlNet) to float32
+    derived = control_pipeline_class(family, task).from_pipe(pipe, controlnet=net, dtype=pipe.dtype)
     derived.set_progress_bar_config(disable=True)
     return derived
 
@@ -47,8 +48,13 @@ def load_controlnet(folder: str | Path, name: str, *, dtype=None, device: str = 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelMissing(name, str(folder / "config.json"))
+    from likeness.diffusion.pipelines import own_memory
+
     net = ControlNetModel.from_pretrained(str(folder), torch_dtype=dtype or torch.float32).eval()
-    return net if device == "cpu" else net.to(device)
+    if device != "cpu":
+        return net.to(device)
+    own_memory(net)  # not left mapped from its file (see own_memory)
+    return net
 
 
 def control_kwargs(task: str, images: list[list], scales: list[float], starts: list[float],

@@ -56,7 +56,28 @@ def load_pipeline(path: str | Path, kind: str, task: str = "text-to-image", *, d
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     pipe = cls.from_pretrained(str(folder), **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    return pipe if device == "cpu" else pipe.to(device)
+    if device != "cpu":
+        return pipe.to(device)
+    own_memory(pipe)
+    return pipe
+
+
+def own_memory(pipe) -> None:
+    """Copies weights still mapped from their safetensors files into the process's own memory.
+
+    `pipe` is a pipeline (all its modules) or one module.
+
+    from_pretrained leaves tensors that need no conversion as views of a file mapping: nothing is
+    read until the first image touches it (the first request pays the disk reads), and under memory
+    pressure the kernel drops those clean pages and re-reads them in the middle of later requests.
+    One tensor at a time, so the peak is the mapped file plus one tensor."""
+    import torch
+
+    with torch.no_grad():
+        for component in (pipe.components.values() if hasattr(pipe, "components") else [pipe]):
+            if isinstance(component, torch.nn.Module):
+                for tensor in (*component.parameters(), *component.buffers()):
+                    tensor.data = tensor.data.clone()
 
 
 def derive_pipeline(pipe, kind: str, task: str):
@@ -64,6 +85,6 @@ def derive_pipeline(pipe, kind: str, task: str):
     cls = pipeline_class(kind, task)
     if isinstance(pipe, cls):
         return pipe
-    derived = cls.from_pipe(pipe)
+    derived = cls.from_pipe(pipe, dtype=pipe.dtype)  # from_pipe's default casts the SHARED modules to float32
     derived.set_progress_bar_config(disable=True)
     return derived

@@ -161,3 +161,25 @@ def ensure_sdxl_shaped_model(repo, name: str = "sdxl-shaped", dtype=None) -> Pat
         repo.register(name, folder, kind=kind, backend="diffusers",
                       config=model_config(kind, str(dtype).replace("torch.", "")))
     return Path(repo.fetch(name))
+
+
+def ensure_sdxl_shaped_controlnet(repo, unet, name: str = "sdxl-shaped-controlnet") -> Path:
+    """The local folder of a full-size SDXL ControlNet (the encoder half of `unet`, the loaded
+    sdxl-shaped UNet, with random zero convolutions), building and registering it on first use. It
+    is built in `unet`'s dtype (no float32 copy: ~2.5 GB in bf16) and freed before registration."""
+    from likeness.diffusion.controlnet import KIND, build_tiny_controlnet
+
+    try:
+        return Path(repo.fetch(name))
+    except LikenessError:  # not registered yet
+        pass
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        folder = Path(tmp) / name
+        with _default_dtype(unet.dtype):
+            net = build_tiny_controlnet(unet, SEED)
+        net.save_pretrained(str(folder), safe_serialization=True)
+        del net
+        repo.register(name, folder, kind=KIND, backend="diffusers",
+                      config={"family": "sdxl", "random_weights": True, "architecture": "sdxl controlnet (full size)",
+                              "seed": SEED, "weights_dtype": str(unet.dtype).replace("torch.", "")})
+    return Path(repo.fetch(name))

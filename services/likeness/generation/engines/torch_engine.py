@@ -172,9 +172,14 @@ class TorchEngine(Engine):
         if family == "sd15":
             pe, npe = pipe.encode_prompt(prompts, device, 1, cfg, negatives)
             return {"prompt_embeds": pe, "negative_prompt_embeds": npe}
+        zero_empty = cfg and pipe.config.get("force_zeros_for_empty_prompt", False)
+        if zero_empty and not any(negatives):
+            # diffusers then gives zero embeddings without running both text encoders on "" (as a
+            # bare pipeline call does); encoding "" only to zero it doubled the encoding time
+            negatives = None
         pe, npe, ppe, nppe = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                                 do_classifier_free_guidance=cfg, negative_prompt=negatives)
-        if cfg and pipe.config.get("force_zeros_for_empty_prompt", False):
+        if zero_empty and negatives is not None:
             for row, neg in enumerate(negatives):
                 if not neg:
                     npe[row].zero_()
