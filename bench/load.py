@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ports import free_base  # noqa: E402
+from bench.ports import free_base  # noqa: E402
 
 SERVICES = ("detection", "embedding", "generation")
 RSS_GROWTH_LIMIT = 0.10

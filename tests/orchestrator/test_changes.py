@@ -14,7 +14,7 @@ from likeness.orchestrator.clients import ServiceClients
 from likeness.orchestrator.jobstore import JobStore
 from likeness.orchestrator.servicer import OrchestratorServicer
 from likeness.orchestrator.settings import OrchestratorSettings
-from tests.orchestrator.test_runner import counting_workflow, spec_bytes
+from tests.orchestrator.replicas import counting_workflow, submit
 
 POLL = 30.0
 
@@ -59,8 +59,8 @@ def test_watch_streams_events_as_written_and_the_job_loop_takes_a_submit_at_once
         loop = asyncio.create_task(runner.run_forever())
         await asyncio.sleep(0.2)  # the loop polled once and now sleeps for POLL seconds
         start = time.monotonic()
-        job, _ = await asyncio.to_thread(jobs.submit, "curate", spec_bytes())
-        types = [e.type async for e in servicer.Watch(orchestrator_pb2.WatchRequest(job_id=job.job_id), None)]
+        job_id = await asyncio.to_thread(submit, jobs)
+        types = [e.type async for e in servicer.Watch(orchestrator_pb2.WatchRequest(job_id=job_id), None)]
         took = time.monotonic() - start
         await runner.stop()
         loop.cancel()
