@@ -75,7 +75,7 @@ def test_derived_pipelines_keep_the_models_dtype(folder):
     from likeness.diffusion.controlnet import build_tiny_controlnet, derive_control_pipeline
     from likeness.diffusion.pipelines import derive_pipeline
 
-    pipe = _engine("bfloat16").load(folder, SimpleNamespace(kind="sdxl"))
+    pipe = _engine("bfloat16").load_model(folder, SimpleNamespace(kind="sdxl"))
     net = build_tiny_controlnet(pipe.unet, 0).to(torch.bfloat16)
     derived = [derive_pipeline(pipe, "sdxl", task) for task in ("image-to-image", "inpaint")]
     derived.append(derive_control_pipeline(pipe, "sdxl", "text-to-image", [net]))

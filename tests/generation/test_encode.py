@@ -18,7 +18,7 @@ def pipe(service):
     thread, _, _ = service
     folder = thread.runtime.service.servicers[0][1]._generator.manager.repo.fetch("tiny-sdxl")
     engine = TorchEngine(SimpleNamespace(generation_device="cpu", generation_cpu_threads=1, generation_dtype="auto"))
-    return engine, engine.load(folder, SimpleNamespace(kind="sdxl"))
+    return engine, engine.load_model(folder, SimpleNamespace(kind="sdxl"))
 
 
 def _encode_counting(engine, pipe, items):
