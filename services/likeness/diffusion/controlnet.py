@@ -10,24 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from likeness.core.errors import InvalidArgument, ModelMissing
+from likeness.diffusion.pipelines import TASKS, diffusers_class
 
 KIND = "controlnet"
+FAMILIES = ("sdxl", "sd15")
 
 
 def control_pipeline_class(family: str, task: str):
-    import diffusers as d
-
-    table = {
-        ("sdxl", "text-to-image"): d.StableDiffusionXLControlNetPipeline,
-        ("sdxl", "image-to-image"): d.StableDiffusionXLControlNetImg2ImgPipeline,
-        ("sdxl", "inpaint"): d.StableDiffusionXLControlNetInpaintPipeline,
-        ("sd15", "text-to-image"): d.StableDiffusionControlNetPipeline,
-        ("sd15", "image-to-image"): d.StableDiffusionControlNetImg2ImgPipeline,
-        ("sd15", "inpaint"): d.StableDiffusionControlNetInpaintPipeline,
-    }
-    if (family, task) not in table:
+    if family not in FAMILIES or task not in TASKS:
         raise InvalidArgument("controls", f"no ControlNet pipeline for {family} {task}")
-    return table[(family, task)]
+    return diffusers_class(family, task, controlnet=True)
 
 
 def derive_control_pipeline(pipe, family: str, task: str, controlnets: list):

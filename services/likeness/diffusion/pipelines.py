@@ -18,8 +18,6 @@ TASKS = ("text-to-image", "image-to-image", "inpaint")
 
 def pipeline_class(kind: str, task: str):
     """The diffusers pipeline class that runs `task` on a model of `kind`."""
-    import diffusers as d
-
     if kind not in KINDS:
         raise FailedPrecondition("model", f"kind {kind!r} is not a diffusion pipeline; known kinds: {', '.join(KINDS)}")
     if task not in TASKS:
@@ -28,15 +26,20 @@ def pipeline_class(kind: str, task: str):
     if kind == "sdxl-refiner" and task == "text-to-image":
         # the refiner only denoises existing latents/images
         raise InvalidArgument("task", "an sdxl-refiner model runs image-to-image or inpaint, not text-to-image")
-    table = {
-        ("sdxl", "text-to-image"): d.StableDiffusionXLPipeline,
-        ("sdxl", "image-to-image"): d.StableDiffusionXLImg2ImgPipeline,
-        ("sdxl", "inpaint"): d.StableDiffusionXLInpaintPipeline,
-        ("sd15", "text-to-image"): d.StableDiffusionPipeline,
-        ("sd15", "image-to-image"): d.StableDiffusionImg2ImgPipeline,
-        ("sd15", "inpaint"): d.StableDiffusionInpaintPipeline,
-    }
-    return table[(family, task)]
+    return diffusers_class(family, task)
+
+
+# diffusers names its pipelines StableDiffusion[XL][ControlNet][Img2Img|Inpaint]Pipeline.
+_TASK_NAME = {"text-to-image": "", "image-to-image": "Img2Img", "inpaint": "Inpaint"}
+
+
+def diffusers_class(family: str, task: str, controlnet: bool = False):
+    """diffusers' pipeline class for a model `family` (sdxl | sd15) and a task of TASKS, with
+    ControlNet conditioning or without."""
+    import diffusers
+
+    xl = "XL" if family == "sdxl" else ""
+    return getattr(diffusers, f"StableDiffusion{xl}{'ControlNet' if controlnet else ''}{_TASK_NAME[task]}Pipeline")
 
 
 def load_pipeline(path: str | Path, kind: str, task: str = "text-to-image", *, dtype=None, device: str = "cpu"):

