@@ -70,7 +70,9 @@ class JobsClient:
                     for ev in self.events(job_id, seq):
                         seq = ev.seq
                         if ev.type == orchestrator_pb2.EVENT_TYPE_STAGE_STARTED:
-                            bar.reset(task, description=f"[bold]{ev.stage}", total=None, detail="")
+                            # a new task, not reset(): reset keeps the last stage's total ("0/70" after validate)
+                            bar.remove_task(task)
+                            task = bar.add_task(f"[bold]{ev.stage}", total=None, detail="")
                         elif ev.type == orchestrator_pb2.EVENT_TYPE_PROGRESS and ev.progress.total:
                             bar.update(task, completed=ev.progress.done, total=ev.progress.total, detail=ev.message)
                         elif ev.type == orchestrator_pb2.EVENT_TYPE_WARNING and not quiet:
