@@ -91,7 +91,7 @@ def run(args) -> None:
             _int8_rows(pipe, bare, plain, rounds, steps, rows, figures)
         unet_params = sum(p.numel() for p in pipe.unet.parameters())
         pipe = bare = None  # free the weights before the onnxruntime part
-        thread.call(generator.run_on_worker(generator.manager.unload_all))
+        thread.call(generator.worker.run(generator.manager.unload_all))
         gc.collect()
 
     # onnxruntime: exporting traces the UNet in fp32 and serialises it; check that it fits first.
@@ -143,7 +143,7 @@ def _service_vs_diffusers(generator, thread, side, steps, rounds, rows, figures)
 
     with PeakRss() as load_mem:
         t = time.perf_counter()
-        model = thread.call(generator.run_on_worker(generator.manager.get, "sdxl-shaped"), timeout=CALL_TIMEOUT_S)
+        model = thread.call(generator.worker.run(generator.manager.get, "sdxl-shaped"), timeout=CALL_TIMEOUT_S)
         figures["load_s"] = round(time.perf_counter() - t, 1)
     pipe = model.pipe
     bare_pipe = type(pipe).from_pipe(pipe, scheduler=EulerDiscreteScheduler.from_config(model.default_scheduler_config),
@@ -217,8 +217,8 @@ def _controlnet_row(generator, thread, side, steps, rounds, rows) -> dict:
     from bench import controlnet
     from likeness.diffusion.sdxl_shaped import ensure_sdxl_shaped_controlnet
 
-    model = thread.call(generator.run_on_worker(generator.manager.get, "sdxl-shaped"), timeout=CALL_TIMEOUT_S)
-    thread.call(generator.run_on_worker(ensure_sdxl_shaped_controlnet, generator.manager.repo, model.pipe.unet),
+    model = thread.call(generator.worker.run(generator.manager.get, "sdxl-shaped"), timeout=CALL_TIMEOUT_S)
+    thread.call(generator.worker.run(ensure_sdxl_shaped_controlnet, generator.manager.repo, model.pipe.unet),
                 timeout=CALL_TIMEOUT_S)
     with PeakRss() as mem:
         per_step = controlnet.measure(generator, thread, "sdxl-shaped", "sdxl-shaped-controlnet", side, steps, rounds,
