@@ -76,8 +76,8 @@ def make_call(service: str, stub_channel):
         request = detection_pb2.DetectRequest(images=[common_pb2.ImageInput(data=image)])
         return "Detect", lambda seed: stub.Detect(request, timeout=60)
     stub = generation_pb2_grpc.GenerationServiceStub(stub_channel)
-    # 128 px x 4 steps (~40 ms of model work): at 64 px x 2 steps a call was ~10 ms, about what the
-    # callers themselves spend per call on the same two cores, so the bench measured its own client
+    # 128 px x 4 steps: at 64 px x 2 steps a call's model work was about what the callers themselves
+    # spend per call on the same two cores, so the bench measured its own client
     return "Generate", lambda seed: stub.Generate(generation_pb2.GenerateRequest(
         model="tiny-sdxl", prompt="portrait photo", seed=seed, steps=4, width=128, height=128,
         output_prefix="bench-scaling/"), timeout=120)
