@@ -27,6 +27,16 @@ def collected(fn):
     return ctx.run(fn), got
 
 
+
+async def _assess_collecting_faults(port: int, settings: OrchestratorSettings):
+    """One Assess through the orchestrator's client; (its response, the faults it reported)."""
+    client = ServiceClient("detection", f"127.0.0.1:{port}", settings)
+    got: list[faults.Fault] = []
+    faults.SINK.set(got.append)
+    response = await client.call("Assess", detection_pb2.AssessRequest())
+    await client.close()
+    return response, got
+
 def test_service_retries_are_reported_with_count_and_last_status():
     failures = {"left": 2}
 
@@ -45,13 +55,7 @@ def test_service_retries_are_reported_with_count_and_last_status():
         port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
         await server.start()
         try:
-            client = ServiceClient("detection", f"127.0.0.1:{port}",
-                                   OrchestratorSettings(orchestrator_retry_seconds=30))
-            got: list[faults.Fault] = []
-            faults.SINK.set(got.append)
-            response = await client.call("Assess", detection_pb2.AssessRequest())
-            await client.close()
-            return response, got
+            return await _assess_collecting_faults(port, OrchestratorSettings(orchestrator_retry_seconds=30))
         finally:
             await server.stop(0)
 
@@ -132,12 +136,7 @@ def test_a_stall_inside_a_service_reaches_the_callers_job():
                                  CommonSettings(port=0, metrics_enabled=False, drain_seconds=0))
         port = await runtime.start()
         try:
-            client = ServiceClient("detection", f"127.0.0.1:{port}", OrchestratorSettings())
-            got: list[faults.Fault] = []
-            faults.SINK.set(got.append)
-            response = await client.call("Assess", detection_pb2.AssessRequest())
-            await client.close()
-            return response, got
+            return await _assess_collecting_faults(port, OrchestratorSettings())
         finally:
             await runtime.stop(grace=0)
 
