@@ -29,6 +29,14 @@ class ModelClock:
         with self.lock:
             self.seconds[key] += seconds
 
+    def wall(self, job_id: str, wait_s: float = 10.0) -> float:
+        """The runner's attempt of `job_id`: the client can see the job finished a moment before
+        the runner's `_run_job` returns and records it."""
+        deadline = time.monotonic() + wait_s
+        while job_id not in self.walls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.walls[job_id]
+
     def take(self) -> dict[str, float]:
         with self.lock:
             out, self.seconds = dict(self.seconds), defaultdict(float)
@@ -40,7 +48,7 @@ class ModelClock:
         from likeness.generation.engines.torch_engine import TorchEngine
         from likeness.orchestrator.context import JobContext
         from likeness.orchestrator.runner import Runner
-        from likeness.restoration import servicer as restoration_servicer
+        from likeness.restoration import outputs as restoration_outputs
 
         clock = self
         engine_run = TorchEngine.run
@@ -54,7 +62,7 @@ class ModelClock:
             return results
 
         TorchEngine.run = run
-        restore_face = restoration_servicer.restore_face
+        restore_face = restoration_outputs.restore_face
 
         @functools.wraps(restore_face)
         def timed_restore_face(image, face, restorer, *args, **kwargs):
@@ -63,7 +71,7 @@ class ModelClock:
             clock.add("restore", time.perf_counter() - t0)
             return out
 
-        restoration_servicer.restore_face = timed_restore_face
+        restoration_outputs.restore_face = timed_restore_face
         run_job = Runner._run_job
 
         async def timed_run_job(self, job):
@@ -76,9 +84,9 @@ class ModelClock:
         Runner._run_job = timed_run_job
         call = JobContext.call
 
-        async def recorded_call(self, kind, client, method, request, response_type):
-            clock.requests[kind] = request
-            return await call(self, kind, client, method, request, response_type)
+        async def recorded_call(self, client, method, request, *, work, **kwargs):
+            clock.requests[work] = request
+            return await call(self, client, method, request, work=work, **kwargs)
 
         JobContext.call = recorded_call
 
@@ -169,8 +177,8 @@ class InProcessStack:
         client = time.perf_counter() - t0
         if job.state != o.JOB_STATE_SUCCEEDED:
             raise RuntimeError(f"open_eyes job {job.job_id} ended {o.JobState.Name(job.state)}: {job.error}")
+        wall = self.clock.wall(job.job_id)
         model = self.clock.take()
-        wall = self.clock.walls[job.job_id]
         out = {"wall": wall, "client": client, **{k: model.get(k, 0.0) for k in ("inpaint", "phases", "restore",
                                                                                    "restorer")}}
         out["overhead"] = wall - out["inpaint"] - out["restore"]

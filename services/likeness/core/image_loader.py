@@ -106,3 +106,31 @@ class ImageLoader:
         if len(data) > self.limits.max_bytes:
             raise InvalidArgument(field, f"image is over the limit of {self.limits.max_bytes:,} bytes")
         return data
+
+
+class RequestImages:
+    """The images of one request, each distinct `ImageInput` read and decoded once (Composite's
+    items share one base and one mask). The arrays are shared by the items, so they are read-only.
+    A failed input is reported under each item's own field: an item whose shared load failed loads
+    it again for its own error."""
+
+    def __init__(self, loader: ImageLoader):
+        self._loader = loader
+        self._loads: dict[bytes, tuple[str, asyncio.Future]] = {}
+
+    async def _read_only(self, pb_input, field: str) -> np.ndarray:
+        pixels = await self._loader.load_one(pb_input, field)
+        pixels.setflags(write=False)
+        return pixels
+
+    async def load(self, pb_input, field: str) -> np.ndarray:
+        key = pb_input.SerializeToString(deterministic=True)
+        if key not in self._loads:
+            self._loads[key] = (field, asyncio.ensure_future(self._read_only(pb_input, field)))
+        owner, load = self._loads[key]
+        try:
+            return await asyncio.shield(load)
+        except LikenessError:
+            if owner == field:
+                raise
+            return await self._read_only(pb_input, field)

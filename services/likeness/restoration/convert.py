@@ -79,6 +79,15 @@ def seam_pb(base: np.ndarray, patch: np.ndarray, out: np.ndarray, mask: np.ndarr
                                 max_step=s.max_step, reference_step=s.reference_step)
 
 
+def restore_result_pb(index: int, done: tuple) -> restoration_pb2.RestoreResult:
+    """(artifact, changed pixel count, their bounding box or None) -> RestoreResult."""
+    artifact, count, box = done
+    out = restoration_pb2.RestoreResult(index=index, image=artifact, changed_pixels=count)
+    if box is not None:
+        out.changed_box.CopyFrom(rect_pb(box))
+    return out
+
+
 def region_of(value: int) -> Region:
     if value not in REGIONS:
         raise InvalidArgument("region", f"{value} is not set or unknown; one of REGION_LEFT_EYE, "

@@ -13,7 +13,7 @@ from likeness.api.v1 import restoration_pb2_grpc
 from likeness.core.batch import Outcome, check_batch, each_item
 from likeness.core.convert import item_results_pb
 from likeness.core.errors import check_range
-from likeness.core.image_loader import ImageLoader
+from likeness.core.image_loader import ImageLoader, RequestImages
 from likeness.core.images import encode_mask_png
 from likeness.core.worker import ModelWorker
 from likeness.restoration import convert
@@ -74,11 +74,12 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         check_range(sigma, "feather_sigma", 0.0, 128.0, unit="px")
         check_range(dilation, "dilation_px", 0.0, 256.0, unit="px")
         prefix = self._outputs.prefix(request.output_prefix)
+        images = RequestImages(self._images)  # a base or mask shared by the items is decoded once
 
         async def one(i: int, item):
             field = f"items[{i}]"
             box = convert.pixel_rect(convert.box_of(item, "patch_box"), f"{field}.patch_box")
-            base, patch, mask = await asyncio.gather(*(self._images.load_one(getattr(item, name), f"{field}.{name}")
+            base, patch, mask = await asyncio.gather(*(images.load(getattr(item, name), f"{field}.{name}")
                                                        for name in ("base", "patch", "mask")))
             return await self._cpu.run(composite_output, self._outputs, prefix, (base, patch, mask), box, sigma,
                                        dilation, field, request.return_inline)
@@ -104,7 +105,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         # one at a time: the model worker is serial anyway
         outcomes = await self._each("restore", request.items, one, sequential=True)
         return pb.RestoreResponse(model=restorer.name, stand_in=getattr(restorer, "stand_in", ""),
-                                  results=item_results_pb(outcomes, pb.RestoreResult, "image"))
+                                  results=item_results_pb(outcomes, pb.RestoreResult, convert.restore_result_pb))
 
     async def ControlImage(self, request: pb.ControlImageRequest, context: ServicerContext) -> pb.ControlImageResponse:
         check_batch(len(request.items), MAX_CONTROL_IMAGES, "items")
