@@ -121,7 +121,10 @@ def control_output(outputs: Outputs, prefix: str, image: np.ndarray, faces: list
 
 
 def changed_pixels(before: np.ndarray, after: np.ndarray) -> tuple[int, Rect | None]:
-    """How many pixels differ (in any channel) between two images of one size, and their bounding box."""
+    """How many pixels of `after` differ (in any channel) from `before`, and their bounding box;
+    every pixel when the sizes differ (a stored output replaced by another image)."""
+    if before.shape != after.shape:
+        return after.shape[0] * after.shape[1], Rect(0, 0, after.shape[1], after.shape[0])
     changed = (before != after).any(axis=2)
     return int(np.count_nonzero(changed)), mask_bbox(changed.view(np.uint8))
 
