@@ -166,11 +166,6 @@ def report(machine: Machine, args, rounds: dict[str, list[dict]]) -> None:
           f"{statistics.median(strict['restore']):.3f} ({spread(strict['restore'])}), off "
           f"{statistics.median(strict['no_restore']):.3f} ({spread(strict['no_restore'])})")
     bare_wall = med("bare", "client")
-    print(f"overhead / job wall: restore on {statistics.median(share['restore']):.3f} ({spread(share['restore'])}), "
-          f"off {statistics.median(share['no_restore']):.3f} ({spread(share['no_restore'])}); target < {TARGET}")
-    print(f"  counting only the engine's phases and the restorer as model work: on "
-          f"{statistics.median(strict['restore']):.3f} ({spread(strict['restore'])}), off "
-          f"{statistics.median(strict['no_restore']):.3f} ({spread(strict['no_restore'])})")
     if rounds["level0"]:
         level0 = [x["overhead"] / x["wall"] for x in rounds["level0"]]
         print(f"restore on, every PNG at level 0: job wall {med('level0', 'wall'):.3f} s (level 1: "
