@@ -15,8 +15,9 @@ LM = common_pb2.LandmarkKind
 
 def test_the_crop_is_the_face_box_grown_per_side_and_clamped_to_the_frame():
     box = common_pb2.Box(x_min=100.4, y_min=50.0, x_max=200.0, y_max=170.0)  # longer side 120
-    assert face_crop(box, 1000, 1000) == (40, 0, 260, 230)  # 60 px a side; the top clamped at 0
-    assert face_crop(box, 240, 200) == (40, 0, 240, 200)
+    assert face_crop(box, 1000, 1000, 0.5) == (40, 0, 260, 230)  # 60 px a side; the top clamped at 0
+    assert face_crop(box, 240, 200, 0.5) == (40, 0, 240, 200)
+    assert face_crop(box, 1000, 1000) == (58, 8, 242, 212)  # the default margin, 0.35: 42 px a side
 
 
 def test_the_face_moves_into_crop_coordinates_and_the_source_face_stays():

@@ -98,7 +98,7 @@ async def run(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec) -> Outcome:
     repaired = [await _repair_face(ctx, spec, frame, result.faces[k], k, out_prefix) for k in chosen]
     async with ctx.stage("metadata"):
         outputs = await _write_results(ctx, spec, src, repaired, frame, out_prefix)
-    done = await outcome(ctx, spec, src, result, repaired, outputs, out_prefix)
+    done = await outcome(ctx, spec, src, result, repaired, outputs, out_prefix, frame)
     label = (f"inpainting: {ctx.models.label('generator')}; faces: {ctx.models.label('detector')}; "
              f"restoration: {ctx.models.label('restorer') if spec.restore else 'off'}")
     for section in done.report.get("sections", []):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
+from PIL import Image
+
 from likeness.api.v1 import orchestrator_pb2
 from likeness.core.images import encode_png
 from likeness.orchestrator import report
@@ -53,16 +56,26 @@ async def _views(ctx: JobContext, src: str, repaired, out_prefix: str) -> list[d
         before, after = job_pixels(ctx, src)[y0:y1, x0:x1], job_pixels(ctx, winner.final)
         mask = job_pixels(ctx, work.mask.mask.uri)[..., 0] > 0
         box = eye_views.eye_box(mask, before.shape[1], before.shape[0])
-        pair = ctx.store.put(f"{out_prefix}views/face-{k:02d}-before-after.png",
-                             encode_png(eye_views.before_after(before, after, mask, box)), "image/png")
-        seam = ctx.store.put(f"{out_prefix}views/face-{k:02d}-seam.png",
-                             encode_png(eye_views.seam_map(job_pixels(ctx, winner.composite), mask, box)),
-                             "image/png")
+        pair = eye_views.before_after(before, after, mask, box)
+        seam = eye_views.seam_map(job_pixels(ctx, winner.composite), mask, box)
         return report.group(f"face {k}", [
-            report.image(pair.uri, f"face {k}: before (mask outline) | after, variation {winner.index}"),
-            report.image(seam.uri, "seam map of the composite (bright = sharp edge)")])
+            _shown(ctx, f"{out_prefix}views/face-{k:02d}-before-after.png", pair,
+                   f"face {k}: before (mask outline) | after, variation {winner.index}"),
+            _shown(ctx, f"{out_prefix}views/face-{k:02d}-seam.png", seam,
+                   "seam map of the composite (bright = sharp edge)")])
 
     return [await asyncio.to_thread(build, work) for work in repaired]
+
+
+def _shown(ctx: JobContext, key: str, rgb: np.ndarray, caption: str) -> dict:
+    """A report image stored as PNG, its thumbnail made from the pixels in hand (the report need
+    not read and decode it back)."""
+    stored = ctx.store.put(key, encode_png(rgb), "image/png")
+    return {**report.image(stored.uri, caption), "src": report.thumbnail_of(Image.fromarray(rgb))}
+
+
+def _thumbnail(uri: str, rgb: np.ndarray, caption: str) -> dict:
+    return {**report.image(uri, caption), "src": report.thumbnail_of(Image.fromarray(rgb))}
 
 
 def _face_entry(work) -> dict:
@@ -75,7 +88,8 @@ def _face_entry(work) -> dict:
 
 
 async def outcome(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, src: str, result, repaired, outputs: dict,
-                  out_prefix: str) -> Outcome:
+                  out_prefix: str, frame: np.ndarray) -> Outcome:
+    """`frame`: the result's pixels (the input's are the job's decoded source)."""
     said = verdict(repaired)
     summary = {"verdict": said, "faces": len(result.faces), "faces_repaired": len(repaired),
                "variations": len(outputs["variations"]),
@@ -88,7 +102,8 @@ async def outcome(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, src: str
                 report.gallery("Eye region before and after, and the seam",
                                await _views(ctx, src, repaired, out_prefix)),
                 _ranking_table(repaired),
-                report.gallery("Input and result", [report.group("images", [
-                    report.image(src, "input"), report.image(outputs["result"]["uri"], "result")])]),
+                report.gallery("Input and result", [report.group("images", await asyncio.gather(
+                    asyncio.to_thread(_thumbnail, src, job_pixels(ctx, src), "input"),
+                    asyncio.to_thread(_thumbnail, outputs["result"]["uri"], frame, "result")))]),
                 report.stage_timings(ctx.timings)]
     return Outcome(summary, manifest, {"sections": sections})

@@ -7,7 +7,14 @@ The crop must hold everything that reads or changes pixels for the face:
   composite's feather;
 - the restorer's own crop (the face box grown by 0.3 x its longer side) and so its feathered paste;
 - context for the verifying Detect to find the face again (the face box grown by `FACE_MARGIN`
-  of its longer side per side: the detector letterboxes the crop, the face fills about half of it).
+  of its longer side per side). Measured with the local stack's detection (BlazeFace, face mesh,
+  dlib identity) on the astronaut (512 and 1024 px), Tom Hanks and the six faces of the group
+  photo: at margins 0.25 to 0.5 every face was found again on its crop (box IoU 0.69-1.00 with
+  the frame's, the spread of the detector's own boxes), eye openness within 0.1 of the frame's
+  where the frame measured it (the frame measures only its first faces; on one group face one eye
+  read 0.48 at margin 0.5 and 0.98-1.00 at the others), identity similarity to the frame's
+  embedding >= 0.99. 0.35 keeps
+  a margin beyond the restorer's 0.3 and has 28% fewer pixels than 0.5.
 Everything outside the crop keeps the frame's bytes, so the repaired crop goes back with a plain
 rectangle copy (`place_back`), after checking that the crop's inner border is unchanged: a change
 there would mean the rectangle's edge is a seam.
@@ -21,7 +28,7 @@ import numpy as np
 
 from likeness.api.v1 import common_pb2
 
-FACE_MARGIN = 0.5  # per side, share of the face box's longer side
+FACE_MARGIN = 0.35  # per side, share of the face box's longer side
 
 
 class CropEdgeChanged(RuntimeError):
