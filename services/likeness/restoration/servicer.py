@@ -17,7 +17,6 @@ from likeness.core.image_loader import ImageLoader, RequestImages
 from likeness.core.images import encode_mask_png
 from likeness.core.worker import ModelWorker
 from likeness.restoration import convert
-from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA
 from likeness.restoration.masks import region_mask
 from likeness.restoration.outputs import Outputs, composite_output, control_output, mask_work_id, restored_output
 from likeness.restoration.restorers.base import FaceRestorer
@@ -69,10 +68,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
 
     async def Composite(self, request: pb.CompositeRequest, context: ServicerContext) -> pb.CompositeResponse:
         check_batch(len(request.items), MAX_COMPOSITES, "items")
-        sigma = request.feather_sigma or DEFAULT_FEATHER_SIGMA
-        dilation = request.dilation_px or DEFAULT_DILATION_PX
-        check_range(sigma, "feather_sigma", 0.0, 128.0, unit="px")
-        check_range(dilation, "dilation_px", 0.0, 256.0, unit="px")
+        sigma, dilation = convert.feather_of(request)
         prefix = self._outputs.prefix(request.output_prefix)
         images = RequestImages(self._images)  # a base or mask shared by the items is decoded once
 
