@@ -70,7 +70,8 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         check_batch(len(request.items), MAX_COMPOSITES, "items")
         sigma, dilation = convert.feather_of(request)
         prefix = self._outputs.prefix(request.output_prefix)
-        images = RequestImages(self._images)  # a base or mask shared by the items is decoded once
+        # a base or mask that several items share is decoded once
+        images = RequestImages(self._images, [getattr(it, n) for it in request.items for n in ("base", "mask")])
 
         async def one(i: int, item):
             field = f"items[{i}]"
