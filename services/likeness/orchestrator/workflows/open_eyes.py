@@ -35,16 +35,23 @@ from likeness.orchestrator.workflows.work_crop import face_crop, place_back, uni
 
 __all__ = ["FEATHER_REACH_PX", "run"]
 QUALITY_NAMES = {0: "standard", 1: "fast", 2: "standard", 3: "quality", 4: "ultra"}
+MAX_CROP_GROWTHS = 3
 
 
 async def _work_crop(ctx: JobContext, frame: np.ndarray, face, k: int, out_prefix: str) -> FaceWork:
-    """The face's eye mask on its work crop, the crop grown once if the denoised region (mask box
-    plus inpaint context) reaches past it; the crop's pixels cut from `frame` and stored."""
+    """The face's eye mask on its work crop, the crop grown while the denoised region (mask box plus
+    inpaint context) reaches past it (a mask box cut by the smaller crop can grow once more); the
+    crop's pixels cut from `frame` and stored."""
     height, width = frame.shape[:2]
     async with ctx.stage("mask"):
         work = await calls.eye_mask(ctx, face, face_crop(face.box, width, height), out_prefix)
-        if not work.fits(width, height):
+        for _ in range(MAX_CROP_GROWTHS):
+            if work.fits(width, height):
+                break
             work = await calls.eye_mask(ctx, face, union(work.crop, work.needed(width, height)), out_prefix)
+        if not work.fits(width, height):
+            raise FailedPrecondition("spec.open_eyes.image", f"face {k}: the eye mask's denoised region "
+                                     f"{work.needed(width, height)} does not settle inside a work crop")
     async with ctx.stage("crop"):
         x0, y0, x1, y1 = work.crop
         png = await asyncio.to_thread(encode_png, np.ascontiguousarray(frame[y0:y1, x0:x1]))

@@ -55,9 +55,6 @@ class FaceWork:
     def fits(self, width: int, height: int) -> bool:
         return covers(self.crop, self.needed(width, height))
 
-    def box(self) -> list[int]:
-        return list(self.crop)
-
 
 @dataclass
 class Variation:
