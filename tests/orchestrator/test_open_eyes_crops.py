@@ -14,11 +14,11 @@ from likeness.api.v1 import common_pb2, detection_pb2, generation_pb2, restorati
 from likeness.api.v1 import orchestrator_pb2 as o
 from likeness.core.images import decode_image, encode_mask_png, encode_png
 from likeness.core.pngmeta import read_png_metadata
-from likeness.orchestrator.workflows import open_eyes, open_eyes_report
+from likeness.orchestrator.workflows import open_eyes, open_eyes_report, work_crop
 from tests.orchestrator.fake_services import FakeServices, open_test_store, run_job
 
 LM = common_pb2.LandmarkKind
-HEIGHT, WIDTH = 200, 300
+HEIGHT, WIDTH = 260, 400
 # face 0 small on the left; face 1 large, so its work crop (the box grown by 0.35 of its side)
 # reaches over face 0's eyes: face 1 must be cut from the frame that holds face 0's winner
 FACES = [((30, 50, 90, 110), (45, 70), (75, 70)), ((100, 20, 280, 190), (150, 80), (230, 80))]
@@ -140,7 +140,12 @@ def run(tmp_path, photo, services_setup=None, **fields):
     return run_job(tmp_path, o.JobSpec(open_eyes=spec), services), services, store
 
 
-def test_each_face_works_on_its_crop_cut_from_the_frame_holding_the_faces_before_it(tmp_path, photo, monkeypatch):
+@pytest.mark.parametrize("eye_reach", [None, (0.0, 0)])  # the crop's first guess; too small: it must grow
+def test_each_face_works_on_its_crop_cut_from_the_frame_holding_the_faces_before_it(tmp_path, photo, monkeypatch,
+                                                                                  eye_reach):
+    if eye_reach:
+        monkeypatch.setattr(work_crop, "EYE_REACH_IOD", eye_reach[0])
+        monkeypatch.setattr(work_crop, "EYE_REACH_PX", eye_reach[1])
     encoded = []
     real = open_eyes.encode_png
 
@@ -154,6 +159,8 @@ def test_each_face_works_on_its_crop_cut_from_the_frame_holding_the_faces_before
     assert job.state == "SUCCEEDED", job.error
     m = json.loads(store.get(job.manifest["uri"]))
     crops = [tuple(f["crop_box"]) for f in m["faces"]]
+    masks = len(services.restoration.sent("RegionMask"))
+    assert masks == (3 if eye_reach else 2)  # face 0's crop grew once when the guess fell short
     sizes = {(y1 - y0, x1 - x0) for x0, y0, x1, y1 in crops}
     assert all(shape in sizes for _, shape in services.shapes), services.shapes  # never the frame
     assert (HEIGHT, WIDTH) not in sizes and encoded.count((HEIGHT, WIDTH)) == 1  # result.png only

@@ -69,3 +69,16 @@ def test_an_edge_on_the_frames_border_may_change():
         bad = frame[0:90, 0:110].copy()
         bad[:, -1] = 255 - bad[:, -1]
         place_back(frame, (0, 0, 110, 90), bad)
+
+
+def test_the_first_guess_reaches_past_the_eyes_by_the_inpaint_regions_usual_reach():
+    from likeness.orchestrator.workflows.work_crop import EYE_REACH_IOD, EYE_REACH_PX, first_guess
+
+    face = common_pb2.Face(box=common_pb2.Box(x_min=400, y_min=300, x_max=600, y_max=520))
+    assert first_guess(face, 1000, 1000) == face_crop(face.box, 1000, 1000)  # no eyes: the face's crop
+    face.landmarks.add(kind=LM.LANDMARK_KIND_LEFT_EYE, point=common_pb2.Point(x=550, y=380))
+    face.landmarks.add(kind=LM.LANDMARK_KIND_RIGHT_EYE, point=common_pb2.Point(x=450, y=380))
+    reach = EYE_REACH_IOD * 100 + EYE_REACH_PX
+    x0, y0, x1, y1 = first_guess(face, 1000, 1000)
+    assert (x0, x1) == (int(450 - reach), int(550 + reach)) and y0 == min(int(380 - reach), 223) and y1 == 597
+    assert first_guess(face, 600, 600)[2:] == (600, 597)  # clamped to the frame

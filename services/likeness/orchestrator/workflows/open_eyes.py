@@ -31,7 +31,7 @@ from likeness.orchestrator.workflows.common import stored_uri
 from likeness.orchestrator.workflows.job_pixels import job_pixels
 from likeness.orchestrator.workflows.open_eyes_calls import FEATHER_REACH_PX, FaceWork, Variation
 from likeness.orchestrator.workflows.open_eyes_report import outcome
-from likeness.orchestrator.workflows.work_crop import face_crop, place_back, union
+from likeness.orchestrator.workflows.work_crop import first_guess, place_back, union
 
 __all__ = ["FEATHER_REACH_PX", "run"]
 QUALITY_NAMES = {0: "standard", 1: "fast", 2: "standard", 3: "quality", 4: "ultra"}
@@ -44,7 +44,7 @@ async def _work_crop(ctx: JobContext, frame: np.ndarray, face, k: int, out_prefi
     crop's pixels cut from `frame` and stored."""
     height, width = frame.shape[:2]
     async with ctx.stage("mask"):
-        work = await calls.eye_mask(ctx, face, face_crop(face.box, width, height), out_prefix)
+        work = await calls.eye_mask(ctx, face, first_guess(face, width, height), out_prefix)
         for _ in range(MAX_CROP_GROWTHS):
             if work.fits(width, height):
                 break

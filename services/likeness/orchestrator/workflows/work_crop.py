@@ -29,6 +29,7 @@ import numpy as np
 from likeness.api.v1 import common_pb2
 
 FACE_MARGIN = 0.35  # per side, share of the face box's longer side
+EYE_REACH_IOD, EYE_REACH_PX = 1.2, 56  # how far the denoised region usually reaches beyond the eyes
 
 
 class CropEdgeChanged(RuntimeError):
@@ -41,6 +42,23 @@ def face_crop(box: common_pb2.Box, width: int, height: int, margin: float = FACE
     by = margin * max(box.x_max - box.x_min, box.y_max - box.y_min)
     return (max(math.floor(box.x_min - by), 0), max(math.floor(box.y_min - by), 0),
             min(math.ceil(box.x_max + by), width), min(math.ceil(box.y_max + by), height))
+
+
+def first_guess(face: common_pb2.Face, width: int, height: int) -> tuple[int, int, int, int]:
+    """The face's crop, grown to where the denoised region usually reaches: the eyes' box plus
+    EYE_REACH_IOD inter-ocular distances and EYE_REACH_PX (the mask's padding and eye size, its
+    32 px crop padding and the 25% inpaint context). Only a first guess that saves a second
+    RegionMask call: the job grows the crop again if the mask says so."""
+    crop = face_crop(face.box, width, height)
+    eyes = [(lm.point.x, lm.point.y) for lm in face.landmarks
+            if lm.kind in (common_pb2.LANDMARK_KIND_LEFT_EYE, common_pb2.LANDMARK_KIND_RIGHT_EYE)]
+    if len(eyes) != 2:
+        return crop
+    (lx, ly), (rx, ry) = eyes
+    by = EYE_REACH_IOD * math.hypot(lx - rx, ly - ry) + EYE_REACH_PX
+    reach = (max(math.floor(min(lx, rx) - by), 0), max(math.floor(min(ly, ry) - by), 0),
+             min(math.ceil(max(lx, rx) + by), width), min(math.ceil(max(ly, ry) + by), height))
+    return union(crop, reach)
 
 
 def union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
