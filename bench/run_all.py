@@ -1,0 +1,108 @@
+"""Runs the benchmarks one after another, each with the command docs/benchmarks.md gives for it,
+saves each one's output (stdout and stderr) in a folder, and prints how long each took.
+
+    PYTHONPATH=services:. .venv/bin/python bench/run_all.py OUT_DIR [--only a,b] [--skip a,b] [--list]
+
+For a quiet machine: nothing else should run meanwhile, since every figure is stored with the load
+it ran under. The list is ordered by what a re-run is worth: benchmarks with targets first, then the
+ones whose outcomes do not depend on load (faces, eyes), then the long ones (the 10-minute soak,
+sdxl-shaped generation, which needs ~13 GiB of memory and the model built under /tmp/i13-sdxl).
+bench/pipeline.py, bench/scaling.py and bench/open_eyes.py are not in the list: each takes minutes
+per run and their targets need several consecutive runs, so they are run on their own.
+Writes OUT_DIR/<name>.txt per benchmark and OUT_DIR/durations.tsv (name, exit status, seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    args: tuple[str, ...]  # after the interpreter, exactly as docs/benchmarks.md writes them
+    minutes: float  # what it took on a quiet 2-core machine, to plan a re-run
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.args)
+
+
+BENCHES = (
+    Bench("detection", ("bench/detection.py",), 1.0),
+    Bench("runtime", ("bench/runtime.py",), 1.5),
+    Bench("embedding", ("bench/embedding.py",), 2.5),
+    Bench("restoration", ("bench/restoration.py",), 0.5),
+    Bench("images", ("bench/images.py",), 0.5),
+    Bench("store", ("bench/store.py",), 0.3),
+    Bench("generation", ("bench/generation.py",), 1.5),
+    Bench("controlnet", ("bench/controlnet.py",), 0.5),
+    Bench("training", ("bench/training.py",), 2.5),
+    Bench("faces", ("bench/faces.py", "--show-wrong", "--calibrate"), 1.0),
+    Bench("eyes", ("bench/eyes.py",), 0.2),
+    Bench("load", ("bench/load.py", "--minutes", "10"), 10.5),
+    Bench("sdxl-shaped", ("bench/generation.py", "--sdxl-shaped", "--models", "/tmp/i13-sdxl", "--threads", "2",
+                          "--side", "512", "--steps", "2", "--rounds", "3", "--controlnet-rounds", "0"), 6.0),
+)
+
+
+def chosen(only: str, skip: str) -> list[Bench]:
+    names = {b.name for b in BENCHES}
+    wanted = [n for n in (only + "," + skip).split(",") if n]
+    unknown = sorted(set(wanted) - names)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    keep = set(only.split(",")) if only else names
+    return [b for b in BENCHES if b.name in keep and b.name not in skip.split(",")]
+
+
+def run(bench: Bench, out: Path) -> tuple[int, float]:
+    env = {**os.environ, "PYTHONPATH": f"services{os.pathsep}.", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    with open(out / f"{bench.name}.txt", "w") as log:
+        log.write(f"$ PYTHONPATH=services:. .venv/bin/python {bench.command}\n")
+        log.flush()
+        rc = subprocess.run([sys.executable, "-u", *bench.args], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+    return rc, time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, nargs="?", help="folder for the outputs")
+    ap.add_argument("--only", default="", help="comma-separated names")
+    ap.add_argument("--skip", default="", help="comma-separated names")
+    ap.add_argument("--list", action="store_true", help="print the plan and stop")
+    args = ap.parse_args()
+    benches = chosen(args.only, args.skip)
+    if args.list or args.out is None:
+        for b in benches:
+            print(f"{b.name:<12} ~{b.minutes:>4.1f} min  {b.command}")
+        print(f"{'total':<12} ~{sum(b.minutes for b in benches):>4.1f} min")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with open(args.out / "durations.tsv", "w") as table:
+        table.write("bench\texit\tseconds\tload_after\n")
+        for b in benches:
+            print(f"{b.name:<12} ...", end="", flush=True)
+            rc, seconds = run(b, args.out)
+            load = os.getloadavg()[0]
+            failed += rc != 0
+            print(f"\r{b.name:<12} exit {rc:<3} {seconds:7.1f} s  load {load:.2f}  {b.command}", flush=True)
+            table.write(f"{b.name}\t{rc}\t{seconds:.1f}\t{load:.2f}\n")
+            table.flush()
+    print(f"outputs in {args.out}; {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
