@@ -10,7 +10,7 @@ per-step cost of one ControlNet vs none on tiny-sdxl and on sdxl-shaped side by 
 
     .venv/bin/python bench/generation.py [--quick]
     .venv/bin/python bench/generation.py --sdxl-shaped [--side 512] [--steps 2] [--rounds 3]
-        [--controlnet-rounds 2] [--int8]
+        [--controlnet-rounds 3] [--int8]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2,
                     help="sdxl-shaped denoising steps per image (>= 2: a step is timed end to end)")
     ap.add_argument("--rounds", type=int, default=3, help="sdxl-shaped rounds of service vs bare diffusers")
-    ap.add_argument("--controlnet-rounds", type=int, default=2,
+    ap.add_argument("--controlnet-rounds", type=int, default=3,
                     help="sdxl-shaped: interleaved rounds of one ControlNet vs none (0: leave the ControlNet out)")
     ap.add_argument("--int8", action="store_true", help="sdxl-shaped: also the weight-only int8 UNet")
     ap.add_argument("--models", default="/tmp/likeness-sdxl-shaped",
