@@ -161,8 +161,8 @@ def main() -> None:
     mesh_per_photo = {k: round(r["detect"][1] / r["detect_no_mesh"][1], 3)
                       for k, r in zip(photos, per_photo, strict=True)}
     astro, best = photos["astronaut"], faces["astronaut"][0]
-    rows["embed_per_face"] = mean_of([timed({"e": lambda: pipeline.encoder.embed(astro, [best])},
-                                            max(MIN_REPS, reps // 4))], "e")
+    rows["embed_per_face"] = mean_of([timed({"embed_per_face": lambda: pipeline.encoder.embed(astro, [best])},
+                                            max(MIN_REPS, reps // 4))], "embed_per_face")
 
     # 2. quality
     q = timed({"quality": lambda: combined_score(measure(astro, best.box, best.score), weights),
@@ -237,8 +237,8 @@ def main() -> None:
     print(f"{'ratio per photo, CPU: default with mesh / flip only':<56}"
           + "  ".join(f"{k} {v:.2f}" for k, v in mesh_per_photo.items()))
     for kind in ("wall", "cpu"):
-        print(spread_line(SPREADS[kind], reps, f"{kind} time, worst photo; identity embedding: "
-                                               f"{max(MIN_REPS, reps // 4)} rounds"))
+        print(spread_line(SPREADS[kind], reps, f"{kind} time, worst photo (embed_per_face: "
+                                               f"{max(MIN_REPS, reps // 4)} rounds)"))
     figures = {f"{k}_{kind}_ms": round(v[i], 3) for k, v in rows.items() for i, kind in enumerate(("wall", "cpu"))}
     figures |= {f"{k}_{kind}": round(v[i], 4) for k, v in ratios.items() for i, kind in enumerate(("wall", "cpu"))}
     print(json.dumps({"bench": "detection", "quick": args.quick, "reps": reps, "faces": counts,

@@ -286,6 +286,8 @@ def main() -> None:
         print(f"{a.ljust(width)}  {b:>10}  {c}")
     print()
     for what, n in REPS.items():
+        if n < 2:
+            continue  # one run (--quick): no spread to show
         print(spread_line({k.split(" ", 1)[1]: v for k, v in SPREADS.items() if k.startswith(what + " ")}, n, what))
     for key, target in TARGETS.items():
         best = r.get(key[:-2] + "_best_s", r[key])

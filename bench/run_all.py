@@ -113,11 +113,10 @@ def main() -> int:
     with open(args.out / "durations.tsv", "w") as table:
         table.write("bench\texit\tseconds\tload_after\n")
         for b in benches:
-            print(f"{b.name:<12} ...", end="", flush=True)
             rc, seconds = run(b, args.out, args.quick)
             load = os.getloadavg()[0]
             failed += rc != 0
-            print(f"\r{b.name:<12} exit {rc:<3} {seconds:7.1f} s  load {load:.2f}  {' '.join(b.form(args.quick))}",
+            print(f"{b.name:<12} exit {rc:<3} {seconds:7.1f} s  load {load:.2f}  {' '.join(b.form(args.quick))}",
                   flush=True)
             table.write(f"{b.name}\t{rc}\t{seconds:.1f}\t{load:.2f}\n")
             table.flush()
