@@ -36,11 +36,6 @@ def spreads(times: dict[str, list[float]]) -> dict[str, float]:
     return {k: round(spread(v), 3) for k, v in times.items()}
 
 
-def round_ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
-    """a / b round by round (the two measured in the same round, so under the same load)."""
-    return [x / y for x, y in zip(a, b, strict=True)]
-
-
 def span(values: Sequence[float], digits: int = 3) -> str:
     """`median (min-max)` of the repetitions."""
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
