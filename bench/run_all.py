@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Bench:
     name: str
     args: tuple[str, ...]  # after the interpreter, exactly as docs/benchmarks.md writes them; () = not in the list
-    minutes: float  # what the full form took on a quiet 2-core machine, to plan a re-run
+    minutes: float  # what the full form took on 2026-12-03, niced, load average 3-6 (to plan a re-run)
     quick: tuple[str, ...] | None = None  # the smoke form (`--quick`, `make bench`); default: args + --quick
 
     @property
@@ -47,24 +47,24 @@ class Bench:
 SDXL_SHAPED = ("bench/generation.py", "--sdxl-shaped", "--models", "/tmp/i13-sdxl", "--threads", "2", "--side", "512",
                "--steps", "2", "--rounds", "3", "--controlnet-rounds", "0")
 BENCHES = (
-    Bench("detection", ("bench/detection.py",), 1.0),
-    Bench("runtime", ("bench/runtime.py",), 1.5),
-    Bench("embedding", ("bench/embedding.py",), 2.5),
-    Bench("restoration", ("bench/restoration.py",), 0.5),
-    Bench("images", ("bench/images.py",), 0.5),
-    Bench("store", ("bench/store.py",), 0.3),
-    Bench("generation", ("bench/generation.py",), 1.5),
-    Bench("controlnet", ("bench/controlnet.py",), 0.5),
-    Bench("training", ("bench/training.py",), 3.0),
-    Bench("faces", ("bench/faces.py", "--show-wrong", "--calibrate"), 1.0, ("bench/faces.py", "--split", "tune")),
-    Bench("eyes", ("bench/eyes.py",), 0.2, ("bench/eyes.py",)),
-    Bench("load", ("bench/load.py", "--minutes", "10"), 10.5, ("bench/load.py", "--quick")),
+    Bench("detection", ("bench/detection.py",), 0.4),
+    Bench("runtime", ("bench/runtime.py",), 1.3),
+    Bench("embedding", ("bench/embedding.py",), 2.9),
+    Bench("restoration", ("bench/restoration.py",), 0.3),
+    Bench("images", ("bench/images.py",), 0.6),
+    Bench("store", ("bench/store.py",), 0.2),
+    Bench("generation", ("bench/generation.py",), 0.6),
+    Bench("controlnet", ("bench/controlnet.py",), 0.3),
+    Bench("training", ("bench/training.py",), 8.8),
+    Bench("faces", ("bench/faces.py", "--show-wrong", "--calibrate"), 0.3, ("bench/faces.py", "--split", "tune")),
+    Bench("eyes", ("bench/eyes.py",), 0.1, ("bench/eyes.py",)),
+    Bench("load", ("bench/load.py", "--minutes", "10"), 10.4, ("bench/load.py", "--quick")),
     # needs ~13 GiB of memory and the model built once under /tmp/i13-sdxl (~7 min): no smoke form
     Bench("sdxl-shaped", SDXL_SHAPED, 6.0, ()),
 )
 # Run on their own in a full re-run (several consecutive runs each); in the smoke run with the rest.
 ON_THEIR_OWN = (
-    Bench("pipeline", (), 1.5, ("bench/pipeline.py", "--quick")),
+    Bench("pipeline", (), 6.0, ("bench/pipeline.py", "--quick")),
     Bench("scaling", (), 6.0, ("bench/scaling.py", "--quick")),
     Bench("open_eyes", (), 8.0, ("bench/open_eyes.py", "--reps", "1", "--variations", "1", "--size", "256")),
 )
