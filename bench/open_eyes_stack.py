@@ -40,7 +40,7 @@ class ModelClock:
         from likeness.generation.engines.torch_engine import TorchEngine
         from likeness.orchestrator.context import JobContext
         from likeness.orchestrator.runner import Runner
-        from likeness.restoration import servicer as restoration_servicer
+        from likeness.restoration import outputs as restoration_outputs
 
         clock = self
         engine_run = TorchEngine.run
@@ -54,7 +54,7 @@ class ModelClock:
             return results
 
         TorchEngine.run = run
-        restore_face = restoration_servicer.restore_face
+        restore_face = restoration_outputs.restore_face
 
         @functools.wraps(restore_face)
         def timed_restore_face(image, face, restorer, *args, **kwargs):
@@ -63,7 +63,7 @@ class ModelClock:
             clock.add("restore", time.perf_counter() - t0)
             return out
 
-        restoration_servicer.restore_face = timed_restore_face
+        restoration_outputs.restore_face = timed_restore_face
         run_job = Runner._run_job
 
         async def timed_run_job(self, job):
@@ -76,9 +76,9 @@ class ModelClock:
         Runner._run_job = timed_run_job
         call = JobContext.call
 
-        async def recorded_call(self, kind, client, method, request, response_type):
-            clock.requests[kind] = request
-            return await call(self, kind, client, method, request, response_type)
+        async def recorded_call(self, client, method, request, *, work, **kwargs):
+            clock.requests[work] = request
+            return await call(self, client, method, request, work=work, **kwargs)
 
         JobContext.call = recorded_call
 
