@@ -2,6 +2,8 @@
 and restore model work, as a share of the job's wall time, measured side by side in one run.
 
     python bench/open_eyes.py [--reps 3] [--variations 4] [--size 1024] [--png-level0]
+    python bench/open_eyes.py --model-dir /tmp/i13-sdxl/models --model sdxl-shaped --dtype bfloat16 --threads 2
+        --steps 2 --variations 1 --reps 3   (the same job at SDXL's size: ~20 min, ~10 GiB)
 
 (where the overhead goes: `py-spy record -f raw -o prof.txt -- python bench/open_eyes.py`)
 
@@ -27,7 +29,16 @@ inpaint (one Generate call of the same request, straight to the generation servi
 `--png-level0`, a fourth: restore on with every PNG written at zlib level 0 (what writing the
 intermediate images uncompressed would save). Every job gets its own source image (one pixel
 changed) and seed, so no service cache and no finished work in the job store answers for it.
-Everything runs pinned to one core, one thread per library.
+Everything runs pinned to one core, one thread per library (with --threads N: N cores, and N torch
+threads for generation).
+
+Per round, side by side, also: the runner's time outside every stage (its fixed cost) and one bare
+Generate call's own overhead share ((its wall - the engine's run) / its wall), the floor of any job
+that makes one service call at this model's size. --model/--model-dir run the jobs and the bare call
+on another model (sdxl-shaped: the full-size SDXL architecture with random weights, whose images are
+noise and whose compute is SDXL's); the services are warmed by a tiny-sdxl job first and the model
+is loaded by one 64 px call before the rounds. At 1 step with the inpaint strength 0.99, diffusers
+runs no denoising step (int(1 x 0.99) = 0) and refuses: --steps 2 is one denoising step.
 """
 
 from __future__ import annotations
