@@ -1,6 +1,6 @@
 """Scale-out: 1 vs 2 replicas of detection and of generation (tiny-sdxl) behind one DNS name.
 
-    .venv/bin/python bench/scaling.py [--quick]
+    PYTHONPATH=services:. .venv/bin/python bench/scaling.py [--quick] [--service NAME] [--seconds S] [--reps N]
 
 Each replica is a real `likeness serve` process pinned to its own core (`taskset`), bound to its
 own loopback address (127.0.0.1, 127.0.0.2) on one port. A DNS server on loopback answers the
@@ -9,7 +9,14 @@ callers use the channel every Likeness client uses (`core.channels`: round_robin
 For a fixed concurrent load it reports throughput, p95 and each replica's share of the calls
 (from the replicas' own metrics), for 1 and 2 replicas, 3 interleaved repetitions, median and
 spread. Then, with 2 replicas under load, one is SIGKILLed: lost calls (target 0) and how long
-until the survivor serves every call.
+until the survivor serves every call. A full run takes about 4 minutes.
+
+Wall-clock throughput on a shared machine measures the scheduler as much as the replicas, so each
+run also splits CPU by process (each replica, the callers, the DNS server, everyone else) and
+reports per replica: CPU ms per call, images per pipeline call, how long its model worker had no
+work, and how long it held a partial batch for batch-mates. The speed-up is then the product of two
+factors printed apart: the cores the replicas got (2 vs 1; the machine's) and the replicas' CPU per
+call (1 vs 2; their own efficiency, which holds up under load).
 """
 
 from __future__ import annotations
@@ -35,11 +42,11 @@ from machine import Machine  # noqa: E402
 
 NAME = "likeness-{}-headless.likeness.svc.cluster.local"
 # Concurrent callers, the same for 1 and 2 replicas: enough to keep 2 replicas saturated. Generation
-# batches up to 4 requests (its default max_batch) and an image in a batch of 1 costs up to 2x one in
-# a batch of 4 at this size: 16 callers keep two batches' worth of calls at each of 2 replicas (one
-# running, one filling), where 8 left each replica with half-full batches, so the second replica's
-# images cost more and the ratio measured batch fill, not replicas.
-CALLERS = {"detection": 4, "generation": 16}
+# batches up to 4 requests (its default max_batch), and an image costs less in a full batch (per-batch
+# work: text encoders, VAE set-up, Python dispatch). 24 callers keep three batches' worth of calls at
+# each of 2 replicas (one running, one queued, one on its way back through the callers); with 8,
+# each replica ran half-full batches whose images cost more, so the ratio measured batch fill.
+CALLERS = {"detection": 4, "generation": 24}
 # Every call of the whole bench gets its own seed: generation stores each finished image under a work id
 # made from its inputs, and a call whose image is already in the store is answered from it (no model
 # work). Seeds that restarted at 0 in each run made every run after the first mostly cached calls.
@@ -307,6 +314,7 @@ def summarize(runs: dict[int, list[dict]], seconds: float, killed: dict) -> dict
                         for n, rs in runs.items()},
         "batch_hold": {str(n): [round(statistics.median(r["hold"][i] for r in rs), 3) for i in range(n)]
                        for n, rs in runs.items()},
+        "pooled": decompose(runs),
         "mean_batch": {str(n): round(statistics.median(r["batch"] for r in rs), 2) for n, rs in runs.items()},
     }
 
@@ -337,22 +345,36 @@ def print_tables(figures: dict, services: tuple[str, ...], seconds: dict[str, fl
                   + f"{'/'.join(f'{x:.2f}' for x in f['batch_hold'][str(n)]):>12}")
 
 
+def decompose(runs: dict[int, list[dict]]) -> dict:
+    """Throughput over all repetitions (calls / seconds, tails included), 2 vs 1, as the product of the
+    cores the replicas got (2 vs 1: the machine's part, near 2 on an otherwise idle 2-core machine) and
+    the replicas' CPU per call (1 vs 2: their own efficiency, batch fill and per-call overhead, which
+    holds up under load). Pooled, so that the product equals the ratio exactly."""
+    pooled = {}
+    for n, rs in runs.items():
+        elapsed, calls = sum(r["elapsed"] for r in rs), sum(r["calls"] for r in rs)
+        cpu = {k: sum(r["cpu"][k] for r in rs) for k in rs[0]["cpu"]}
+        replicas = cpu["replica 1"] + cpu["replica 2"]
+        pooled[n] = {"cores": replicas / elapsed, "ms_per_call": 1000 * replicas / calls,
+                     "callers_dns_cores": (cpu["callers"] + cpu["dns"]) / elapsed,
+                     "others_cores": cpu["others"] / elapsed}
+    cores, efficiency = pooled[2]["cores"] / pooled[1]["cores"], pooled[1]["ms_per_call"] / pooled[2]["ms_per_call"]
+    return {"replica_cores": [round(pooled[n]["cores"], 3) for n in (1, 2)],
+            "replica_ms_per_call": [round(pooled[n]["ms_per_call"], 2) for n in (1, 2)],
+            "cores_ratio": round(cores, 3), "efficiency": round(efficiency, 3),
+            "pooled_speedup": round(cores * efficiency, 3),
+            "callers_dns_cores_2": round(pooled[2]["callers_dns_cores"], 3),
+            "others_cores": [round(pooled[n]["others_cores"], 3) for n in (1, 2)]}
+
+
 def print_decomposition(figures: dict, services: tuple[str, ...]) -> None:
-    """speed-up = (cores the replicas got, 2 vs 1) x (replica CPU per call, 1 vs 2). The first factor is
-    the machine's (near 2 on an otherwise idle 2-core machine, less when others run); the second is the
-    replicas' own efficiency (batch fill, per-call overhead) and holds up under load."""
-    print("\n## speed-up = replica cores (2 vs 1) x replica CPU per call (1 vs 2)")
+    print("\n## all repetitions pooled: speed-up = replica cores (2 vs 1) x replica CPU per call (1 vs 2)")
     for service in services:
-        f = figures[service]
-        cores = {n: f["cores_busy"][n]["replica 1"] + f["cores_busy"][n]["replica 2"] for n in ("1", "2")}
-        per_call = {n: f["cpu_ms_per_call"][n]["replica 1"] + f["cpu_ms_per_call"][n]["replica 2"] for n in ("1", "2")}
-        f["replica_cores_ratio"] = round(cores["2"] / cores["1"], 3)
-        f["replica_efficiency"] = round(per_call["1"] / per_call["2"], 3)
-        print(f"{service:>11}: {cores['2']:.2f} / {cores['1']:.2f} cores = {f['replica_cores_ratio']:.2f}; "
-              f"{per_call['1']:.1f} / {per_call['2']:.1f} ms per call = {f['replica_efficiency']:.2f}; "
-              f"product {f['replica_cores_ratio'] * f['replica_efficiency']:.2f} (measured {f['speedup']:.2f}); "
-              f"callers + DNS {f['cores_busy']['2']['callers'] + f['cores_busy']['2']['dns']:.2f} cores, "
-              f"others {f['cores_busy']['2']['others']:.2f} cores with 2 replicas")
+        d = figures[service]["pooled"]
+        print(f"{service:>11}: {d['replica_cores'][1]:.2f} / {d['replica_cores'][0]:.2f} cores = {d['cores_ratio']:.2f}"
+              f" x {d['replica_ms_per_call'][0]:.1f} / {d['replica_ms_per_call'][1]:.1f} ms per call = "
+              f"{d['efficiency']:.2f} -> {d['pooled_speedup']:.2f}; callers + DNS {d['callers_dns_cores_2']:.2f} cores "
+              f"with 2 replicas; others {d['others_cores'][0]:.2f} / {d['others_cores'][1]:.2f} cores (1 / 2 replicas)")
 
 
 def main() -> None:
