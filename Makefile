@@ -51,8 +51,9 @@ up: venv sysdeps
 down:
 	@test -x $(BIN)/python && $(BIN)/python tools/stack.py down || true
 
+# Every benchmark's smoke form, outputs in build/bench-quick (full runs: bench/run_all.py, docs/benchmarks.md)
 bench: venv
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+	PYTHONPATH=services:. $(BIN)/python bench/run_all.py --quick build/bench-quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -34,6 +34,12 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.machine import Machine  # noqa: E402
+from bench.timing import MIN_REPS, spread, spread_line  # noqa: E402
+
+# max / min of a variant's rounds, the largest over the photos it ran on: wall clock and CPU time
+SPREADS: dict[str, dict[str, float]] = {"wall": {}, "cpu": {}}
+
 
 def pin(cores: set[int]) -> None:
     os.sched_setaffinity(0, cores)
@@ -81,6 +87,9 @@ def timed(variants: dict, reps: int) -> dict[str, tuple[float, float]]:
             own = fn()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(float(own) if isinstance(own, ServerCpu) else time.thread_time() - c0)
+    for kind, values in (("wall", wall), ("cpu", cpu)):
+        for k, v in values.items():
+            SPREADS[kind][k] = round(max(SPREADS[kind].get(k, 1.0), spread(v)), 3)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
 
 
@@ -92,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 30 s)")
     args = parser.parse_args()
+    machine = Machine()
     reps = 8 if args.quick else 30
     cores = sorted(os.sched_getaffinity(0))
     core, client_core = cores[0], cores[-1]
@@ -151,8 +161,8 @@ def main() -> None:
     mesh_per_photo = {k: round(r["detect"][1] / r["detect_no_mesh"][1], 3)
                       for k, r in zip(photos, per_photo, strict=True)}
     astro, best = photos["astronaut"], faces["astronaut"][0]
-    rows["embed_per_face"] = mean_of([timed({"e": lambda: pipeline.encoder.embed(astro, [best])},
-                                            max(3, reps // 4))], "e")
+    rows["embed_per_face"] = mean_of([timed({"embed_per_face": lambda: pipeline.encoder.embed(astro, [best])},
+                                            max(MIN_REPS, reps // 4))], "embed_per_face")
 
     # 2. quality
     q = timed({"quality": lambda: combined_score(measure(astro, best.box, best.score), weights),
@@ -226,11 +236,14 @@ def main() -> None:
           f"{ratios['gates_over_detect'][1]:>10.3f}{'<= 0.10':>9}")
     print(f"{'ratio per photo, CPU: default with mesh / flip only':<56}"
           + "  ".join(f"{k} {v:.2f}" for k, v in mesh_per_photo.items()))
+    for kind in ("wall", "cpu"):
+        print(spread_line(SPREADS[kind], reps, f"{kind} time, worst photo (embed_per_face: "
+                                               f"{max(MIN_REPS, reps // 4)} rounds)"))
     figures = {f"{k}_{kind}_ms": round(v[i], 3) for k, v in rows.items() for i, kind in enumerate(("wall", "cpu"))}
     figures |= {f"{k}_{kind}": round(v[i], 4) for k, v in ratios.items() for i, kind in enumerate(("wall", "cpu"))}
     print(json.dumps({"bench": "detection", "quick": args.quick, "reps": reps, "faces": counts,
-                      "load_average": os.getloadavg()[0], "mesh_over_no_mesh_cpu_per_photo": mesh_per_photo,
-                      **figures}))
+                      "mesh_over_no_mesh_cpu_per_photo": mesh_per_photo, **figures, "spreads": SPREADS,
+                      "machine": machine.done()}))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 
 from machine import Machine  # noqa: E402
-from timing import interleaved, medians  # noqa: E402
+from timing import MIN_REPS, interleaved, medians, spread_line, spreads  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -57,12 +57,16 @@ def blobs(n: int, k: int = 8, d: int = 512, spread: float = 0.025, seed: int = 0
 
 
 MINIMA: dict[str, float] = {}  # best of the repetitions, per variant: the least disturbed run
+SPREADS: dict[str, float] = {}  # max / min of the repetitions, per section and variant
+REPS: dict[str, int] = {}
 
 
-def timed(variants: dict, reps: int) -> dict[str, float]:
-    """Median seconds per variant; minima go to MINIMA."""
+def timed(variants: dict, reps: int, what: str) -> dict[str, float]:
+    """Median seconds per variant; minima go to MINIMA, spreads to SPREADS."""
     times = interleaved(variants, reps)
     MINIMA.update({k: min(v) for k, v in times.items()})
+    SPREADS.update({f"{what} {k}": v for k, v in spreads(times).items()})
+    REPS[what] = reps
     return medians(times)
 
 
@@ -81,7 +85,7 @@ def bench_cluster_small(reps: int) -> dict:
 
     ours()  # warm (imports, thread pools)
     t = timed({"ours": ours, "sklearn10": sklearn_defaults,
-               "auto": lambda: cluster(x, ClusterParams(k=0, seed=0))}, reps)
+               "auto": lambda: cluster(x, ClusterParams(k=0, seed=0))}, reps, "cluster_250")
     return {"cluster_250_s": t["ours"], "cluster_250_best_s": MINIMA["ours"],
             "cluster_250_sklearn_n_init10_s": t["sklearn10"],
             "cluster_250_auto_k_2_12_s": t["auto"]}
@@ -94,20 +98,21 @@ def bench_cluster_large(quick: bool) -> dict:
     from likeness.embedding.clustering import ClusterParams, cluster
 
     x = blobs(100_000, seed=1)
-    t0 = time.perf_counter()
-    result = cluster(x, ClusterParams(k=8, seed=0))
-    ours = time.perf_counter() - t0
     sub = 5_000 if quick else 20_000
     xs = x[:sub]
-    t0 = time.perf_counter()
-    labels = KMeans(8, n_init=4, random_state=0).fit_predict(xs)
-    exact_sil = silhouette_samples(xs, labels)
-    lloyd = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mini = cluster(xs, ClusterParams(k=8, seed=0, exact_limit=sub - 1))
-    mini_t = time.perf_counter() - t0
+    out = {}
+
+    def lloyd():
+        out["labels"] = KMeans(8, n_init=4, random_state=0).fit_predict(xs)
+        out["exact_sil"] = silhouette_samples(xs, out["labels"])
+
+    t = timed({"ours": lambda: out.update(result=cluster(x, ClusterParams(k=8, seed=0))), "lloyd": lloyd,
+               "mini": lambda: out.update(mini=cluster(xs, ClusterParams(k=8, seed=0, exact_limit=sub - 1)))},
+              1 if quick else MIN_REPS, "cluster_100k")
+    ours, lloyd_t, mini_t = t["ours"], t["lloyd"], t["mini"]
+    result, labels, exact_sil, mini = out["result"], out["labels"], out["exact_sil"], out["mini"]
     return {"cluster_100k_s": ours, "cluster_100k_algorithm": result.algorithm,
-            "cluster_100k_silhouette": result.mean_silhouette, "lloyd_subset_n": sub, "lloyd_subset_s": lloyd,
+            "cluster_100k_silhouette": result.mean_silhouette, "lloyd_subset_n": sub, "lloyd_subset_s": lloyd_t,
             "minibatch_subset_s": mini_t, "minibatch_vs_lloyd_ari": adjusted_rand_score(labels, mini.labels),
             "sampled_vs_exact_mean_silhouette_diff": abs(mini.mean_silhouette - float(exact_sil.mean()))}
 
@@ -153,7 +158,7 @@ def bench_select(reps: int, instances: int) -> dict:
 
     first = pool(0)
     select(first, 70, quotas)
-    t = timed({"exact": lambda: select(first, 70, quotas, "exact")}, reps)
+    t = timed({"exact": lambda: select(first, 70, quotas, "exact")}, reps, "select_70")
     # greedy against exact on many instances: how often greedy fills the quotas at all, and the
     # quality it reaches when it does
     stuck, ratios, greedy_times = 0, [], []
@@ -198,7 +203,7 @@ def bench_diversity(reps: int, with_bootstrap: bool) -> dict:
     variants = {"ours": lambda: diversity(real, fake, DiversityParams(bootstrap=0)), "prdc": reference}
     if with_bootstrap:
         variants["boot"] = lambda: diversity(real, fake, DiversityParams(bootstrap=100))
-    t = timed(variants, reps)
+    t = timed(variants, reps, "diversity_5k")
     return {"diversity_5k_s": t["ours"], "diversity_5k_best_s": MINIMA["ours"], "diversity_5k_prdc_s": t["prdc"],
             "diversity_5k_bootstrap100_s": t.get("boot")}
 
@@ -233,7 +238,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads or None)
-    reps = 3 if args.quick else 9
+    reps = MIN_REPS if args.quick else 9
     t_start = time.perf_counter()
     r = {}
     r.update(bench_cluster_small(reps))
@@ -280,7 +285,10 @@ def main() -> None:
     for a, b, c in rows:
         print(f"{a.ljust(width)}  {b:>10}  {c}")
     print()
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
+    for what, n in REPS.items():
+        if n < 2:
+            continue  # one run (--quick): no spread to show
+        print(spread_line({k.split(" ", 1)[1]: v for k, v in SPREADS.items() if k.startswith(what + " ")}, n, what))
     for key, target in TARGETS.items():
         best = r.get(key[:-2] + "_best_s", r[key])
         print(f"target {key}: median {r[key]:.4f} s, best {best:.4f} s <= {target} s: "
@@ -288,9 +296,8 @@ def main() -> None:
     r["wall_s"] = time.perf_counter() - t_start
     r["quick"] = args.quick
     r["threads"] = args.threads
-    r["load_average"] = os.getloadavg()[0]
     print(json.dumps({**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()},
-                      "machine": machine.done()}))
+                      "spreads": SPREADS, "machine": machine.done()}))
 
 
 if __name__ == "__main__":

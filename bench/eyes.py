@@ -9,6 +9,7 @@ dark lash line is drawn where the lids meet (along the lower lid, 1/14 of the ey
 Each face of the set is measured open (as photographed, 200 px face) and closed; the printed
 table gives the eye aspect ratio (EAR) of both and the openness the calibrated mapping gives
 (mesh.EAR_CLOSED / EAR_OPEN). Faces are split like bench/face_set.py (tune / held_out people).
+Nothing is timed and the measures are deterministic, so the faces are measured once.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ def close_eyes(rgb: np.ndarray, face) -> np.ndarray:
 
 def main() -> None:
     from bench.face_set import FACES, portrait
+    from bench.machine import Machine
     from likeness.client.demo_set import PARTNER
     from likeness.detection.backends.factory import create_pipeline
     from likeness.detection.mesh import EAR_CLOSED, EAR_OPEN
     from likeness.detection.settings import DetectionSettings
 
+    machine = Machine()  # no timings here, but the machine stays with every figure
     pipeline = create_pipeline(DetectionSettings(detection_identity="none"))
     pipeline.load()
     people = [(split, p) for split, ps in FACES.items() for p in ps]
@@ -70,7 +73,7 @@ def main() -> None:
         pair = lambda v: f"{v[0]:.3f} / {v[1]:.3f}"  # noqa: E731
         print(f"{p.name:<20}{split:<10}{pair(row['ear_open']):>18}{pair(row['ear_shut']):>18}"
               f"{row['open']:>16.2f}{row['shut']:>12.2f}")
-    print(json.dumps({"bench": "eyes", "rows": rows}))
+    print(json.dumps({"bench": "eyes", "rows": rows, "machine": machine.done()}))
 
 
 if __name__ == "__main__":

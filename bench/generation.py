@@ -10,7 +10,7 @@ per-step cost of one ControlNet vs none on tiny-sdxl and on sdxl-shaped side by 
 
     .venv/bin/python bench/generation.py [--quick]
     .venv/bin/python bench/generation.py --sdxl-shaped [--side 512] [--steps 2] [--rounds 3]
-        [--controlnet-rounds 2] [--int8]
+        [--controlnet-rounds 3] [--int8]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2,
                     help="sdxl-shaped denoising steps per image (>= 2: a step is timed end to end)")
     ap.add_argument("--rounds", type=int, default=3, help="sdxl-shaped rounds of service vs bare diffusers")
-    ap.add_argument("--controlnet-rounds", type=int, default=2,
+    ap.add_argument("--controlnet-rounds", type=int, default=3,
                     help="sdxl-shaped: interleaved rounds of one ControlNet vs none (0: leave the ControlNet out)")
     ap.add_argument("--int8", action="store_true", help="sdxl-shaped: also the weight-only int8 UNet")
     ap.add_argument("--models", default="/tmp/likeness-sdxl-shaped",
@@ -53,7 +53,11 @@ def main() -> None:
 
         run(args)
         return
-    rounds, side, steps = (2, 64, 4) if args.quick else (5, 128, 8)
+    from bench.machine import Machine
+    from bench.timing import MIN_REPS, print_spreads
+
+    machine = Machine()
+    rounds, side, steps = (MIN_REPS, 64, 4) if args.quick else (5, 128, 8)
 
     import grpc
 
@@ -82,6 +86,7 @@ def main() -> None:
                                  height=side, output_prefix=f"bench/{uuid.uuid4().hex}/")
 
     rows, figures = [], {"side": side, "steps": steps, "threads": args.threads, "rounds": rounds}
+    times: dict[str, list[float]] = {}  # every variant's rounds, for the spreads
 
     with ServiceThread(service, settings) as thread:
         # 1. batching: 4 concurrent vs 4 sequential, interleaved rounds
@@ -107,6 +112,7 @@ def main() -> None:
             thread.call(sequential())
             seq0.append(time.perf_counter() - t)
             generator.batcher.max_wait = max_wait
+        times.update(concurrent=conc, sequential=seq, sequential_no_wait=seq0)
         c, s, s0 = statistics.median(conc), statistics.median(seq), statistics.median(seq0)
         rows.append((f"4 requests: concurrent (batched) vs sequential, max_wait {max_wait * 1000:.0f} ms",
                      f"{c:.3f} s vs {s:.3f} s", s / c))
@@ -129,6 +135,7 @@ def main() -> None:
             t = time.perf_counter()
             thread.call(generator.generate(request(2000 + i)))
             direct.append(time.perf_counter() - t)
+        times.update(grpc=via_grpc, in_process=direct)
         g, d = statistics.median(via_grpc), statistics.median(direct)
         rows.append(("1 request: over gRPC vs in-process", f"{g:.3f} s vs {d:.3f} s", g / d))
         figures.update(grpc_seconds=g, inprocess_seconds=d, grpc_overhead_ratio=g / d)
@@ -153,6 +160,7 @@ def main() -> None:
             for name, (engine, model) in engines.items():
                 items = [ImageItem(seed=i, prompt="a", negative_prompt="") for i in range(batch)]
                 per_step[name].append(engine.run(model, None, key, items, {})[0].timings["denoising"] / steps)
+        times.update({f"{name}_step_b{batch}": v[1:] for name, v in per_step.items()})
         t, o = statistics.median(per_step["torch"][1:]), statistics.median(per_step["onnxruntime"][1:])
         rows.append((f"denoising step, batch {batch}: torch vs onnxruntime", f"{t * 1000:.1f} ms vs {o * 1000:.1f} ms",
                      t / o))
@@ -166,7 +174,9 @@ def main() -> None:
     print(f"{'what':<{width}}  {'measured':<26} ratio")
     for what, measured, ratio in rows:
         print(f"{what:<{width}}  {measured:<26} {ratio:.2f}")
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+    figures["spreads"] = print_spreads(times)
+    print(json.dumps({**{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},
+                      "machine": machine.done()}))
 
 
 if __name__ == "__main__":

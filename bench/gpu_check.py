@@ -146,6 +146,9 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=1024)
     ap.add_argument("--batches", default="1,4")
     args = ap.parse_args()
+    from bench.machine import Machine
+
+    machine = Machine()  # the host; the GPU's name is in the figures
     if args.tiny:
         args.side, args.steps = 64, 2
     batches = [int(b) for b in args.batches.split(",")]
@@ -160,6 +163,7 @@ def main() -> None:
           f"on {figures.get('gpu', args.device)}")
     for key, value in figures.items():
         print(f"  {key:<34} {value}")
+    figures["machine"] = machine.done()
     print(json.dumps({"gpu_check": figures}))
 
 

@@ -25,7 +25,7 @@ from PIL import Image, PngImagePlugin
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 
 from machine import Machine  # noqa: E402
-from timing import interleaved, medians  # noqa: E402
+from timing import MIN_REPS, interleaved, medians, spread_line, spreads  # noqa: E402
 
 from likeness.core.images import decode_image, encode_jpeg, encode_png  # noqa: E402
 from likeness.core.pngmeta import add_png_metadata, format_parameters  # noqa: E402
@@ -42,9 +42,14 @@ def photo(side: int) -> np.ndarray:
     return np.asarray(img.resize((side, side), Image.Resampling.BICUBIC))
 
 
-def timed(variants: dict, reps: int) -> dict[str, float]:
-    """Median seconds per call of each variant."""
-    return medians(interleaved(variants, reps))
+SPREADS: dict[str, float] = {}  # max / min of every variant's rounds, for the JSON line
+
+
+def timed(variants: dict, reps: int, what: str) -> dict:
+    """Median seconds per call of each variant; their spreads go to SPREADS."""
+    times = interleaved(variants, reps)
+    SPREADS.update({f"{what} {k}": v for k, v in spreads(times).items()})
+    return medians(times)
 
 
 def noise(side: int) -> np.ndarray:
@@ -62,14 +67,15 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=1024)
     args = ap.parse_args()
     machine = Machine()
-    reps = 3 if args.quick else 9
+    reps = MIN_REPS if args.quick else 9
     figures: dict = {"side": args.side, "reps": reps}
 
     print(f"## PNG compress level ({args.side}x{args.side}, median of {reps})")
     print(f"{'image':<8}{'level':>6}{'encode ms':>11}{'size KiB':>10}{'time vs 6':>11}{'size vs 6':>11}")
     for label, arr in (("photo", photo(args.side)), ("noise", noise(args.side))):
         levels = (1, 3, 6, 9)
-        t = timed({lv: (lambda lv=lv, a=arr: encode_png(a, compress_level=lv)) for lv in levels}, reps)
+        t = timed({lv: (lambda lv=lv, a=arr: encode_png(a, compress_level=lv)) for lv in levels}, reps,
+                  f"{label} encode")
         sizes = {lv: len(encode_png(arr, compress_level=lv)) for lv in levels}
         for lv in levels:
             print(f"{label:<8}{lv:>6}{t[lv] * 1e3:>11.1f}{sizes[lv] / 1024:>10.0f}"
@@ -83,7 +89,8 @@ def main() -> None:
     print(f"{'format':<8}{'ours ms':>9}{'bare ms':>9}{'ratio':>8}")
     arr = photo(args.side)
     for fmt, data in (("PNG", encode_png(arr)), ("JPEG", encode_jpeg(arr))):
-        t = timed({"ours": lambda d=data: decode_image(d, "image"), "bare": lambda d=data: bare_decode(d)}, reps)
+        t = timed({"ours": lambda d=data: decode_image(d, "image"), "bare": lambda d=data: bare_decode(d)}, reps,
+                  f"{fmt} decode")
         ratio = t["ours"] / t["bare"]
         print(f"{fmt:<8}{t['ours'] * 1e3:>9.1f}{t['bare'] * 1e3:>9.1f}{ratio:>8.2f}")
         figures[f"decode_{fmt.lower()}_ratio"] = round(ratio, 3)
@@ -102,12 +109,13 @@ def main() -> None:
         with Image.open(io.BytesIO(png)) as img:
             img.save(io.BytesIO(), "PNG", pnginfo=info, compress_level=1)
 
-    t = timed({"splice": lambda: add_png_metadata(png, text, request), "reencode": reencode}, reps)
+    t = timed({"splice": lambda: add_png_metadata(png, text, request), "reencode": reencode}, reps, "metadata")
     print(f"{'splice ms':>10}{'re-encode ms':>14}{'ratio':>10}")
     print(f"{t['splice'] * 1e3:>10.3f}{t['reencode'] * 1e3:>14.1f}{t['splice'] / t['reencode']:>10.4f}")
     figures["meta_splice_ms"] = round(t["splice"] * 1e3, 3)
     figures["meta_splice_vs_reencode"] = round(t["splice"] / t["reencode"], 4)
-    print(json.dumps({**figures, "machine": machine.done()}))
+    print("\n" + spread_line(SPREADS, reps))
+    print(json.dumps({**figures, "spreads": SPREADS, "machine": machine.done()}))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ Acceptance (printed as PASS/FAIL, and the exit status):
 - p95 of every call in the last window at most 1.5x that of the first window (+20 ms slack, since
   the 2-core machines here are shared and a single scheduling hiccup moves a 5 ms p95).
 A window is one minute, or a quarter of the run when the run is shorter than four minutes.
+A soak compares the run with itself over time (first window against last), so it is one long run
+rather than interleaved repetitions; the machine and its load before and after are printed with it.
 The last line is the JSON of every figure.
 """
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(ROOT))
 
 from machine import Machine  # noqa: E402
-from timing import interleaved, medians  # noqa: E402
+from timing import interleaved, medians, print_spreads  # noqa: E402
 
 SEED_MS = {"crop_and_mask": 1800.0, "composite": 1500.0, "metadata": 3200.0}
 # Targets per 1024x1024 image on one core; the mask's PNG encoding has none (it is zlib over 1 MiB of mask, shown so the
@@ -141,7 +141,8 @@ def main() -> None:
     }
     for fn in variants.values():  # warm caches and lazy imports
         fn()
-    ms = medians(interleaved(variants, reps), scale=1e3)
+    times = interleaved(variants, reps)
+    ms = medians(times, scale=1e3)
 
     floor = ms["floor"]
     rows = [
@@ -176,6 +177,7 @@ def main() -> None:
         if target is not None:
             figures[f"{key}_within_target"] = ms[key] <= target
     print("naive: " + "; ".join(f"{label}: {naive_label}" for label, _, n, naive_label in rows if n))
+    figures["spreads"] = print_spreads(times)
     print(json.dumps({**figures, "machine": machine.done()}, sort_keys=True))
 
 

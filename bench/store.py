@@ -25,13 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "services")]
 
 from machine import Machine  # noqa: E402
+from timing import spread_line, spreads  # noqa: E402
 
 from likeness.core.store import open_store  # noqa: E402
 from likeness.core.store_local import LocalStore  # noqa: E402
 from tests.servers import SeaweedServer  # noqa: E402
 
+SPREADS: dict[str, float] = {}  # max / min of every variant's rounds, by size
 
-def interleaved_ms(variants: dict, repeats: int) -> dict[str, float]:
+
+def interleaved_ms(variants: dict, repeats: int, label: str) -> dict[str, float]:
     """Median ms per variant; variants take turns each round, so drift hits all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(-1, repeats):  # round -1 warms up (connections, folders) and is not counted
@@ -40,6 +43,7 @@ def interleaved_ms(variants: dict, repeats: int) -> dict[str, float]:
             fn(i)
             if i >= 0:
                 times[name].append((time.perf_counter() - start) * 1000)
+    SPREADS.update({f"{name} {label}": v for name, v in spreads(times).items()})
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -92,6 +96,7 @@ def main() -> None:
                     "s3 put": lambda i, data=data: s3.put(f"o/{i}", data),
                 },
                 n,
+                label,
             )
             t |= interleaved_ms(
                 {
@@ -103,6 +108,7 @@ def main() -> None:
                     "s3 stat": lambda i: s3.stat(f"o/{max(i, 0)}"),
                 },
                 n,
+                label,
             )
             # Like for like: our put fsyncs, so it is compared with a raw write that fsyncs too.
             base = {"put": t["raw fsync put"], "get": t["raw get"]}
@@ -149,7 +155,10 @@ def main() -> None:
     print(
         "minio = the bare minio client on the same SeaweedFS; s3 = our S3Store (sha256 metadata, retry wrapper)"
     )
-    print(json.dumps({"bench": "store", "quick": args.quick, **figures, "machine": machine.done()}))
+    print(spread_line(SPREADS, None, f"each operation ({repeats['64 KiB']} rounds at 64 KiB, "
+                                     f"{repeats['8 MiB']} at 8 MiB)"))
+    print(json.dumps({"bench": "store", "quick": args.quick, **figures, "spreads": SPREADS,
+                      "machine": machine.done()}))
 
 
 if __name__ == "__main__":

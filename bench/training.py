@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 import numpy as np  # noqa: E402
 from machine import Machine  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing import MIN_REPS, span, spread  # noqa: E402
 
 from likeness.core.images import encode_png  # noqa: E402
 from likeness.training.app import create_context  # noqa: E402
@@ -130,17 +131,17 @@ def parallel_step(models: Path, ranks: int, steps: int) -> dict:
 
 def data_parallel(models: Path, steps: int, figures: dict) -> None:
     runs: dict[int, list[dict]] = {1: [], 2: []}
-    for _ in range(3):  # interleaved, so load drifts hit both alike
+    for _ in range(MIN_REPS):  # interleaved, so load drifts hit both alike
         for ranks in runs:
             runs[ranks].append(parallel_step(models, ranks, steps))
     one = statistics.median(r["step_seconds"] for r in runs[1])
     two = statistics.median(r["step_seconds"] for r in runs[2])
     share = statistics.median(r["allreduce_share"] for r in runs[2])
-    spread = max(r["step_seconds"] for r in runs[2]) / min(r["step_seconds"] for r in runs[2])
-    print(f"\n## data parallel: global batch 4, rank 16, 64 px; median of 3 ({steps} steps each)")
+    spread_2 = spread([r["step_seconds"] for r in runs[2]])
+    print(f"\n## data parallel: global batch 4, rank 16, 64 px; median of {MIN_REPS} ({steps} steps each)")
     print(f"{'ranks':>6}{'steps/s':>9}{'speed-up':>10}{'all-reduce share':>18}{'max/min':>9}")
     print(f"{1:>6}{1 / one:>9.2f}{1.0:>10.2f}{'-':>18}{'':>9}")
-    print(f"{2:>6}{1 / two:>9.2f}{one / two:>10.2f}{share:>18.1%}{spread:>9.2f}")
+    print(f"{2:>6}{1 / two:>9.2f}{one / two:>10.2f}{share:>18.1%}{spread_2:>9.2f}")
     figures.update(dp_steps_per_second_1=round(1 / one, 3), dp_steps_per_second_2=round(1 / two, 3),
                    dp_speedup_2=round(one / two, 3), dp_allreduce_share=round(share, 4))
 
@@ -162,29 +163,36 @@ def main() -> None:
         reg = bench.ctx.registry
         bench.run(epochs=1, max_steps=2, rank=4)  # warm-up: builds tiny-sdxl, first-call kernels
 
-        straight = bench.run()
-        r = reg.get(straight)
-        t = r.timings
+        # repetitions of one run each; their median and spread (the runs are alike: same seed)
+        straights = [bench.run() for _ in range(MIN_REPS)]
+        runs = [reg.get(rid) for rid in straights]
+        straight, r = straights[0], runs[0]
         epochs = len(r.checkpoints)
-        train_epoch = t["train"] / epochs
-        overhead_epoch = (t["checkpoint"] + t["sampling"] + t["evaluation"]) / epochs
-        share = overhead_epoch / (train_epoch + overhead_epoch)
-        steps_per_second = r.step / t["train"]
+        rates = [x.step / x.timings["train"] for x in runs]
+        epoch_s = [x.timings["train"] / epochs for x in runs]
+        ckpt_s = [x.timings["checkpoint"] / epochs for x in runs]
+        sample_s = [x.timings["sampling"] / epochs for x in runs]
+        shares = [(x.timings["checkpoint"] + x.timings["sampling"] + x.timings["evaluation"])
+                  / (x.timings["train"] + x.timings["checkpoint"] + x.timings["sampling"] + x.timings["evaluation"])
+                  for x in runs]
+        steps_per_second, train_epoch, share = (statistics.median(v) for v in (rates, epoch_s, shares))
         print(f"## tiny-sdxl, {images} images of 64 px, batch 1, rank 16, 2 epochs ({r.step} steps), "
-              f"{args.threads} torch thread(s)")
+              f"{args.threads} torch thread(s); median of {MIN_REPS} runs")
         print(f"{'steps/s':>10}{'epoch s':>10}{'ckpt s':>9}{'samples s':>11}{'overhead share':>16}")
-        print(f"{steps_per_second:>10.2f}{train_epoch:>10.2f}{t['checkpoint'] / epochs:>9.3f}"
-              f"{t['sampling'] / epochs:>11.3f}{share:>16.1%}")
+        print(f"{steps_per_second:>10.2f}{train_epoch:>10.2f}{statistics.median(ckpt_s):>9.3f}"
+              f"{statistics.median(sample_s):>11.3f}{share:>16.1%}")
+        print(f"runs: steps/s {span(rates, 2)}, overhead share {span(shares, 3)}")
         figures.update(steps_per_second=round(steps_per_second, 3), epoch_seconds=round(train_epoch, 3),
-                       checkpoint_seconds=round(t["checkpoint"] / epochs, 4),
-                       sampling_seconds=round(t["sampling"] / epochs, 4),
-                       overhead_share_per_epoch=round(share, 4))
+                       checkpoint_seconds=round(statistics.median(ckpt_s), 4),
+                       sampling_seconds=round(statistics.median(sample_s), 4),
+                       overhead_share_per_epoch=round(share, 4), overhead_share_runs=[round(x, 4) for x in shares],
+                       steps_per_second_spread=round(spread(rates), 3))
 
         per_epoch = r.total_steps // 2
         cut = bench.run(cancel_at=per_epoch + per_epoch // 2)  # mid-epoch 2
         resumed = bench.run(resume_from=cut)
         rc = reg.get(resumed)
-        step_s = t["train"] / r.step
+        step_s = 1 / steps_per_second
         restore = rc.timings["resume"]
         a, b = final_weights(bench.ctx, straight), final_weights(bench.ctx, resumed)
         exact = a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
@@ -197,33 +205,39 @@ def main() -> None:
                        resume_bit_identical=exact)
 
         ranks = (4, 16) if args.quick else (4, 16, 64)
-        print("\n## rank (1 epoch each)")
-        print(f"{'rank':>6}{'step ms':>9}{'LoRA KB':>9}{'vs rank 4 time':>16}{'vs rank 4 size':>16}")
-        base_step = base_size = None
+        step_ms: dict[int, list[float]] = {rank: [] for rank in ranks}
+        for _ in range(MIN_REPS):  # interleaved, so load drifts hit every rank alike
+            for rank in ranks:
+                rr = reg.get(bench.run(rank=rank, epochs=1))
+                step_ms[rank].append(rr.timings["train"] / rr.step * 1e3)
+                figures[f"rank{rank}_lora_bytes"] = rr.checkpoints[-1].diffusers_weights.size
+        print(f"\n## rank (1 epoch each, median of {MIN_REPS} interleaved rounds)")
+        print(f"{'rank':>6}{'step ms':>9}{'LoRA KB':>9}{'vs rank 4 time':>16}{'vs rank 4 size':>16}{'max/min':>9}")
+        base = ranks[0]
         for rank in ranks:
-            rid = bench.run(rank=rank, epochs=1)
-            rr = reg.get(rid)
-            step_ms = rr.timings["train"] / rr.step * 1e3
-            size = rr.checkpoints[-1].diffusers_weights.size
-            base_step, base_size = base_step or step_ms, base_size or size
-            print(f"{rank:>6}{step_ms:>9.1f}{size / 1e3:>9.1f}{step_ms / base_step:>16.2f}{size / base_size:>16.2f}")
-            figures[f"rank{rank}_step_ms"] = round(step_ms, 2)
-            figures[f"rank{rank}_lora_bytes"] = size
+            step, size = statistics.median(step_ms[rank]), figures[f"rank{rank}_lora_bytes"]
+            print(f"{rank:>6}{step:>9.1f}{size / 1e3:>9.1f}{step / statistics.median(step_ms[base]):>16.2f}"
+                  f"{size / figures[f'rank{base}_lora_bytes']:>16.2f}{spread(step_ms[rank]):>9.2f}")
+            figures[f"rank{rank}_step_ms"] = round(step, 2)
 
-        print(f"\n## torch threads: {args.threads} vs torch's default {default_threads} (1 epoch, rank 16)")
-        timing = {}
-        for threads in (args.threads, default_threads):
-            torch.set_num_threads(threads)
-            rr = reg.get(bench.run(epochs=1))
-            timing[threads] = (rr.timings["train"] / rr.step, rr.timings["sampling"])
+        print(f"\n## torch threads: {args.threads} vs torch's default {default_threads} (1 epoch, rank 16, "
+              f"median of {MIN_REPS} interleaved rounds)")
+        timing: dict[int, list[tuple[float, float]]] = {args.threads: [], default_threads: []}
+        for _ in range(MIN_REPS):
+            for threads in timing:
+                torch.set_num_threads(threads)
+                rr = reg.get(bench.run(epochs=1))
+                timing[threads].append((rr.timings["train"] / rr.step, rr.timings["sampling"]))
         torch.set_num_threads(args.threads)
-        ours, theirs = timing[args.threads], timing[default_threads]
+        step_ratios = [a[0] / b[0] for a, b in zip(timing[args.threads], timing[default_threads], strict=True)]
+        sampling_ratios = [a[1] / b[1] for a, b in zip(timing[args.threads], timing[default_threads], strict=True)]
         print(f"{'threads':>8}{'step ms':>9}{'samples s':>11}")
-        for threads, (step, sampling) in timing.items():
-            print(f"{threads:>8}{step * 1e3:>9.1f}{sampling:>11.3f}")
-        print(f"step time ratio {ours[0] / theirs[0]:.2f}, sampling ratio {ours[1] / theirs[1]:.2f}")
-        figures["threads_step_ratio"] = round(ours[0] / theirs[0], 3)
-        figures["threads_sampling_ratio"] = round(ours[1] / theirs[1], 3)
+        for threads, runs_t in timing.items():
+            print(f"{threads:>8}{statistics.median(x[0] for x in runs_t) * 1e3:>9.1f}"
+                  f"{statistics.median(x[1] for x in runs_t):>11.3f}")
+        print(f"step time ratio {span(step_ratios, 2)}, sampling ratio {span(sampling_ratios, 2)} (median (min-max))")
+        figures["threads_step_ratio"] = round(statistics.median(step_ratios), 3)
+        figures["threads_sampling_ratio"] = round(statistics.median(sampling_ratios), 3)
         data_parallel(Path(bench.settings.model_repository.removeprefix("file://")), 4 if args.quick else 12,
                       figures)
         reg.close()

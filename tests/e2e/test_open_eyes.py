@@ -5,6 +5,8 @@ face, true PNG metadata, every face of a group photo, and every quality mode."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -29,30 +31,57 @@ def pixels(artifacts, uri: str) -> np.ndarray:
     return decode_image(artifacts.get(uri), "image")
 
 
+def in_frame(face: dict, crop_mask: np.ndarray, shape) -> np.ndarray:
+    """A face's eye mask (the size of its work crop) placed in the frame."""
+    x0, y0, x1, y1 = face["crop_box"]
+    mask = np.zeros(shape[:2], bool)
+    mask[y0:y1, x0:x1] = crop_mask
+    return mask
+
+
+def beyond_reach(mask: np.ndarray) -> np.ndarray:
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return outside > FEATHER_REACH_PX + 1
+
+
 def test_one_feathered_paste_true_metadata_and_an_honest_verdict(jobs_client, store):  # noqa: F811
     photo = skimage_photo("astronaut")
     src = put_png(store, "e2e-inputs/astronaut.png", photo)
     job = job_of(jobs_client, src, variations=2, restore=False)
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     m = manifest(store, job)
-    mask = pixels(store, m["faces"][0]["mask"]["uri"])[..., 0] > 0
-    assert 0 < mask.sum() < mask.size * 0.1
+    (face,) = m["faces"]
+    x0, y0, x1, y1 = face["crop_box"]
+    crop = photo[y0:y1, x0:x1]
+    mask = pixels(store, face["mask"]["uri"])[..., 0] > 0
+    assert mask.shape == crop.shape[:2] and 0 < mask.sum() < mask.size * 0.2
+    assert crop.size < photo.size / 2  # the work crop, not the frame, went through the services
     # beyond the feather's reach every byte is the input's (the denoised region reaches further)
+    far = beyond_reach(mask)
     outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    far = outside > FEATHER_REACH_PX + 1
+    near = (outside > 0) & (outside <= FEATHER_REACH_PX)
     assert len(m["variations"]) == 2
     for v in m["variations"]:
         out = pixels(store, v["uri"])
-        assert out.shape == photo.shape and np.array_equal(out[far], photo[far])
-        assert not np.array_equal(out[mask], photo[mask])  # the eyes were repainted
-        near = (outside > 0) & (outside <= FEATHER_REACH_PX)
-        assert not np.array_equal(out[near], photo[near])  # and blended into their surroundings
+        assert v["crop_box"] == face["crop_box"] and out.shape == crop.shape and np.array_equal(out[far], crop[far])
+        assert not np.array_equal(out[mask], crop[mask])  # the eyes were repainted
+        assert not np.array_equal(out[near], crop[near])  # and blended into their surroundings
         seam = v["seam"]  # noise patches: the hardest case for a seam
         assert seam["boundary_gradient"] <= 0.5 * seam["hard_gradient"], seam
-        params = read_png_metadata(store.get(v["uri"]))["parameters"]
+        meta = read_png_metadata(store.get(v["uri"]))
+        params = meta["parameters"]
         assert "Steps: 2" in params and "Sampler:" in params and "Face: 0" in params and "Rank:" in params
         assert f"Seed: {v['seed']}" in params and "Quality mode: standard" in params
+        assert json.loads(meta["likeness"])["crop_box"] == face["crop_box"]
+        # what generation ran, as generation wrote it into its own PNG
+        assert params.startswith(read_png_metadata(store.get(v["generated"]))["parameters"])
         assert v["eyes_open"] is not True  # tiny-sdxl paints noise: never a success
+    # result.png: the winner's crop put back exactly, every other pixel the input's
+    result = pixels(store, m["result"]["uri"])
+    winner = pixels(store, next(v["uri"] for v in m["variations"] if v["rank"] == 1))
+    assert np.array_equal(result[y0:y1, x0:x1], winner)
+    assert np.array_equal(result[beyond_reach(in_frame(face, mask, photo.shape))],
+                          photo[beyond_reach(in_frame(face, mask, photo.shape))])
     assert "NOT open" in job.summary["verdict"] or "not measured" in job.summary["verdict"]
     assert [v["rank"] for v in m["variations"]] == [1, 2]
     html = store.get(job.report.uri).decode()
@@ -65,6 +94,9 @@ def test_restoration_stays_on_the_face(jobs_client, store):  # noqa: F811
     assert job.state == o.JOB_STATE_SUCCEEDED, job.error
     (v,) = manifest(store, job)["variations"]
     assert v["restoration"]["changed_pixels"] > 0 and v["restoration"]["changed_outside_face"] == 0
+    # the count the restoration service reported, against one made here
+    changed = (pixels(store, v["composite"]) != pixels(store, v["final"])).any(axis=2)
+    assert v["restoration"]["changed_pixels"] == int(changed.sum())
     assert "Face restoration: classical" in read_png_metadata(store.get(v["uri"]))["parameters"]
 
 
@@ -76,9 +108,17 @@ def test_every_face_of_a_group_photo(jobs_client, store):  # noqa: F811
     m = manifest(store, job)
     assert int(job.summary["faces"]) >= 4 and len(m["faces"]) == int(job.summary["faces"])
     result = pixels(store, m["result"]["uri"])
-    for face in m["faces"]:  # the final image holds every face's repair
+    frame = photo.copy()  # each face is cut from the frame holding the faces repaired before it
+    for face in m["faces"]:
+        x0, y0, x1, y1 = face["crop_box"]
         mask = pixels(store, face["mask"]["uri"])[..., 0] > 0
-        assert not np.array_equal(result[mask], photo[mask]), face
+        (winner,) = [v for v in m["variations"] if v["face"] == face["face"]]
+        repaired = pixels(store, winner["uri"])
+        far = beyond_reach(mask)
+        assert np.array_equal(repaired[far], frame[y0:y1, x0:x1][far]), face
+        assert not np.array_equal(repaired[mask], frame[y0:y1, x0:x1][mask]), face
+        frame[y0:y1, x0:x1] = repaired
+    assert np.array_equal(result, frame)  # the winners placed back exactly, in order, nothing else
     one = job_of(jobs_client, src, variations=1, restore=False, face_index=1)
     assert len(manifest(store, one)["faces"]) == 1 and manifest(store, one)["faces"][0]["face"] == 1
     too_far = jobs_client.submit(o.JobSpec(open_eyes=o.OpenEyesSpec(

@@ -46,6 +46,7 @@ def test_every_sampler_runs(service, sampler):
     assert pixels(image).shape == (64, 64, 3) and not image.cached
     params = read_png_metadata(image.artifact.data)["parameters"]
     assert "Seed: 7" in params and "Size: 64x64" in params and "Model: tiny-sdxl" in params
+    assert image.parameters == params  # the response carries what the PNG says ran
     assert resp.timings.denoising_seconds > 0 and resp.model_digest
 
 
@@ -57,6 +58,7 @@ def test_same_request_gives_identical_bytes_and_then_is_cached(service):
     assert a.work_id == b.work_id
     again = stub.Generate(req(seed=11, output_prefix="det/a/")).images[0]
     assert again.cached and again.artifact.sha256 == a.artifact.sha256
+    assert again.parameters == a.parameters == read_png_metadata(a.artifact.data)["parameters"]
     other = stub.Generate(req(seed=12, output_prefix="det/a/")).images[0]
     assert other.artifact.sha256 != a.artifact.sha256
 

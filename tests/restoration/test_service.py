@@ -91,11 +91,39 @@ def test_eye_fix_sequence_mask_composite_restore(server):
     final = decode(restored.results[0].image.data)
     assert final.shape == out.shape and not np.array_equal(final, out)
     assert np.array_equal(final[:40], out[:40])  # far above the face: untouched
+    changed = (final != out).any(axis=2)  # what the service reports, counted here
+    ys, xs = np.nonzero(changed)
+    result = restored.results[0]
+    assert result.changed_pixels == int(changed.sum()) > 0
+    assert (result.changed_box.x_min, result.changed_box.y_min, result.changed_box.x_max, result.changed_box.y_max) \
+        == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
     same = stub.Restore(restoration_pb2.RestoreRequest(fidelity=1.0, return_inline=True, items=[
         restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=encode_png(out)), face_box=FACE_BOX)]),
         timeout=30)
     assert np.array_equal(decode(same.results[0].image.data), out)
+    assert same.results[0].changed_pixels == 0 and not same.results[0].HasField("changed_box")
+
+
+def test_composite_decodes_a_shared_base_and_mask_once_per_call(server, monkeypatch):
+    from likeness.core import image_loader
+
+    _, stub, store = server
+    base, mask = A.photo(), np.zeros((512, 512), np.uint8)
+    mask[80:130, 180:270] = 255
+    patches = [np.full((512, 512, 3), 60 * (i + 1), np.uint8) for i in range(3)]
+    uris = [store.put(f"shared/{name}.png", png, "image/png").uri for name, png in
+            [("base", encode_png(base)), ("mask", encode_mask_png(mask))]]
+    decoded = []
+    real = image_loader.decode_image
+    monkeypatch.setattr(image_loader, "decode_image", lambda data, *a, **k: decoded.append(1) or real(data, *a, **k))
+    reply = stub.Composite(restoration_pb2.CompositeRequest(return_inline=True, items=[
+        restoration_pb2.CompositeItem(base=common_pb2.ImageInput(uri=uris[0]), mask=common_pb2.ImageInput(uri=uris[1]),
+                                      patch=common_pb2.ImageInput(data=encode_png(p))) for p in patches]), timeout=30)
+    assert len(decoded) == 2 + len(patches)  # base and mask once, each patch once
+    for p, r in zip(patches, reply.results, strict=True):  # each item still blends its own patch
+        out = decode(r.image.data)
+        assert (out[105, 225] == p[105, 225]).all() and np.array_equal(out[:60], base[:60])
 
 
 def test_batch_reports_bad_items_beside_good_ones(server):
@@ -151,8 +179,11 @@ def test_finished_work_is_found_by_its_work_id_not_redone(server):
     # a finished output is returned as stored: here a marker written over it
     marker = encode_png(np.zeros((16, 16, 3), np.uint8))
     store.put(store.key_of(first.uri), marker, "image/png")
-    again = restore(0.3)
-    assert again.uri == first.uri and again.size_bytes == len(marker)
+    again = stub.Restore(restoration_pb2.RestoreRequest(fidelity=0.3, output_prefix="rerun", items=[
+        restoration_pb2.RestoreItem(image=common_pb2.ImageInput(data=photo), face_box=FACE_BOX,
+                                    landmarks=ASTRONAUT_LANDMARKS)]), timeout=30).results[0]
+    assert again.image.uri == first.uri and again.image.size_bytes == len(marker)
+    assert again.changed_pixels == 16 * 16  # counted on what is stored: here every pixel of the marker
 
 
 BAD_REQUESTS = {

@@ -106,3 +106,42 @@ class ImageLoader:
         if len(data) > self.limits.max_bytes:
             raise InvalidArgument(field, f"image is over the limit of {self.limits.max_bytes:,} bytes")
         return data
+
+
+class RequestImages:
+    """The images of one request, an `ImageInput` that several items share (Composite's base and
+    mask) read and decoded once. Only shared inputs are kept, and only until their last item has
+    them, so the memory bound of one item at a time holds for the rest. Shared arrays are
+    read-only. A failed input is reported under each item's own field: an item whose shared load
+    failed loads it again for its own error."""
+
+    def __init__(self, loader: ImageLoader, inputs):
+        self._loader = loader
+        self._left: dict[bytes, int] = {}  # per input: the items that have not asked for it yet
+        for pb_input in inputs:
+            key = pb_input.SerializeToString(deterministic=True)
+            self._left[key] = self._left.get(key, 0) + 1
+        self._shared = {key for key, users in self._left.items() if users > 1}
+        self._loads: dict[bytes, tuple[str, asyncio.Future]] = {}
+
+    async def _read_only(self, pb_input, field: str) -> np.ndarray:
+        pixels = await self._loader.load_one(pb_input, field)
+        pixels.setflags(write=False)
+        return pixels
+
+    async def load(self, pb_input, field: str) -> np.ndarray:
+        key = pb_input.SerializeToString(deterministic=True)
+        if key not in self._shared:
+            return await self._loader.load_one(pb_input, field)
+        if key not in self._loads:
+            self._loads[key] = (field, asyncio.ensure_future(self._read_only(pb_input, field)))
+        owner, load = self._loads[key]
+        self._left[key] -= 1
+        if self._left[key] == 0:  # the last item to ask: nobody needs the entry after it
+            del self._loads[key]
+        try:
+            return await asyncio.shield(load)
+        except LikenessError:
+            if owner == field:
+                raise
+            return await self._read_only(pb_input, field)

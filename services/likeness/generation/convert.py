@@ -61,7 +61,7 @@ def generate_response(result: GenerationResult) -> pb.GenerateResponse:
     t = result.timings
     return pb.GenerateResponse(
         images=[pb.GeneratedImage(artifact=artifact_pb(i.stored, i.data), seed=i.seed, work_id=i.work_id,
-                                  cached=i.cached) for i in result.images],
+                                  cached=i.cached, parameters=i.parameters) for i in result.images],
         warnings=result.warnings, model_digest=result.model_digest, lcm_lora=result.lcm_lora,
         timings=pb.GenerationTimings(
             queue_seconds=t.get("queue", 0.0), text_encoding_seconds=t.get("text_encoding", 0.0),

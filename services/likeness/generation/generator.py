@@ -22,7 +22,7 @@ import numpy as np
 from likeness.core import metrics
 from likeness.core.errors import FailedPrecondition, InvalidArgument, ModelMissing, NotFound, require
 from likeness.core.images import encode_png
-from likeness.core.pngmeta import a1111_model_hash, format_parameters, lora_hashes
+from likeness.core.pngmeta import a1111_model_hash, format_parameters, lora_hashes, read_png_metadata
 from likeness.core.store import StoredObject
 from likeness.core.worker import ModelWorker
 from likeness.core.workid import sha256_hex, work_id
@@ -50,6 +50,7 @@ class GeneratedImage:
     work_id: str
     cached: bool
     data: bytes | None = None  # PNG bytes when the caller asked for them inline
+    parameters: str = ""  # the A1111 `parameters` text written into the PNG
 
 
 @dataclass
@@ -200,8 +201,10 @@ class ImageGenerator:
         for i, found in enumerate(existing):
             if found:
                 stored = await asyncio.to_thread(self.store.stat, plan.keys[i])
-                data = await asyncio.to_thread(self.store.get, plan.keys[i]) if plan.req.return_inline else None
-                images[i] = GeneratedImage(stored, plan.units[i][0], plan.units[i][1], True, data)
+                png = await asyncio.to_thread(self.store.get, plan.keys[i])  # its `parameters` say what ran
+                images[i] = GeneratedImage(stored, plan.units[i][0], plan.units[i][1], True,
+                                           png if plan.req.return_inline else None,
+                                           read_png_metadata(png).get("parameters", ""))
                 metrics.ITEMS.labels("generation", "generate", "cached").inc()
         return images
 
@@ -224,18 +227,18 @@ class ImageGenerator:
         if spec.config.get("random_weights"):
             extra["Model stand-in"] = "random weights"
 
-        def encode(i: int, result: ImageResult) -> bytes:  # compositing + PNG: off the event loop
+        def encode(i: int, result: ImageResult) -> tuple[bytes, str]:  # compositing + PNG: off the event loop
             seed, wid = plan.units[i]
             rgb = self._finish(req, geometry, result.rgb)
-            return encode_png(rgb, self._parameters(req, spec, seed, extra),
-                              {**plan.inputs, "seed": seed, "model_digest": spec.digest, "work_id": wid,
-                               "models": plan.models})
+            parameters = self._parameters(req, spec, seed, extra)
+            return encode_png(rgb, parameters, {**plan.inputs, "seed": seed, "model_digest": spec.digest,
+                                                "work_id": wid, "models": plan.models}), parameters
 
         for i, result in zip(todo, results, strict=True):
-            png = await asyncio.to_thread(encode, i, result)
+            png, parameters = await asyncio.to_thread(encode, i, result)
             stored = await asyncio.to_thread(self.store.put, plan.keys[i], png, "image/png")
             images[i] = GeneratedImage(stored, plan.units[i][0], plan.units[i][1], False,
-                                       png if req.return_inline else None)
+                                       png if req.return_inline else None, parameters)
             metrics.ITEMS.labels("generation", "generate", "generated").inc()
 
     # -- helpers --------------------------------------------------------------------------------

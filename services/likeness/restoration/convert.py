@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from likeness.api.v1 import common_pb2, restoration_pb2
-from likeness.core.errors import InvalidArgument
+from likeness.core.errors import InvalidArgument, check_range
+from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA
 from likeness.restoration.face_restore import FaceToRestore
 from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region
 from likeness.restoration.seams import seam_measure
@@ -77,6 +78,24 @@ def seam_pb(base: np.ndarray, patch: np.ndarray, out: np.ndarray, mask: np.ndarr
     s = seam_measure(base, patch, out, mask)
     return restoration_pb2.Seam(boundary_gradient=s.boundary_gradient, hard_gradient=s.hard_gradient,
                                 max_step=s.max_step, reference_step=s.reference_step)
+
+
+def feather_of(request: restoration_pb2.CompositeRequest) -> tuple[float, float]:
+    """(feather_sigma, dilation_px) of a Composite call, defaults applied, checked."""
+    sigma = request.feather_sigma or DEFAULT_FEATHER_SIGMA
+    dilation = request.dilation_px or DEFAULT_DILATION_PX
+    check_range(sigma, "feather_sigma", 0.0, 128.0, unit="px")
+    check_range(dilation, "dilation_px", 0.0, 256.0, unit="px")
+    return sigma, dilation
+
+
+def restore_result_pb(index: int, done: tuple) -> restoration_pb2.RestoreResult:
+    """(artifact, changed pixel count, their bounding box or None) -> RestoreResult."""
+    artifact, count, box = done
+    out = restoration_pb2.RestoreResult(index=index, image=artifact, changed_pixels=count)
+    if box is not None:
+        out.changed_box.CopyFrom(rect_pb(box))
+    return out
 
 
 def region_of(value: int) -> Region:

@@ -16,14 +16,14 @@ import numpy as np
 from likeness.api.v1 import common_pb2, restoration_pb2
 from likeness.core.convert import artifact_pb
 from likeness.core.errors import NotFound
-from likeness.core.images import encode_png
+from likeness.core.images import decode_image, encode_png
 from likeness.core.uris import validate_key
 from likeness.core.workid import sha256_hex, work_id
 from likeness.restoration.compositing import feathered_blend
 from likeness.restoration.control_images import canny_map, face_landmark_map, scale_faces
 from likeness.restoration.convert import seam_pb
 from likeness.restoration.face_restore import FaceToRestore, restore_face
-from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region
+from likeness.restoration.masks import FaceGeometry, MaskOptions, Rect, Region, mask_bbox
 
 # Algorithm versions in the work ids of masks and composites: bump when their output changes.
 MASKS_VERSION = "masks/1"
@@ -120,16 +120,29 @@ def control_output(outputs: Outputs, prefix: str, image: np.ndarray, faces: list
     return outputs.find_or_put(prefix, "controls", wid, lambda: encode_png(out), inline)
 
 
+def changed_pixels(before: np.ndarray, after: np.ndarray) -> tuple[int, Rect | None]:
+    """How many pixels of `after` differ (in any channel) from `before`, and their bounding box;
+    every pixel when the sizes differ (a stored output replaced by another image)."""
+    if before.shape != after.shape:
+        return after.shape[0] * after.shape[1], Rect(0, 0, after.shape[1], after.shape[0])
+    changed = (before != after).any(axis=2)
+    return int(np.count_nonzero(changed)), mask_bbox(changed.view(np.uint8))
+
+
 async def restored_output(outputs: Outputs, workers: tuple, prefix: str, image: np.ndarray, face: FaceToRestore,
-                          restorer, fidelity: float, field: str, inline: bool) -> common_pb2.Artifact:
-    """Finished work is found by its id; otherwise the face is restored on the model worker and
-    stored. `workers`: (CPU worker, model worker)."""
+                          restorer, fidelity: float, field: str,
+                          inline: bool) -> tuple[common_pb2.Artifact, int, Rect | None]:
+    """Finished work is found by its id (and decoded to count what it changed); otherwise the face
+    is restored on the model worker and stored. Returns the output with its changed pixels (count,
+    bounding box). `workers`: (CPU worker, model worker)."""
     cpu, model = workers
     wid = await cpu.run(restore_work_id, image, face, fidelity, restorer.identity)
     artifact = await cpu.run(outputs.find, prefix, "restored", wid, inline)
-    if artifact is None:
-        out = await model.run(restore_face, image, face, restorer, fidelity, field)
-        png = await cpu.run(encode_png, out, None, {"restoration": "restore", "model": restorer.identity,
-                                                    "fidelity": fidelity})
-        artifact = await cpu.run(outputs.put, prefix, "restored", wid, png, inline)
-    return artifact
+    if artifact is not None:
+        stored = await cpu.run(lambda: decode_image(outputs.store.get(artifact.uri), field))
+        return artifact, *await cpu.run(changed_pixels, image, stored)
+    out = await model.run(restore_face, image, face, restorer, fidelity, field)
+    png = await cpu.run(encode_png, out, None, {"restoration": "restore", "model": restorer.identity,
+                                                "fidelity": fidelity})
+    artifact = await cpu.run(outputs.put, prefix, "restored", wid, png, inline)
+    return artifact, *await cpu.run(changed_pixels, image, out)

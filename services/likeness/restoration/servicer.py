@@ -13,11 +13,10 @@ from likeness.api.v1 import restoration_pb2_grpc
 from likeness.core.batch import Outcome, check_batch, each_item
 from likeness.core.convert import item_results_pb
 from likeness.core.errors import check_range
-from likeness.core.image_loader import ImageLoader
+from likeness.core.image_loader import ImageLoader, RequestImages
 from likeness.core.images import encode_mask_png
 from likeness.core.worker import ModelWorker
 from likeness.restoration import convert
-from likeness.restoration.compositing import DEFAULT_DILATION_PX, DEFAULT_FEATHER_SIGMA
 from likeness.restoration.masks import region_mask
 from likeness.restoration.outputs import Outputs, composite_output, control_output, mask_work_id, restored_output
 from likeness.restoration.restorers.base import FaceRestorer
@@ -69,16 +68,15 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
 
     async def Composite(self, request: pb.CompositeRequest, context: ServicerContext) -> pb.CompositeResponse:
         check_batch(len(request.items), MAX_COMPOSITES, "items")
-        sigma = request.feather_sigma or DEFAULT_FEATHER_SIGMA
-        dilation = request.dilation_px or DEFAULT_DILATION_PX
-        check_range(sigma, "feather_sigma", 0.0, 128.0, unit="px")
-        check_range(dilation, "dilation_px", 0.0, 256.0, unit="px")
+        sigma, dilation = convert.feather_of(request)
         prefix = self._outputs.prefix(request.output_prefix)
+        # a base or mask that several items share is decoded once
+        images = RequestImages(self._images, [getattr(it, n) for it in request.items for n in ("base", "mask")])
 
         async def one(i: int, item):
             field = f"items[{i}]"
             box = convert.pixel_rect(convert.box_of(item, "patch_box"), f"{field}.patch_box")
-            base, patch, mask = await asyncio.gather(*(self._images.load_one(getattr(item, name), f"{field}.{name}")
+            base, patch, mask = await asyncio.gather(*(images.load(getattr(item, name), f"{field}.{name}")
                                                        for name in ("base", "patch", "mask")))
             return await self._cpu.run(composite_output, self._outputs, prefix, (base, patch, mask), box, sigma,
                                        dilation, field, request.return_inline)
@@ -104,7 +102,7 @@ class RestorationServicer(restoration_pb2_grpc.RestorationServiceServicer):
         # one at a time: the model worker is serial anyway
         outcomes = await self._each("restore", request.items, one, sequential=True)
         return pb.RestoreResponse(model=restorer.name, stand_in=getattr(restorer, "stand_in", ""),
-                                  results=item_results_pb(outcomes, pb.RestoreResult, "image"))
+                                  results=item_results_pb(outcomes, pb.RestoreResult, convert.restore_result_pb))
 
     async def ControlImage(self, request: pb.ControlImageRequest, context: ServicerContext) -> pb.ControlImageResponse:
         check_batch(len(request.items), MAX_CONTROL_IMAGES, "items")

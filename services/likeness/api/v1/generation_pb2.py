@@ -26,21 +26,21 @@ _sym_db = _symbol_database.Default()
 from likeness.api.v1 import common_pb2 as likeness_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clikeness/v1/generation.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"\x9b\x01\n\x0c\x43ontrolInput\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\x05scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05start\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x05 \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_scaleB\x08\n\x06_startB\x06\n\x04_end\")\n\x0bLoraAdapter\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\"\xba\x06\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0e\x32\x11.likeness.v1.Task\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\r\n\x05\x63ount\x18\x06 \x01(\x05\x12\r\n\x05steps\x18\x07 \x01(\x05\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05width\x18\t \x01(\x05\x12\x0e\n\x06height\x18\n \x01(\x05\x12%\n\x07sampler\x18\x0b \x01(\x0e\x32\x14.likeness.v1.Sampler\x12.\n\x0cquality_mode\x18\x0c \x01(\x0e\x32\x18.likeness.v1.QualityMode\x12*\n\x08\x61\x64\x61pters\x18\r \x03(\x0b\x32\x18.likeness.v1.LoraAdapter\x12+\n\ninit_image\x18\x0e \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\x15\n\x08strength\x18\x0f \x01(\x02H\x01\x88\x01\x01\x12%\n\x04mask\x18\x10 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\x14\n\x0c\x63rop_padding\x18\x11 \x01(\x05\x12\x0f\n\x07refiner\x18\x12 \x01(\x08\x12\x1d\n\x10refiner_fraction\x18\x13 \x01(\x02H\x02\x88\x01\x01\x12\x30\n\x0freference_image\x18\x14 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\x1c\n\x0freference_scale\x18\x15 \x01(\x02H\x03\x88\x01\x01\x12\x17\n\x0fnoise_injection\x18\x16 \x01(\x02\x12\x15\n\rreturn_inline\x18\x17 \x01(\x08\x12\x15\n\routput_prefix\x18\x18 \x01(\t\x12%\n\x05paste\x18\x19 \x01(\x0e\x32\x16.likeness.v1.PasteMode\x12+\n\x08\x63ontrols\x18\x1a \x03(\x0b\x32\x19.likeness.v1.ControlInputB\x11\n\x0f_guidance_scaleB\x0b\n\t_strengthB\x13\n\x11_refiner_fractionB\x12\n\x10_reference_scale\"h\n\x0eGeneratedImage\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\x0f\n\x07work_id\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\"\x92\x01\n\x11GenerationTimings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x1d\n\x15text_encoding_seconds\x18\x02 \x01(\x01\x12\x19\n\x11\x64\x65noising_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x64\x65\x63oding_seconds\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\xaa\x01\n\x10GenerateResponse\x12+\n\x06images\x18\x01 \x03(\x0b\x32\x1b.likeness.v1.GeneratedImage\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12/\n\x07timings\x18\x03 \x01(\x0b\x32\x1e.likeness.v1.GenerationTimings\x12\x14\n\x0cmodel_digest\x18\x04 \x01(\t\x12\x10\n\x08lcm_lora\x18\x05 \x01(\t\"F\n\x15GenerateStreamRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.likeness.v1.GenerateRequest\"}\n\x16GenerateStreamResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.likeness.v1.ProgressH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.likeness.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\x80\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x10\n\x08stand_in\x18\x07 \x01(\t\"L\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.likeness.v1.ModelInfo\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t*_\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_TEXT_TO_IMAGE\x10\x01\x12\x17\n\x13TASK_IMAGE_TO_IMAGE\x10\x02\x12\x10\n\x0cTASK_INPAINT\x10\x03*\xa9\x01\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x10\n\x0cSAMPLER_DDIM\x10\x01\x12\x10\n\x0cSAMPLER_PNDM\x10\x02\x12 \n\x1cSAMPLER_DPM_SOLVER_MULTISTEP\x10\x03\x12\x11\n\rSAMPLER_EULER\x10\x04\x12\x1b\n\x17SAMPLER_EULER_ANCESTRAL\x10\x05\x12\x0f\n\x0bSAMPLER_LCM\x10\x06*\x8f\x01\n\x0bQualityMode\x12\x1c\n\x18QUALITY_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11QUALITY_MODE_FAST\x10\x01\x12\x19\n\x15QUALITY_MODE_STANDARD\x10\x02\x12\x18\n\x14QUALITY_MODE_QUALITY\x10\x03\x12\x16\n\x12QUALITY_MODE_ULTRA\x10\x04*S\n\tPasteMode\x12\x1a\n\x16PASTE_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPASTE_MODE_MASK\x10\x01\x12\x15\n\x11PASTE_MODE_REGION\x10\x02\x32\x88\x02\n\x11GenerationService\x12G\n\x08Generate\x12\x1c.likeness.v1.GenerateRequest\x1a\x1d.likeness.v1.GenerateResponse\x12[\n\x0eGenerateStream\x12\".likeness.v1.GenerateStreamRequest\x1a#.likeness.v1.GenerateStreamResponse0\x01\x12M\n\nListModels\x12\x1e.likeness.v1.ListModelsRequest\x1a\x1f.likeness.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clikeness/v1/generation.proto\x12\x0blikeness.v1\x1a\x18likeness/v1/common.proto\"\x9b\x01\n\x0c\x43ontrolInput\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\x05scale\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05start\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x10\n\x03\x65nd\x18\x05 \x01(\x02H\x02\x88\x01\x01\x42\x08\n\x06_scaleB\x08\n\x06_startB\x06\n\x04_end\")\n\x0bLoraAdapter\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\"\xba\x06\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0e\x32\x11.likeness.v1.Task\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\r\n\x05\x63ount\x18\x06 \x01(\x05\x12\r\n\x05steps\x18\x07 \x01(\x05\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05width\x18\t \x01(\x05\x12\x0e\n\x06height\x18\n \x01(\x05\x12%\n\x07sampler\x18\x0b \x01(\x0e\x32\x14.likeness.v1.Sampler\x12.\n\x0cquality_mode\x18\x0c \x01(\x0e\x32\x18.likeness.v1.QualityMode\x12*\n\x08\x61\x64\x61pters\x18\r \x03(\x0b\x32\x18.likeness.v1.LoraAdapter\x12+\n\ninit_image\x18\x0e \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\x15\n\x08strength\x18\x0f \x01(\x02H\x01\x88\x01\x01\x12%\n\x04mask\x18\x10 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\x14\n\x0c\x63rop_padding\x18\x11 \x01(\x05\x12\x0f\n\x07refiner\x18\x12 \x01(\x08\x12\x1d\n\x10refiner_fraction\x18\x13 \x01(\x02H\x02\x88\x01\x01\x12\x30\n\x0freference_image\x18\x14 \x01(\x0b\x32\x17.likeness.v1.ImageInput\x12\x1c\n\x0freference_scale\x18\x15 \x01(\x02H\x03\x88\x01\x01\x12\x17\n\x0fnoise_injection\x18\x16 \x01(\x02\x12\x15\n\rreturn_inline\x18\x17 \x01(\x08\x12\x15\n\routput_prefix\x18\x18 \x01(\t\x12%\n\x05paste\x18\x19 \x01(\x0e\x32\x16.likeness.v1.PasteMode\x12+\n\x08\x63ontrols\x18\x1a \x03(\x0b\x32\x19.likeness.v1.ControlInputB\x11\n\x0f_guidance_scaleB\x0b\n\t_strengthB\x13\n\x11_refiner_fractionB\x12\n\x10_reference_scale\"|\n\x0eGeneratedImage\x12\'\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.likeness.v1.Artifact\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\x0f\n\x07work_id\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x12\n\nparameters\x18\x05 \x01(\t\"\x92\x01\n\x11GenerationTimings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x1d\n\x15text_encoding_seconds\x18\x02 \x01(\x01\x12\x19\n\x11\x64\x65noising_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x64\x65\x63oding_seconds\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\xaa\x01\n\x10GenerateResponse\x12+\n\x06images\x18\x01 \x03(\x0b\x32\x1b.likeness.v1.GeneratedImage\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12/\n\x07timings\x18\x03 \x01(\x0b\x32\x1e.likeness.v1.GenerationTimings\x12\x14\n\x0cmodel_digest\x18\x04 \x01(\t\x12\x10\n\x08lcm_lora\x18\x05 \x01(\t\"F\n\x15GenerateStreamRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.likeness.v1.GenerateRequest\"}\n\x16GenerateStreamResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.likeness.v1.ProgressH\x00\x12/\n\x06result\x18\x02 \x01(\x0b\x32\x1d.likeness.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\x80\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x10\n\x08stand_in\x18\x07 \x01(\t\"L\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.likeness.v1.ModelInfo\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t*_\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_TEXT_TO_IMAGE\x10\x01\x12\x17\n\x13TASK_IMAGE_TO_IMAGE\x10\x02\x12\x10\n\x0cTASK_INPAINT\x10\x03*\xa9\x01\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x10\n\x0cSAMPLER_DDIM\x10\x01\x12\x10\n\x0cSAMPLER_PNDM\x10\x02\x12 \n\x1cSAMPLER_DPM_SOLVER_MULTISTEP\x10\x03\x12\x11\n\rSAMPLER_EULER\x10\x04\x12\x1b\n\x17SAMPLER_EULER_ANCESTRAL\x10\x05\x12\x0f\n\x0bSAMPLER_LCM\x10\x06*\x8f\x01\n\x0bQualityMode\x12\x1c\n\x18QUALITY_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11QUALITY_MODE_FAST\x10\x01\x12\x19\n\x15QUALITY_MODE_STANDARD\x10\x02\x12\x18\n\x14QUALITY_MODE_QUALITY\x10\x03\x12\x16\n\x12QUALITY_MODE_ULTRA\x10\x04*S\n\tPasteMode\x12\x1a\n\x16PASTE_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPASTE_MODE_MASK\x10\x01\x12\x15\n\x11PASTE_MODE_REGION\x10\x02\x32\x88\x02\n\x11GenerationService\x12G\n\x08Generate\x12\x1c.likeness.v1.GenerateRequest\x1a\x1d.likeness.v1.GenerateResponse\x12[\n\x0eGenerateStream\x12\".likeness.v1.GenerateStreamRequest\x1a#.likeness.v1.GenerateStreamResponse0\x01\x12M\n\nListModels\x12\x1e.likeness.v1.ListModelsRequest\x1a\x1f.likeness.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'likeness.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=1958
-  _globals['_TASK']._serialized_end=2053
-  _globals['_SAMPLER']._serialized_start=2056
-  _globals['_SAMPLER']._serialized_end=2225
-  _globals['_QUALITYMODE']._serialized_start=2228
-  _globals['_QUALITYMODE']._serialized_end=2371
-  _globals['_PASTEMODE']._serialized_start=2373
-  _globals['_PASTEMODE']._serialized_end=2456
+  _globals['_TASK']._serialized_start=1978
+  _globals['_TASK']._serialized_end=2073
+  _globals['_SAMPLER']._serialized_start=2076
+  _globals['_SAMPLER']._serialized_end=2245
+  _globals['_QUALITYMODE']._serialized_start=2248
+  _globals['_QUALITYMODE']._serialized_end=2391
+  _globals['_PASTEMODE']._serialized_start=2393
+  _globals['_PASTEMODE']._serialized_end=2476
   _globals['_CONTROLINPUT']._serialized_start=72
   _globals['_CONTROLINPUT']._serialized_end=227
   _globals['_LORAADAPTER']._serialized_start=229
@@ -48,21 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=273
   _globals['_GENERATEREQUEST']._serialized_end=1099
   _globals['_GENERATEDIMAGE']._serialized_start=1101
-  _globals['_GENERATEDIMAGE']._serialized_end=1205
-  _globals['_GENERATIONTIMINGS']._serialized_start=1208
-  _globals['_GENERATIONTIMINGS']._serialized_end=1354
-  _globals['_GENERATERESPONSE']._serialized_start=1357
-  _globals['_GENERATERESPONSE']._serialized_end=1527
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=1529
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=1599
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1601
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1726
-  _globals['_LISTMODELSREQUEST']._serialized_start=1728
-  _globals['_LISTMODELSREQUEST']._serialized_end=1747
-  _globals['_MODELINFO']._serialized_start=1750
-  _globals['_MODELINFO']._serialized_end=1878
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1880
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1956
-  _globals['_GENERATIONSERVICE']._serialized_start=2459
-  _globals['_GENERATIONSERVICE']._serialized_end=2723
+  _globals['_GENERATEDIMAGE']._serialized_end=1225
+  _globals['_GENERATIONTIMINGS']._serialized_start=1228
+  _globals['_GENERATIONTIMINGS']._serialized_end=1374
+  _globals['_GENERATERESPONSE']._serialized_start=1377
+  _globals['_GENERATERESPONSE']._serialized_end=1547
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=1549
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=1619
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1621
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1746
+  _globals['_LISTMODELSREQUEST']._serialized_start=1748
+  _globals['_LISTMODELSREQUEST']._serialized_end=1767
+  _globals['_MODELINFO']._serialized_start=1770
+  _globals['_MODELINFO']._serialized_end=1898
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1900
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1976
+  _globals['_GENERATIONSERVICE']._serialized_start=2479
+  _globals['_GENERATIONSERVICE']._serialized_end=2743
 # @@protoc_insertion_point(module_scope)

@@ -138,16 +138,18 @@ class GenerateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., count: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., quality_mode: _Optional[_Union[QualityMode, str]] = ..., adapters: _Optional[_Iterable[_Union[LoraAdapter, _Mapping]]] = ..., init_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., strength: _Optional[float] = ..., mask: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., crop_padding: _Optional[int] = ..., refiner: _Optional[bool] = ..., refiner_fraction: _Optional[float] = ..., reference_image: _Optional[_Union[_common_pb2.ImageInput, _Mapping]] = ..., reference_scale: _Optional[float] = ..., noise_injection: _Optional[float] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ..., paste: _Optional[_Union[PasteMode, str]] = ..., controls: _Optional[_Iterable[_Union[ControlInput, _Mapping]]] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
-    __slots__ = ("artifact", "seed", "work_id", "cached")
+    __slots__ = ("artifact", "seed", "work_id", "cached", "parameters")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     WORK_ID_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     artifact: _common_pb2.Artifact
     seed: int
     work_id: str
     cached: bool
-    def __init__(self, artifact: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., seed: _Optional[int] = ..., work_id: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    parameters: str
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., seed: _Optional[int] = ..., work_id: _Optional[str] = ..., cached: _Optional[bool] = ..., parameters: _Optional[str] = ...) -> None: ...
 
 class GenerationTimings(_message.Message):
     __slots__ = ("queue_seconds", "text_encoding_seconds", "denoising_seconds", "decoding_seconds", "batch_size")

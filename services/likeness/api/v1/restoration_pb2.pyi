@@ -164,14 +164,18 @@ class RestoreRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[RestoreItem, _Mapping]]] = ..., fidelity: _Optional[float] = ..., model: _Optional[str] = ..., return_inline: _Optional[bool] = ..., output_prefix: _Optional[str] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("index", "image", "error")
+    __slots__ = ("index", "image", "error", "changed_pixels", "changed_box")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_BOX_FIELD_NUMBER: _ClassVar[int]
     index: int
     image: _common_pb2.Artifact
     error: _common_pb2.ItemError
-    def __init__(self, index: _Optional[int] = ..., image: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
+    changed_pixels: int
+    changed_box: _common_pb2.Box
+    def __init__(self, index: _Optional[int] = ..., image: _Optional[_Union[_common_pb2.Artifact, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., changed_pixels: _Optional[int] = ..., changed_box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("results", "model", "stand_in")
