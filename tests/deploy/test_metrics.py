@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,21 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 NAME = re.compile(r"\b(likeness[_:][A-Za-z0-9_:]*)")
 
 
+def _metrics_with_duration(port: int, method: str, wait_s: float = 5.0) -> str | None:
+    """/metrics once it holds the call's duration. grpc.aio's `abort` sends the status before the
+    handler's `finally` records the duration, so a client can see the error first (under load it
+    does): poll briefly instead of reading once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        if re.search(rf'likeness_rpc_duration_seconds_count{{[^}}]*method="{method}"', text):
+            return text
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory) -> dict[str, str]:
     """sample name -> metric type, from the /metrics of running services after one call each."""
@@ -42,12 +58,11 @@ def scraped(tmp_path_factory) -> dict[str, str]:
             with grpc.insecure_channel(proc.address) as ch:  # any outcome is recorded; empty = INVALID_ARGUMENT
                 call = ch.unary_unary(f"/{service}/{method}", request_serializer=lambda _: b"",
                                       response_deserializer=lambda b: b)
-                with pytest.raises(grpc.RpcError):
+                with pytest.raises(grpc.RpcError) as refused:
                     call(None, timeout=10)
-            with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-            assert re.search(rf'likeness_rpc_duration_seconds_count{{[^}}]*method="{method}"', text), \
-                f"{proc.name} recorded no duration for {method}"
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            text = _metrics_with_duration(proc.metrics_port, method)
+            assert text is not None, f"{proc.name} recorded no duration for {method}"
             for family in text_string_to_metric_families(text):
                 if family.name.startswith("likeness_"):
                     for suffix in SUFFIXES.get(family.type, ("",)):
