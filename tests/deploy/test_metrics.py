@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.tools import DASHBOARD, RULES, by_kind, render
-from tests.helpers import service_env, spawn_service
+from tests.helpers import service_env, spawn_service, wait_for
 
 # Light services (no torch model in warm-up); every process exports every family of core.metrics.
 SCRAPED = {"restoration": ("likeness.v1.RestorationService", "RegionMask"),
@@ -28,19 +27,16 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 NAME = re.compile(r"\b(likeness[_:][A-Za-z0-9_:]*)")
 
 
-def _metrics_with_duration(port: int, method: str, wait_s: float = 5.0) -> str | None:
+def _metrics_with_duration(port: int, method: str) -> str:
     """/metrics once it holds the call's duration. grpc.aio's `abort` sends the status before the
     handler's `finally` records the duration, so a client can see the error first (under load it
     does): poll briefly instead of reading once."""
-    deadline = time.monotonic() + wait_s
-    while True:
+    def scrape() -> str | None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        if re.search(rf'likeness_rpc_duration_seconds_count{{[^}}]*method="{method}"', text):
-            return text
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
+        return text if re.search(rf'likeness_rpc_duration_seconds_count{{[^}}]*method="{method}"', text) else None
+
+    return wait_for(scrape, 5, what=f"a recorded duration for {method}")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +58,6 @@ def scraped(tmp_path_factory) -> dict[str, str]:
                     call(None, timeout=10)
                 assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
             text = _metrics_with_duration(proc.metrics_port, method)
-            assert text is not None, f"{proc.name} recorded no duration for {method}"
             for family in text_string_to_metric_families(text):
                 if family.name.startswith("likeness_"):
                     for suffix in SUFFIXES.get(family.type, ("",)):
