@@ -8,8 +8,10 @@ service's name with one A record per replica, as a cluster's DNS answers a headl
 callers use the channel every Likeness client uses (`core.channels`: round_robin + retries).
 For a fixed concurrent load it reports throughput, p95 and each replica's share of the calls
 (from the replicas' own metrics), for 1 and 2 replicas, 3 interleaved repetitions, median and
-spread. Then, with 2 replicas under load, one is SIGKILLed: lost calls (target 0) and how long
-until the survivor serves every call. A full run takes about 4 minutes.
+spread. Then, with 2 replicas under load, one is SIGKILLed: lost calls (target 0) and the takeover,
+the time until the survivor has taken in every call the dead replica held and every call started
+since (its share is then 100%), against the retry policy's bound (the sum of its backoff ceilings).
+A full run takes about 4 minutes.
 
 Wall-clock throughput on a shared machine measures the scheduler as much as the replicas, so each
 run also splits CPU by process (each replica, the callers, the DNS server, everyone else) and
@@ -75,6 +77,25 @@ class PinnedReplica:
 
         return served_calls(self.process, method)
 
+    def intake(self, method: str) -> tuple[int, int]:
+        """(calls of `method` answered, calls being served now) by this replica, from one scrape of its
+        /metrics. A call queued for the model worker is in flight: its handler already runs."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://{self.host}:{self.process.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        answered = in_flight = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("method") == method:
+                    if sample.name == "likeness_rpc_duration_seconds_count":
+                        answered += sample.value
+                    elif sample.name == "likeness_rpc_in_flight":
+                        in_flight += sample.value
+        return int(answered), int(in_flight)
+
     def batches(self) -> tuple[float, float, float, float]:
         """(pipeline calls, images in them, seconds the worker stood free while requests waited for
         batch-mates, images answered from the store) so far, from this replica's /metrics (generation)."""
@@ -123,7 +144,7 @@ def make_call(service: str, stub_channel):
 
 def load(call, seconds: float, callers: int, on_tick=None) -> dict:
     """`callers` concurrent callers for `seconds`; latencies, completions over time and failures."""
-    latencies, done_at, failures = [], [], []
+    latencies, done_at, started_at, failures = [], [], [], []
     lock = threading.Lock()
     t0 = time.monotonic()
     stop = t0 + seconds
@@ -132,7 +153,8 @@ def load(call, seconds: float, callers: int, on_tick=None) -> dict:
         while time.monotonic() < stop:
             with lock:
                 seed = next(SEEDS)
-            start = time.monotonic()
+                start = time.monotonic()
+                started_at.append(start - t0)
             try:
                 call(seed)
             except Exception as exc:  # noqa: BLE001 - a failed call is a lost call
@@ -153,7 +175,8 @@ def load(call, seconds: float, callers: int, on_tick=None) -> dict:
     latencies.sort()
     return {"calls": len(latencies), "elapsed": elapsed, "failures": failures,
             "throughput": sum(1 for d in done_at if d <= seconds) / seconds,
-            "p95": latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan"), "done_at": done_at}
+            "p95": latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan"), "done_at": done_at,
+            "started_at": started_at}
 
 
 def cpu_now(dns, replicas: list[PinnedReplica]) -> dict[str, float]:
@@ -226,43 +249,65 @@ def one_run(service: str, dns, port: int, replicas: list[PinnedReplica], n: int,
     return result
 
 
-def kill_run(service: str, dns, port: int, replicas: list[PinnedReplica], seconds: float) -> dict:
-    """2 replicas under load; replica 2 is SIGKILLed halfway; lost calls and time to full takeover."""
+def retry_bound_seconds() -> float:
+    """The longest a call cut by a replica's death can wait in the client's retry policy before its
+    last attempt: the sum of the backoff ceilings of every retry (gRPC draws each backoff at random
+    below its ceiling)."""
     from likeness.core import channels
 
+    policy = json.loads(channels.service_config())["methodConfig"][0]["retryPolicy"]
+    initial, ceiling = (float(policy[k].rstrip("s")) for k in ("initialBackoff", "maxBackoff"))
+    return sum(min(initial * policy["backoffMultiplier"] ** i, ceiling) for i in range(policy["maxAttempts"] - 1))
+
+
+def kill_run(service: str, dns, port: int, replicas: list[PinnedReplica], seconds: float) -> dict:
+    """2 replicas under load; replica 2 is SIGKILLed halfway. Lost calls, and the takeover: the time from
+    the kill until the survivor has taken in every call the dead replica held and every call started
+    since (the survivor's share of new calls is then 100%), against the retry policy's bound."""
     dns.set(NAME.format(service), [r.host for r in replicas])
-    samples: list[tuple[float, int]] = []
-    with channels.sync_channel(dns.target(NAME.format(service), port)) as channel:
+    samples: list[tuple[float, int]] = []  # (seconds into the run, calls the survivor has taken in)
+    with channels_sync(service, dns, port) as channel:
         method, call = make_call(service, channel)
         call(next(SEEDS))
         survivor, victim = replicas
-        killed_at = [0.0]
+        at_kill: dict = {}
 
         def on_tick(t0):
             while time.monotonic() - t0 < seconds:
-                samples.append((time.monotonic() - t0, survivor.served(method)))
-                if not killed_at[0] and time.monotonic() - t0 >= seconds / 2:
+                if not at_kill and time.monotonic() - t0 >= seconds / 2:
+                    at_kill["t"] = time.monotonic() - t0  # calls started from here on count as new
+                    at_kill["base"] = sum(survivor.intake(method))
+                    at_kill["held"] = victim.intake(method)[1]  # calls the victim was serving or queueing
                     victim.process.kill()  # SIGKILL: no drain, calls in flight are cut
                     dns.set(NAME.format(service), [survivor.host])  # the endpoint leaves the Service
-                    killed_at[0] = time.monotonic() - t0
+                samples.append((time.monotonic() - t0, sum(survivor.intake(method))))
                 time.sleep(0.1)
 
         result = load(call, seconds, CALLERS[service], on_tick)
-    # takeover: from the kill, the first moment after which the survivor's count grows by exactly
-    # the calls the client completes (every call lands on it)
-    done = result["done_at"]
-    takeover = float("nan")
-    for i, (t, _) in enumerate(samples):
-        if t < killed_at[0]:
+    return {"lost": len(result["failures"]), "calls": result["calls"], "errors": result["failures"][:3],
+            "takeover_seconds": takeover_seconds(samples, result["started_at"], at_kill),
+            "retry_bound_seconds": retry_bound_seconds(), "held_at_kill": at_kill["held"]}
+
+
+def takeover_seconds(samples: list[tuple[float, int]], started_at: list[float], at_kill: dict) -> float:
+    """First sample after the kill at which the survivor's intake since the kill covers the calls the
+    victim held plus every call the callers started since the kill (NaN if it never does). The
+    survivor's intake and the victim's calls are read just before the kill; a call in transit to the
+    victim then is in neither, so the measure can only err late (it lands on the survivor too)."""
+    kill, base = at_kill["t"], at_kill["base"]
+    for t, taken in samples:
+        if t <= kill:
             continue
-        rest = samples[i:]
-        client = [sum(1 for d in done if d <= s[0]) for s in rest]
-        steps = zip(client, client[1:], rest, rest[1:], strict=False)
-        if all(c2 - c1 == s2[1] - s1[1] for (c1, c2, s1, s2) in steps):
-            takeover = t - killed_at[0]
-            break
-    return {"lost": len(result["failures"]), "calls": result["calls"], "takeover_seconds": takeover,
-            "errors": result["failures"][:3]}
+        started = sum(1 for s in started_at if kill < s <= t)
+        if taken - base >= at_kill["held"] + started:
+            return t - kill
+    return float("nan")
+
+
+def channels_sync(service: str, dns, port: int):
+    from likeness.core import channels
+
+    return channels.sync_channel(dns.target(NAME.format(service), port))
 
 
 def bench_service(service: str, tmp: Path, seconds: float, reps: int) -> dict:
@@ -309,6 +354,7 @@ def summarize(runs: dict[int, list[dict]], seconds: float, killed: dict) -> dict
         "shares_2": [round(s, 3) for s in shares],
         "failures": sum(len(r["failures"]) for rs in runs.values() for r in rs),
         "kill_lost": killed["lost"], "kill_takeover_seconds": round(killed["takeover_seconds"], 2),
+        "kill_retry_bound_seconds": round(killed["retry_bound_seconds"], 2), "kill_held": killed["held_at_kill"],
         "kill_errors": killed["errors"], "cores_busy": busy, "cpu_ms_per_call": ms_per_call,
         "worker_idle": {str(n): [round(statistics.median(r["idle"][i] for r in rs), 3) for i in range(n)]
                         for n, rs in runs.items()},
@@ -323,13 +369,13 @@ def print_tables(figures: dict, services: tuple[str, ...], seconds: dict[str, fl
     per_run = ", ".join(f"{s} {seconds[s]:.0f} s" for s in services)
     print(f"\n## {per_run} per run, median of {reps} interleaved runs")
     print(f"{'service':>11}{'callers':>8}{'1 rep/s':>9}{'2 rep/s':>9}{'speed-up':>10}{'spread 1/2':>12}"
-          f"{'p95 1/2 s':>14}{'shares':>14}{'lost':>6}{'takeover s':>12}")
+          f"{'p95 1/2 s':>14}{'shares':>14}{'lost':>6}{'held':>6}{'takeover s':>12}{'bound s':>9}")
     for service in services:
         f = figures[service]
         print(f"{service:>11}{CALLERS[service]:>8}{f['throughput_1']:>9.2f}{f['throughput_2']:>9.2f}{f['speedup']:>10.2f}"
               f"{f['spread_1']:>6.2f}/{f['spread_2']:<5.2f}{f['p95_1']:>7.3f}/{f['p95_2']:<6.3f}"
               f"{f['shares_2'][0]:>7.2f}/{f['shares_2'][1]:<6.2f}{f['kill_lost'] + f['failures']:>6}"
-              f"{f['kill_takeover_seconds']:>12.2f}")
+              f"{f['kill_held']:>6}{f['kill_takeover_seconds']:>12.2f}{f['kill_retry_bound_seconds']:>9.2f}")
     procs = ("replica 1", "replica 2", "callers", "dns", "others")
     print("\n## CPU by process: cores busy (CPU s per s of the run) | CPU ms per completed call (median); "
           "images per pipeline call")
