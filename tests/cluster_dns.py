@@ -56,3 +56,56 @@ class ClusterDns:
     def __exit__(self, *exc) -> None:
         for server in self._servers:
             server.stop()
+
+
+class ClusterDnsProcess:
+    """`ClusterDns` in a process of its own (`python -m tests.cluster_dns`), so a benchmark can
+    count the DNS server's CPU apart from its callers'. Same `set` and `target`; `pid` for the CPU."""
+
+    def __init__(self):
+        self.proc = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def set(self, name: str, addresses: list[str]) -> None:
+        self.proc.stdin.write(f"{name} {','.join(addresses)}\n")
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().strip() != "ok":
+            raise RuntimeError(f"the DNS process did not take {name} -> {addresses}")
+
+    def target(self, name: str, port: int) -> str:
+        return f"dns://127.0.0.1:{self.port}/{name}:{port}"
+
+    def __enter__(self) -> ClusterDnsProcess:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.cluster_dns"], cwd=root, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()  # end of input: the process stops its servers and exits
+        self.proc.wait(10)
+
+
+def _serve_stdin() -> None:
+    """Prints the port, then takes `NAME ADDR,ADDR` lines from stdin, answering `ok` to each."""
+    import sys
+
+    with ClusterDns() as dns:
+        print(dns.port, flush=True)
+        for line in sys.stdin:
+            name, _, addresses = line.strip().partition(" ")
+            dns.set(name, [a for a in addresses.split(",") if a])
+            print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    _serve_stdin()

@@ -84,9 +84,15 @@ def test_metrics_record_calls_by_code(slow_service):
         with pytest.raises(grpc.RpcError) as err:
             stub.Generate(generation_pb2.GenerateRequest(), timeout=5)  # not implemented by the test servicer
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-    assert ('likeness_rpc_duration_seconds_count{code="UNIMPLEMENTED",method="Generate",'
-            'service="GenerationService"} 1.0') in text
+    sample = ('likeness_rpc_duration_seconds_count{code="UNIMPLEMENTED",method="Generate",'
+              'service="GenerationService"} 1.0')
+
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+
+    # an aborted call's status reaches the client before the handler's `finally` records it
+    wait_for(lambda: sample in scrape(), 5, what="the refused call's duration")
+    text = scrape()
     assert 'likeness_service_ready{service="generation"} 1.0' in text
     assert "likeness_rpc_in_flight" in text
     # buckets span 1 ms .. 10 min

@@ -16,7 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.tools import DASHBOARD, RULES, by_kind, render
-from tests.helpers import service_env, spawn_service
+from tests.helpers import service_env, spawn_service, wait_for
 
 # Light services (no torch model in warm-up); every process exports every family of core.metrics.
 SCRAPED = {"restoration": ("likeness.v1.RestorationService", "RegionMask"),
@@ -25,6 +25,18 @@ SUFFIXES = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",), 
 # Labels Prometheus adds to every scraped series (job/instance) or the ServiceMonitor does (pod, namespace).
 TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 NAME = re.compile(r"\b(likeness[_:][A-Za-z0-9_:]*)")
+
+
+def _metrics_with_duration(port: int, method: str) -> str:
+    """/metrics once it holds the call's duration. grpc.aio's `abort` sends the status before the
+    handler's `finally` records the duration, so a client can see the error first (under load it
+    does): poll briefly instead of reading once."""
+    def scrape() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return text if re.search(rf'likeness_rpc_duration_seconds_count{{[^}}]*method="{method}"', text) else None
+
+    return wait_for(scrape, 5, what=f"a recorded duration for {method}")
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +54,10 @@ def scraped(tmp_path_factory) -> dict[str, str]:
             with grpc.insecure_channel(proc.address) as ch:  # any outcome is recorded; empty = INVALID_ARGUMENT
                 call = ch.unary_unary(f"/{service}/{method}", request_serializer=lambda _: b"",
                                       response_deserializer=lambda b: b)
-                with pytest.raises(grpc.RpcError):
+                with pytest.raises(grpc.RpcError) as refused:
                     call(None, timeout=10)
-            with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-            assert re.search(rf'likeness_rpc_duration_seconds_count{{[^}}]*method="{method}"', text), \
-                f"{proc.name} recorded no duration for {method}"
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            text = _metrics_with_duration(proc.metrics_port, method)
             for family in text_string_to_metric_families(text):
                 if family.name.startswith("likeness_"):
                     for suffix in SUFFIXES.get(family.type, ("",)):

@@ -117,3 +117,23 @@ def test_a_bad_item_fails_alone():
     assert good == ["A:1"] and other == ["A:2"]
     assert isinstance(bad, InvalidArgument)
     assert len(rec.calls[0][1]) == 3  # they were batched, then retried one by one
+
+
+def test_time_held_for_batch_mates_is_reported():
+    """A partial batch waits up to max_wait with the worker free; that hold is told to `on_hold`
+    (exported as likeness_batch_hold_seconds_total), and a full batch is never held."""
+    rec = Recorder()
+    holds: list[float] = []
+
+    async def main():
+        b = DynamicBatcher(rec, max_batch=2, max_wait=0.2, capacity=8, on_hold=holds.append)
+        await b.submit("A", [1])  # alone: waits out the window
+        held_alone = sum(holds)
+        holds.clear()
+        await b.submit("A", [2, 3])  # full at once: runs without waiting
+        await b.close()
+        return held_alone
+
+    held_alone = run(main())
+    assert 0.15 <= held_alone <= 1.0, held_alone
+    assert sum(holds) < 0.05, holds

@@ -29,6 +29,10 @@ JOBS = Gauge("likeness_jobs", "Jobs in the job store by kind and state.", ["kind
 BATCH_SIZE = Histogram(
     "likeness_batch_size", "Images per pipeline call after dynamic batching.", ["model"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
+BATCH_HOLD = Counter(
+    "likeness_batch_hold_seconds_total",
+    "Seconds the model worker stood free while requests waited in the batching queue for batch-mates.",
+    ["service"])
 QUEUE_DEPTH = Gauge("likeness_queue_depth", "Requests waiting in a batching queue.", ["service", "model"])
 QUEUE_CAPACITY = Gauge("likeness_queue_capacity", "Bound of a batching queue.", ["service", "model"])
 GENERATION_PHASE = Histogram(

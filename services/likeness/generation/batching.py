@@ -40,7 +40,8 @@ RunBatch = Callable[[Hashable, list], Sequence]
 class DynamicBatcher:
     def __init__(self, run_batch: RunBatch, *, max_batch: int, max_wait: float, capacity: int,
                  on_depth: Callable[[int], None] | None = None,
-                 on_batch: Callable[[Hashable, int], None] | None = None):
+                 on_batch: Callable[[Hashable, int], None] | None = None,
+                 on_hold: Callable[[float], None] | None = None):
         self._run_batch = run_batch
         self.max_batch, self.max_wait, self.capacity = max_batch, max_wait, capacity
         self._queues: OrderedDict[Hashable, list[Entry]] = OrderedDict()
@@ -51,6 +52,7 @@ class DynamicBatcher:
         self.worker = ModelWorker("generation", name="worker")
         self._on_depth = on_depth or (lambda depth: None)
         self._on_batch = on_batch or (lambda key, size: None)
+        self._on_hold = on_hold or (lambda seconds: None)  # the worker free while requests wait
         self._recent_seconds_per_item = 1.0
         self._closed = False
 
@@ -156,10 +158,13 @@ class DynamicBatcher:
             taken = self._take()
             if taken is None:
                 self._wakeup.clear()
+                holding = time.monotonic() if self._depth else None
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self._next_deadline())
                 except TimeoutError:
                     pass
+                if holding is not None:
+                    self._on_hold(time.monotonic() - holding)
                 continue
             key, batch = taken
             batch = [e for e in batch if not e.future.done()]  # cancelled between take and run

@@ -90,7 +90,8 @@ class ImageGenerator:
         self._lora_lock = threading.Lock()  # admission runs in several threads
         self._tokenizers: dict[str, list] = {}
         self.batcher = DynamicBatcher(self._run_batch, max_batch=max_batch, max_wait=max_wait,
-                                      capacity=queue_capacity, on_depth=self._on_depth, on_batch=self._on_batch)
+                                      capacity=queue_capacity, on_depth=self._on_depth, on_batch=self._on_batch,
+                                      on_hold=metrics.BATCH_HOLD.labels("generation").inc)
         metrics.QUEUE_CAPACITY.labels("generation", "all").set(queue_capacity)
 
     # -- the worker side ------------------------------------------------------------------------
