@@ -184,7 +184,7 @@ def print_rounds(rounds: dict[str, list[dict]], ratios: dict[str, list[float]]) 
     walls = [x["client"] for x in rounds["bare"]]
     engine = [x["inpaint"] for x in rounds["bare"]]
     cells = [f"{w:.2f}/{e:.2f}" for w, e in zip(walls, engine, strict=True)]
-    print(f"  {'bare call wall / engine run s':<34}" + "".join(f"{c:>10}" for c in cells))
+    print(f"  {'bare call wall / engine run s':<34}" + "".join(f" {c:>9}" for c in cells))
 
 
 def report(machine: Machine, args, rounds: dict[str, list[dict]], peak_gib: float) -> None:
