@@ -2,6 +2,8 @@
 and restore model work, as a share of the job's wall time, measured side by side in one run.
 
     python bench/open_eyes.py [--reps 3] [--variations 4] [--size 1024] [--png-level0]
+    python bench/open_eyes.py --model-dir /tmp/i13-sdxl/models --model sdxl-shaped --dtype bfloat16 --threads 2
+        --steps 2 --variations 1 --reps 3   (the same job at SDXL's size: ~20 min, ~10 GiB)
 
 (where the overhead goes: `py-spy record -f raw -o prof.txt -- python bench/open_eyes.py`)
 
@@ -27,7 +29,16 @@ inpaint (one Generate call of the same request, straight to the generation servi
 `--png-level0`, a fourth: restore on with every PNG written at zlib level 0 (what writing the
 intermediate images uncompressed would save). Every job gets its own source image (one pixel
 changed) and seed, so no service cache and no finished work in the job store answers for it.
-Everything runs pinned to one core, one thread per library.
+Everything runs pinned to one core, one thread per library (with --threads N: N cores, and N torch
+threads for generation).
+
+Per round, side by side, also: the runner's time outside every stage (its fixed cost) and one bare
+Generate call's own overhead share ((its wall - the engine's run) / its wall), the floor of any job
+that makes one service call at this model's size. --model/--model-dir run the jobs and the bare call
+on another model (sdxl-shaped: the full-size SDXL architecture with random weights, whose images are
+noise and whose compute is SDXL's); the services are warmed by a tiny-sdxl job first and the model
+is loaded by one 64 px call before the rounds. At 1 step with the inpaint strength 0.99, diffusers
+runs no denoising step (int(1 x 0.99) = 0) and refuses: --steps 2 is one denoising step.
 """
 
 from __future__ import annotations
@@ -51,8 +62,10 @@ sys.path.insert(0, str(ROOT))
 
 from machine import Machine  # noqa: E402
 from open_eyes_stack import InProcessStack, ModelClock, png_level  # noqa: E402
+from sdxl_shaped import PeakRss  # noqa: E402
 
 TARGET = 0.05  # the job's own overhead, as a share of the job's wall
+TINY = "tiny-sdxl"
 STAGES = ["detect", "crop", "mask", "inpaint", "composite", "restore", "verify", "metadata"]  # the job's order
 
 
@@ -68,37 +81,54 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="0: the preset's")
     parser.add_argument("--png-level0", action="store_true",
                         help="a fourth job per round (restore on) with every PNG written at zlib level 0")
+    parser.add_argument("--model", default=TINY, help="the generation model the jobs use")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a model repository folder holding --model (linked into the stack's repository)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the generation service; the process is pinned to as many cores")
+    parser.add_argument("--dtype", default="auto", help="the generation service's dtype (bfloat16 for sdxl-shaped)")
     args = parser.parse_args()
     machine = Machine()
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:max(args.threads, 1)]))
 
     import cv2
     import numpy as np
+    import psutil
 
     from tests.photos import skimage_photo
 
     cv2.setNumThreads(1)
     photo = np.ascontiguousarray(cv2.resize(skimage_photo("astronaut"), (args.size, args.size),
                                             interpolation=cv2.INTER_CUBIC))
+    print(f"# memory available at the start: {psutil.virtual_memory().available / 2**30:.1f} GiB", flush=True)
     clock = ModelClock()
-    with tempfile.TemporaryDirectory(prefix="bench-open-eyes-") as tmp, InProcessStack(Path(tmp), clock) as stack:
-        def job(restore: bool, n: int) -> dict:
-            return stack.open_eyes(photo, n, restore=restore, variations=args.variations, steps=args.steps)
+    with (tempfile.TemporaryDirectory(prefix="bench-open-eyes-") as tmp, PeakRss() as memory,
+          InProcessStack(Path(tmp), clock, args.model, args.model_dir, args.threads, args.dtype) as stack):
+        def job(restore: bool, n: int, model: str = "") -> dict:
+            return stack.open_eyes(photo, n, restore=restore, variations=args.variations, steps=args.steps,
+                                   model=model)
 
         def bare(r: int) -> dict:
             return stack.bare_inpaint(photo, r, variations=args.variations, steps=args.steps)
 
-        job(True, 0)  # warm: model loads, lazy imports, first-call compilation
+        job(True, 0, TINY)  # warm: model loads, lazy imports, first-call compilation
         bare(0)
-        rounds: dict[str, list[dict]] = {"restore": [], "no_restore": [], "bare": [], "level0": []}
+        if args.model != TINY:
+            stack.load_model()
+        rounds: dict[str, list[dict]] = {"restore": [], "no_restore": [], "bare": [], "level0": [], "load": []}
         for r in range(1, 1 + max(args.reps, 3)):
+            rounds["load"].append(os.getloadavg()[0])
             rounds["restore"].append(job(True, 3 * r))
             rounds["no_restore"].append(job(False, 3 * r + 1))
             rounds["bare"].append(bare(r))
             if args.png_level0:
                 with png_level(0):
                     rounds["level0"].append(job(True, 3 * r + 2))
-    report(machine, args, rounds)
+            if args.model != TINY:  # a run cut short still leaves its rounds
+                print(f"# round {r}: load {rounds['load'][-1]:.2f}, job walls {rounds['restore'][-1]['wall']:.1f} / "
+                      f"{rounds['no_restore'][-1]['wall']:.1f} s, bare call {rounds['bare'][-1]['client']:.1f} s",
+                      flush=True)
+    report(machine, args, rounds, memory.peak)
 
 
 STAGE_OF_WORK = {"detect": "detect", "verify": "verify"}  # the job's Detect calls, by unit of work
@@ -128,11 +158,42 @@ def by_stage(jobs: list[dict]) -> dict[str, tuple[float, float, float]]:
             for k in per[0]}
 
 
-def report(machine: Machine, args, rounds: dict[str, list[dict]]) -> None:
+def per_round(rounds: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """Ratios of each round, side by side: the job's overhead share (everything counted, and less the
+    detection models' passes), the share of the runner's time outside every stage (its fixed cost:
+    lease, report views, manifest, job store), and the bare Generate call's own overhead share (its
+    client wall less the engine's run, over its wall: the floor of one service call at this size)."""
+    out: dict[str, list[float]] = {}
+    for n, tag in (("restore", "on"), ("no_restore", "off")):
+        out[f"job overhead, restore {tag}"] = [x["overhead"] / x["wall"] for x in rounds[n]]
+        out[f"  less detection models, {tag}"] = [x["overhead_less_detection"] / x["wall"] for x in rounds[n]]
+        out[f"  runner outside stages, {tag}"] = [(x["wall"] - sum(x["stages"].values())) / x["wall"]
+                                                 for x in rounds[n]]
+    out["bare Generate call overhead"] = [(x["client"] - x["inpaint"]) / x["client"] for x in rounds["bare"]]
+    return out
+
+
+def print_rounds(rounds: dict[str, list[dict]], ratios: dict[str, list[float]]) -> None:
+    n = len(rounds["bare"])
+    print("per round (share of the wall; target < 0.05 for the job's overhead):")
+    print(f"  {'':<34}" + "".join(f"{'round ' + str(i + 1):>10}" for i in range(n)) + f"{'median':>10}{'spread':>14}")
+    print(f"  {'load average (1 min) at its start':<34}" + "".join(f"{x:>10.2f}" for x in rounds["load"]))
+    for label, values in ratios.items():
+        print(f"  {label:<34}" + "".join(f"{x:>10.3f}" for x in values)
+              + f"{statistics.median(values):>10.3f}{spread(values):>14}")
+    walls = [x["client"] for x in rounds["bare"]]
+    engine = [x["inpaint"] for x in rounds["bare"]]
+    cells = [f"{w:.2f}/{e:.2f}" for w, e in zip(walls, engine, strict=True)]
+    print(f"  {'bare call wall / engine run s':<34}" + "".join(f" {c:>9}" for c in cells))
+
+
+def report(machine: Machine, args, rounds: dict[str, list[dict]], peak_gib: float) -> None:
     def med(name: str, key: str) -> float:
         return statistics.median(x[key] for x in rounds[name])
 
-    print(f"# open_eyes on tiny-sdxl, astronaut {args.size}x{args.size}, {args.variations} variations, steps "
+    stand_in = "" if args.model == TINY else " (random weights: its images are noise, its compute is SDXL's)"
+    print(f"# open_eyes on {args.model}{stand_in}, {args.dtype} weights, {args.threads} generation thread(s), "
+          f"astronaut {args.size}x{args.size}, {args.variations} variations, steps "
           f"{args.steps or 'preset'}; {len(rounds['restore'])} interleaved rounds, medians (spread min-max)")
     print(f"{'':<30}{'restore on':>14}{'restore off':>14}")
     rows = [("job wall (runner) s", "wall"), ("client wall (Submit->done) s", "client"),
@@ -176,8 +237,15 @@ def report(machine: Machine, args, rounds: dict[str, list[dict]]) -> None:
                           "overhead_share_spread": [round(min(level0), 4), round(max(level0), 4)]}
     print(f"job wall / bare inpaint call ({bare_wall:.3f} s): on {med('restore', 'wall') / bare_wall:.3f}, "
           f"off {med('no_restore', 'wall') / bare_wall:.3f}")
+    ratios = per_round(rounds)
+    print_rounds(rounds, ratios)
+    floor = ratios["bare Generate call overhead"]
+    print(f"one bare Generate call's own overhead / its wall: {statistics.median(floor):.3f} ({spread(floor)}): "
+          + ("above" if statistics.median(floor) > TARGET else "within") + f" the job's target of {TARGET}")
+    print(f"peak resident memory of the process: {peak_gib:.1f} GiB")
     figures = {
-        "bench": "open_eyes", "size": args.size, "variations": args.variations, "steps": args.steps,
+        "bench": "open_eyes", "model": args.model, "dtype": args.dtype, "threads": args.threads,
+        "size": args.size, "variations": args.variations, "steps": args.steps,
         "reps": len(rounds["restore"]), "target_overhead_share": TARGET,
         "overhead_share": {n: round(statistics.median(v), 4) for n, v in share.items()},
         "overhead_share_spread": {n: [round(min(v), 4), round(max(v), 4)] for n, v in share.items()},
@@ -192,6 +260,10 @@ def report(machine: Machine, args, rounds: dict[str, list[dict]]) -> None:
                                   for w in STAGE_OF_WORK} for n in ("restore", "no_restore")},
         "overhead_by_stage_s": {n: {k: round(v[0], 4) for k, v in by.items()} for n, by in overhead_by_stage.items()},
         "bare_inpaint_s": round(bare_wall, 4),
+        "bare_engine_run_s": round(med("bare", "inpaint"), 4),
+        "per_round": {k.strip(): [round(x, 4) for x in v] for k, v in ratios.items()},
+        "bare_call_overhead_share": round(statistics.median(floor), 4),
+        "load_per_round": [round(x, 2) for x in rounds["load"]], "peak_rss_gib": round(peak_gib, 2),
         **({"png_level0_restore_on": figures_level0} if rounds["level0"] else {}),
         "machine": machine.done(),
     }

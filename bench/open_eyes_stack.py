@@ -159,10 +159,16 @@ class TimedRestorer:
 
 
 class InProcessStack:
-    """detection, restoration, generation and the orchestrator as ServiceThreads under `state`."""
+    """detection, restoration, generation and the orchestrator as ServiceThreads under `state`.
 
-    def __init__(self, state: Path, clock: ModelClock):
-        self.state, self.clock = state, clock
+    `model` is the generation model the jobs use; with `model_dir`, its folder there is linked into
+    the stack's model repository (next to the tiny models the service builds), so a large model is
+    used where it lies. `threads` (torch intra-op threads) and `dtype` go to the generation service."""
+
+    def __init__(self, state: Path, clock: ModelClock, model: str = "tiny-sdxl", model_dir: Path | None = None,
+                 threads: int = 1, dtype: str = "auto"):
+        self.state, self.clock, self.model = state, clock, model
+        self.model_dir, self.threads_per_call, self.dtype = model_dir, threads, dtype
         self.threads: list = []
 
     def __enter__(self):
@@ -170,8 +176,12 @@ class InProcessStack:
         from likeness.core.settings import CommonSettings
         from likeness.core.store import open_store
 
-        os.environ.update(stack_env(self.state, extra={"LIKENESS_DRAIN_SECONDS": "0",
-                                                       "LIKENESS_GENERATION_CPU_THREADS": "1"}))
+        if self.model_dir is not None:
+            (self.state / "models").mkdir(parents=True, exist_ok=True)
+            (self.state / "models" / self.model).symlink_to((self.model_dir / self.model).resolve())
+        os.environ.update(stack_env(self.state, extra={
+            "LIKENESS_DRAIN_SECONDS": "0", "LIKENESS_GENERATION_CPU_THREADS": str(self.threads_per_call),
+            "LIKENESS_GENERATION_DTYPE": self.dtype, "LIKENESS_GENERATION_IDLE_UNLOAD_SECONDS": "0"}))
         self.clock.install()
         addresses = {name: self._start(name) for name in ("detection", "restoration", "generation")}
         for name, address in addresses.items():
@@ -216,12 +226,13 @@ class InProcessStack:
         img[0, 1] = (n // 256 % 256, 0, 0)
         return self.store.put(f"bench-inputs/astronaut-{n}.png", encode_png(img), "image/png").uri
 
-    def open_eyes(self, photo, n: int, *, restore: bool, variations: int, steps: int) -> dict:
-        """Job number `n` (its own source image and seed): its walls, model seconds and stage seconds."""
+    def open_eyes(self, photo, n: int, *, restore: bool, variations: int, steps: int, model: str = "") -> dict:
+        """Job number `n` (its own source image and seed) on `model` (default: the stack's): its walls,
+        model seconds and stage seconds."""
         from likeness.api.v1 import common_pb2
         from likeness.api.v1 import orchestrator_pb2 as o
 
-        spec = o.OpenEyesSpec(image=common_pb2.ImageInput(uri=self._source(photo, n)), model="tiny-sdxl",
+        spec = o.OpenEyesSpec(image=common_pb2.ImageInput(uri=self._source(photo, n)), model=model or self.model,
                               seed=100 * n, variations=variations, steps=steps, restore=restore)
         self.clock.take()
         t0 = time.perf_counter()
@@ -241,8 +252,19 @@ class InProcessStack:
                          if k.startswith("seconds_")}
         return out
 
+    def load_model(self) -> None:
+        """The jobs' model loaded (and its weights verified) by one 1-step 64 px text-to-image call,
+        so that no job pays for it."""
+        from likeness.api.v1 import generation_pb2
+
+        req = generation_pb2.GenerateRequest(model=self.model, task=generation_pb2.TASK_TEXT_TO_IMAGE, prompt="warm",
+                                             steps=1, width=64, height=64, output_prefix="bench-warm/")
+        self.generation.Generate(req, timeout=3600)
+        self.clock.take()
+
     def bare_inpaint(self, photo, r: int, *, variations: int, steps: int) -> dict:
-        """The job's last inpaint request, sent again with a new seed straight to generation."""
+        """The job's last inpaint request, sent again with a new seed straight to generation: its
+        client wall and the engine's run (`inpaint`), whose difference is one service call's own cost."""
         from likeness.api.v1 import generation_pb2
 
         req = generation_pb2.GenerateRequest()
@@ -251,7 +273,7 @@ class InProcessStack:
         req.output_prefix = f"bench-bare/{r}/"
         self.clock.take()
         t0 = time.perf_counter()
-        self.generation.Generate(req, timeout=600)
+        self.generation.Generate(req, timeout=3600)
         client = time.perf_counter() - t0
         return {"client": client, **self.clock.take()}
 
