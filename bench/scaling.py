@@ -9,8 +9,8 @@ callers use the channel every Likeness client uses (`core.channels`: round_robin
 For a fixed concurrent load it reports throughput, p95 and each replica's share of the calls
 (from the replicas' own metrics), for 1 and 2 replicas, 3 interleaved repetitions, median and
 spread. Then, with 2 replicas under load, one is SIGKILLed: lost calls (target 0) and the takeover,
-the time until the survivor has taken in every call the dead replica held and every call started
-since (its share is then 100%), against the retry policy's bound (the sum of its backoff ceilings).
+the time until every call the callers have outstanding is on the survivor (the cut calls re-sent
+there; its share is then 100%), against the retry policy's bound (the sum of its backoff ceilings).
 A full run takes about 4 minutes.
 
 Wall-clock throughput on a shared machine measures the scheduler as much as the replicas, so each
@@ -145,6 +145,7 @@ def make_call(service: str, stub_channel):
 def load(call, seconds: float, callers: int, on_tick=None) -> dict:
     """`callers` concurrent callers for `seconds`; latencies, completions over time and failures."""
     latencies, done_at, started_at, failures = [], [], [], []
+    live = {"started": 0, "finished": 0}  # calls started and ended (answered or failed) so far
     lock = threading.Lock()
     t0 = time.monotonic()
     stop = t0 + seconds
@@ -155,20 +156,24 @@ def load(call, seconds: float, callers: int, on_tick=None) -> dict:
                 seed = next(SEEDS)
                 start = time.monotonic()
                 started_at.append(start - t0)
+                live["started"] += 1
             try:
                 call(seed)
             except Exception as exc:  # noqa: BLE001 - a failed call is a lost call
-                failures.append(repr(exc)[:200])
+                with lock:
+                    failures.append(repr(exc)[:200])
+                    live["finished"] += 1
                 continue
             with lock:
                 latencies.append(time.monotonic() - start)
                 done_at.append(time.monotonic() - t0)
+                live["finished"] += 1
 
     threads = [threading.Thread(target=caller) for _ in range(callers)]
     for t in threads:
         t.start()
     if on_tick:
-        on_tick(t0)
+        on_tick(t0, live)
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0  # the last calls end after `seconds`: CPU is counted until they do
@@ -262,46 +267,36 @@ def retry_bound_seconds() -> float:
 
 def kill_run(service: str, dns, port: int, replicas: list[PinnedReplica], seconds: float) -> dict:
     """2 replicas under load; replica 2 is SIGKILLed halfway. Lost calls, and the takeover: the time from
-    the kill until the survivor has taken in every call the dead replica held and every call started
-    since (the survivor's share of new calls is then 100%), against the retry policy's bound."""
+    the kill until every call the callers have outstanding is on the survivor (the calls the kill cut
+    have been re-sent there, and new calls go nowhere else), against the retry policy's bound."""
     dns.set(NAME.format(service), [r.host for r in replicas])
-    samples: list[tuple[float, int]] = []  # (seconds into the run, calls the survivor has taken in)
+    samples: list[tuple[float, int, int]] = []  # (seconds into the run, on the survivor, outstanding)
     with channels_sync(service, dns, port) as channel:
         method, call = make_call(service, channel)
         call(next(SEEDS))
         survivor, victim = replicas
         at_kill: dict = {}
 
-        def on_tick(t0):
+        def on_tick(t0, live):
             while time.monotonic() - t0 < seconds:
                 if not at_kill and time.monotonic() - t0 >= seconds / 2:
-                    at_kill["t"] = time.monotonic() - t0  # calls started from here on count as new
-                    at_kill["base"] = sum(survivor.intake(method))
                     at_kill["held"] = victim.intake(method)[1]  # calls the victim was serving or queueing
                     victim.process.kill()  # SIGKILL: no drain, calls in flight are cut
+                    at_kill["t"] = time.monotonic() - t0
                     dns.set(NAME.format(service), [survivor.host])  # the endpoint leaves the Service
-                samples.append((time.monotonic() - t0, sum(survivor.intake(method))))
+                # Ended calls are read before the scrape and started ones after it, so a call that
+                # starts or ends meanwhile counts as outstanding: the comparison can only err late.
+                finished = live["finished"]
+                on_survivor = survivor.intake(method)[1]
+                samples.append((time.monotonic() - t0, on_survivor, live["started"] - finished))
                 time.sleep(0.1)
 
         result = load(call, seconds, CALLERS[service], on_tick)
+    kill = at_kill["t"]
+    takeover = next((t - kill for t, on, out in samples if t > kill and on >= out), float("nan"))
     return {"lost": len(result["failures"]), "calls": result["calls"], "errors": result["failures"][:3],
-            "takeover_seconds": takeover_seconds(samples, result["started_at"], at_kill),
-            "retry_bound_seconds": retry_bound_seconds(), "held_at_kill": at_kill["held"]}
-
-
-def takeover_seconds(samples: list[tuple[float, int]], started_at: list[float], at_kill: dict) -> float:
-    """First sample after the kill at which the survivor's intake since the kill covers the calls the
-    victim held plus every call the callers started since the kill (NaN if it never does). The
-    survivor's intake and the victim's calls are read just before the kill; a call in transit to the
-    victim then is in neither, so the measure can only err late (it lands on the survivor too)."""
-    kill, base = at_kill["t"], at_kill["base"]
-    for t, taken in samples:
-        if t <= kill:
-            continue
-        started = sum(1 for s in started_at if kill < s <= t)
-        if taken - base >= at_kill["held"] + started:
-            return t - kill
-    return float("nan")
+            "takeover_seconds": takeover, "retry_bound_seconds": retry_bound_seconds(),
+            "held_at_kill": at_kill["held"]}
 
 
 def channels_sync(service: str, dns, port: int):
