@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Bench:
     name: str
     args: tuple[str, ...]  # after the interpreter, exactly as docs/benchmarks.md writes them; () = not in the list
-    minutes: float  # what the full form took on 2026-12-03, niced, load average 3-6 (to plan a re-run)
+    minutes: float  # what the full form took on 2026-12-03 17:08-17:38 UTC on the quiet machine (load: earlier, niced; to plan a re-run)
     quick: tuple[str, ...] | None = None  # the smoke form (`--quick`, `make bench`); default: args + --quick
 
     @property
@@ -49,13 +49,13 @@ SDXL_SHAPED = ("bench/generation.py", "--sdxl-shaped", "--models", "/tmp/i13-sdx
 BENCHES = (
     Bench("detection", ("bench/detection.py",), 0.4),
     Bench("runtime", ("bench/runtime.py",), 1.3),
-    Bench("embedding", ("bench/embedding.py",), 2.9),
-    Bench("restoration", ("bench/restoration.py",), 0.3),
-    Bench("images", ("bench/images.py",), 0.6),
-    Bench("store", ("bench/store.py",), 0.2),
-    Bench("generation", ("bench/generation.py",), 0.6),
-    Bench("controlnet", ("bench/controlnet.py",), 0.3),
-    Bench("training", ("bench/training.py",), 8.8),
+    Bench("embedding", ("bench/embedding.py",), 1.8),
+    Bench("restoration", ("bench/restoration.py",), 0.1),
+    Bench("images", ("bench/images.py",), 0.4),
+    Bench("store", ("bench/store.py",), 0.1),
+    Bench("generation", ("bench/generation.py",), 0.5),
+    Bench("controlnet", ("bench/controlnet.py",), 0.2),
+    Bench("training", ("bench/training.py",), 2.8),
     Bench("faces", ("bench/faces.py", "--show-wrong", "--calibrate"), 0.3, ("bench/faces.py", "--split", "tune")),
     Bench("eyes", ("bench/eyes.py",), 0.1, ("bench/eyes.py",)),
     Bench("load", ("bench/load.py", "--minutes", "10"), 10.4, ("bench/load.py", "--quick")),
