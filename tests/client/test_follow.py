@@ -29,3 +29,14 @@ def test_a_stage_without_progress_does_not_inherit_the_last_stages_total():
     assert job.state == EV.JOB_STATE_SUCCEEDED
     final = out.getvalue().strip().splitlines()[-1]
     assert final.startswith("succeeded") and "0/70" not in final, out.getvalue()
+    assert "0/?" not in final and "1/1" in final, final  # a finished job's last bar is whole
+
+
+def test_a_failed_job_keeps_its_last_stages_count():
+    client = JobsClient.__new__(JobsClient)
+    client.events = lambda job_id, seq: _events()
+    client.get = lambda job_id: EV.Job(job_id="j", state=EV.JOB_STATE_FAILED)
+    out = io.StringIO()
+    client.follow("j", Console(file=out, width=120, force_terminal=False))
+    final = out.getvalue().strip().splitlines()[-1]
+    assert final.startswith("failed") and "1/1" not in final, final

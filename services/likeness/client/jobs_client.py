@@ -86,6 +86,10 @@ class JobsClient:
                 if job.state in TERMINAL:
                     state = orchestrator_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
                     bar.update(task, description=state)
+                    if job.state == orchestrator_pb2.JOB_STATE_SUCCEEDED:
+                        # a last stage without progress events would end on "0/?": a finished job is whole
+                        whole = next(t.total for t in bar.tasks if t.id == task) or 1
+                        bar.update(task, total=whole, completed=whole)
                     return job
 
     def close(self) -> None:
