@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Bench:
     name: str
     args: tuple[str, ...]  # after the interpreter, exactly as docs/benchmarks.md writes them; () = not in the list
-    minutes: float  # what the full form took on 2026-12-03 17:08-17:38 UTC on the quiet machine (load: earlier, niced; to plan a re-run)
+    minutes: float  # the full form on the quiet machine, 2026-12-03 (load: an earlier niced run); to plan a re-run
     quick: tuple[str, ...] | None = None  # the smoke form (`--quick`, `make bench`); default: args + --quick
 
     @property
