@@ -10,6 +10,7 @@ import numpy as np
 
 from likeness.api.v1 import common_pb2, detection_pb2, generation_pb2, orchestrator_pb2, restoration_pb2
 from likeness.core.errors import FailedPrecondition
+from likeness.detection.faces import Box, iou
 from likeness.orchestrator.context import JobContext
 from likeness.orchestrator.specs import (
     OPEN_EYES_FIDELITY,
@@ -174,16 +175,14 @@ async def restore(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, work: Fa
                          "changed_outside_face": outside}
 
 
-def best_match(faces, box) -> object | None:
-    """The detected face whose box overlaps `box` most (IoU), if any overlaps."""
-    def iou(b):
-        ix = max(0.0, min(b.x_max, box.x_max) - max(b.x_min, box.x_min))
-        iy = max(0.0, min(b.y_max, box.y_max) - max(b.y_min, box.y_min))
-        inter = ix * iy
-        union = (b.x_max - b.x_min) * (b.y_max - b.y_min) + (box.x_max - box.x_min) * (box.y_max - box.y_min) - inter
-        return inter / union if union > 0 else 0.0
+def _domain_box(b: common_pb2.Box) -> Box:
+    return Box(b.x_min, b.y_min, b.x_max, b.y_max)
 
-    scored = [(iou(f.box), f) for f in faces]
+
+def best_match(faces, box: common_pb2.Box) -> object | None:
+    """The detected face whose box overlaps `box` most (IoU), if any overlaps by more than 0.3."""
+    target = _domain_box(box)
+    scored = [(iou(_domain_box(f.box), target), f) for f in faces]
     best = max(scored, key=lambda s: s[0], default=(0.0, None))
     return best[1] if best[0] > 0.3 else None
 
