@@ -8,6 +8,7 @@ from likeness.core.errors import InvalidArgument
 from likeness.core.image_loader import ImageLoader
 from likeness.core.uris import validate_prefix
 from likeness.generation.generator import GenerationResult
+from likeness.generation.presets import MODE_NAMES
 from likeness.generation.region import mask_from_rgb
 from likeness.generation.request import AdapterRef, ControlRef, GenerationRequest
 
@@ -16,8 +17,6 @@ TASKS = {pb.TASK_UNSPECIFIED: "text-to-image", pb.TASK_TEXT_TO_IMAGE: "text-to-i
 SAMPLERS = {pb.SAMPLER_UNSPECIFIED: "default", pb.SAMPLER_DDIM: "ddim", pb.SAMPLER_PNDM: "pndm",
             pb.SAMPLER_DPM_SOLVER_MULTISTEP: "dpm_solver_multistep", pb.SAMPLER_EULER: "euler",
             pb.SAMPLER_EULER_ANCESTRAL: "euler_ancestral", pb.SAMPLER_LCM: "lcm"}
-QUALITY = {pb.QUALITY_MODE_UNSPECIFIED: "standard", pb.QUALITY_MODE_FAST: "fast",
-           pb.QUALITY_MODE_STANDARD: "standard", pb.QUALITY_MODE_QUALITY: "quality", pb.QUALITY_MODE_ULTRA: "ultra"}
 PASTES = {pb.PASTE_MODE_UNSPECIFIED: "mask", pb.PASTE_MODE_MASK: "mask", pb.PASTE_MODE_REGION: "region"}
 
 
@@ -46,7 +45,7 @@ async def generation_request(request: pb.GenerateRequest, images: ImageLoader) -
         negative_prompt=request.negative_prompt, seed=request.seed, count=request.count or 1, steps=request.steps,
         guidance_scale=opt("guidance_scale"), width=request.width, height=request.height,
         sampler=_enum(SAMPLERS, request.sampler, "sampler"),
-        quality_mode=_enum(QUALITY, request.quality_mode, "quality_mode"),
+        quality_mode=_enum(MODE_NAMES, request.quality_mode, "quality_mode"),
         adapters=[AdapterRef(a.uri, a.scale) for a in request.adapters], init_image=await image("init_image"),
         strength=opt("strength"), mask=None if mask is None else mask_from_rgb(mask),
         crop_padding=request.crop_padding, paste=_enum(PASTES, request.paste, "paste"), controls=controls,

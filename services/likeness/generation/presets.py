@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from likeness.api.v1 import generation_pb2 as pb
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -22,6 +24,9 @@ PRESETS: dict[str, Preset] = {
     "quality": Preset(steps=40, refiner=True, size_scale=1.0),
     "ultra": Preset(steps=60, refiner=True, size_scale=1.25),
 }
+# QualityMode -> preset name; unset means standard. The one place a mode is named (requests, PNG metadata).
+MODE_NAMES = {pb.QUALITY_MODE_UNSPECIFIED: "standard", pb.QUALITY_MODE_FAST: "fast",
+              pb.QUALITY_MODE_STANDARD: "standard", pb.QUALITY_MODE_QUALITY: "quality", pb.QUALITY_MODE_ULTRA: "ultra"}
 DEFAULT_MODE = "standard"
 
 # FAST when an LCM-LoRA is registered for the model: the LCM sampler in its few-step regime

@@ -25,6 +25,7 @@ from likeness.api.v1 import orchestrator_pb2
 from likeness.core.errors import FailedPrecondition
 from likeness.core.images import encode_png
 from likeness.core.pngmeta import add_png_metadata
+from likeness.generation.presets import MODE_NAMES
 from likeness.orchestrator.context import JobContext, Outcome
 from likeness.orchestrator.workflows import open_eyes_calls as calls
 from likeness.orchestrator.workflows.common import stored_uri
@@ -34,7 +35,6 @@ from likeness.orchestrator.workflows.open_eyes_report import outcome
 from likeness.orchestrator.workflows.work_crop import first_guess, place_back, union
 
 __all__ = ["FEATHER_REACH_PX", "run"]
-QUALITY_NAMES = {0: "standard", 1: "fast", 2: "standard", 3: "quality", 4: "ultra"}
 MAX_CROP_GROWTHS = 3
 
 
@@ -118,7 +118,7 @@ async def _write_results(ctx: JobContext, spec: orchestrator_pb2.OpenEyesSpec, s
                          frame: np.ndarray, out_prefix: str) -> dict:
     """Every variation (its repaired work crop) and the final image, with true PNG metadata."""
     models = ctx.models.as_list()
-    job = {"job": ctx.job_id, "source": src, "quality_mode": QUALITY_NAMES.get(spec.quality_mode, "standard"),
+    job = {"job": ctx.job_id, "source": src, "quality_mode": MODE_NAMES.get(spec.quality_mode, "standard"),
            "restore": spec.restore, "models": models}
     # provenance in the A1111 text too: which models were stand-ins (no ':' or ',' in the value)
     stand_ins = "; ".join(f"{e['name']} ({e['stand_in']})" for e in models if e["stand_in"])
